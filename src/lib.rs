@@ -1,0 +1,7 @@
+//! # scriptd
+//!
+//! A rules-engine daemon for video-management systems: analytics occurrences arrive over
+//! MQTT, each is matched against the operators' scripts (event, cameras, timetable), and the
+//! scripts' reactions are delivered to their users.
+
+pub mod secret;

@@ -1,0 +1,3 @@
+fn main() {
+    println!("scriptd {}", env!("CARGO_PKG_VERSION"));
+}
