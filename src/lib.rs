@@ -5,3 +5,4 @@
 //! scripts' reactions are delivered to their users.
 
 pub mod secret;
+pub mod validation;
