@@ -4,6 +4,8 @@
 //! MQTT, each is matched against the operators' scripts (event, cameras, timetable), and the
 //! scripts' reactions are delivered to their users.
 
+pub mod bench;
+pub mod cli;
 pub mod index;
 pub mod rules;
 pub mod secret;
