@@ -4,5 +4,7 @@
 //! MQTT, each is matched against the operators' scripts (event, cameras, timetable), and the
 //! scripts' reactions are delivered to their users.
 
+pub mod logging;
 pub mod secret;
+pub mod settings;
 pub mod validation;
