@@ -109,6 +109,7 @@ pub struct MqttSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
     /// Socket address the HTTP API listens on.
+    #[serde(deserialize_with = "socket_addr")]
     pub bind: SocketAddr,
 }
 
@@ -175,13 +176,35 @@ pub struct LogSettings {
 }
 
 /// Output format of the logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable, for a terminal.
     Pretty,
     /// One JSON object per line.
     Json,
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        match name.as_str() {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(serde::de::Error::custom(format!(
+                "must be \"pretty\" or \"json\" (got {name:?})"
+            ))),
+        }
+    }
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "must be an IP address and port, e.g. \"127.0.0.1:8080\" (got {text:?})"
+        ))
+    })
 }
 
 /// A validated IANA time zone name, e.g. `Europe/Berlin`.
@@ -584,6 +607,12 @@ fn one_line(message: &str) -> String {
 fn config_error_message(e: &ConfigError) -> String {
     match e {
         ConfigError::Type { unexpected, expected, .. } => {
+            let expected = match *expected {
+                "an unsigned 16 bit integer" => "an integer 0–65535",
+                "an unsigned 32 bit integer" => "an integer 0–4294967295",
+                "an unsigned 64 bit or less integer" => "an integer ≥ 0",
+                other => other,
+            };
             format!("expected {expected}, found {unexpected}")
         }
         ConfigError::At { error, .. } => config_error_message(error),
