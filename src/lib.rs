@@ -7,4 +7,5 @@
 pub mod logging;
 pub mod secret;
 pub mod settings;
+pub mod systemd;
 pub mod validation;
