@@ -4,8 +4,10 @@
 //! MQTT, each is matched against the operators' scripts (event, cameras, timetable), and the
 //! scripts' reactions are delivered to their users.
 
+pub mod health;
 pub mod logging;
 pub mod secret;
 pub mod settings;
 pub mod systemd;
+pub mod telemetry;
 pub mod validation;
