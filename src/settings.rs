@@ -924,6 +924,21 @@ impl Settings {
         }
     }
 
+    /// `self` with the live keys ([`is_live_key`]) taken from `newer`: what runs after a
+    /// reload.
+    pub fn with_live_from(&self, newer: &Settings) -> Settings {
+        let mut s = self.clone();
+        s.log.level = newer.log.level.clone();
+        s.telegram = newer.telegram.clone();
+        s.webhook = newer.webhook.clone();
+        s.events = newer.events.clone();
+        s.delivery.max_attempts = newer.delivery.max_attempts;
+        s.delivery.backoff_initial_ms = newer.delivery.backoff_initial_ms;
+        s.delivery.backoff_max_ms = newer.delivery.backoff_max_ms;
+        s.delivery.retention_hours = newer.delivery.retention_hours;
+        s
+    }
+
     /// The effective values as TOML, secrets masked and unset keys as comments: the
     /// output of `scriptd check-config`, itself a valid `local.toml`.
     pub fn to_masked_toml(&self) -> String {
@@ -1111,6 +1126,63 @@ mod tests {
         assert!(!is_live_key("delivery.max_in_flight"));
         assert!(!is_live_key("log.format"));
         assert!(!is_live_key("mqtt.port"));
+    }
+
+    /// Settings where every key differs from the defaults.
+    fn all_changed() -> Settings {
+        Settings {
+            timezone: Timezone(chrono_tz::Europe::Berlin),
+            database: DatabaseSettings { path: "x.db".into(), busy_timeout_ms: 1 },
+            mqtt: MqttSettings {
+                host: "h".into(),
+                port: 2,
+                client_id: "c".into(),
+                username: Some("u".into()),
+                password: Some(Secret::new("p")),
+                events_topic: "e/#".into(),
+                push_topic_prefix: "p".into(),
+                embedded_broker: true,
+                keep_alive_seconds: 6,
+                reconnect_min_ms: 1,
+                reconnect_max_ms: 2,
+                inflight: 3,
+            },
+            api: ApiSettings { bind: SocketAddr::from(([127, 0, 0, 1], 9)) },
+            telegram: TelegramSettings {
+                api_url: "http://t".into(),
+                request_timeout_seconds: 1,
+                per_chat_per_second: 2,
+                per_chat_per_minute: 3,
+                per_token_per_second: 4,
+                per_group_per_minute: 5,
+            },
+            webhook: WebhookSettings { timeout_seconds: 1 },
+            events: EventsSettings { max_age_seconds: 1 },
+            delivery: DeliverySettings {
+                max_in_flight: 1,
+                max_attempts: 2,
+                backoff_initial_ms: 3,
+                backoff_max_ms: 4,
+                retention_hours: 5,
+                shutdown_deadline_seconds: 6,
+            },
+            log: LogSettings { format: LogFormat::Json, level: "debug".into() },
+        }
+    }
+
+    #[test]
+    fn with_live_from_copies_exactly_the_live_keys() {
+        let old = Settings::default();
+        let new = all_changed();
+        let all = old.changed_keys(&new);
+        assert_eq!(all.len(), 1 + 2 + 12 + 1 + 6 + 1 + 1 + 6 + 2, "{all:?}");
+        let running = old.with_live_from(&new);
+        let applied = old.changed_keys(&running);
+        let pending = running.changed_keys(&new);
+        assert!(applied.iter().all(|k| is_live_key(k)), "{applied:?}");
+        assert!(pending.iter().all(|k| !is_live_key(k)), "{pending:?}");
+        assert_eq!(applied.len() + pending.len(), all.len());
+        assert_eq!(running.live_part(), new.live_part());
     }
 
     #[test]

@@ -13,6 +13,38 @@
 //! * [`Reloader`] re-reads the configuration on SIGHUP, swaps the [`LiveSettings`] (and the
 //!   log level) when it validates, keeps the running configuration when it does not, and
 //!   tells systemd `RELOADING=1` then `READY=1` either way.
+//!
+//! # Wiring in `scriptd run`
+//!
+//! ```no_run
+//! # async fn wiring() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use arc_swap::ArcSwap;
+//! use scriptd::{health, logging, settings::Settings, systemd, telemetry};
+//!
+//! let (settings, sources) = Settings::load(None)?; // print e.lines() and exit 1 on error
+//! let log = logging::init(&settings.log)?;
+//! let metrics = telemetry::install()?;
+//! let live = Arc::new(ArcSwap::from_pointee(settings.live_part()));
+//! let notifier = systemd::Notifier::from_env();
+//! let health = health::Health::with_standard_components();
+//! let watchdog = systemd::Watchdog::new();
+//! // Each loop registers before it starts and beats at least every max_silence:
+//! let mqtt_progress = watchdog.register("mqtt", Duration::from_secs(20));
+//! // ... open the store (health.set_up(health::STORE)), serve the API with
+//! // health::routes(health.clone(), metrics) merged in, then:
+//! notifier.ready_with_status("running; mqtt connecting");
+//! if let Some(interval) = systemd::watchdog_enabled() {
+//!     tokio::spawn(watchdog.clone().run(notifier.clone(), interval, std::future::pending()));
+//! }
+//! let reloader =
+//!     systemd::Reloader::new(&sources.dir, settings.clone(), live.clone(), Some(log), notifier);
+//! tokio::spawn(reloader.run_on_sighup(std::future::pending()));
+//! # let _ = mqtt_progress;
+//! # Ok(()) }
+//! ```
 
 use std::future::Future;
 use std::io;
@@ -373,16 +405,7 @@ impl Reloader {
             tracing::warn!(error = %e, "cannot change the log level");
         }
         self.live.store(Arc::new(plan.settings.live_part()));
-        let mut running = self.running.clone();
-        running.log.level = plan.settings.log.level.clone();
-        running.telegram = plan.settings.telegram.clone();
-        running.webhook = plan.settings.webhook.clone();
-        running.events = plan.settings.events.clone();
-        running.delivery.max_attempts = plan.settings.delivery.max_attempts;
-        running.delivery.backoff_initial_ms = plan.settings.delivery.backoff_initial_ms;
-        running.delivery.backoff_max_ms = plan.settings.delivery.backoff_max_ms;
-        running.delivery.retention_hours = plan.settings.delivery.retention_hours;
-        self.running = running;
+        self.running = self.running.with_live_from(&plan.settings);
         Ok(ReloadReport { applied: plan.live, need_restart: plan.restart })
     }
 
