@@ -287,3 +287,36 @@ fn settings_debug_never_shows_the_password() {
     assert!(!format!("{:?}", s.live_part()).contains("pw-4f1c9a7e"));
     assert_eq!(s.mqtt.password.as_ref().map(Secret::expose), Some("pw-4f1c9a7e"));
 }
+
+#[test]
+fn default_toml_documents_every_key() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+    let text = std::fs::read_to_string(path).expect("read default.toml");
+    let value = serde_json::to_value(Settings::default()).expect("serialize");
+    let serde_json::Value::Object(top) = value else { panic!("settings is a table") };
+    let mut section = String::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+        } else if let Some((key, _)) = line.trim_start_matches("# ").split_once(" = ") {
+            let dotted =
+                if section.is_empty() { key.to_string() } else { format!("{section}.{key}") };
+            seen.insert(dotted);
+        }
+    }
+    for (name, v) in &top {
+        match v {
+            serde_json::Value::Object(fields) => {
+                for key in fields.keys() {
+                    assert!(
+                        seen.contains(&format!("{name}.{key}")),
+                        "{name}.{key} not in default.toml"
+                    );
+                }
+            }
+            _ => assert!(seen.contains(name), "{name} not in default.toml"),
+        }
+    }
+}
