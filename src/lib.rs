@@ -6,8 +6,13 @@
 
 pub mod bench;
 pub mod cli;
+pub mod health;
 pub mod index;
+pub mod logging;
 pub mod rules;
 pub mod secret;
+pub mod settings;
+pub mod systemd;
+pub mod telemetry;
 pub mod timetable;
 pub mod validation;

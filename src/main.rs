@@ -1,6 +1,6 @@
 //! The `scriptd` command line: parses arguments and calls into the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use chrono::{DateTime, FixedOffset};
@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use scriptd::bench::matching::{MatchBenchOptions, run as run_match_bench};
 use scriptd::cli;
+use scriptd::settings::Settings;
 use scriptd::timetable::ParseContext;
 
 /// Rules-engine daemon for video-management systems.
@@ -23,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Load and validate the configuration, print the effective values (secrets masked).
+    CheckConfig,
     /// Timetable tools for operators.
     #[command(subcommand)]
     Timetable(TimetableCommand),
@@ -98,10 +101,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Timetable(TimetableCommand::Check(args)) => {
             let text = cli::read_input(args.file.as_deref())
                 .map_err(|e| anyhow::anyhow!("cannot read the timetable: {e}"))?;
-            let ctx = ParseContext { timezone: args.timezone.unwrap_or(chrono_tz::UTC) };
+            let timezone = match args.timezone {
+                Some(tz) => tz,
+                None => load_settings(cli.config.as_deref())?.timezone.tz(),
+            };
+            let ctx = ParseContext { timezone };
             let instants: Vec<(String, DateTime<FixedOffset>)> =
                 args.at.iter().map(|t| (t.to_rfc3339(), *t)).collect();
             let out = cli::timetable_check(&text, &instants, &ctx);
@@ -128,5 +136,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Loads the configuration; on a problem, prints one line per problem and fails.
+fn load_settings(dir: Option<&Path>) -> anyhow::Result<Settings> {
+    match Settings::load(dir) {
+        Ok((settings, _)) => Ok(settings),
+        Err(e) => Err(config_error(&e)),
+    }
+}
+
+/// Prints all but the last problem line; the last becomes the error `main` prints.
+fn config_error(e: &scriptd::settings::SettingsError) -> anyhow::Error {
+    let lines = e.lines();
+    let (last, rest) =
+        lines.split_last().map_or(("invalid configuration", &[][..]), |(l, r)| (l.as_str(), r));
+    for line in rest {
+        eprintln!("scriptd: {line}");
+    }
+    anyhow::anyhow!("{last}")
+}
+
+/// `scriptd check-config`: the effective configuration as TOML on stdout, or one line per
+/// problem on stderr and exit 1.
+fn check_config(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    match Settings::load(dir) {
+        Ok((settings, sources)) => {
+            println!("# configuration directory: {}", sources.dir.display());
+            for f in &sources.files {
+                println!("# read: {}", f.display());
+            }
+            if sources.files.is_empty() {
+                println!("# no default.toml or local.toml found: built-in defaults");
+            }
+            for v in &sources.env_vars {
+                println!("# environment: {v}");
+            }
+            print!("{}", settings.to_masked_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(config_error(&e)),
     }
 }

@@ -1,0 +1,144 @@
+//! Health registry and the unauthenticated `GET /healthz` and `GET /metrics` routes
+//! (CONTRACT §6).
+//!
+//! Components report their state into a shared [`Health`]: the store, the broker
+//! connection and the dispatchers by default. `/healthz` answers 200 when every
+//! registered component is up and 503 naming the ones that are not:
+//!
+//! ```json
+//! {"status": "unavailable", "failing": ["broker"],
+//!  "components": {"broker": {"state": "down", "reason": "connection refused"},
+//!                 "dispatchers": {"state": "up"}, "store": {"state": "up"}}}
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+
+/// Component name: the SQLite store.
+pub const STORE: &str = "store";
+/// Component name: the MQTT broker connection.
+pub const BROKER: &str = "broker";
+/// Component name: the delivery dispatchers.
+pub const DISPATCHERS: &str = "dispatchers";
+
+/// Content type of the Prometheus text exposition format.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The state of one component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum ComponentState {
+    /// Working.
+    Up,
+    /// Not working, and why (for the operator; never a secret).
+    Down {
+        /// E.g. "connection refused", "starting".
+        reason: String,
+    },
+}
+
+impl ComponentState {
+    /// True for [`ComponentState::Up`].
+    pub fn is_up(&self) -> bool {
+        matches!(self, ComponentState::Up)
+    }
+}
+
+/// The health of every registered component. Cheap to clone; clones share the state.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    components: Arc<RwLock<BTreeMap<String, ComponentState>>>,
+}
+
+/// The body of `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthReport {
+    /// `ok` or `unavailable`.
+    pub status: &'static str,
+    /// The components that are down, when any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failing: Vec<String>,
+    /// Every component by name.
+    pub components: BTreeMap<String, ComponentState>,
+}
+
+impl HealthReport {
+    /// True when every component is up.
+    pub fn is_ok(&self) -> bool {
+        self.failing.is_empty()
+    }
+}
+
+impl Health {
+    /// A registry with no components (always healthy until some register).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry with [`STORE`], [`BROKER`] and [`DISPATCHERS`], each down with reason
+    /// "starting" until it reports.
+    pub fn with_standard_components() -> Self {
+        let h = Self::new();
+        for name in [STORE, BROKER, DISPATCHERS] {
+            h.set_down(name, "starting");
+        }
+        h
+    }
+
+    /// Sets a component's state (registering it on first use).
+    pub fn set(&self, component: &str, state: ComponentState) {
+        let mut map = self.components.write().unwrap_or_else(PoisonError::into_inner);
+        map.insert(component.to_string(), state);
+    }
+
+    /// Marks a component up.
+    pub fn set_up(&self, component: &str) {
+        self.set(component, ComponentState::Up);
+    }
+
+    /// Marks a component down with a reason.
+    pub fn set_down(&self, component: &str, reason: impl Into<String>) {
+        self.set(component, ComponentState::Down { reason: reason.into() });
+    }
+
+    /// The current state of every component.
+    pub fn report(&self) -> HealthReport {
+        let components = self.components.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let failing: Vec<String> =
+            components.iter().filter(|(_, s)| !s.is_up()).map(|(n, _)| n.clone()).collect();
+        let status = if failing.is_empty() { "ok" } else { "unavailable" };
+        HealthReport { status, failing, components }
+    }
+}
+
+#[derive(Clone)]
+struct RouteState {
+    health: Health,
+    metrics: PrometheusHandle,
+}
+
+/// `GET /healthz` and `GET /metrics`, without authentication; merge into the API router.
+pub fn routes(health: Health, metrics: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(render_metrics))
+        .with_state(RouteState { health, metrics })
+}
+
+async fn healthz(State(state): State<RouteState>) -> Response {
+    let report = state.health.report();
+    let code = if report.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(report)).into_response()
+}
+
+async fn render_metrics(State(state): State<RouteState>) -> Response {
+    ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], state.metrics.render()).into_response()
+}

@@ -1,0 +1,64 @@
+//! The systemd unit: required directives, and `systemd-analyze security` rates it ≤ 2.0
+//! (skipped where systemd-analyze is not installed).
+
+use std::path::Path;
+use std::process::Command;
+
+fn unit_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/systemd/scriptd.service")
+}
+
+#[test]
+fn the_unit_has_the_required_directives() {
+    let text = std::fs::read_to_string(unit_path()).expect("read unit");
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    for directive in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "WatchdogSec=30s",
+        "Restart=on-failure",
+        "StartLimitIntervalSec=600",
+        "StartLimitBurst=5",
+        "User=scriptd",
+        "StateDirectory=scriptd",
+        "ConfigurationDirectory=scriptd",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "PrivateDevices=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "SystemCallFilter=@system-service",
+        "CapabilityBoundingSet=",
+    ] {
+        assert!(lines.contains(&directive), "missing {directive}");
+    }
+}
+
+#[test]
+fn systemd_analyze_rates_the_unit_2_0_or_lower() {
+    let out = match Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(unit_path())
+        .output()
+    {
+        Ok(out) => out,
+        Err(_) => {
+            eprintln!("systemd-analyze not installed; skipped");
+            return;
+        }
+    };
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let level = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for scriptd.service:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok());
+    match level {
+        Some(level) => assert!(level <= 2.0, "exposure {level}:\n{text}"),
+        // An older systemd-analyze without --offline: nothing to check here.
+        None if !out.status.success() => eprintln!("systemd-analyze failed; skipped:\n{text}"),
+        None => panic!("no exposure level in:\n{text}"),
+    }
+}
