@@ -4,5 +4,8 @@
 //! MQTT, each is matched against the operators' scripts (event, cameras, timetable), and the
 //! scripts' reactions are delivered to their users.
 
+pub mod live;
+pub mod script;
 pub mod secret;
+pub mod store;
 pub mod validation;
