@@ -17,6 +17,7 @@ pub mod deliveries;
 pub mod migrations;
 pub mod scripts;
 pub mod tokens;
+pub mod transfer;
 pub mod users;
 
 use std::path::{Path, PathBuf};

@@ -185,9 +185,3 @@ pub fn update(conn: &Connection, id: i64, input: &ScriptInput) -> Result<bool, S
 pub fn delete(conn: &Connection, id: i64) -> Result<bool, StoreError> {
     Ok(conn.execute("DELETE FROM scripts WHERE id = ?1", [id])? > 0)
 }
-
-/// Deletes every script (import replaces the whole set).
-pub fn delete_all(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute("DELETE FROM scripts", [])?;
-    Ok(())
-}
