@@ -65,8 +65,11 @@ pub async fn require_token(
     };
     let x_client = header_text(req.headers(), "x-client");
     let x_uuid = header_text(req.headers(), "x-uuid");
-    if let Some(client) = &x_client
-        && !ALLOWED_CLIENTS.contains(&client.as_str())
+    if req
+        .headers()
+        .get_all("x-client")
+        .iter()
+        .any(|v| !ALLOWED_CLIENTS.iter().any(|allowed| allowed.as_bytes() == v.as_bytes()))
     {
         return ApiError::field(
             "X-Client",
