@@ -5,8 +5,11 @@
 //! scripts' reactions are delivered to their users.
 
 pub mod api;
+pub mod index;
 pub mod live;
+pub mod rules;
 pub mod script;
 pub mod secret;
 pub mod store;
+pub mod timetable;
 pub mod validation;

@@ -15,8 +15,11 @@ use serde_json::{Map, Value};
 use crate::store::catalog::{Event, Reaction};
 use crate::validation::FieldErrors;
 
-pub use shim::{Rule, ScheduleIndex, Timetable};
-use shim::{parse_cameras, parse_status};
+pub use crate::index::ScheduleIndex;
+pub use crate::rules::Rule;
+use crate::rules::{parse_cameras, parse_status};
+pub use crate::timetable::Timetable;
+use crate::timetable::{ParseContext, parse_timetable as parse_timetable_model};
 
 /// Longest accepted title, in characters.
 pub const TITLE_MAX_CHARS: usize = 255;
@@ -373,93 +376,7 @@ pub fn normalize_timetable(t: &Map<String, Value>) -> Value {
 
 /// The one place the timetable model is called.
 fn parse_timetable(value: &Value, timezone: Tz) -> Result<Arc<Timetable>, FieldErrors> {
-    shim::parse_timetable(value, timezone).map(Arc::new)
-}
-
-/// Stand-ins for `crate::timetable`, `crate::rules` and `crate::index`, which are being
-/// written on `main`; replaced by the real modules when they are merged.
-mod shim {
-    use chrono::{DateTime, Utc};
-    use chrono_tz::Tz;
-    use serde_json::Value;
-    use std::sync::Arc;
-
-    use crate::validation::FieldErrors;
-
-    /// A compiled timetable (stand-in).
-    #[derive(Debug, Clone)]
-    pub struct Timetable;
-
-    impl Timetable {
-        /// Whether the script is active at `at` (stand-in: always).
-        pub fn is_active(&self, _at: DateTime<Utc>) -> bool {
-            true
-        }
-    }
-
-    pub fn parse_timetable(value: &Value, _tz: Tz) -> Result<Timetable, FieldErrors> {
-        let empty = |k: &str| value.get(k).and_then(Value::as_array).is_none_or(Vec::is_empty);
-        if empty("days") && empty("intervals") {
-            return Err(FieldErrors::single("timetable", "needs days or intervals"));
-        }
-        Ok(Timetable)
-    }
-
-    pub fn parse_status(v: &Value) -> Result<bool, String> {
-        match v {
-            Value::Bool(b) => Ok(*b),
-            Value::String(s) if s == "active" => Ok(true),
-            Value::String(s) if s == "disabled" => Ok(false),
-            _ => Err("The selected status is invalid.".into()),
-        }
-    }
-
-    pub fn parse_cameras(v: &Value) -> Result<Option<Vec<i64>>, FieldErrors> {
-        match v {
-            Value::Null => Ok(None),
-            Value::Array(a) => {
-                let mut e = FieldErrors::new();
-                let mut out = Vec::new();
-                for (i, c) in a.iter().enumerate() {
-                    match c.as_i64() {
-                        Some(n) if n > 0 => out.push(n),
-                        _ => e.add(format!("cameras.{i}"), "must be a positive integer"),
-                    }
-                }
-                e.into_result(Some(out))
-            }
-            _ => Err(FieldErrors::single("cameras", "must be null or an array")),
-        }
-    }
-
-    /// A compiled script rule (stand-in).
-    #[derive(Debug, Clone)]
-    pub struct Rule {
-        pub script_id: i64,
-        pub event_id: i64,
-        pub cameras: Option<Vec<i64>>,
-        pub enabled: bool,
-        pub timetable: Arc<Timetable>,
-    }
-
-    /// The schedule index (stand-in: a linear scan).
-    #[derive(Debug, Default)]
-    pub struct ScheduleIndex(Vec<Rule>);
-
-    impl ScheduleIndex {
-        pub fn build(rules: Vec<Rule>) -> ScheduleIndex {
-            ScheduleIndex(rules)
-        }
-        pub fn matches(&self, event_id: i64, camera_id: i64, at: DateTime<Utc>) -> Vec<i64> {
-            self.0
-                .iter()
-                .filter(|r| r.enabled && r.event_id == event_id)
-                .filter(|r| r.cameras.as_ref().is_none_or(|c| c.contains(&camera_id)))
-                .filter(|r| r.timetable.is_active(at))
-                .map(|r| r.script_id)
-                .collect()
-        }
-    }
+    parse_timetable_model(value, &ParseContext { timezone }).map(Arc::new)
 }
 
 /// The catalogs and user ids validation checks against, loaded in one read.
