@@ -276,12 +276,12 @@ fn poll_once(live: &Live, watch: &mut Option<Watch>) -> Result<(), StoreError> {
         tracing::info!(path = %path.display(), "database file was replaced; reopening");
     }
     if watch.is_none() || replaced {
+        // (Re)opened: changes made before this point are not counted by data_version, so
+        // reload once unconditionally.
         let conn = live.inner.store.connect()?;
         let v = data_version(&conn)?;
         *watch = Some(Watch { conn, file: identity, data_version: v });
-        if replaced {
-            live.reload_blocking()?;
-        }
+        live.reload_blocking()?;
         return Ok(());
     }
     if let Some(w) = watch.as_mut() {

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, Response};
 use scriptd::api::{self, AppState};
@@ -111,7 +110,7 @@ pub async fn start() -> TestApi {
     let live = Live::new(store.clone(), chrono_tz::UTC).unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let (watch_stop, watch_stopped) = oneshot::channel::<()>();
-    live.spawn_watcher(Duration::from_millis(100), async move {
+    live.spawn_watcher(scriptd::live::POLL_INTERVAL, async move {
         let _ = watch_stopped.await;
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
