@@ -104,7 +104,13 @@ pub fn page(
     let mut stmt =
         conn.prepare(&format!("SELECT {COLUMNS} FROM scripts ORDER BY id LIMIT ?1 OFFSET ?2"))?;
     let mut out: Vec<StoredScript> = stmt
-        .query_map(params![limit as i64, offset as i64], from_row)?
+        .query_map(
+            params![
+                i64::try_from(limit).unwrap_or(i64::MAX),
+                i64::try_from(offset).unwrap_or(i64::MAX)
+            ],
+            from_row,
+        )?
         .collect::<Result<_, _>>()?;
     for s in &mut out {
         attach_users(conn, s)?;

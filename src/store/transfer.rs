@@ -96,6 +96,7 @@ pub fn import(store: &Store, timezone: Tz, document: &Value) -> Result<Vec<i64>,
         let ctx = lookups.context(timezone);
         let mut errors = FieldErrors::new();
         let mut valid = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (i, item) in items.iter().enumerate() {
             let Value::Object(obj) = item else {
                 errors.add(i.to_string(), "must be a script object");
@@ -111,6 +112,12 @@ pub fn import(store: &Store, timezone: Tz, document: &Value) -> Result<Vec<i64>,
                     }
                 },
             };
+            if let Some(id) = id
+                && !seen.insert(id)
+            {
+                errors.add(format!("{i}.id"), format!("script {id} appears more than once"));
+                continue;
+            }
             match validate(&to_body(obj), &ctx) {
                 Ok(v) => valid.push((id, v.input)),
                 Err(e) => {
