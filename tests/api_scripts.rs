@@ -422,3 +422,19 @@ async fn a_2_mib_body_is_413_and_1_mib_minus_a_bit_is_read() {
     let (status, v) = api.post(&body).await;
     assert_eq!(status, 201, "{v}");
 }
+
+#[tokio::test]
+async fn a_locked_database_is_503_with_retry_after() {
+    let api = support_api::start_with_busy_timeout(std::time::Duration::from_millis(200)).await;
+    let mut holder = rusqlite::Connection::open(&api.db_path).unwrap();
+    let tx = holder.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    let res = api.req(Method::POST, "/scripts").json(&always_body("x")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    assert_eq!(res.headers().get("retry-after").unwrap(), "1");
+    // Reads still work while another program writes (WAL).
+    let (status, _) = api.get("/scripts").await;
+    assert_eq!(status, 200);
+    drop(tx);
+    let (status, _) = api.post(&always_body("x")).await;
+    assert_eq!(status, 201);
+}

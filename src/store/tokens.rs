@@ -56,10 +56,15 @@ pub fn authenticate(conn: &Connection, presented: &str) -> Result<Option<i64>, S
     let presented_digest = digest(presented);
     let mut stmt =
         conn.prepare_cached("SELECT user_id, token_sha256 FROM api_tokens WHERE public_id = ?1")?;
-    let rows =
-        stmt.query_map([public_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+    // Read without trusting the column types: a hand-edited row is just not a match.
+    let rows = stmt.query_map([public_id], |r| {
+        Ok((r.get::<_, rusqlite::types::Value>(0)?, r.get::<_, rusqlite::types::Value>(1)?))
+    })?;
     for row in rows {
-        let (user_id, stored) = row?;
+        let (rusqlite::types::Value::Integer(user_id), rusqlite::types::Value::Blob(stored)) = row?
+        else {
+            continue;
+        };
         if stored.len() == presented_digest.len()
             && bool::from(stored.as_slice().ct_eq(presented_digest.as_slice()))
         {

@@ -70,6 +70,11 @@ pub fn always_body(title: &str) -> Value {
 /// Starts the API: users 3 (parent), 1 (the seed's user, child of 3, permission 240),
 /// 2 (child of 1); a token for user 1.
 pub async fn start() -> TestApi {
+    start_with_busy_timeout(scriptd::store::BUSY_TIMEOUT).await
+}
+
+/// [`start`] with the API's store waiting at most `busy_timeout` for a lock.
+pub async fn start_with_busy_timeout(busy_timeout: std::time::Duration) -> TestApi {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("data").join("scriptd.db");
     let store = Store::migrate(&db_path).unwrap();
@@ -115,6 +120,7 @@ pub async fn start() -> TestApi {
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let store = store.with_busy_timeout(busy_timeout);
     let state = AppState::new(store.clone(), live.clone());
     tokio::spawn(async move {
         let _ = api::serve(listener, state, async move {
