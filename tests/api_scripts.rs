@@ -353,6 +353,7 @@ async fn all_routes(api: &TestApi, auth: Option<&str>) {
         (Method::GET, "/scripts/1/deliveries"),
         (Method::GET, "/events"),
         (Method::GET, "/reactions"),
+        (Method::GET, "/no-such-route"),
     ];
     for (method, path) in routes {
         let mut rb = api.client.request(method.clone(), format!("{}{path}", api.base));

@@ -240,3 +240,28 @@ async fn a_2_mib_body_is_413_on_every_write_route() {
         assert_eq!(status, 413, "{method} {path}");
     }
 }
+
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_is_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = start().await;
+    let addr = api.base.trim_start_matches("http://").trim_end_matches("/api/v1").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/scripts HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        api.token
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, " ".repeat(64 * 1024));
+    for _ in 0..32 {
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break; // the server may answer and close before reading everything
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 413"), "{}", text.lines().next().unwrap_or(""));
+}
