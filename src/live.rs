@@ -125,7 +125,9 @@ struct Inner {
     store: Store,
     timezone: Tz,
     current: ArcSwap<Snapshot>,
-    reload_lock: Mutex<()>,
+    /// The watcher's connection; its lock also serialises rebuilds, so an older snapshot
+    /// never replaces a newer one.
+    watch: Mutex<Option<Watch>>,
     generation: AtomicU64,
 }
 
@@ -143,7 +145,7 @@ impl Live {
                 store,
                 timezone,
                 current: ArcSwap::from_pointee(Snapshot::empty()),
-                reload_lock: Mutex::new(()),
+                watch: Mutex::new(None),
                 generation: AtomicU64::new(0),
             }),
         };
@@ -168,11 +170,30 @@ impl Live {
 
     /// Rebuilds the snapshot from the database and swaps it in (blocking).
     pub fn reload_blocking(&self) -> Result<(), StoreError> {
-        // Serialise rebuilds so an older snapshot never replaces a newer one.
-        let _guard = self.inner.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut watch = self.inner.watch.lock().unwrap_or_else(|p| p.into_inner());
+        self.reload_locked(&mut watch)
+    }
+
+    /// Rebuilds with the watcher locked. The watcher's data version is noted *before* the
+    /// read, so the rebuild covers every commit up to it (the watcher does not rebuild a
+    /// second time for an API write) and any later commit is seen by the next poll.
+    fn reload_locked(&self, watch: &mut Option<Watch>) -> Result<(), StoreError> {
+        if let Some(w) = watch.as_mut() {
+            match data_version(&w.conn) {
+                Ok(v) => w.data_version = v,
+                Err(_) => *watch = None,
+            }
+        }
         let previous = self.load();
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let snapshot = build(&self.inner.store, self.inner.timezone, generation)?;
+        let snapshot = match build(&self.inner.store, self.inner.timezone, generation) {
+            Ok(s) => s,
+            Err(e) => {
+                // Forget the noted version: the watcher reopens and rebuilds next time.
+                *watch = None;
+                return Err(e);
+            }
+        };
         for (id, errors) in &snapshot.invalid {
             if previous.invalid.get(id) != Some(errors) {
                 tracing::error!(
@@ -211,7 +232,6 @@ impl Live {
         let live = self.clone();
         tokio::spawn(async move {
             tokio::pin!(shutdown);
-            let mut watch: Option<Watch> = None;
             let mut last_error: Option<String> = None;
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -221,29 +241,16 @@ impl Live {
                     _ = ticker.tick() => {}
                 }
                 let l = live.clone();
-                let step = tokio::task::spawn_blocking(move || {
-                    let result = poll_once(&l, &mut watch);
-                    (watch, result)
-                })
-                .await;
-                match step {
-                    Ok((w, result)) => {
-                        watch = w;
-                        match result {
-                            Ok(()) => last_error = None,
-                            Err(e) => {
-                                let msg = e.to_string();
-                                if last_error.as_deref() != Some(msg.as_str()) {
-                                    tracing::warn!(error = %msg, "watching the database failed");
-                                }
-                                last_error = Some(msg);
-                            }
+                match tokio::task::spawn_blocking(move || poll_once(&l)).await {
+                    Ok(Ok(())) => last_error = None,
+                    Ok(Err(e)) => {
+                        let msg = e.to_string();
+                        if last_error.as_deref() != Some(msg.as_str()) {
+                            tracing::warn!(error = %msg, "watching the database failed");
                         }
+                        last_error = Some(msg);
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "database watcher step panicked");
-                        watch = None;
-                    }
+                    Err(e) => tracing::error!(error = %e, "database watcher step panicked"),
                 }
             }
         })
@@ -267,7 +274,8 @@ fn data_version(conn: &rusqlite::Connection) -> Result<i64, StoreError> {
 }
 
 /// One watcher step: (re)open when needed, reload when the data or the file changed.
-fn poll_once(live: &Live, watch: &mut Option<Watch>) -> Result<(), StoreError> {
+fn poll_once(live: &Live) -> Result<(), StoreError> {
+    let mut watch = live.inner.watch.lock().unwrap_or_else(|p| p.into_inner());
     let path = live.inner.store.path();
     let identity = file_identity(path)
         .map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
@@ -281,17 +289,13 @@ fn poll_once(live: &Live, watch: &mut Option<Watch>) -> Result<(), StoreError> {
         let conn = live.inner.store.connect()?;
         let v = data_version(&conn)?;
         *watch = Some(Watch { conn, file: identity, data_version: v });
-        live.reload_blocking()?;
-        return Ok(());
+        return live.reload_locked(&mut watch);
     }
-    if let Some(w) = watch.as_mut() {
-        let v = data_version(&w.conn)?;
-        if v != w.data_version {
-            w.data_version = v;
-            live.reload_blocking()?;
-        }
-    }
-    Ok(())
+    let changed = match watch.as_ref() {
+        Some(w) => data_version(&w.conn)? != w.data_version,
+        None => false,
+    };
+    if changed { live.reload_locked(&mut watch) } else { Ok(()) }
 }
 
 fn extra_of(extra: &serde_json::Map<String, Value>) -> Extra {

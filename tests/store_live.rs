@@ -175,3 +175,18 @@ async fn a_replaced_database_file_is_picked_up() {
     .await;
     assert!(took.is_some(), "replaced file not picked up: {:?}", api.live.load().scripts.keys());
 }
+
+#[tokio::test]
+async fn an_api_write_rebuilds_once_not_again_by_the_watcher() {
+    let api = start().await;
+    // Let the watcher open its connection (it rebuilds once when it does).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = api.live.load().generation;
+    let id = api.create(&always_body("once")).await;
+    let after = api.live.load().generation;
+    // (+2 only if the watcher polled between the commit and the API's own rebuild.)
+    assert!(after == before + 1 || after == before + 2, "{before} -> {after}");
+    assert!(api.live.load().scripts.contains_key(&id));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(api.live.load().generation, after, "the watcher rebuilt again for the API's write");
+}
