@@ -192,7 +192,7 @@ pub async fn replace(
 ) -> Result<Json<Value>, ApiError> {
     let id = script_id(&raw)?;
     let body = json_object(&headers, body)?;
-    update(state, id, move |_| Ok(body)).await
+    update(state, id, move |_| body).await
 }
 
 /// `PATCH /scripts/{id}`: changes only the fields given; the merged script must be valid.
@@ -211,7 +211,7 @@ pub async fn patch(
                 merged.insert(key.to_owned(), v.clone());
             }
         }
-        Ok(merged)
+        merged
     })
     .await
 }
@@ -219,28 +219,25 @@ pub async fn patch(
 async fn update(
     state: AppState,
     id: i64,
-    new_body: impl FnOnce(&Map<String, Value>) -> Result<Map<String, Value>, StoreError>
-    + Send
-    + 'static,
+    new_body: impl FnOnce(&Map<String, Value>) -> Map<String, Value> + Send + 'static,
 ) -> Result<Json<Value>, ApiError> {
     let (store, tz) = (state.store.clone(), state.live.timezone());
     let view = blocking(move || {
         let view = store.write(|tx| {
             let Some(current) = scripts::get(tx, id)? else { return Ok(None) };
-            let mut body = new_body(&current.body)?;
+            let body = new_body(&current.body);
             // A PATCH that leaves an undecodable column alone still has to fix it.
-            for (path, reasons) in
-                current.decode_errors.paths().map(|p| (p, current.decode_errors.get(p)))
-            {
+            let mut unfixed = FieldErrors::new();
+            for path in current.decode_errors.paths() {
                 if body.get(path) == current.body.get(path) {
-                    let mut e = FieldErrors::new();
-                    for r in reasons.unwrap_or_default() {
-                        e.add(path, r.clone());
+                    for reason in current.decode_errors.get(path).unwrap_or_default() {
+                        unfixed.add(path, reason.clone());
                     }
-                    return Err(StoreError::Invalid(e));
                 }
             }
-            body.remove("id");
+            if !unfixed.is_empty() {
+                return Err(StoreError::Invalid(unfixed));
+            }
             let lookups = Lookups::load(tx)?;
             let valid = validate(&body, &lookups.context(tz)).map_err(StoreError::Invalid)?;
             scripts::update(tx, id, &valid.input)?;
