@@ -6,7 +6,7 @@
 //! (422 on the `X-Client` key otherwise); it and `X-UUID` are logged with the request.
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -84,11 +84,7 @@ pub async fn require_token(
     let status = response.status().as_u16();
     let x_client = x_client.as_deref().unwrap_or("-");
     let x_uuid = x_uuid.as_deref().unwrap_or("-");
-    if method == Method::GET {
-        tracing::debug!(%method, path, status, user_id = user.id, x_client, x_uuid, "api request");
-    } else {
-        tracing::info!(%method, path, status, user_id = user.id, x_client, x_uuid, "api request");
-    }
+    tracing::info!(%method, path, status, user_id = user.id, x_client, x_uuid, "api request");
     response
 }
 
