@@ -113,3 +113,14 @@ fn tokens_store_only_a_digest_and_check_it() {
     assert_eq!(tokens::authenticate(&conn, "").unwrap(), None);
     assert!(matches!(store.write(|tx| tokens::create(tx, 999)), Err(StoreError::NotFound(_))));
 }
+
+#[test]
+fn a_removed_database_is_an_error_not_a_new_empty_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scriptd.db");
+    let store = Store::migrate(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(store.connect().is_err());
+    assert!(store.read(|tx| catalog::events(tx)).is_err());
+    assert!(!path.exists(), "a connection must not create an empty database");
+}

@@ -42,8 +42,6 @@ impl<'a> Viewer<'a> {
         let status = match body.get("status") {
             Some(Value::Bool(b)) => status_text(*b).into(),
             Some(Value::String(t)) if t == "active" || t == "disabled" => t.clone().into(),
-            Some(Value::Number(n)) if n.as_i64() == Some(1) => "active".into(),
-            Some(Value::Number(n)) if n.as_i64() == Some(0) => "disabled".into(),
             other => other.cloned().unwrap_or(Value::Null),
         };
         let timetable = match body.get("timetable") {

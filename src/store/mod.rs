@@ -95,7 +95,7 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
         }
-        let mut conn = store.connect()?;
+        let mut conn = store.connect_with(OpenFlags::SQLITE_OPEN_CREATE)?;
         migrations::to_latest(&mut conn)?;
         Ok(store)
     }
@@ -119,13 +119,17 @@ impl Store {
         &self.path
     }
 
-    /// A new connection: WAL, busy timeout, foreign keys on.
+    /// A new connection to the existing file: WAL, busy timeout, foreign keys on. Only
+    /// [`Store::open`] creates the file, so a database removed while the daemon runs is an
+    /// error, not a silently empty new one.
     pub fn connect(&self) -> Result<Connection, StoreError> {
+        self.connect_with(OpenFlags::empty())
+    }
+
+    fn connect_with(&self, extra: OpenFlags) -> Result<Connection, StoreError> {
         let conn = Connection::open_with_flags(
             &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | extra,
         )?;
         conn.busy_timeout(self.busy_timeout)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
