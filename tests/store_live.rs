@@ -190,3 +190,25 @@ async fn an_api_write_rebuilds_once_not_again_by_the_watcher() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(api.live.load().generation, after, "the watcher rebuilt again for the API's write");
 }
+
+#[tokio::test]
+async fn the_real_sqlite3_shell_is_seen_too() {
+    let Ok(out) = std::process::Command::new("sqlite3").arg("--version").output() else {
+        eprintln!("sqlite3 is not installed; skipping");
+        return;
+    };
+    assert!(out.status.success());
+    let api = start().await;
+    let sql = format!(
+        "INSERT INTO scripts (id, title, event_id, reaction_id, status, timetable, extra) \
+         VALUES (500, 'shell', 5, 2, 'active', '{ALL_DAY}', '{{}}'); \
+         INSERT INTO script_users (script_id, user_id) VALUES (500, 1);"
+    );
+    let out = std::process::Command::new("sqlite3").arg(&api.db_path).arg(sql).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let took = within(Duration::from_secs(2), || {
+        api.live.load().index.matches(5, 1, Utc::now()).contains(&500)
+    })
+    .await;
+    assert!(took.is_some(), "the sqlite3 shell's insert was not seen within 2 s");
+}
