@@ -4,14 +4,18 @@
 //! MQTT, each is matched against the operators' scripts (event, cameras, timetable), and the
 //! scripts' reactions are delivered to their users.
 
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod health;
 pub mod index;
+pub mod live;
 pub mod logging;
 pub mod rules;
+pub mod script;
 pub mod secret;
 pub mod settings;
+pub mod store;
 pub mod systemd;
 pub mod telemetry;
 pub mod timetable;

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use chrono::{DateTime, FixedOffset};
 use clap::{Args, Parser, Subcommand};
 
@@ -26,12 +27,71 @@ struct Cli {
 enum Command {
     /// Load and validate the configuration, print the effective values (secrets masked).
     CheckConfig,
+    /// Create or upgrade the SQLite schema and seed the event and reaction catalogs.
+    Migrate,
+    /// Manage users.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// List, export and import scripts.
+    #[command(subcommand)]
+    Scripts(ScriptsCommand),
     /// Timetable tools for operators.
     #[command(subcommand)]
     Timetable(TimetableCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Add a user and print its id.
+    Add {
+        /// Login (unique).
+        #[arg(long)]
+        login: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Parent user id (for sub-users).
+        #[arg(long)]
+        parent: Option<i64>,
+        /// Explicit id (default: the next free one).
+        #[arg(long)]
+        id: Option<i64>,
+        /// Permission to grant, by name (repeatable).
+        #[arg(long = "permission", value_name = "NAME")]
+        permissions: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Create an API token for a user and print it once.
+    Create {
+        /// The user the token authenticates as.
+        #[arg(long)]
+        user: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ScriptsCommand {
+    /// One line per script: id, status, event, reaction, title.
+    List,
+    /// Write every script as a JSON array (API shape) to FILE or stdout.
+    Export {
+        /// Output file (default: stdout).
+        file: Option<PathBuf>,
+    },
+    /// Validate and write the scripts of FILE, all or none.
+    Import {
+        /// A JSON array of scripts in the API shape.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,6 +162,34 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig => check_config(cli.config.as_deref()),
+        Command::Migrate => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let db_path = &settings.database.path;
+            scriptd::store::Store::migrate(db_path)?;
+            println!("database {} is up to date", db_path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Users(UsersCommand::Add { login, name, parent, id, permissions }) => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let new =
+                scriptd::store::users::NewUser { id, login, name, parent_id: parent, permissions };
+            let id = scriptd::store::Store::migrate(&settings.database.path)?
+                .write(|tx| scriptd::store::users::add(tx, &new))?;
+            println!("{id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tokens(TokensCommand::Create { user }) => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let token = scriptd::store::Store::migrate(&settings.database.path)?
+                .write(|tx| scriptd::store::tokens::create(tx, user))?;
+            println!("{}", token.expose());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Scripts(cmd) => {
+            let settings = load_settings(cli.config.as_deref())?;
+            scripts_command(cmd, &settings.database.path, settings.timezone.tz())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Timetable(TimetableCommand::Check(args)) => {
             let text = cli::read_input(args.file.as_deref())
                 .map_err(|e| anyhow::anyhow!("cannot read the timetable: {e}"))?;
@@ -178,4 +266,39 @@ fn check_config(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(config_error(&e)),
     }
+}
+
+fn scripts_command(cmd: ScriptsCommand, db_path: &Path, tz: chrono_tz::Tz) -> anyhow::Result<()> {
+    use scriptd::store::{Store, StoreError, transfer};
+    let store = Store::open(db_path)?;
+    match cmd {
+        ScriptsCommand::List => {
+            for line in transfer::list_lines(&store, tz)? {
+                println!("{line}");
+            }
+        }
+        ScriptsCommand::Export { file } => {
+            let text = serde_json::to_string_pretty(&transfer::export(&store, tz)?)?;
+            match file {
+                Some(f) => std::fs::write(&f, text + "\n")
+                    .with_context(|| format!("cannot write {}", f.display()))?,
+                None => println!("{text}"),
+            }
+        }
+        ScriptsCommand::Import { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let doc: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", file.display()))?;
+            match transfer::import(&store, tz, &doc) {
+                Ok(ids) => println!("imported {} scripts", ids.len()),
+                Err(StoreError::Invalid(errors)) => {
+                    println!("{}", errors.to_body());
+                    anyhow::bail!("nothing imported: {}", errors.message());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
 }

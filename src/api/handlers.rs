@@ -1,0 +1,311 @@
+//! Route handlers: scripts CRUD, catalogs, deliveries.
+//!
+//! Each handler does its database work in one blocking task: writes in one IMMEDIATE
+//! transaction that validates against the catalogs and users it reads, so a check and the
+//! write it guards cannot be separated by another writer. After a write the live snapshot
+//! is rebuilt before the answer goes out.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::view::Viewer;
+use crate::script::{Lookups, validate};
+use crate::store::{StoreError, catalog, deliveries, scripts};
+use crate::validation::FieldErrors;
+
+/// Default and largest page sizes of `GET /scripts`.
+pub const PER_PAGE_DEFAULT: u64 = 15;
+/// Largest `per_page`; larger values are clamped.
+pub const PER_PAGE_MAX: u64 = 100;
+/// Default and largest `limit` of `GET /scripts/{id}/deliveries`.
+pub const DELIVERIES_DEFAULT: u32 = 50;
+/// Largest `limit`; larger values are clamped.
+pub const DELIVERIES_MAX: u32 = 500;
+
+/// The fields a body may set; everything else is ignored.
+const FIELDS: [&str; 8] =
+    ["title", "event_id", "reaction_id", "status", "cameras", "users", "timetable", "extra"];
+
+/// The request body as a JSON object, or a 422 that says why not (413 when too large).
+fn json_object(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Map<String, Value>, ApiError> {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::TooLarge);
+        }
+        Err(rejection) => {
+            return Err(ApiError::field(
+                "body",
+                format!("The request body could not be read: {rejection}."),
+            ));
+        }
+    };
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = String::from_utf8_lossy(ct.as_bytes()).to_ascii_lowercase();
+        let mime = ct.split(';').next().unwrap_or("").trim().to_owned();
+        if mime != "application/json" && !mime.ends_with("+json") {
+            return Err(ApiError::field(
+                "body",
+                format!(
+                    "The request body must be JSON (Content-Type: application/json), not {mime:?}."
+                ),
+            ));
+        }
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::field("body", "The request body must be a JSON object.")),
+        Err(e) => Err(ApiError::field("body", format!("The request body is not valid JSON: {e}."))),
+    }
+}
+
+/// A script id from the path; anything that is not a positive integer is simply not found.
+fn script_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or(ApiError::NotFound("Script"))
+}
+
+/// A positive integer query parameter, or a 422 on its key.
+fn positive(query: &HashMap<String, String>, key: &str, default: u64) -> Result<u64, ApiError> {
+    match query.get(key) {
+        None => Ok(default),
+        Some(v) => {
+            v.trim().parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                ApiError::field(key, format!("The {key} must be a positive integer."))
+            })
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+async fn reload_after_write(state: &AppState) {
+    if let Err(e) = state.live.reload().await {
+        tracing::error!(error = %e, "reloading scripts after an API write failed; the watcher will retry");
+    }
+}
+
+/// `POST /scripts`: 201 with the created script.
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_object(&headers, body)?;
+    let (store, tz) = (state.store.clone(), state.live.timezone());
+    let view = blocking(move || {
+        Ok(store.write(|tx| {
+            let lookups = Lookups::load(tx)?;
+            let valid = validate(&body, &lookups.context(tz)).map_err(StoreError::Invalid)?;
+            let id = scripts::insert(tx, None, &valid.input)?;
+            let stored = scripts::get(tx, id)?
+                .ok_or_else(|| StoreError::NotFound(format!("script {id}")))?;
+            Viewer::new(tx, &lookups, tz).script(&stored)
+        })?)
+    })
+    .await?;
+    reload_after_write(&state).await;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// `GET /scripts?page=&per_page=`: `{"data": [...], "meta": {...}}`.
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let mut errors = FieldErrors::new();
+    let page = positive(&query, "page", 1).map_err(|e| merge_into(&mut errors, e)).unwrap_or(1);
+    let per_page = positive(&query, "per_page", PER_PAGE_DEFAULT)
+        .map_err(|e| merge_into(&mut errors, e))
+        .unwrap_or(PER_PAGE_DEFAULT)
+        .min(PER_PAGE_MAX);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let (store, tz) = (state.store.clone(), state.live.timezone());
+    let body = blocking(move || {
+        Ok(store.read(|tx| {
+            let lookups = Lookups::load(tx)?;
+            let offset = (page - 1).saturating_mul(per_page);
+            let (rows, total) = scripts::page(tx, offset, per_page)?;
+            let mut viewer = Viewer::new(tx, &lookups, tz);
+            let data = rows.iter().map(|s| viewer.script(s)).collect::<Result<Vec<_>, _>>()?;
+            let last_page = total.div_ceil(per_page).max(1);
+            Ok(json!({
+                "data": data,
+                "meta": {"current_page": page, "per_page": per_page, "total": total, "last_page": last_page}
+            }))
+        })?)
+    })
+    .await?;
+    Ok(Json(body))
+}
+
+fn merge_into(errors: &mut FieldErrors, e: ApiError) {
+    if let ApiError::Validation(fe) = e {
+        errors.merge(fe);
+    }
+}
+
+/// `GET /scripts/{id}`.
+pub async fn show(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = script_id(&raw)?;
+    let (store, tz) = (state.store.clone(), state.live.timezone());
+    let view = blocking(move || {
+        let view = store.read(|tx| {
+            let lookups = Lookups::load(tx)?;
+            match scripts::get(tx, id)? {
+                Some(s) => Viewer::new(tx, &lookups, tz).script(&s).map(Some),
+                None => Ok(None),
+            }
+        })?;
+        view.ok_or(ApiError::NotFound("Script"))
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+/// `PUT /scripts/{id}`: replaces every field; validated like `POST`.
+pub async fn replace(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = script_id(&raw)?;
+    let body = json_object(&headers, body)?;
+    update(state, id, move |_| body).await
+}
+
+/// `PATCH /scripts/{id}`: changes only the fields given; the merged script must be valid.
+pub async fn patch(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = script_id(&raw)?;
+    let changes = json_object(&headers, body)?;
+    update(state, id, move |current| {
+        let mut merged = current.clone();
+        for key in FIELDS {
+            if let Some(v) = changes.get(key) {
+                merged.insert(key.to_owned(), v.clone());
+            }
+        }
+        merged
+    })
+    .await
+}
+
+async fn update(
+    state: AppState,
+    id: i64,
+    new_body: impl FnOnce(&Map<String, Value>) -> Map<String, Value> + Send + 'static,
+) -> Result<Json<Value>, ApiError> {
+    let (store, tz) = (state.store.clone(), state.live.timezone());
+    let view = blocking(move || {
+        let view = store.write(|tx| {
+            let Some(current) = scripts::get(tx, id)? else { return Ok(None) };
+            let body = new_body(&current.body);
+            // A PATCH that leaves an undecodable column alone still has to fix it.
+            let mut unfixed = FieldErrors::new();
+            for path in current.decode_errors.paths() {
+                if body.get(path) == current.body.get(path) {
+                    for reason in current.decode_errors.get(path).unwrap_or_default() {
+                        unfixed.add(path, reason.clone());
+                    }
+                }
+            }
+            if !unfixed.is_empty() {
+                return Err(StoreError::Invalid(unfixed));
+            }
+            let lookups = Lookups::load(tx)?;
+            let valid = validate(&body, &lookups.context(tz)).map_err(StoreError::Invalid)?;
+            scripts::update(tx, id, &valid.input)?;
+            let stored = scripts::get(tx, id)?
+                .ok_or_else(|| StoreError::NotFound(format!("script {id}")))?;
+            Viewer::new(tx, &lookups, tz).script(&stored).map(Some)
+        })?;
+        view.ok_or(ApiError::NotFound("Script"))
+    })
+    .await?;
+    reload_after_write(&state).await;
+    Ok(Json(view))
+}
+
+/// `DELETE /scripts/{id}`: 204.
+pub async fn destroy(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = script_id(&raw)?;
+    let store = state.store.clone();
+    let deleted = blocking(move || Ok(store.write(|tx| scripts::delete(tx, id))?)).await?;
+    if !deleted {
+        return Err(ApiError::NotFound("Script"));
+    }
+    reload_after_write(&state).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /events`: `{"data": [...]}`.
+pub async fn events(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let list = blocking(move || Ok(store.read(|tx| catalog::events(tx))?)).await?;
+    Ok(Json(json!({ "data": list })))
+}
+
+/// `GET /reactions`: `{"data": [...]}`.
+pub async fn reactions(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let list = blocking(move || Ok(store.read(|tx| catalog::reactions(tx))?)).await?;
+    Ok(Json(json!({ "data": list })))
+}
+
+/// `GET /scripts/{id}/deliveries?limit=`: the most recent deliveries, newest first. A
+/// deleted script's deliveries are still shown; 404 only when neither exists.
+pub async fn script_deliveries(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let id = script_id(&raw)?;
+    let limit = positive(&query, "limit", u64::from(DELIVERIES_DEFAULT))?
+        .min(u64::from(DELIVERIES_MAX)) as u32;
+    let store = state.store.clone();
+    let list = blocking(move || {
+        let found = store.read(|tx| {
+            if scripts::get(tx, id)?.is_none() && !deliveries::any_for(tx, id)? {
+                return Ok(None);
+            }
+            deliveries::recent(tx, id, limit).map(Some)
+        })?;
+        found.ok_or(ApiError::NotFound("Script"))
+    })
+    .await?;
+    Ok(Json(json!({ "data": list })))
+}
+
+/// Any other path under `/api/v1`.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("Route")
+}

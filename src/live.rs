@@ -1,0 +1,371 @@
+//! # The live snapshot
+//!
+//! Everything the pipeline needs to match and deliver an occurrence, built from the
+//! database and swapped in atomically ([`arc_swap`]): readers call [`Live::load`] and never
+//! wait for a writer. The snapshot is rebuilt
+//! - after every API write, before the API answers, so the next occurrence sees it;
+//! - by the watcher ([`Live::spawn_watcher`]) when another program changes the file: it
+//!   polls `PRAGMA data_version` on a dedicated connection every 500 ms and notices a
+//!   replaced file (new device/inode at the path) and reopens it.
+//!
+//! A row that fails validation (hand-edited with the `sqlite3` shell) is left out of the
+//! index, logged once with the script id and the field, and kept in [`Snapshot::invalid`]
+//! so `GET /scripts/{id}` can show why; the other scripts keep working.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chrono_tz::Tz;
+use serde_json::Value;
+
+use crate::script::{Lookups, Rule, ScheduleIndex, Timetable, validate};
+use crate::secret::Secret;
+use crate::store::catalog::{Event, Reaction};
+use crate::store::users::descendants;
+use crate::store::{Store, StoreError, scripts, users};
+use crate::validation::FieldErrors;
+
+/// How often the watcher looks for outside changes.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A script's reaction-specific data, secrets masked in `Debug`.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// Telegram bot token (`telegram-message`).
+    pub bot_token: Option<Secret>,
+    /// Telegram chat id, as text (`telegram-message`).
+    pub chat_id: Option<String>,
+    /// Webhook URL (`webhook`).
+    pub url: Option<String>,
+    /// Webhook signing secret (`webhook`).
+    pub secret: Option<Secret>,
+}
+
+/// A valid script, ready for delivery.
+#[derive(Debug, Clone)]
+pub struct ScriptRecord {
+    /// Script id.
+    pub id: i64,
+    /// Title.
+    pub title: String,
+    /// `status` = active.
+    pub enabled: bool,
+    /// The event it reacts to.
+    pub event: Event,
+    /// The reaction to perform.
+    pub reaction: Reaction,
+    /// `None` = every camera.
+    pub cameras: Option<Vec<i64>>,
+    /// The users listed on the script (see [`Snapshot::recipients`] for sub-users).
+    pub users: Vec<i64>,
+    /// Reaction data.
+    pub extra: Extra,
+    /// The compiled timetable.
+    pub timetable: Arc<Timetable>,
+}
+
+/// One consistent view of the scripts.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// `(event, camera, instant) → script ids`.
+    pub index: ScheduleIndex,
+    /// Valid scripts by id.
+    pub scripts: HashMap<i64, Arc<ScriptRecord>>,
+    /// Scripts skipped because their row is invalid, with the reasons.
+    pub invalid: BTreeMap<i64, FieldErrors>,
+    /// Every user's parent, for sub-user expansion.
+    pub parents: HashMap<i64, Option<i64>>,
+    /// The event catalog by id.
+    pub events: HashMap<i64, Event>,
+    /// Counts rebuilds: a higher generation is a newer snapshot.
+    pub generation: u64,
+}
+
+impl Snapshot {
+    /// An empty snapshot (before the first load).
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            index: ScheduleIndex::build(Vec::new()),
+            scripts: HashMap::new(),
+            invalid: BTreeMap::new(),
+            parents: HashMap::new(),
+            events: HashMap::new(),
+            generation: 0,
+        }
+    }
+
+    /// The given users and all their sub-users, breadth-first, each once.
+    pub fn descendants(&self, user_ids: &[i64]) -> Vec<i64> {
+        descendants(&self.parents, user_ids)
+    }
+
+    /// The users a script's reaction goes to: its users, plus every sub-user below them
+    /// for the client-side reactions (`show-camera-sidebar`, `show-camera`, `sound`).
+    pub fn recipients(&self, script: &ScriptRecord) -> Vec<i64> {
+        match script.reaction.name.as_str() {
+            "show-camera-sidebar" | "show-camera" | "sound" => self.descendants(&script.users),
+            _ => script.users.clone(),
+        }
+    }
+}
+
+/// Shared handle on the current snapshot; cheap to clone.
+#[derive(Clone)]
+pub struct Live {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    timezone: Tz,
+    current: ArcSwap<Snapshot>,
+    /// The watcher's connection; its lock also serialises rebuilds, so an older snapshot
+    /// never replaces a newer one.
+    watch: Mutex<Option<Watch>>,
+    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").field("generation", &self.load().generation).finish()
+    }
+}
+
+impl Live {
+    /// Loads the first snapshot (blocking).
+    pub fn new(store: Store, timezone: Tz) -> Result<Live, StoreError> {
+        let live = Live {
+            inner: Arc::new(Inner {
+                store,
+                timezone,
+                current: ArcSwap::from_pointee(Snapshot::empty()),
+                watch: Mutex::new(None),
+                generation: AtomicU64::new(0),
+            }),
+        };
+        live.reload_blocking()?;
+        Ok(live)
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.inner.current.load_full()
+    }
+
+    /// The store this snapshot is built from.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The zone for times without an offset.
+    pub fn timezone(&self) -> Tz {
+        self.inner.timezone
+    }
+
+    /// Rebuilds the snapshot from the database and swaps it in (blocking).
+    pub fn reload_blocking(&self) -> Result<(), StoreError> {
+        let mut watch = self.inner.watch.lock().unwrap_or_else(|p| p.into_inner());
+        self.reload_locked(&mut watch)
+    }
+
+    /// Rebuilds with the watcher locked. The watcher's data version is noted *before* the
+    /// read, so the rebuild covers every commit up to it (the watcher does not rebuild a
+    /// second time for an API write) and any later commit is seen by the next poll.
+    fn reload_locked(&self, watch: &mut Option<Watch>) -> Result<(), StoreError> {
+        if let Some(w) = watch.as_mut() {
+            match data_version(&w.conn) {
+                Ok(v) => w.data_version = v,
+                Err(_) => *watch = None,
+            }
+        }
+        let previous = self.load();
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let snapshot = match build(&self.inner.store, self.inner.timezone, generation) {
+            Ok(s) => s,
+            Err(e) => {
+                // Forget the noted version: the watcher reopens and rebuilds next time.
+                *watch = None;
+                return Err(e);
+            }
+        };
+        for (id, errors) in &snapshot.invalid {
+            if previous.invalid.get(id) != Some(errors) {
+                tracing::error!(
+                    script_id = id,
+                    field = errors.paths().next().unwrap_or("script"),
+                    errors = %errors,
+                    "script skipped: its row in the database is invalid"
+                );
+            }
+        }
+        tracing::debug!(
+            generation,
+            scripts = snapshot.scripts.len(),
+            invalid = snapshot.invalid.len(),
+            "scripts reloaded"
+        );
+        self.inner.current.store(Arc::new(snapshot));
+        Ok(())
+    }
+
+    /// [`Live::reload_blocking`] on the blocking pool.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let live = self.clone();
+        tokio::task::spawn_blocking(move || live.reload_blocking())
+            .await
+            .map_err(|e| StoreError::Migration(format!("reload task failed: {e}")))?
+    }
+
+    /// Watches the database file for changes made by other programs until `shutdown`
+    /// resolves; see the module documentation.
+    pub fn spawn_watcher(
+        &self,
+        interval: Duration,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let live = self.clone();
+        tokio::spawn(async move {
+            tokio::pin!(shutdown);
+            let mut last_error: Option<String> = None;
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    _ = ticker.tick() => {}
+                }
+                let l = live.clone();
+                match tokio::task::spawn_blocking(move || poll_once(&l)).await {
+                    Ok(Ok(())) => last_error = None,
+                    Ok(Err(e)) => {
+                        let msg = e.to_string();
+                        if last_error.as_deref() != Some(msg.as_str()) {
+                            tracing::warn!(error = %msg, "watching the database failed");
+                        }
+                        last_error = Some(msg);
+                    }
+                    Err(e) => tracing::error!(error = %e, "database watcher step panicked"),
+                }
+            }
+        })
+    }
+}
+
+/// The watcher's dedicated connection and what it saw last.
+struct Watch {
+    conn: rusqlite::Connection,
+    file: (u64, u64),
+    data_version: i64,
+}
+
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+fn data_version(conn: &rusqlite::Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}
+
+/// One watcher step: (re)open when needed, reload when the data or the file changed.
+fn poll_once(live: &Live) -> Result<(), StoreError> {
+    let mut watch = live.inner.watch.lock().unwrap_or_else(|p| p.into_inner());
+    let path = live.inner.store.path();
+    let identity = file_identity(path)
+        .map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
+    let replaced = watch.as_ref().is_some_and(|w| w.file != identity);
+    if replaced {
+        tracing::info!(path = %path.display(), "database file was replaced; reopening");
+    }
+    if watch.is_none() || replaced {
+        // (Re)opened: changes made before this point are not counted by data_version, so
+        // reload once unconditionally.
+        let conn = live.inner.store.connect()?;
+        let v = data_version(&conn)?;
+        *watch = Some(Watch { conn, file: identity, data_version: v });
+        return live.reload_locked(&mut watch);
+    }
+    let changed = match watch.as_ref() {
+        Some(w) => data_version(&w.conn)? != w.data_version,
+        None => false,
+    };
+    if changed { live.reload_locked(&mut watch) } else { Ok(()) }
+}
+
+fn extra_of(extra: &serde_json::Map<String, Value>) -> Extra {
+    let text = |k: &str| match extra.get(k) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    Extra {
+        bot_token: text("bot_token").map(Secret::new),
+        chat_id: text("chat_id"),
+        url: text("url"),
+        secret: text("secret").map(Secret::new),
+    }
+}
+
+/// Reads and validates every script into a snapshot.
+fn build(store: &Store, timezone: Tz, generation: u64) -> Result<Snapshot, StoreError> {
+    let (lookups, parents, rows) =
+        store.read(|tx| Ok((Lookups::load(tx)?, users::parents(tx)?, scripts::all(tx)?)))?;
+    let ctx = lookups.context(timezone);
+    let mut records = HashMap::new();
+    let mut invalid = BTreeMap::new();
+    let mut rules = Vec::new();
+    for row in rows {
+        if !row.decode_errors.is_empty() {
+            invalid.insert(row.id, row.decode_errors);
+            continue;
+        }
+        match validate(&row.body, &ctx) {
+            Ok(v) => {
+                let (Some(event), Some(reaction)) = (
+                    lookups.events.get(&v.input.event_id),
+                    lookups.reactions.get(&v.input.reaction_id),
+                ) else {
+                    continue; // validate checked both exist
+                };
+                rules.push(Rule {
+                    script_id: row.id,
+                    event_id: v.input.event_id,
+                    cameras: v.input.cameras.clone(),
+                    enabled: v.input.enabled,
+                    timetable: v.timetable.clone(),
+                });
+                records.insert(
+                    row.id,
+                    Arc::new(ScriptRecord {
+                        id: row.id,
+                        title: v.input.title,
+                        enabled: v.input.enabled,
+                        event: event.clone(),
+                        reaction: reaction.clone(),
+                        cameras: v.input.cameras,
+                        users: v.input.users,
+                        extra: extra_of(&v.input.extra),
+                        timetable: v.timetable,
+                    }),
+                );
+            }
+            Err(errors) => {
+                invalid.insert(row.id, errors);
+            }
+        }
+    }
+    Ok(Snapshot {
+        index: ScheduleIndex::build(rules),
+        scripts: records,
+        invalid,
+        parents,
+        events: lookups.events,
+        generation,
+    })
+}

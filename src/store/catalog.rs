@@ -1,0 +1,147 @@
+//! The event and reaction catalogs (the seed's "statistics") and their default contents.
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+use super::StoreError;
+
+/// One kind of analytics result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// Catalog id (`event_id` in scripts and occurrences).
+    pub id: i64,
+    /// Inner key, e.g. `face_recognized`.
+    pub name: String,
+    /// Human-readable name.
+    pub description: String,
+    /// Display colour, `#RRGGBB`.
+    pub color: String,
+    /// The analytics module that produces it.
+    pub analytic_type: String,
+}
+
+/// One kind of action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reaction {
+    /// Catalog id (`reaction_id` in scripts).
+    pub id: i64,
+    /// Inner key: `telegram-message`, `show-camera-sidebar`, `show-camera`, `sound`, `webhook`.
+    pub name: String,
+    /// Human-readable name.
+    pub description: String,
+    /// Whether clients preselect it.
+    pub is_default: bool,
+}
+
+/// The default events: (id, name, description, color, analytic_type).
+pub const DEFAULT_EVENTS: &[(i64, &str, &str, &str, &str)] = &[
+    (1, "face_recognized", "Face recognised", "#07D4F0", "face_recognition"),
+    (2, "face_unknown", "Unknown face", "#F0A107", "face_recognition"),
+    (3, "plate_recognized", "Licence plate recognised", "#2E86DE", "plate_recognition"),
+    (4, "plate_unknown", "Unknown licence plate", "#E67E22", "plate_recognition"),
+    (5, "line_crossing", "Line crossing", "#8E44AD", "video_analytics"),
+    (6, "intrusion", "Intrusion into a zone", "#E74C3C", "video_analytics"),
+    (7, "loitering", "Loitering", "#D35400", "video_analytics"),
+    (8, "motion", "Motion detected", "#27AE60", "motion_detection"),
+    (9, "abandoned_object", "Abandoned object", "#C0392B", "video_analytics"),
+    (10, "smoke_fire", "Smoke or fire", "#FF3B30", "fire_detection"),
+    (11, "camera_tamper", "Camera tampering", "#7F8C8D", "camera_health"),
+    (12, "camera_offline", "Camera offline", "#34495E", "camera_health"),
+    (13, "crowd", "Crowd gathering", "#16A085", "video_analytics"),
+];
+
+/// The default reactions: (id, name, description, is_default).
+pub const DEFAULT_REACTIONS: &[(i64, &str, &str, bool)] = &[
+    (1, "telegram-message", "Send a Telegram message", false),
+    (2, "show-camera-sidebar", "Show the camera in the sidebar", true),
+    (3, "show-camera", "Open the camera full screen", false),
+    (4, "sound", "Play an alarm sound", false),
+    (5, "webhook", "Call a webhook", false),
+];
+
+/// The default user permissions: (id, name, display_name).
+pub const DEFAULT_PERMISSIONS: &[(i64, &str, &str)] = &[
+    (240, "scripts.manage", "Manage events and reactions"),
+    (241, "scripts.view", "View events and reactions"),
+    (242, "cameras.view", "View cameras"),
+    (243, "archive.view", "View the archive"),
+];
+
+/// Inserts the default catalog rows that are missing; existing rows (by id) are kept as the
+/// operator left them.
+pub fn seed_defaults(conn: &Connection) -> Result<(), StoreError> {
+    let mut ev = conn.prepare(
+        "INSERT OR IGNORE INTO events (id, name, description, color, analytic_type)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (id, name, description, color, analytic) in DEFAULT_EVENTS {
+        ev.execute(params![id, name, description, color, analytic])?;
+    }
+    let mut re = conn.prepare(
+        "INSERT OR IGNORE INTO reactions (id, name, description, is_default) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (id, name, description, is_default) in DEFAULT_REACTIONS {
+        re.execute(params![id, name, description, is_default])?;
+    }
+    let mut pe = conn.prepare(
+        "INSERT OR IGNORE INTO permissions (id, name, display_name) VALUES (?1, ?2, ?3)",
+    )?;
+    for (id, name, display_name) in DEFAULT_PERMISSIONS {
+        pe.execute(params![id, name, display_name])?;
+    }
+    Ok(())
+}
+
+/// Every event, by id.
+pub fn events(conn: &Connection) -> Result<Vec<Event>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT id, name, description, color, analytic_type FROM events ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Event {
+            id: r.get(0)?,
+            name: text(r, 1)?,
+            description: text(r, 2)?,
+            color: text(r, 3)?,
+            analytic_type: text(r, 4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every reaction, by id.
+pub fn reactions(conn: &Connection) -> Result<Vec<Reaction>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT id, name, description, is_default FROM reactions ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Reaction {
+            id: r.get(0)?,
+            name: text(r, 1)?,
+            description: text(r, 2)?,
+            is_default: truthy(r, 3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A text column that tolerates hand-entered numbers.
+pub(crate) fn text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
+    use rusqlite::types::Value as V;
+    Ok(match r.get::<_, V>(i)? {
+        V::Null => String::new(),
+        V::Integer(n) => n.to_string(),
+        V::Real(f) => f.to_string(),
+        V::Text(s) => s,
+        V::Blob(b) => String::from_utf8_lossy(&b).into_owned(),
+    })
+}
+
+/// A boolean column that tolerates `0/1`, `'true'/'false'`.
+pub(crate) fn truthy(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<bool> {
+    use rusqlite::types::Value as V;
+    Ok(match r.get::<_, V>(i)? {
+        V::Integer(n) => n != 0,
+        V::Real(f) => f != 0.0,
+        V::Text(s) => matches!(s.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"),
+        V::Null | V::Blob(_) => false,
+    })
+}

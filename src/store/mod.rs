@@ -1,0 +1,187 @@
+//! # The SQLite store
+//!
+//! One file holds the event and reaction catalogs, users and their API tokens, scripts and
+//! the delivery outbox. [`Store`] opens short-lived connections configured the same way
+//! every time: WAL journal, a busy timeout, foreign keys on. Every write runs in a
+//! transaction begun `IMMEDIATE`, so a writer takes the lock up front instead of failing
+//! half-way; when SQLite stays busy past the timeout the caller gets [`StoreError::Busy`]
+//! (the API answers 503 with `Retry-After`).
+//!
+//! Calls are blocking: async callers wrap them in `tokio::task::spawn_blocking`.
+//!
+//! Layout: [`migrations`] (the versioned schema), [`catalog`] (events, reactions and the
+//! default set), [`users`], [`tokens`], [`scripts`], [`deliveries`].
+
+pub mod catalog;
+pub mod deliveries;
+pub mod migrations;
+pub mod scripts;
+pub mod tokens;
+pub mod transfer;
+pub mod users;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
+
+use crate::validation::FieldErrors;
+
+/// How long a connection waits for another writer before giving up with [`StoreError::Busy`].
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What can go wrong in the store; variants say what the caller can do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite stayed locked by another writer past the busy timeout: retry later.
+    #[error("the database is busy; retry later")]
+    Busy,
+    /// The database was written by a newer scriptd.
+    #[error(
+        "database schema version {found} is newer than this scriptd supports ({supported}); \
+         upgrade scriptd or restore a backup"
+    )]
+    TooNew {
+        /// `user_version` found in the file.
+        found: usize,
+        /// The latest version this binary knows.
+        supported: usize,
+    },
+    /// Applying a migration failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// The input is not valid (import, users, tokens).
+    #[error("invalid input: {0}")]
+    Invalid(FieldErrors),
+    /// A referenced row does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The database folder could not be created.
+    #[error("cannot create {path}: {source}")]
+    Io {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Any other SQLite error.
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy,
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+/// Handle on the database file; cheap to clone, opens a connection per operation.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+    busy_timeout: Duration,
+}
+
+impl Store {
+    /// A store on `path`: creates the folder if missing, refuses a database from a newer
+    /// scriptd, and applies pending migrations. The catalogs are not seeded (see
+    /// [`Store::migrate`]).
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let store = Store { path: path.to_path_buf(), busy_timeout: BUSY_TIMEOUT };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+        }
+        let mut conn = store.connect_with(OpenFlags::SQLITE_OPEN_CREATE)?;
+        migrations::to_latest(&mut conn)?;
+        Ok(store)
+    }
+
+    /// `scriptd migrate`: [`Store::open`], then seeds the default catalogs (existing rows are
+    /// kept, so operators' edits survive). Idempotent.
+    pub fn migrate(path: &Path) -> Result<Store, StoreError> {
+        let store = Store::open(path)?;
+        store.write(|tx| catalog::seed_defaults(tx))?;
+        Ok(store)
+    }
+
+    /// Overrides the busy timeout (tests use a short one).
+    pub fn with_busy_timeout(mut self, timeout: Duration) -> Store {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new connection to the existing file: WAL, busy timeout, foreign keys on. Only
+    /// [`Store::open`] creates the file, so a database removed while the daemon runs is an
+    /// error, not a silently empty new one.
+    pub fn connect(&self) -> Result<Connection, StoreError> {
+        self.connect_with(OpenFlags::empty())
+    }
+
+    fn connect_with(&self, extra: OpenFlags) -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | extra,
+        )?;
+        conn.busy_timeout(self.busy_timeout)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        Ok(conn)
+    }
+
+    /// Runs `f` in a read transaction (a consistent view across several queries).
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.connect()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` in a write transaction begun IMMEDIATE; commits when `f` returns `Ok`,
+    /// rolls back otherwise.
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.connect()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+/// Now as the API's timestamp text, `YYYY-MM-DD HH:MM:SS` in UTC.
+pub fn now_text() -> String {
+    chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// Now in unix milliseconds (the outbox's clock).
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A column read without trusting its type (rows may be hand-edited): SQLite's value as
+/// JSON. Text stays text, blobs become lossy text.
+pub(crate) fn sql_to_json(v: rusqlite::types::Value) -> serde_json::Value {
+    use rusqlite::types::Value as V;
+    match v {
+        V::Null => serde_json::Value::Null,
+        V::Integer(i) => i.into(),
+        V::Real(f) => serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, Into::into),
+        V::Text(s) => s.into(),
+        V::Blob(b) => String::from_utf8_lossy(&b).into_owned().into(),
+    }
+}

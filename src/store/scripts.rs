@@ -1,0 +1,193 @@
+//! Scripts and their users.
+//!
+//! Writes take a validated [`ScriptInput`]. Reads return [`StoredScript`], which trusts
+//! nothing about the row (operators edit the file with the `sqlite3` shell): every column is
+//! read as a JSON value, JSON columns that do not parse are reported in `decode_errors`,
+//! and the whole thing goes through [`crate::script::validate`] again before it is used.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Map, Value};
+
+use super::catalog::text;
+use super::{StoreError, now_text, sql_to_json};
+use crate::script::{ScriptInput, status_text};
+use crate::validation::FieldErrors;
+
+/// A script row as found in the database.
+#[derive(Clone)]
+pub struct StoredScript {
+    /// Script id.
+    pub id: i64,
+    /// Row fields as a body (`title`, `event_id`, `reaction_id`, `status`, `cameras`,
+    /// `users`, `timetable`, `extra`), ready for validation.
+    pub body: Map<String, Value>,
+    /// `YYYY-MM-DD HH:MM:SS` UTC.
+    pub created_at: String,
+    /// `YYYY-MM-DD HH:MM:SS` UTC.
+    pub updated_at: String,
+    /// JSON columns whose text is not JSON, by field.
+    pub decode_errors: FieldErrors,
+}
+
+impl std::fmt::Debug for StoredScript {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredScript")
+            .field("id", &self.id)
+            .field("title", &self.body.get("title"))
+            .field("decode_errors", &self.decode_errors)
+            .finish_non_exhaustive()
+    }
+}
+
+const COLUMNS: &str =
+    "id, title, event_id, reaction_id, status, cameras, timetable, extra, created_at, updated_at";
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredScript> {
+    let mut body = Map::new();
+    let mut decode_errors = FieldErrors::new();
+    body.insert("title".into(), sql_to_json(r.get(1)?));
+    body.insert("event_id".into(), sql_to_json(r.get(2)?));
+    body.insert("reaction_id".into(), sql_to_json(r.get(3)?));
+    body.insert("status".into(), sql_to_json(r.get(4)?));
+    for (i, key) in [(5, "cameras"), (6, "timetable"), (7, "extra")] {
+        let value = match sql_to_json(r.get(i)?) {
+            Value::String(s) => match serde_json::from_str::<Value>(&s) {
+                Ok(v) => v,
+                Err(e) => {
+                    decode_errors.add(key, format!("The stored {key} is not valid JSON: {e}."));
+                    Value::String(s)
+                }
+            },
+            other => other,
+        };
+        body.insert(key.into(), value);
+    }
+    Ok(StoredScript {
+        id: r.get(0)?,
+        body,
+        created_at: text(r, 8)?,
+        updated_at: text(r, 9)?,
+        decode_errors,
+    })
+}
+
+fn attach_users(conn: &Connection, s: &mut StoredScript) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT user_id FROM script_users WHERE script_id = ?1 ORDER BY position, user_id",
+    )?;
+    let users: Vec<Value> = stmt
+        .query_map([s.id], |r| r.get::<_, rusqlite::types::Value>(0))?
+        .map(|v| v.map(sql_to_json))
+        .collect::<Result<_, _>>()?;
+    s.body.insert("users".into(), Value::Array(users));
+    Ok(())
+}
+
+/// One script, or `None`.
+pub fn get(conn: &Connection, id: i64) -> Result<Option<StoredScript>, StoreError> {
+    let mut s = conn
+        .query_row(&format!("SELECT {COLUMNS} FROM scripts WHERE id = ?1"), [id], from_row)
+        .optional()?;
+    if let Some(s) = s.as_mut() {
+        attach_users(conn, s)?;
+    }
+    Ok(s)
+}
+
+/// A page of scripts by id, and the total count.
+pub fn page(
+    conn: &Connection,
+    offset: u64,
+    limit: u64,
+) -> Result<(Vec<StoredScript>, u64), StoreError> {
+    let total: i64 = conn.query_row("SELECT COUNT(*) FROM scripts", [], |r| r.get(0))?;
+    let mut stmt =
+        conn.prepare(&format!("SELECT {COLUMNS} FROM scripts ORDER BY id LIMIT ?1 OFFSET ?2"))?;
+    let mut out: Vec<StoredScript> = stmt
+        .query_map(
+            params![
+                i64::try_from(limit).unwrap_or(i64::MAX),
+                i64::try_from(offset).unwrap_or(i64::MAX)
+            ],
+            from_row,
+        )?
+        .collect::<Result<_, _>>()?;
+    for s in &mut out {
+        attach_users(conn, s)?;
+    }
+    Ok((out, u64::try_from(total).unwrap_or(0)))
+}
+
+/// Every script, by id.
+pub fn all(conn: &Connection) -> Result<Vec<StoredScript>, StoreError> {
+    page(conn, 0, i64::MAX as u64).map(|(v, _)| v)
+}
+
+fn cameras_json(input: &ScriptInput) -> Option<String> {
+    input.cameras.as_ref().map(|c| Value::from(c.clone()).to_string())
+}
+
+fn write_users(conn: &Connection, id: i64, users: &[i64]) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM script_users WHERE script_id = ?1", [id])?;
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO script_users (script_id, user_id, position) VALUES (?1, ?2, ?3)",
+    )?;
+    for (pos, user) in users.iter().enumerate() {
+        stmt.execute(params![id, user, pos as i64])?;
+    }
+    Ok(())
+}
+
+/// Inserts a script and returns its id (`id` given only by import, which keeps ids).
+pub fn insert(conn: &Connection, id: Option<i64>, input: &ScriptInput) -> Result<i64, StoreError> {
+    let now = now_text();
+    conn.execute(
+        "INSERT INTO scripts (id, title, event_id, reaction_id, status, cameras, timetable, extra,
+                              created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+        params![
+            id,
+            input.title,
+            input.event_id,
+            input.reaction_id,
+            status_text(input.enabled),
+            cameras_json(input),
+            input.timetable.to_string(),
+            Value::Object(input.extra.clone()).to_string(),
+            now
+        ],
+    )?;
+    let id = conn.last_insert_rowid();
+    write_users(conn, id, &input.users)?;
+    Ok(id)
+}
+
+/// Replaces a script's fields; false when it does not exist.
+pub fn update(conn: &Connection, id: i64, input: &ScriptInput) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "UPDATE scripts SET title = ?2, event_id = ?3, reaction_id = ?4, status = ?5,
+                cameras = ?6, timetable = ?7, extra = ?8, updated_at = ?9
+         WHERE id = ?1",
+        params![
+            id,
+            input.title,
+            input.event_id,
+            input.reaction_id,
+            status_text(input.enabled),
+            cameras_json(input),
+            input.timetable.to_string(),
+            Value::Object(input.extra.clone()).to_string(),
+            now_text()
+        ],
+    )?;
+    if n == 0 {
+        return Ok(false);
+    }
+    write_users(conn, id, &input.users)?;
+    Ok(true)
+}
+
+/// Deletes a script; false when it did not exist.
+pub fn delete(conn: &Connection, id: i64) -> Result<bool, StoreError> {
+    Ok(conn.execute("DELETE FROM scripts WHERE id = ?1", [id])? > 0)
+}

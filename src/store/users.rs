@@ -1,0 +1,228 @@
+//! Users (the VMS accounts that receive reactions), their permissions, and the sub-user
+//! walk used to expand recipients.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::catalog::{text, truthy};
+use super::{StoreError, now_text};
+use crate::validation::FieldErrors;
+
+/// A permission granted to a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Permission {
+    /// Permission id.
+    pub id: i64,
+    /// Inner key.
+    pub name: String,
+    /// Human-readable name.
+    pub display_name: String,
+}
+
+/// The seed's full user object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    /// User id.
+    pub id: i64,
+    /// Login (unique).
+    pub login: String,
+    /// Display name.
+    pub name: String,
+    /// The parent account, for sub-users.
+    pub parent_id: Option<i64>,
+    /// Granted permissions.
+    pub permissions: Vec<Permission>,
+    /// `YYYY-MM-DD HH:MM:SS` UTC.
+    pub created_at: String,
+    /// `YYYY-MM-DD HH:MM:SS` UTC.
+    pub updated_at: String,
+    /// How often the client polls, in seconds.
+    pub online_request_interval: i64,
+    /// Public id of the user's latest API token (never the token).
+    pub access_token_id: Option<String>,
+    /// Whether the user may change their password.
+    pub can_update_password: bool,
+}
+
+/// What `scriptd users add` takes.
+#[derive(Debug, Clone, Default)]
+pub struct NewUser {
+    /// Explicit id, or the next free one.
+    pub id: Option<i64>,
+    /// Login (unique).
+    pub login: String,
+    /// Display name.
+    pub name: String,
+    /// Parent account (must exist).
+    pub parent_id: Option<i64>,
+    /// Permission names to grant (must exist in the permissions table).
+    pub permissions: Vec<String>,
+}
+
+/// Adds a user and returns its id.
+pub fn add(conn: &Connection, new: &NewUser) -> Result<i64, StoreError> {
+    let mut errors = FieldErrors::new();
+    if new.login.trim().is_empty() {
+        errors.add("login", "must not be empty");
+    } else if exists_login(conn, &new.login)? {
+        errors.add("login", "is already taken");
+    }
+    if new.name.trim().is_empty() {
+        errors.add("name", "must not be empty");
+    }
+    if let Some(id) = new.id {
+        if id <= 0 {
+            errors.add("id", "must be a positive integer");
+        } else if exists(conn, id)? {
+            errors.add("id", "is already taken");
+        }
+    }
+    if let Some(parent) = new.parent_id
+        && !exists(conn, parent)?
+    {
+        errors.add("parent_id", format!("user {parent} does not exist"));
+    }
+    let mut permission_ids = Vec::new();
+    for (i, p) in new.permissions.iter().enumerate() {
+        let id: Option<i64> = conn
+            .query_row("SELECT id FROM permissions WHERE name = ?1", [p], |r| r.get(0))
+            .optional()?;
+        match id {
+            Some(id) => permission_ids.push(id),
+            None => errors.add(format!("permissions.{i}"), format!("unknown permission {p:?}")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(StoreError::Invalid(errors));
+    }
+    let now = now_text();
+    conn.execute(
+        "INSERT INTO users (id, login, name, parent_id, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        params![new.id, new.login, new.name, new.parent_id, now],
+    )?;
+    let id = conn.last_insert_rowid();
+    for pid in permission_ids {
+        conn.execute(
+            "INSERT OR IGNORE INTO user_permissions (user_id, permission_id) VALUES (?1, ?2)",
+            params![id, pid],
+        )?;
+    }
+    Ok(id)
+}
+
+/// True when a user with this id exists.
+pub fn exists(conn: &Connection, id: i64) -> Result<bool, StoreError> {
+    Ok(conn.query_row("SELECT EXISTS(SELECT 1 FROM users WHERE id = ?1)", [id], |r| r.get(0))?)
+}
+
+fn exists_login(conn: &Connection, login: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row("SELECT EXISTS(SELECT 1 FROM users WHERE login = ?1)", [login], |r| r.get(0))?)
+}
+
+/// Every user id.
+pub fn all_ids(conn: &Connection) -> Result<HashSet<i64>, StoreError> {
+    let mut stmt = conn.prepare("SELECT id FROM users")?;
+    let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    Ok(ids)
+}
+
+/// Every user's parent: `user id → parent id` (for [`descendants`]).
+pub fn parents(conn: &Connection) -> Result<HashMap<i64, Option<i64>>, StoreError> {
+    let mut stmt = conn.prepare("SELECT id, parent_id FROM users")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1).ok().flatten())))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// One user with permissions, or `None`.
+pub fn get(conn: &Connection, id: i64) -> Result<Option<User>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, login, name, parent_id, created_at, updated_at, online_request_interval,
+                access_token_id, can_update_password
+         FROM users WHERE id = ?1",
+    )?;
+    let user = stmt
+        .query_row([id], |r| {
+            Ok(User {
+                id: r.get(0)?,
+                login: text(r, 1)?,
+                name: text(r, 2)?,
+                parent_id: r.get::<_, Option<i64>>(3).ok().flatten(),
+                permissions: Vec::new(),
+                created_at: text(r, 4)?,
+                updated_at: text(r, 5)?,
+                online_request_interval: r.get::<_, i64>(6).unwrap_or(100),
+                access_token_id: r.get::<_, Option<String>>(7).ok().flatten(),
+                can_update_password: truthy(r, 8)?,
+            })
+        })
+        .optional()?;
+    let Some(mut user) = user else { return Ok(None) };
+    let mut stmt = conn.prepare(
+        "SELECT p.id, p.name, p.display_name FROM user_permissions up
+         JOIN permissions p ON p.id = up.permission_id WHERE up.user_id = ?1 ORDER BY p.id",
+    )?;
+    user.permissions = stmt
+        .query_map([id], |r| {
+            Ok(Permission { id: r.get(0)?, name: text(r, 1)?, display_name: text(r, 2)? })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(user))
+}
+
+/// The given users and every sub-user below them (`parent_id` chains, any depth),
+/// breadth-first, each user once, in first-seen order. Ids absent from `parents` are kept
+/// (they are the caller's); cycles in hand-edited data end the walk instead of looping.
+pub fn descendants(parents: &HashMap<i64, Option<i64>>, user_ids: &[i64]) -> Vec<i64> {
+    let mut children: HashMap<i64, Vec<i64>> = HashMap::new();
+    for (&id, &parent) in parents {
+        if let Some(p) = parent {
+            children.entry(p).or_default().push(id);
+        }
+    }
+    for list in children.values_mut() {
+        list.sort_unstable();
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut queue: VecDeque<i64> = user_ids.iter().copied().collect();
+    while let Some(id) = queue.pop_front() {
+        if !seen.insert(id) {
+            continue;
+        }
+        out.push(id);
+        if let Some(kids) = children.get(&id) {
+            queue.extend(kids.iter().copied().filter(|k| !seen.contains(k)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(pairs: &[(i64, Option<i64>)]) -> HashMap<i64, Option<i64>> {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn descendants_walk_breadth_first_each_once() {
+        let p = tree(&[(1, None), (2, Some(1)), (3, Some(1)), (4, Some(2)), (5, None)]);
+        assert_eq!(descendants(&p, &[1]), vec![1, 2, 3, 4]);
+        assert_eq!(descendants(&p, &[2, 1]), vec![2, 1, 4, 3]);
+        assert_eq!(descendants(&p, &[5]), vec![5]);
+    }
+
+    #[test]
+    fn descendants_survive_cycles() {
+        let p = tree(&[(1, Some(3)), (2, Some(1)), (3, Some(2)), (4, Some(4))]);
+        assert_eq!(descendants(&p, &[1]), vec![1, 2, 3]);
+        assert_eq!(descendants(&p, &[4]), vec![4]);
+    }
+}

@@ -1,0 +1,79 @@
+//! Logs carry the client headers and name invalid scripts, and never a bot token, a webhook
+//! secret or an API token.
+
+mod support_api;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+use support_api::{seed_body, start};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logs_have_client_headers_and_no_secrets() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let api = start().await;
+    let bot_token = "123456:SECRET-BOT-TOKEN";
+    let mut body = seed_body();
+    body["extra"] = json!({"chat_id": "-100200", "bot_token": bot_token});
+    let (status, v) = api.post(&body).await;
+    assert_eq!(status, 201);
+    let id = v["id"].as_i64().unwrap();
+    let (status, _) = api
+        .send(api.req(Method::PATCH, &format!("/scripts/{id}")).json(&json!({
+            "reaction_id": 5, "extra": {"url": "https://example.com/h", "secret": "WEBHOOK-SECRET"}
+        })))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = api
+        .send(api.req(Method::PATCH, &format!("/scripts/{id}")).json(&json!({
+            "reaction_id": 1, "extra": {"bot_token": bot_token}
+        })))
+        .await;
+    assert_eq!(status, 422);
+
+    // A hand-edited row holding a token and a broken timetable.
+    let conn = rusqlite::Connection::open(&api.db_path).unwrap();
+    conn.execute(
+        "INSERT INTO scripts (id, title, event_id, reaction_id, status, timetable, extra)
+         VALUES (41, 'broken', 1, 1, 'active', '{\"days\": 5}', ?1)",
+        [json!({"chat_id": "1", "bot_token": bot_token}).to_string()],
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !api.live.load().invalid.contains_key(&41) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(api.live.load().invalid.contains_key(&41));
+    tracing::debug!(snapshot = ?api.live.load(), "snapshot");
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(logs.contains("x_client=\"web\"") || logs.contains("x_client=web"), "{logs}");
+    assert!(logs.contains("test-device"), "X-UUID is logged");
+    assert!(logs.contains("script_id=41") && logs.contains("field=\"timetable.days\""), "{logs}");
+    for secret in ["SECRET-BOT-TOKEN", "WEBHOOK-SECRET", api.token.split_once('.').unwrap().1] {
+        assert!(!logs.contains(secret), "{secret} leaked into the logs");
+    }
+}
