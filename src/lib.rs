@@ -4,6 +4,7 @@
 //! MQTT, each is matched against the operators' scripts (event, cameras, timetable), and the
 //! scripts' reactions are delivered to their users.
 
+pub mod dispatch;
 pub mod occurrence;
 pub mod secret;
 pub mod validation;
