@@ -9,4 +9,5 @@ pub mod broker;
 pub mod dispatch;
 pub mod occurrence;
 pub mod secret;
+pub mod source;
 pub mod validation;
