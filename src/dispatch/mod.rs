@@ -1,6 +1,6 @@
 //! Delivery channels: one module per way a reaction leaves the daemon.
 //!
-//! - `mqtt_push`: QoS 1 publish to `{push_topic_prefix}/{user_id}/reactions`.
+//! - [`mqtt_push`]: QoS 1 publish to `{push_topic_prefix}/{user_id}/reactions`.
 //! - `telegram`: Bot API `sendMessage` / `sendPhoto`, rate-limited per token and chat.
 //! - [`webhook`]: HMAC-signed HTTP POST.
 //!
@@ -12,6 +12,7 @@
 //! [`push_payload`] builds the JSON object of CONTRACT §5 that MQTT pushes, the SSE stream
 //! and webhooks carry.
 
+pub mod mqtt_push;
 pub mod webhook;
 
 use std::time::Duration;
