@@ -1,7 +1,7 @@
 //! Delivery channels: one module per way a reaction leaves the daemon.
 //!
 //! - [`mqtt_push`]: QoS 1 publish to `{push_topic_prefix}/{user_id}/reactions`.
-//! - `telegram`: Bot API `sendMessage` / `sendPhoto`, rate-limited per token and chat.
+//! - [`telegram`]: Bot API `sendMessage` / `sendPhoto`, rate-limited per token and chat.
 //! - [`webhook`]: HMAC-signed HTTP POST.
 //!
 //! Every sender answers one attempt with `Ok(())` or a [`SendError`] that tells the outbox
@@ -13,6 +13,7 @@
 //! and webhooks carry.
 
 pub mod mqtt_push;
+pub mod telegram;
 pub mod webhook;
 
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! to answer badly, and stops when dropped:
 //!
 //! - [`mosquitto::Mosquitto`]: Debian's `mosquitto` broker in a temp dir (persistent).
-//! - `telegram_stub::TelegramStub`: a Bot API stand-in (ok, 429, 400, 401, 403, 500, hang).
+//! - [`telegram_stub::TelegramStub`]: a Bot API stand-in (ok, 429, 400, 401, 403, 500, hang).
 //! - [`webhook_receiver::WebhookReceiver`]: checks `X-Scriptd-Signature`, scripted statuses.
 //!
 //! Plus [`free_port`], [`wait_for_port`], [`within`] (a timeout that fails the test) and
@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod mosquitto;
+pub mod telegram_stub;
 pub mod webhook_receiver;
 
 use std::future::Future;
