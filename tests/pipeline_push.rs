@@ -138,3 +138,38 @@ async fn no_broker_means_retryable_at_once() {
     let r = within(2, "push", pusher.push(1, &payload(1))).await;
     assert!(matches!(r, Err(SendError::Retryable { .. })), "{r:?}");
 }
+
+#[tokio::test]
+async fn mosquitto_crash_during_a_burst_keeps_acknowledgements_aligned() {
+    let mut broker = Mosquitto::start().await;
+    let p = pusher(broker.port()).await;
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let pusher = p.pusher.clone();
+        tasks.push(tokio::spawn(async move { pusher.push(3, &payload(i)).await }));
+        if i == 150 {
+            broker.kill();
+        }
+    }
+    let (mut ok, mut retry) = (0, 0);
+    for t in tasks {
+        match within(20, "push settles", t).await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(SendError::Retryable { .. }) => retry += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!(retry > 0, "the crash was noticed ({ok} ok)");
+    broker.spawn().await;
+    let mut c = p.pusher.connected();
+    within(10, "reconnect", c.wait_for(|c| *c)).await.unwrap();
+    let mut app = TestClient::connect(broker.port(), "client-app").await;
+    app.subscribe("vms/users/3/reactions").await;
+    // Every later push resolves by its own PUBACK: nothing stale is left in the queue.
+    for i in 1000..1050 {
+        within(10, "push after the crash", p.pusher.push(3, &payload(i))).await.unwrap();
+        let m = app.next(10).await;
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap(), payload(i));
+    }
+    assert_eq!(p.pusher.waiting(), (0, 0));
+}

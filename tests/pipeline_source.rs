@@ -238,6 +238,49 @@ async fn mosquitto_graceful_restart_keeps_queued_messages() {
     src.stop().await;
 }
 
+/// A slow pipeline behind a tiny channel: the poll loop waits for room, keeps the
+/// connection, and every message arrives once, in order.
+async fn slow_consumer_gets_everything(port: u16) {
+    let mut connect = MqttConnectOptions::new("127.0.0.1", port, "scriptd-slow");
+    connect.keep_alive = Duration::from_secs(1);
+    let mut options = SourceOptions::new(connect, TOPIC);
+    options.channel_capacity = 2;
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let (source, mut rx) = MqttSource::spawn(options, async move {
+        let _ = stop_rx.await;
+    });
+    let mut sub = source.subscribed();
+    within(10, "subscribed", sub.wait_for(|s| *s)).await.unwrap();
+    let publisher = TestClient::connect(port, "analytics").await;
+    let n = 60;
+    for i in 0..n {
+        publisher.publish("vms/analytics/events/1", event(i)).await;
+    }
+    for i in 0..n {
+        let m = within(20, "message", rx.recv()).await.unwrap();
+        assert_eq!(&*m.payload, event(i).as_bytes());
+        if i % 20 == 0 {
+            // Longer than 1.5 x keep alive with the channel full.
+            tokio::time::sleep(Duration::from_millis(1600)).await;
+        }
+        within(5, "ack", m.ack.ack()).await.unwrap();
+    }
+    assert!(source.is_connected());
+    let _ = stop.send(());
+    within(10, "stop", source.join()).await;
+}
+
+#[tokio::test]
+async fn embedded_slow_consumer_gets_everything() {
+    slow_consumer_gets_everything(embedded()).await;
+}
+
+#[tokio::test]
+async fn mosquitto_slow_consumer_gets_everything() {
+    let m = Mosquitto::start().await;
+    slow_consumer_gets_everything(m.port()).await;
+}
+
 #[tokio::test]
 async fn source_waits_for_a_broker_that_is_not_there_yet() {
     let port = free_port();

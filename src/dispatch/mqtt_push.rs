@@ -159,6 +159,13 @@ impl MqttPusher {
         }
     }
 
+    /// Callers waiting (queued in rumqttc, waiting for a PUBACK); both 0 when idle. For
+    /// tests and diagnostics.
+    pub fn waiting(&self) -> (usize, usize) {
+        let w = lock(&self.waiters);
+        (w.queued.len() + usize::from(w.collided.is_some()), w.sent.len())
+    }
+
     /// Whether the push connection is up.
     pub fn connected(&self) -> watch::Receiver<bool> {
         self.connected.clone()

@@ -14,32 +14,35 @@
 //!
 //! [`MqttSource::spawn`] starts one task that owns rumqttc's `EventLoop`. It only polls and
 //! forwards; matching, the database and dispatch happen elsewhere, behind a bounded
-//! `tokio::sync::mpsc` channel of [`Incoming`] messages. On every `ConnAck` it subscribes
-//! again at QoS 1 (rumqttc never resubscribes by itself, and a broker that lost our
-//! session has lost the subscription too). A `$share/group/...` filter works unchanged.
+//! `tokio::sync::mpsc` channel of [`Incoming`] messages (see *Backpressure*). On every
+//! `ConnAck` it subscribes again at QoS 1 (rumqttc never resubscribes by itself, and a
+//! broker that lost our session has lost the subscription too). A `$share/group/...` filter works unchanged.
 //! Connection errors are logged once per state change and retried forever with
 //! exponential backoff and jitter between `backoff_min` and `backoff_max`.
 //!
 //! # Backpressure, and why the connection stays alive
 //!
-//! The task awaits space in the channel when it is full, and does not poll meanwhile. That
-//! is safe and, with the brokers we ship for, does not happen at all:
+//! The poll task never waits for the pipeline. It hands each message to a small forwarder
+//! task through an unbounded queue; the forwarder moves them, in order, into the bounded
+//! channel the pipeline reads (`channel_capacity`, default [`DEFAULT_CHANNEL_CAPACITY`]),
+//! waiting for room there. So a slow pipeline never stops the poll loop, which keeps
+//! answering PINGs and the broker never drops us for silence.
 //!
-//! - Brokers send a subscriber only a bounded number of unacknowledged QoS 1 messages
-//!   (rumqttd: 100, a constant; Mosquitto: `max_inflight_messages`, default 20). Every
-//!   message in the channel is unacknowledged, so the channel (default
-//!   [`DEFAULT_CHANNEL_CAPACITY`] = 1024) cannot fill up unless the broker's window is larger
-//!   than it. The poll loop therefore keeps running and keeps answering PINGs.
-//! - If a broker allows a larger window and the consumer stalls for longer than 1.5 × keep
-//!   alive, the broker drops the connection. Nothing is lost: unacknowledged messages are
-//!   sent again after the reconnect.
-//! - Acknowledgements travel through rumqttc's request channel, which the poll task drains.
-//!   Its capacity is 65 535 + the channel capacity, more than the number of QoS 1 messages
-//!   that can be unacknowledged at once (packet ids are 16 bit), so [`AckToken::ack`] never
-//!   waits on a blocked poll task: no deadlock between the two.
+//! What bounds the queue is the broker's flow control: it sends a subscriber only a limited
+//! number of unacknowledged QoS 1 messages (rumqttd: 100, a constant; Mosquitto:
+//! `max_inflight_messages`, default 20; never more than 65 535, since packet ids are 16
+//! bit), and a message is acknowledged only after the pipeline is done with it. A slow
+//! pipeline therefore slows the broker down instead of filling memory. QoS 0 messages have
+//! no such bound: beyond [`MAX_BUFFERED`] waiting messages they are dropped and counted
+//! (`scriptd_mqtt_dropped_total`). The queue length is the gauge
+//! `scriptd_mqtt_receive_buffered`.
 //!
-//! We deliberately do not cancel `EventLoop::poll` to wait for channel space: rumqttc can
-//! lose an outgoing packet (e.g. a PUBACK) when that future is dropped mid-write.
+//! Acknowledgements travel through rumqttc's request channel, which the poll task drains.
+//! Its capacity is 65 535 + the channel capacity, more than the number of QoS 1 messages
+//! that can be unacknowledged at once, so [`AckToken::ack`] never waits for long.
+//!
+//! We deliberately never cancel `EventLoop::poll` while connected: rumqttc can lose an
+//! outgoing packet (e.g. a PUBACK) when that future is dropped mid-write.
 //!
 //! Acknowledgements are tied to the connection that received the message: an [`AckToken`]
 //! from before a reconnect is ignored (the broker sends that message again, and acking the
@@ -48,7 +51,7 @@
 use std::future::Future;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
@@ -60,6 +63,10 @@ use crate::secret::Secret;
 
 /// Default capacity of the channel between the poll task and the pipeline.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
+
+/// Messages waiting for room in the pipeline channel beyond which QoS 0 messages are
+/// dropped (QoS 1 messages are bounded by the broker's flow control and always kept).
+pub const MAX_BUFFERED: usize = 65_536;
 
 /// Where and how to connect; shared by the source and the MQTT push sender.
 #[derive(Debug, Clone)]
@@ -283,6 +290,8 @@ async fn run(
 ) {
     let Links { state_tx, sub_tx, acks_written } = links;
     let generation = Arc::new(AtomicU64::new(0));
+    let buffered = Arc::new(AtomicUsize::new(0));
+    let (fwd_tx, forwarder) = spawn_forwarder(tx, buffered.clone());
     let mut conn = ConnState::new("events", state_tx, &options.connect);
     let mut stop = Stop::new(client.clone(), shutdown);
     while let Some(event) = stop.poll(&mut eventloop).await {
@@ -324,12 +333,14 @@ async fn run(
                     topic,
                     payload: Payload(p),
                 };
-                let sent = tokio::select! {
-                    biased;
-                    _ = stop.wait() => continue,
-                    sent = tx.send(incoming) => sent,
-                };
-                if sent.is_err() {
+                let waiting = buffered.fetch_add(1, Ordering::Relaxed) + 1;
+                if incoming.ack.qos == QoS::AtMostOnce && waiting > MAX_BUFFERED {
+                    buffered.fetch_sub(1, Ordering::Relaxed);
+                    metrics::counter!("scriptd_mqtt_dropped_total").increment(1);
+                    continue;
+                }
+                metrics::gauge!("scriptd_mqtt_receive_buffered").set(waiting as f64);
+                if fwd_tx.send(incoming).is_err() {
                     tracing::debug!("the pipeline dropped its receiver; stopping the MQTT source");
                     break;
                 }
@@ -355,7 +366,28 @@ async fn run(
         }
     }
     sub_tx.send_replace(false);
+    forwarder.abort();
     conn.closed();
+}
+
+/// Moves messages from the poll task's unbounded queue into the pipeline's bounded channel,
+/// in order, waiting for room; `buffered` counts what is between the two.
+fn spawn_forwarder(
+    tx: mpsc::Sender<Incoming>,
+    buffered: Arc<AtomicUsize>,
+) -> (mpsc::UnboundedSender<Incoming>, JoinHandle<()>) {
+    let (fwd_tx, mut fwd_rx) = mpsc::unbounded_channel::<Incoming>();
+    let task = tokio::spawn(async move {
+        while let Some(incoming) = fwd_rx.recv().await {
+            let sent = tx.send(incoming).await;
+            let left = buffered.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+            metrics::gauge!("scriptd_mqtt_receive_buffered").set(left as f64);
+            if sent.is_err() {
+                break;
+            }
+        }
+    });
+    (fwd_tx, task)
 }
 
 /// How long a stopping connection may take to write its last acknowledgements and the
