@@ -141,28 +141,53 @@ async fn no_broker_means_retryable_at_once() {
 
 #[tokio::test]
 async fn mosquitto_crash_during_a_burst_keeps_acknowledgements_aligned() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let mut broker = Mosquitto::start().await;
     let p = pusher(broker.port()).await;
-    let mut tasks = Vec::new();
-    for i in 0..400 {
-        let pusher = p.pusher.clone();
-        tasks.push(tokio::spawn(async move { pusher.push(3, &payload(i)).await }));
-        if i == 150 {
-            broker.kill();
-        }
+    let running = Arc::new(AtomicBool::new(true));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let retry = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for w in 0..20 {
+        let (pusher, running, ok, retry) =
+            (p.pusher.clone(), running.clone(), ok.clone(), retry.clone());
+        workers.push(tokio::spawn(async move {
+            let mut i = w * 100_000;
+            while running.load(Ordering::Relaxed) {
+                match pusher.push(3, &payload(i)).await {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(SendError::Retryable { .. }) => retry.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => panic!("unexpected {e:?}"),
+                };
+                i += 1;
+                tokio::task::yield_now().await;
+            }
+        }));
     }
-    let (mut ok, mut retry) = (0, 0);
-    for t in tasks {
-        match within(20, "push settles", t).await.unwrap() {
-            Ok(()) => ok += 1,
-            Err(SendError::Retryable { .. }) => retry += 1,
-            Err(e) => panic!("unexpected {e:?}"),
+    within(20, "pushes flowing", async {
+        while ok.load(Ordering::Relaxed) < 300 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-    }
-    assert!(retry > 0, "the crash was noticed ({ok} ok)");
+    })
+    .await;
+    broker.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     broker.spawn().await;
     let mut c = p.pusher.connected();
     within(10, "reconnect", c.wait_for(|c| *c)).await.unwrap();
+    let before = ok.load(Ordering::Relaxed);
+    within(20, "pushes flowing again", async {
+        while ok.load(Ordering::Relaxed) < before + 300 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    running.store(false, Ordering::Relaxed);
+    for w in workers {
+        within(20, "worker ends", w).await.unwrap();
+    }
+    assert!(retry.load(Ordering::Relaxed) > 0, "the crash was noticed");
+
     let mut app = TestClient::connect(broker.port(), "client-app").await;
     app.subscribe("vms/users/3/reactions").await;
     // Every later push resolves by its own PUBACK: nothing stale is left in the queue.
