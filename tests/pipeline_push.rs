@@ -77,6 +77,7 @@ async fn many_concurrent_pushes_all_acknowledged(port: u16) {
     assert_eq!(seen.len(), n);
 }
 
+#[cfg(feature = "embedded-broker")]
 #[tokio::test]
 async fn embedded_app_sees_the_push() {
     let port = free_port();
@@ -84,6 +85,7 @@ async fn embedded_app_sees_the_push() {
     app_sees_the_push(port).await;
 }
 
+#[cfg(feature = "embedded-broker")]
 #[tokio::test]
 async fn embedded_many_concurrent_pushes_all_acknowledged() {
     let port = free_port();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use scriptd::source::mqtt::{Incoming, MqttConnectOptions, MqttSource, SourceOptions};
 use support::mosquitto::Mosquitto;
-use support::{TestClient, free_port, within};
+use support::{TestClient, within};
 use tokio::sync::{mpsc, oneshot};
 
 const TOPIC: &str = "vms/analytics/events/#";
@@ -77,8 +77,9 @@ impl Running {
     }
 }
 
+#[cfg(feature = "embedded-broker")]
 fn embedded() -> u16 {
-    let port = free_port();
+    let port = support::free_port();
     scriptd::broker::start_embedded("127.0.0.1", port).expect("embedded broker");
     port
 }
@@ -159,21 +160,25 @@ async fn shared_subscription_works(port: u16) {
     src.stop().await;
 }
 
+#[cfg(feature = "embedded-broker")]
 #[tokio::test]
 async fn embedded_receive_and_ack() {
     receive_and_ack(embedded()).await;
 }
 
+#[cfg(feature = "embedded-broker")]
 #[tokio::test]
 async fn embedded_unacked_is_redelivered_after_a_crash() {
     unacked_is_redelivered_after_a_crash(embedded()).await;
 }
 
+#[cfg(feature = "embedded-broker")]
 #[tokio::test]
 async fn embedded_offline_messages_wait_for_the_session() {
     offline_messages_wait_for_the_session(embedded()).await;
 }
 
+#[cfg(feature = "embedded-broker")]
 #[tokio::test]
 async fn embedded_shared_subscription_works() {
     shared_subscription_works(embedded()).await;
@@ -270,6 +275,7 @@ async fn slow_consumer_gets_everything(port: u16) {
     within(10, "stop", source.join()).await;
 }
 
+#[cfg(feature = "embedded-broker")]
 #[tokio::test]
 async fn embedded_slow_consumer_gets_everything() {
     slow_consumer_gets_everything(embedded()).await;
@@ -281,9 +287,10 @@ async fn mosquitto_slow_consumer_gets_everything() {
     slow_consumer_gets_everything(m.port()).await;
 }
 
+#[cfg(feature = "embedded-broker")]
 #[tokio::test]
 async fn source_waits_for_a_broker_that_is_not_there_yet() {
-    let port = free_port();
+    let port = support::free_port();
     let mut connect = MqttConnectOptions::new("127.0.0.1", port, "scriptd-g");
     connect.backoff_min = Duration::from_millis(50);
     connect.backoff_max = Duration::from_millis(200);
