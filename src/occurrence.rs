@@ -399,6 +399,13 @@ struct Slot {
     suppressed: u64,
 }
 
+impl Default for RejectionLog {
+    /// At most one line per reason per 10 seconds.
+    fn default() -> Self {
+        Self::new(Duration::from_secs(10))
+    }
+}
+
 impl RejectionLog {
     /// A logger writing at most one line per reason per `interval`.
     pub fn new(interval: Duration) -> Self {
