@@ -64,6 +64,11 @@ use crate::secret::Secret;
 /// Default capacity of the channel between the poll task and the pipeline.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
 
+/// Largest MQTT packet the source and the pusher accept or send (8 MiB). A message above
+/// it breaks the connection and is redelivered on every reconnect, so the broker's own
+/// limit (Mosquitto `message_size_limit`, rumqttd 1 MiB) should be lower.
+pub const MAX_PACKET_SIZE: usize = 8 * 1024 * 1024;
+
 /// Messages waiting for room in the pipeline channel beyond which QoS 0 messages are
 /// dropped (QoS 1 messages are bounded by the broker's flow control and always kept).
 pub const MAX_BUFFERED: usize = 65_536;
@@ -109,7 +114,9 @@ impl MqttConnectOptions {
         let mut o = MqttOptions::new(client_id, self.host.clone(), self.port);
         o.set_keep_alive(self.keep_alive.max(Duration::from_secs(1)));
         o.set_clean_session(clean_session);
-        o.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        // rumqttc defaults to 10 KiB incoming; a larger message would fail the connection
+        // and come back forever. Brokers should cap messages below this (rumqttd: 1 MiB).
+        o.set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE);
         if let Some(user) = &self.username {
             let pass = self.password.as_ref().map(|p| p.expose().to_owned()).unwrap_or_default();
             o.set_credentials(user.clone(), pass);
