@@ -306,3 +306,45 @@ async fn source_waits_for_a_broker_that_is_not_there_yet() {
     let _ = stop.send(());
     within(10, "stop", source.join()).await;
 }
+
+/// Receive-and-ack throughput: one publisher floods QoS 1, the source hands every message
+/// over and the consumer acks it at once. Run with
+/// `cargo test --release --test pipeline_source throughput -- --ignored --nocapture`.
+async fn throughput(port: u16, label: &str) {
+    let n = 20_000;
+    let mut src = Running::start(port, "scriptd-tp", TOPIC).await;
+    let publisher = TestClient::connect(port, "analytics").await;
+    let body = r#"{"id":"7f1d2c9e-0000","event_id":1,"camera_id":17,"occurred_at":"2026-11-27T16:30:05+05:00","data":{"plate":"A123BC"},"snapshot_url":"https://vms.local/snapshots/abc.jpg"}"#;
+    let t0 = std::time::Instant::now();
+    let pubs = tokio::spawn(async move {
+        for _ in 0..n {
+            publisher.publish("vms/analytics/events/17", body).await;
+        }
+        publisher
+    });
+    for _ in 0..n {
+        let m = src.next(30).await;
+        m.ack.ack().await.unwrap();
+    }
+    let el = t0.elapsed();
+    let _publisher = pubs.await.unwrap();
+    println!(
+        "{label}: {n} QoS 1 messages received and acked in {el:?} = {:.0}/s",
+        n as f64 / el.as_secs_f64()
+    );
+    src.stop().await;
+}
+
+#[cfg(feature = "embedded-broker")]
+#[tokio::test]
+#[ignore = "measurement; run in release"]
+async fn throughput_embedded() {
+    throughput(embedded(), "embedded rumqttd").await;
+}
+
+#[tokio::test]
+#[ignore = "measurement; run in release"]
+async fn throughput_mosquitto() {
+    let m = Mosquitto::start().await;
+    throughput(m.port(), "mosquitto").await;
+}
