@@ -83,14 +83,26 @@ impl Default for RateLimits {
     }
 }
 
-/// Sends Telegram messages; share one per process (behind an `Arc`).
-#[derive(Debug)]
+/// Sends Telegram messages; share one per process (behind an `Arc`). Its `Debug` shows no
+/// token.
 pub struct TelegramSender {
     api_url: reqwest::Url,
     client: reqwest::Client,
     request_timeout: Duration,
     limits: RateLimits,
     bots: Mutex<HashMap<String, BotState>>,
+}
+
+impl std::fmt::Debug for TelegramSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bots = self.bots.lock().map(|b| b.len()).unwrap_or_default();
+        f.debug_struct("TelegramSender")
+            .field("api_url", &self.api_url.as_str())
+            .field("request_timeout", &self.request_timeout)
+            .field("limits", &self.limits)
+            .field("bots", &bots)
+            .finish()
+    }
 }
 
 struct BotState {
@@ -390,6 +402,15 @@ mod tests {
         let at = chrono::Utc.with_ymd_and_hms(2026, 11, 27, 11, 30, 5).unwrap();
         assert_eq!(local_time(at, chrono_tz::Asia::Yekaterinburg), "2026-11-27 16:30:05 +05");
         assert_eq!(local_time(at, chrono_tz::UTC), "2026-11-27 11:30:05 UTC");
+    }
+
+    #[test]
+    fn debug_shows_no_token() {
+        let s = sender(RateLimits::default());
+        let _ = s.reserve("123:very-secret", "1", Instant::now()).unwrap();
+        let d = format!("{s:?}");
+        assert!(!d.contains("very-secret"), "{d}");
+        assert!(d.contains("bots: 1"), "{d}");
     }
 
     #[test]
