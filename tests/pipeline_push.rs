@@ -200,3 +200,42 @@ async fn mosquitto_crash_during_a_burst_keeps_acknowledgements_aligned() {
     }
     assert_eq!(p.pusher.waiting(), (0, 0));
 }
+
+/// Acknowledged pushes per second with 64 concurrent senders. Run with
+/// `cargo test --release --test pipeline_push throughput -- --ignored --nocapture`.
+async fn throughput(port: u16, label: &str) {
+    let p = pusher(port).await;
+    let n = 20_000usize;
+    let workers = 64;
+    let t0 = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let pusher = p.pusher.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(workers) {
+                pusher.push(9, &payload(i)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        within(60, "pushes", t).await.unwrap();
+    }
+    let el = t0.elapsed();
+    println!("{label}: {n} acknowledged pushes in {el:?} = {:.0}/s", n as f64 / el.as_secs_f64());
+}
+
+#[cfg(feature = "embedded-broker")]
+#[tokio::test]
+#[ignore = "measurement; run in release"]
+async fn throughput_embedded() {
+    let port = free_port();
+    scriptd::broker::start_embedded("127.0.0.1", port).unwrap();
+    throughput(port, "embedded rumqttd").await;
+}
+
+#[tokio::test]
+#[ignore = "measurement; run in release"]
+async fn throughput_mosquitto() {
+    let m = Mosquitto::start().await;
+    throughput(m.port(), "mosquitto").await;
+}
