@@ -62,6 +62,20 @@ async fn a_snapshot_becomes_send_photo_with_a_caption() {
 }
 
 #[tokio::test]
+async fn a_refused_snapshot_falls_back_to_the_text_with_the_link() {
+    let stub = TelegramStub::start().await;
+    let s = sender(&stub, Duration::from_secs(5), fast_limits());
+    stub.answer_for_chat("8", Answer::BadPhoto);
+    let url = "https://vms.local/snapshots/gone.jpg";
+    within(10, "send", s.send(&token(), "8", "Gate", Some(url))).await.unwrap();
+    let got = stub.recorded();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].method.to_ascii_lowercase(), "sendphoto");
+    assert_eq!(got[1].method.to_ascii_lowercase(), "sendmessage");
+    assert_eq!(got[1].text.as_deref(), Some(format!("Gate\n{url}").as_str()));
+}
+
+#[tokio::test]
 async fn messages_to_one_chat_leave_in_order_and_spaced() {
     let stub = TelegramStub::start().await;
     let s = sender(&stub, Duration::from_secs(5), fast_limits());

@@ -33,6 +33,10 @@
 //! | 401 / bad token | `Permanent`; the token is then refused without a request for `bad_token_hold` |
 //! | group migrated to a supergroup | `Permanent`, naming the new chat id |
 //!
+//! When Telegram refuses the snapshot of a `sendPhoto` (cannot fetch the URL, not an
+//! image, ...), the text is sent with `sendMessage` instead, followed by the snapshot link,
+//! so the operator still gets the alert.
+//!
 //! Error texts never contain the token (it is part of the request URL): every message is
 //! passed through a mask before it leaves this module.
 
@@ -174,9 +178,32 @@ impl TelegramSender {
             ),
         };
 
+        let result = self.attempt(token, chat_id, &recipient, text, photo.clone()).await?;
+        let result = match (result, photo) {
+            (Err(RequestError::Api(api)), Some(url)) if photo_failed(&api) => {
+                // Telegram could not fetch or use the snapshot: the text still matters.
+                tracing::warn!(chat_id, error = %api, "snapshot refused by Telegram; sending the text with the link");
+                let text = format!("{text}\n{url}");
+                self.attempt(token, chat_id, &recipient, &text, None).await?
+            }
+            (result, _) => result,
+        };
+        result.map_err(|e| self.on_error(token, chat_id, e))
+    }
+
+    /// One request after waiting for the rate budget; `Err` only for a timeout or a wait
+    /// longer than `max_wait`.
+    async fn attempt(
+        &self,
+        token: &str,
+        chat_id: &str,
+        recipient: &Recipient,
+        text: &str,
+        photo: Option<reqwest::Url>,
+    ) -> Result<Result<(), RequestError>, SendError> {
         let (bot, at) = self.reserve(token, chat_id, Instant::now())?;
         tokio::time::sleep_until(at).await;
-
+        let recipient = recipient.clone();
         let request = async {
             match photo {
                 Some(url) => bot
@@ -189,19 +216,12 @@ impl TelegramSender {
                 }
             }
         };
-        let result = match tokio::time::timeout(self.request_timeout, request).await {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(SendError::retryable(format!(
-                    "Telegram did not answer within {:?}",
-                    self.request_timeout
-                )));
-            }
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.on_error(token, chat_id, e)),
-        }
+        tokio::time::timeout(self.request_timeout, request).await.map_err(|_| {
+            SendError::retryable(format!(
+                "Telegram did not answer within {:?}",
+                self.request_timeout
+            ))
+        })
     }
 
     /// Reserves the earliest slot for one message, or explains why not now.
@@ -359,6 +379,24 @@ fn recipient(chat_id: &str) -> Result<Recipient, SendError> {
     Err(SendError::permanent(format!(
         "telegram chat_id must be a number or @channel, got {chat_id:?}"
     )))
+}
+
+/// Errors about the snapshot itself, after which the text is sent without it.
+fn photo_failed(api: &ApiError) -> bool {
+    match api {
+        ApiError::WrongFileIdOrUrl
+        | ApiError::FailedToGetUrlContent
+        | ApiError::ImageProcessFailed
+        | ApiError::PhotoAsInputFileRequired
+        | ApiError::CantParseUrl
+        | ApiError::WrongHttpUrl => true,
+        ApiError::Unknown(d) => {
+            let d = d.to_ascii_lowercase();
+            d.starts_with("bad request")
+                && ["url", "content", "photo", "image", "file"].iter().any(|w| d.contains(w))
+        }
+        _ => false,
+    }
 }
 
 fn is_server_error(description: &str) -> bool {

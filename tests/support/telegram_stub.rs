@@ -4,7 +4,8 @@
 //! caption, arrival time) and answers from a script: answers queued for a chat
 //! ([`TelegramStub::answer_for_chat`]) come first, then the global queue
 //! ([`TelegramStub::answer_next`]), then `ok` with a realistic `Message`. Answers can be
-//! a 429 with `retry_after`, 400 "chat not found", 401, 403 "bot was blocked", 500, or a
+//! a 429 with `retry_after`, 400 "chat not found", 400 for a snapshot URL, 401, 403 "bot
+//! was blocked", 500, or a
 //! hang (the connection stays open with no answer). The server stops when dropped.
 //!
 //! Point a sender at [`TelegramStub::api_url`].
@@ -36,6 +37,8 @@ pub enum Answer {
     Blocked,
     /// 500 `Internal Server Error`.
     ServerError,
+    /// 400 `Bad Request: failed to get HTTP URL content` (a snapshot Telegram cannot fetch).
+    BadPhoto,
     /// Never answers.
     Hang,
 }
@@ -228,6 +231,9 @@ async fn handle(
         Answer::Unauthorized => error(StatusCode::UNAUTHORIZED, "Unauthorized"),
         Answer::Blocked => error(StatusCode::FORBIDDEN, "Forbidden: bot was blocked by the user"),
         Answer::ServerError => error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+        Answer::BadPhoto => {
+            error(StatusCode::BAD_REQUEST, "Bad Request: failed to get HTTP URL content")
+        }
         Answer::Hang => {
             std::future::pending::<()>().await;
             StatusCode::OK.into_response()
