@@ -6,15 +6,19 @@
 
 pub mod api;
 pub mod bench;
+pub mod broker;
 pub mod cli;
+pub mod dispatch;
 pub mod health;
 pub mod index;
 pub mod live;
 pub mod logging;
+pub mod occurrence;
 pub mod rules;
 pub mod script;
 pub mod secret;
 pub mod settings;
+pub mod source;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;

@@ -1,0 +1,715 @@
+//! Decoding MQTT payloads into occurrences (CONTRACT §4).
+//!
+//! An *occurrence* is one analytics message: "event X happened on camera C at time T".
+//! [`decode`] turns a payload into an [`Occurrence`] or a [`Rejected`] with a stable reason
+//! code; [`is_stale`] applies `events.max_age_seconds`; [`RejectionLog`] counts rejections per
+//! reason (metric `scriptd_occurrences_rejected_total{reason}`) and logs them at a bounded
+//! rate, so a flood of bad payloads never floods the log.
+//!
+//! # Accepted payload
+//!
+//! A UTF-8 JSON object. Unknown keys are ignored. A key whose value is `null` counts as
+//! missing.
+//!
+//! | key | accepted | when missing |
+//! | --- | --- | --- |
+//! | `id` | non-empty string of at most [`MAX_ID_LEN`] bytes without control characters, or a JSON integer (kept as its decimal text) | derived: `sha256:` + hex SHA-256 of the payload bytes |
+//! | `event_id` | positive integer, or a string of decimal digits | `event` is used |
+//! | `event` | non-empty string (the catalog's inner key name) | `missing_event` unless `event_id` is given |
+//! | `camera_id` | positive integer, or a string of decimal digits | `missing_camera_id` |
+//! | `occurred_at` | RFC 3339 string; its offset is kept | the time of receipt |
+//! | `data` | a JSON object, passed through | `None` |
+//! | `snapshot_url` | an absolute `http`/`https` URL of at most 2048 bytes | `None` |
+//!
+//! When both `event_id` and `event` are present, `event_id` wins and `event` is ignored.
+//!
+//! Numeric strings for `camera_id` and `event_id` are accepted because several VMS exports
+//! serialise every identifier as a string; a string with anything but ASCII digits (signs,
+//! spaces, decimals) is still rejected, so `"17"` and `17` are the same camera and `"17.0"`
+//! is an error.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, FixedOffset, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Longest accepted `id`, in bytes.
+pub const MAX_ID_LEN: usize = 200;
+
+/// Longest accepted `snapshot_url`, in bytes.
+pub const MAX_SNAPSHOT_URL_LEN: usize = 2048;
+
+/// Prefix of an occurrence id derived from the payload bytes when the payload has none.
+pub const DERIVED_ID_PREFIX: &str = "sha256:";
+
+/// How an occurrence names its event: by catalog id or by inner key name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventRef {
+    /// `event_id`: the catalog id.
+    Id(i64),
+    /// `event`: the catalog's inner key name (e.g. `face_recognized`).
+    Name(String),
+}
+
+/// One decoded analytics message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Occurrence {
+    /// The sender's id, or one derived from the payload bytes (see [`DERIVED_ID_PREFIX`]).
+    pub id: String,
+    /// The event, not yet resolved against the catalog.
+    pub event: EventRef,
+    /// The camera; always positive.
+    pub camera_id: i64,
+    /// When it happened, with the sender's offset (kept for the push payload).
+    pub occurred_at: DateTime<FixedOffset>,
+    /// Free-form data passed through to reactions (a JSON object).
+    pub data: Option<Value>,
+    /// A snapshot to show; becomes a Telegram `sendPhoto`.
+    pub snapshot_url: Option<String>,
+}
+
+impl Occurrence {
+    /// `occurred_at` in UTC, the instant the timetable is evaluated at.
+    pub fn occurred_at_utc(&self) -> DateTime<Utc> {
+        self.occurred_at.with_timezone(&Utc)
+    }
+
+    /// `occurred_at` exactly as it goes into the push payload: RFC 3339 with the sender's
+    /// offset (`Z` stays `+00:00`), seconds precision unless the sender gave fractions.
+    pub fn occurred_at_rfc3339(&self) -> String {
+        self.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+    }
+}
+
+/// Why a payload was dropped. [`Reason::as_str`] is the stable code used in metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The payload is not UTF-8.
+    NotUtf8,
+    /// The payload is not JSON (syntax error, truncated, duplicate key).
+    NotJson,
+    /// The payload is JSON but not an object.
+    NotObject,
+    /// Neither `event_id` nor `event` is present.
+    MissingEvent,
+    /// `event_id` is not a positive integer.
+    BadEventId,
+    /// `event` is not a non-empty string.
+    BadEvent,
+    /// `camera_id` is missing.
+    MissingCameraId,
+    /// `camera_id` is not a positive integer.
+    BadCameraId,
+    /// `occurred_at` is not an RFC 3339 string.
+    BadOccurredAt,
+    /// `id` is not a usable string.
+    BadId,
+    /// `snapshot_url` is not an http(s) URL.
+    BadSnapshotUrl,
+    /// `data` is not an object.
+    BadData,
+    /// The event is not in the catalog (found by the matching stage, not by [`decode`]).
+    UnknownEvent,
+    /// Older than `events.max_age_seconds` when received (see [`is_stale`]).
+    Stale,
+}
+
+impl Reason {
+    /// Every reason, in a fixed order.
+    pub const ALL: [Reason; 14] = [
+        Reason::NotUtf8,
+        Reason::NotJson,
+        Reason::NotObject,
+        Reason::MissingEvent,
+        Reason::BadEventId,
+        Reason::BadEvent,
+        Reason::MissingCameraId,
+        Reason::BadCameraId,
+        Reason::BadOccurredAt,
+        Reason::BadId,
+        Reason::BadSnapshotUrl,
+        Reason::BadData,
+        Reason::UnknownEvent,
+        Reason::Stale,
+    ];
+
+    /// The stable code, e.g. `bad_camera_id`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotUtf8 => "not_utf8",
+            Reason::NotJson => "not_json",
+            Reason::NotObject => "not_object",
+            Reason::MissingEvent => "missing_event",
+            Reason::BadEventId => "bad_event_id",
+            Reason::BadEvent => "bad_event",
+            Reason::MissingCameraId => "missing_camera_id",
+            Reason::BadCameraId => "bad_camera_id",
+            Reason::BadOccurredAt => "bad_occurred_at",
+            Reason::BadId => "bad_id",
+            Reason::BadSnapshotUrl => "bad_snapshot_url",
+            Reason::BadData => "bad_data",
+            Reason::UnknownEvent => "unknown_event",
+            Reason::Stale => "stale",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A dropped payload: a stable [`Reason`] and a human message naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct Rejected {
+    /// The stable code.
+    pub reason: Reason,
+    /// What was wrong, naming the field (never the whole payload).
+    pub message: String,
+}
+
+impl Rejected {
+    /// A rejection with a reason and a message.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into() }
+    }
+}
+
+/// The keys we read; everything else is skipped by serde without being materialised.
+#[derive(Deserialize)]
+struct Raw {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    event_id: Option<Value>,
+    #[serde(default)]
+    event: Option<Value>,
+    #[serde(default)]
+    camera_id: Option<Value>,
+    #[serde(default)]
+    occurred_at: Option<Value>,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    snapshot_url: Option<Value>,
+}
+
+/// Decodes one payload received on `topic` at `now` (see the module documentation for the
+/// rules). `topic` is only used in messages; the camera always comes from the payload.
+pub fn decode(topic: &str, payload: &[u8], now: DateTime<Utc>) -> Result<Occurrence, Rejected> {
+    let _ = topic;
+    let text = std::str::from_utf8(payload).map_err(|e| {
+        Rejected::new(
+            Reason::NotUtf8,
+            format!("payload is not UTF-8 (at byte {})", e.valid_up_to()),
+        )
+    })?;
+    if !text.trim_start().starts_with('{') {
+        // serde would read a JSON array into `Raw` positionally: decide here instead.
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Rejected::new(Reason::NotObject, "payload must be a JSON object"),
+            Err(e) => Rejected::new(Reason::NotJson, format!("payload is not valid JSON: {e}")),
+        });
+    }
+    let raw: Raw = serde_json::from_str(text)
+        .map_err(|e| Rejected::new(Reason::NotJson, format!("payload is not valid JSON: {e}")))?;
+
+    let event = match (raw.event_id, raw.event) {
+        (Some(v), _) => EventRef::Id(positive_id(&v).ok_or_else(|| {
+            Rejected::new(
+                Reason::BadEventId,
+                format!("event_id must be a positive integer, got {}", describe(&v)),
+            )
+        })?),
+        (None, Some(Value::String(name))) if !name.is_empty() && name.len() <= MAX_ID_LEN => {
+            EventRef::Name(name)
+        }
+        (None, Some(v)) => {
+            return Err(Rejected::new(
+                Reason::BadEvent,
+                format!("event must be a non-empty event name, got {}", describe(&v)),
+            ));
+        }
+        (None, None) => {
+            return Err(Rejected::new(Reason::MissingEvent, "event_id or event is required"));
+        }
+    };
+
+    let camera_id = match raw.camera_id {
+        None => return Err(Rejected::new(Reason::MissingCameraId, "camera_id is required")),
+        Some(v) => positive_id(&v).ok_or_else(|| {
+            Rejected::new(
+                Reason::BadCameraId,
+                format!("camera_id must be a positive integer, got {}", describe(&v)),
+            )
+        })?,
+    };
+
+    let occurred_at = match raw.occurred_at {
+        None => now.fixed_offset(),
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(&s).map_err(|e| {
+            Rejected::new(
+                Reason::BadOccurredAt,
+                format!("occurred_at must be an RFC 3339 date-time ({e}), got {}", clip(&s)),
+            )
+        })?,
+        Some(v) => {
+            return Err(Rejected::new(
+                Reason::BadOccurredAt,
+                format!("occurred_at must be an RFC 3339 string, got {}", describe(&v)),
+            ));
+        }
+    };
+
+    let data = match raw.data {
+        None => None,
+        Some(v @ Value::Object(_)) => Some(v),
+        Some(v) => {
+            return Err(Rejected::new(
+                Reason::BadData,
+                format!("data must be an object, got {}", describe(&v)),
+            ));
+        }
+    };
+
+    let snapshot_url = match raw.snapshot_url {
+        None => None,
+        Some(Value::String(s)) if is_http_url(&s) => Some(s),
+        Some(v) => {
+            return Err(Rejected::new(
+                Reason::BadSnapshotUrl,
+                format!("snapshot_url must be an http(s) URL, got {}", describe(&v)),
+            ));
+        }
+    };
+
+    let id = match raw.id {
+        None => derived_id(payload),
+        Some(Value::String(s)) if is_good_id(&s) => s,
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+        Some(v) => {
+            return Err(Rejected::new(
+                Reason::BadId,
+                format!(
+                    "id must be a non-empty string of at most {MAX_ID_LEN} bytes, got {}",
+                    describe(&v)
+                ),
+            ));
+        }
+    };
+
+    Ok(Occurrence { id, event, camera_id, occurred_at, data, snapshot_url })
+}
+
+/// True when `occurrence` happened more than `max_age_seconds` before `now`. `0` means
+/// never stale; an occurrence in the future (clock skew) is never stale.
+pub fn is_stale(occurrence: &Occurrence, now: DateTime<Utc>, max_age_seconds: u64) -> bool {
+    if max_age_seconds == 0 {
+        return false;
+    }
+    let age = now.signed_duration_since(occurrence.occurred_at);
+    age.num_milliseconds() > (max_age_seconds as i64).saturating_mul(1000)
+}
+
+/// The id of an occurrence whose payload has none: `sha256:` + hex of the payload bytes, so
+/// a redelivery of the same bytes gets the same id.
+pub fn derived_id(payload: &[u8]) -> String {
+    let digest = Sha256::digest(payload);
+    let mut id = String::with_capacity(DERIVED_ID_PREFIX.len() + 64);
+    id.push_str(DERIVED_ID_PREFIX);
+    id.push_str(&hex::encode(digest));
+    id
+}
+
+/// A positive i64 from a JSON integer or a string of ASCII digits.
+fn positive_id(v: &Value) -> Option<i64> {
+    let n = match v {
+        Value::Number(n) => n.as_i64()?,
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse::<i64>().ok()?
+        }
+        _ => return None,
+    };
+    (n > 0).then_some(n)
+}
+
+fn is_good_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control)
+}
+
+fn is_http_url(s: &str) -> bool {
+    if s.len() > MAX_SNAPSHOT_URL_LEN {
+        return false;
+    }
+    match reqwest::Url::parse(s) {
+        Ok(u) => (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some(),
+        Err(_) => false,
+    }
+}
+
+/// A short description of a JSON value for messages: its type, and its text when short.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) => format!("string {:?}", clip(s)),
+        Value::Array(_) => "an array".to_owned(),
+        Value::Object(_) => "an object".to_owned(),
+    }
+}
+
+fn clip(s: &str) -> &str {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Counts rejected payloads per reason and logs them at a bounded rate.
+///
+/// Every call to [`RejectionLog::record`] increments
+/// `scriptd_occurrences_rejected_total{reason}`. A `warn` line is written at most once per
+/// reason per `interval`; it carries the reason, the topic, the message of the rejection
+/// that triggered it and how many of that reason were suppressed since the previous line.
+#[derive(Debug)]
+pub struct RejectionLog {
+    interval: Duration,
+    slots: Mutex<[Slot; Reason::ALL.len()]>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    last_logged: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Default for RejectionLog {
+    /// At most one line per reason per 10 seconds.
+    fn default() -> Self {
+        Self::new(Duration::from_secs(10))
+    }
+}
+
+impl RejectionLog {
+    /// A logger writing at most one line per reason per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Self { interval, slots: Mutex::new([Slot::default(); Reason::ALL.len()]) }
+    }
+
+    /// Counts `rejected` and logs it unless that reason was logged within the interval.
+    pub fn record(&self, topic: &str, rejected: &Rejected) {
+        self.record_at(topic, rejected, Instant::now());
+    }
+
+    /// [`RejectionLog::record`] at a given instant. Returns `Some(suppressed)` when a line
+    /// was written (`suppressed` = rejections of that reason skipped since the last line),
+    /// `None` when this one was suppressed.
+    pub fn record_at(&self, topic: &str, rejected: &Rejected, now: Instant) -> Option<u64> {
+        metrics::counter!("scriptd_occurrences_rejected_total", "reason" => rejected.reason.as_str())
+            .increment(1);
+        let suppressed = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = &mut slots[rejected.reason.index()];
+            let due = slot.last_logged.is_none_or(|t| now.duration_since(t) >= self.interval);
+            if !due {
+                slot.suppressed += 1;
+                return None;
+            }
+            slot.last_logged = Some(now);
+            std::mem::take(&mut slot.suppressed)
+        };
+        tracing::warn!(
+            reason = rejected.reason.as_str(),
+            topic,
+            suppressed,
+            "occurrence dropped: {}",
+            rejected.message
+        );
+        Some(suppressed)
+    }
+
+    /// Rejections suppressed since the last line, per reason (for tests and diagnostics).
+    pub fn suppressed(&self) -> HashMap<Reason, u64> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        Reason::ALL.iter().map(|r| (*r, slots[r.index()].suppressed)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    const TOPIC: &str = "vms/analytics/events/17";
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 27, 11, 31, 0).unwrap()
+    }
+
+    fn ok(payload: &str) -> Occurrence {
+        decode(TOPIC, payload.as_bytes(), now()).expect("payload should decode")
+    }
+
+    fn reason(payload: &[u8]) -> Reason {
+        decode(TOPIC, payload, now()).expect_err("payload should be rejected").reason
+    }
+
+    #[test]
+    fn full_contract_example_decodes() {
+        let o = ok(r#"{
+            "id": "7f1d2c9e-1",
+            "event_id": 1,
+            "camera_id": 17,
+            "occurred_at": "2026-11-27T16:30:05+05:00",
+            "data": {"plate": "A123BC"},
+            "snapshot_url": "https://vms.local/snapshots/abc.jpg"
+        }"#);
+        assert_eq!(o.id, "7f1d2c9e-1");
+        assert_eq!(o.event, EventRef::Id(1));
+        assert_eq!(o.camera_id, 17);
+        assert_eq!(o.occurred_at_rfc3339(), "2026-11-27T16:30:05+05:00");
+        assert_eq!(o.occurred_at_utc(), Utc.with_ymd_and_hms(2026, 11, 27, 11, 30, 5).unwrap());
+        assert_eq!(o.data, Some(serde_json::json!({"plate": "A123BC"})));
+        assert_eq!(o.snapshot_url.as_deref(), Some("https://vms.local/snapshots/abc.jpg"));
+    }
+
+    #[test]
+    fn event_name_is_accepted() {
+        let o = ok(r#"{"event":"line_crossing","camera_id":3}"#);
+        assert_eq!(o.event, EventRef::Name("line_crossing".into()));
+    }
+
+    #[test]
+    fn event_id_wins_over_event_name() {
+        let o = ok(r#"{"event_id":4,"event":"line_crossing","camera_id":3}"#);
+        assert_eq!(o.event, EventRef::Id(4));
+    }
+
+    #[test]
+    fn missing_occurred_at_means_now() {
+        let o = ok(r#"{"event_id":1,"camera_id":3}"#);
+        assert_eq!(o.occurred_at_utc(), now());
+    }
+
+    #[test]
+    fn missing_id_is_derived_from_the_bytes() {
+        let p = r#"{"event_id":1,"camera_id":3}"#;
+        let a = ok(p);
+        assert!(a.id.starts_with(DERIVED_ID_PREFIX));
+        assert_eq!(a.id.len(), DERIVED_ID_PREFIX.len() + 64);
+        assert_eq!(a.id, ok(p).id, "same bytes, same id");
+        assert_ne!(a.id, ok(r#"{"event_id":1,"camera_id":4}"#).id);
+    }
+
+    #[test]
+    fn null_counts_as_missing() {
+        let o = ok(
+            r#"{"id":null,"event_id":1,"camera_id":3,"occurred_at":null,"data":null,"snapshot_url":null}"#,
+        );
+        assert!(o.id.starts_with(DERIVED_ID_PREFIX));
+        assert_eq!(o.data, None);
+        assert_eq!(o.snapshot_url, None);
+    }
+
+    #[test]
+    fn numeric_strings_are_accepted_for_ids() {
+        let o = ok(r#"{"event_id":"2","camera_id":"17"}"#);
+        assert_eq!(o.event, EventRef::Id(2));
+        assert_eq!(o.camera_id, 17);
+    }
+
+    #[test]
+    fn integer_occurrence_id_is_kept_as_text() {
+        assert_eq!(ok(r#"{"id":12345,"event_id":1,"camera_id":3}"#).id, "12345");
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored() {
+        let o = ok(r#"{"event_id":1,"camera_id":3,"extra":{"deep":[1,2,{"x":null}]},"v":2}"#);
+        assert_eq!(o.camera_id, 3);
+    }
+
+    #[test]
+    fn utc_z_and_fractions_are_kept() {
+        let o = ok(r#"{"event_id":1,"camera_id":3,"occurred_at":"2026-11-27T11:30:05.250Z"}"#);
+        assert_eq!(o.occurred_at_rfc3339(), "2026-11-27T11:30:05.250+00:00");
+    }
+
+    #[test]
+    fn not_utf8() {
+        assert_eq!(reason(b"{\"event_id\":1,\xff}"), Reason::NotUtf8);
+    }
+
+    #[test]
+    fn not_json() {
+        assert_eq!(reason(b"{\"event_id\":1,"), Reason::NotJson);
+        assert_eq!(reason(b"hello"), Reason::NotJson);
+        assert_eq!(reason(b""), Reason::NotJson);
+    }
+
+    #[test]
+    fn duplicate_keys_are_not_json() {
+        assert_eq!(reason(br#"{"camera_id":1,"camera_id":2,"event_id":1}"#), Reason::NotJson);
+    }
+
+    #[test]
+    fn not_object() {
+        assert_eq!(reason(b"[1,2]"), Reason::NotObject);
+        assert_eq!(reason(b"42"), Reason::NotObject);
+        assert_eq!(reason(b"\"x\""), Reason::NotObject);
+        assert_eq!(reason(b"null"), Reason::NotObject);
+    }
+
+    #[test]
+    fn missing_event() {
+        assert_eq!(reason(br#"{"camera_id":1}"#), Reason::MissingEvent);
+    }
+
+    #[test]
+    fn bad_event_id() {
+        for p in [
+            r#"{"event_id":0,"camera_id":1}"#,
+            r#"{"event_id":-3,"camera_id":1}"#,
+            r#"{"event_id":1.5,"camera_id":1}"#,
+            r#"{"event_id":"x","camera_id":1}"#,
+            r#"{"event_id":true,"camera_id":1}"#,
+            r#"{"event_id":18446744073709551615,"camera_id":1}"#,
+        ] {
+            assert_eq!(reason(p.as_bytes()), Reason::BadEventId, "{p}");
+        }
+    }
+
+    #[test]
+    fn bad_event() {
+        assert_eq!(reason(br#"{"event":"","camera_id":1}"#), Reason::BadEvent);
+        assert_eq!(reason(br#"{"event":7,"camera_id":1}"#), Reason::BadEvent);
+    }
+
+    #[test]
+    fn missing_camera_id() {
+        let r = decode(TOPIC, br#"{"event_id":1}"#, now()).unwrap_err();
+        assert_eq!(r.reason, Reason::MissingCameraId);
+        assert!(r.message.contains("camera_id"));
+    }
+
+    #[test]
+    fn bad_camera_id() {
+        for p in [
+            r#"{"event_id":1,"camera_id":0}"#,
+            r#"{"event_id":1,"camera_id":-1}"#,
+            r#"{"event_id":1,"camera_id":"17.0"}"#,
+            r#"{"event_id":1,"camera_id":" 17"}"#,
+            r#"{"event_id":1,"camera_id":"-5"}"#,
+            r#"{"event_id":1,"camera_id":[17]}"#,
+            r#"{"event_id":1,"camera_id":2.5}"#,
+        ] {
+            let r = decode(TOPIC, p.as_bytes(), now()).unwrap_err();
+            assert_eq!(r.reason, Reason::BadCameraId, "{p}");
+            assert!(r.message.contains("camera_id"), "{}", r.message);
+        }
+    }
+
+    #[test]
+    fn bad_occurred_at() {
+        for p in [
+            r#"{"event_id":1,"camera_id":1,"occurred_at":"yesterday"}"#,
+            r#"{"event_id":1,"camera_id":1,"occurred_at":"2026-11-27 16:30:05"}"#,
+            r#"{"event_id":1,"camera_id":1,"occurred_at":1764250205}"#,
+        ] {
+            assert_eq!(reason(p.as_bytes()), Reason::BadOccurredAt, "{p}");
+        }
+    }
+
+    #[test]
+    fn bad_id() {
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        for p in [
+            r#"{"id":"","event_id":1,"camera_id":1}"#.to_owned(),
+            r#"{"id":{"a":1},"event_id":1,"camera_id":1}"#.to_owned(),
+            r#"{"id":"a\nb","event_id":1,"camera_id":1}"#.to_owned(),
+            r#"{"id":1.5,"event_id":1,"camera_id":1}"#.to_owned(),
+            format!(r#"{{"id":"{long}","event_id":1,"camera_id":1}}"#),
+        ] {
+            assert_eq!(reason(p.as_bytes()), Reason::BadId, "{p}");
+        }
+    }
+
+    #[test]
+    fn bad_snapshot_url() {
+        for p in [
+            r#"{"event_id":1,"camera_id":1,"snapshot_url":"not a url"}"#,
+            r#"{"event_id":1,"camera_id":1,"snapshot_url":"ftp://x/y.jpg"}"#,
+            r#"{"event_id":1,"camera_id":1,"snapshot_url":"/relative.jpg"}"#,
+            r#"{"event_id":1,"camera_id":1,"snapshot_url":5}"#,
+        ] {
+            assert_eq!(reason(p.as_bytes()), Reason::BadSnapshotUrl, "{p}");
+        }
+    }
+
+    #[test]
+    fn bad_data() {
+        assert_eq!(reason(br#"{"event_id":1,"camera_id":1,"data":[1]}"#), Reason::BadData);
+        assert_eq!(reason(br#"{"event_id":1,"camera_id":1,"data":"x"}"#), Reason::BadData);
+    }
+
+    #[test]
+    fn messages_never_echo_long_values() {
+        let long = "9".repeat(10_000);
+        let p = format!(r#"{{"event_id":1,"camera_id":"{long}x"}}"#);
+        let r = decode(TOPIC, p.as_bytes(), now()).unwrap_err();
+        assert!(r.message.len() < 200, "{}", r.message);
+    }
+
+    #[test]
+    fn reason_codes_are_stable_and_distinct() {
+        let codes: std::collections::HashSet<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(codes.len(), Reason::ALL.len());
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        assert_eq!(Reason::UnknownEvent.as_str(), "unknown_event");
+        assert_eq!(Reason::Stale.as_str(), "stale");
+    }
+
+    #[test]
+    fn staleness() {
+        let at = |s: &str| ok(&format!(r#"{{"event_id":1,"camera_id":1,"occurred_at":"{s}"}}"#));
+        // now() is 11:31:00Z
+        assert!(!is_stale(&at("2026-11-27T11:26:00Z"), now(), 300), "exactly 300 s old");
+        assert!(is_stale(&at("2026-11-27T11:25:59Z"), now(), 300));
+        assert!(is_stale(&at("2026-11-27T16:25:59+05:00"), now(), 300), "offset respected");
+        assert!(!is_stale(&at("2026-11-27T12:00:00Z"), now(), 300), "future is not stale");
+        assert!(!is_stale(&at("2020-01-01T00:00:00Z"), now(), 0), "0 = never");
+    }
+
+    #[test]
+    fn rejection_log_is_rate_limited_per_reason() {
+        let log = RejectionLog::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let bad_cam = Rejected::new(Reason::BadCameraId, "camera_id must be ...");
+        let not_json = Rejected::new(Reason::NotJson, "payload is not valid JSON");
+        assert_eq!(log.record_at(TOPIC, &bad_cam, t0), Some(0));
+        assert_eq!(log.record_at(TOPIC, &bad_cam, t0 + Duration::from_secs(1)), None);
+        assert_eq!(log.record_at(TOPIC, &bad_cam, t0 + Duration::from_secs(2)), None);
+        assert_eq!(log.record_at(TOPIC, &not_json, t0 + Duration::from_secs(2)), Some(0));
+        assert_eq!(log.suppressed()[&Reason::BadCameraId], 2);
+        assert_eq!(log.record_at(TOPIC, &bad_cam, t0 + Duration::from_secs(10)), Some(2));
+        assert_eq!(log.suppressed()[&Reason::BadCameraId], 0);
+    }
+}

@@ -1,0 +1,119 @@
+//! Real peers for integration tests, shared by every `tests/*.rs` file (`mod support;`).
+//!
+//! Each peer listens on 127.0.0.1 on a free port, records what it received, can be scripted
+//! to answer badly, and stops when dropped:
+//!
+//! - [`mosquitto::Mosquitto`]: Debian's `mosquitto` broker in a temp dir (persistent).
+//! - [`telegram_stub::TelegramStub`]: a Bot API stand-in (ok, 429, 400, 401, 403, 500, hang).
+//! - [`webhook_receiver::WebhookReceiver`]: checks `X-Scriptd-Signature`, scripted statuses.
+//!
+//! Plus [`free_port`], [`wait_for_port`], [`within`] (a timeout that fails the test) and
+//! [`TestClient`], a plain rumqttc client that publishes and subscribes like an analytics
+//! server or a client app would.
+#![allow(dead_code)]
+
+pub mod mosquitto;
+pub mod telegram_stub;
+pub mod webhook_receiver;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// A port that was free a moment ago on 127.0.0.1 (bind port 0, read it, release it).
+/// Only for peers that cannot bind port 0 themselves (Mosquitto, rumqttd).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Waits until 127.0.0.1:`port` accepts TCP connections; panics after `timeout`.
+pub async fn wait_for_port(port: u16, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "127.0.0.1:{port} did not open in {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Awaits `f` for at most `secs` seconds; a timeout fails the test with `what`.
+pub async fn within<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {secs} s: {what}"),
+    }
+}
+
+/// A plain MQTT client for tests (auto acks, clean session): publishes like an analytics
+/// server, subscribes like a client app. Its poll task stops when it is dropped.
+pub struct TestClient {
+    pub client: rumqttc::AsyncClient,
+    received: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+    subacks: tokio::sync::mpsc::UnboundedReceiver<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestClient {
+    /// Connects to 127.0.0.1:`port` as `client_id` and waits for the CONNACK.
+    pub async fn connect(port: u16, client_id: &str) -> Self {
+        let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 10_000);
+        let (tx, received) = tokio::sync::mpsc::unbounded_channel();
+        let (sub_tx, subacks) = tokio::sync::mpsc::unbounded_channel();
+        let (conn_tx, conn_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut conn_tx = Some(conn_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        if let Some(t) = conn_tx.take() {
+                            let _ = t.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let _ = tx.send(p);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        let _ = sub_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        within(10, "test client CONNACK", conn_rx).await.expect("test client connected");
+        TestClient { client, received, subacks, task }
+    }
+
+    /// Publishes at QoS 1.
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("queue publish");
+    }
+
+    /// Subscribes at QoS 1 and waits for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str) {
+        self.client.subscribe(filter, rumqttc::QoS::AtLeastOnce).await.expect("queue subscribe");
+        within(10, "SUBACK", self.subacks.recv()).await.expect("suback");
+    }
+
+    /// The next message received, waiting at most `secs`.
+    pub async fn next(&mut self, secs: u64) -> rumqttc::Publish {
+        within(secs, "message to the test client", self.received.recv()).await.expect("message")
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
