@@ -10,6 +10,7 @@ pub mod broker;
 pub mod cli;
 pub mod dispatch;
 pub mod health;
+pub mod hub;
 pub mod index;
 pub mod live;
 pub mod logging;

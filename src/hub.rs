@@ -1,0 +1,71 @@
+//! The live push hub: pushes the dispatcher has delivered, fanned out to the API's
+//! server-sent-event streams (`GET /api/v1/reactions/stream`).
+//!
+//! Best effort by design: the durable path is the MQTT push through the outbox; a client on
+//! the stream that falls behind by more than the hub's capacity is told how many pushes it
+//! missed (it can re-read them from the API) and the daemon never waits for it.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+/// One delivered push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushEvent {
+    /// The recipient.
+    pub user_id: i64,
+    /// The CONTRACT §5 push payload, JSON text.
+    pub payload: Arc<str>,
+}
+
+/// Fan-out of delivered pushes; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PushHub {
+    tx: broadcast::Sender<Arc<PushEvent>>,
+}
+
+impl PushHub {
+    /// A hub that keeps up to `capacity` pushes for slow subscribers.
+    pub fn new(capacity: usize) -> PushHub {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        PushHub { tx }
+    }
+
+    /// Hands a delivered push to every current subscriber; never waits.
+    pub fn publish(&self, user_id: i64, payload: &str) {
+        // No subscribers is not an error.
+        let _ = self.tx.send(Arc::new(PushEvent { user_id, payload: Arc::from(payload) }));
+    }
+
+    /// A new subscription (sees pushes published from now on).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<PushEvent>> {
+        self.tx.subscribe()
+    }
+
+    /// Number of current subscribers.
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+}
+
+impl Default for PushHub {
+    fn default() -> Self {
+        PushHub::new(1024)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn subscribers_see_pushes_published_after_they_subscribe() {
+        let hub = PushHub::new(8);
+        hub.publish(1, "{}"); // nobody listens: dropped, no error
+        let mut rx = hub.subscribe();
+        hub.publish(7, r#"{"reaction":"sound"}"#);
+        let e = rx.recv().await.unwrap();
+        assert_eq!((e.user_id, &*e.payload), (7, r#"{"reaction":"sound"}"#));
+        assert_eq!(hub.subscribers(), 1);
+    }
+}
