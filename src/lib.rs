@@ -15,6 +15,7 @@ pub mod index;
 pub mod live;
 pub mod logging;
 pub mod occurrence;
+pub mod outbox;
 pub mod rules;
 pub mod script;
 pub mod secret;

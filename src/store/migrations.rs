@@ -90,8 +90,16 @@ CREATE INDEX deliveries_pending ON deliveries(next_attempt_at) WHERE state = 'pe
 CREATE INDEX deliveries_by_script ON deliveries(script_id, created_at);
 "#;
 
+/// Migration 2: the outbox stores how to deliver (`target`, JSON, see `crate::outbox::Target`),
+/// finds a lane's head by index, and prunes finished rows by index.
+const V2: &str = r#"
+ALTER TABLE deliveries ADD COLUMN target TEXT;
+CREATE INDEX deliveries_pending_lane ON deliveries(lane) WHERE state = 'pending';
+CREATE INDEX deliveries_finished ON deliveries(updated_at) WHERE state <> 'pending';
+"#;
+
 /// Every migration, oldest first. Append only; never edit a released entry.
-const MIGRATIONS: &[M<'static>] = &[M::up(V1)];
+const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2)];
 
 /// The schema version this binary writes and understands.
 pub fn latest_version() -> usize {

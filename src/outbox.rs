@@ -1,0 +1,437 @@
+//! # The durable delivery outbox
+//!
+//! Every delivery (one reaction for one recipient, caused by one occurrence and one script)
+//! is a row of the `deliveries` table, written by [`OutboxWriter::enqueue`] before anything
+//! is attempted. The dispatcher ([`crate::dispatch::worker`]) claims due rows, attempts them
+//! and records the outcome on the same row:
+//!
+//! | state | meaning |
+//! | --- | --- |
+//! | `pending` | not delivered yet; attempted again at `next_attempt_at` (unix ms) |
+//! | `sent` | delivered (the peer acknowledged it) |
+//! | `failed` | given up, with the reason in `last_error` |
+//!
+//! The row's id is the stable `delivery_id` of CONTRACT §5: `INSERT OR IGNORE` makes a
+//! redelivered occurrence add nothing. Rows with the same non-empty `lane` are attempted one
+//! at a time in enqueue order (SQLite's `rowid`); lane `""` has no ordering.
+//!
+//! How to deliver is stored with the row as JSON in the `target` column (migration 2), see
+//! [`Target`]. It holds the bot token or webhook secret in clear text, as the script's
+//! `extra` does; neither ever reaches a log line, `Debug` output or `last_error`.
+//!
+//! The functions below the writer are the dispatcher's blocking queries; they take a
+//! connection so the dispatcher can keep one open.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+use crate::store::{Store, StoreError};
+
+/// How a delivery leaves the daemon; stored with the row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// MQTT QoS 1 to `{push_topic_prefix}/{user_id}/reactions`, then the API's push hub.
+    Push {
+        /// The receiving user.
+        user_id: i64,
+    },
+    /// Bot API `sendMessage` (or `sendPhoto` with `photo_url`).
+    Telegram {
+        /// The script's bot token.
+        bot_token: Secret,
+        /// Numeric chat id or `@channel`.
+        chat_id: String,
+        /// The message text (or photo caption).
+        text: String,
+        /// Snapshot URL: sent as a photo with the text as caption.
+        photo_url: Option<String>,
+    },
+    /// HMAC-signed HTTP POST of the payload.
+    Webhook {
+        /// Where to POST.
+        url: String,
+        /// Signing key; no signature header without it.
+        secret: Option<Secret>,
+    },
+}
+
+/// The stored form of [`Target`]: plain strings, because [`Secret`] serialises as a mask.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum StoredTarget {
+    Push {
+        user_id: i64,
+    },
+    Telegram {
+        bot_token: String,
+        chat_id: String,
+        text: String,
+        #[serde(default)]
+        photo_url: Option<String>,
+    },
+    Webhook {
+        url: String,
+        #[serde(default)]
+        secret: Option<String>,
+    },
+}
+
+impl Target {
+    /// The JSON text stored in the `target` column.
+    pub fn to_json(&self) -> String {
+        let stored = match self {
+            Target::Push { user_id } => StoredTarget::Push { user_id: *user_id },
+            Target::Telegram { bot_token, chat_id, text, photo_url } => StoredTarget::Telegram {
+                bot_token: bot_token.expose().to_owned(),
+                chat_id: chat_id.clone(),
+                text: text.clone(),
+                photo_url: photo_url.clone(),
+            },
+            Target::Webhook { url, secret } => StoredTarget::Webhook {
+                url: url.clone(),
+                secret: secret.as_ref().map(|s| s.expose().to_owned()),
+            },
+        };
+        // Serialising plain strings and integers cannot fail.
+        serde_json::to_string(&stored).unwrap_or_default()
+    }
+
+    /// Parses the `target` column. The error never contains the text (it may hold a token).
+    pub fn from_json(text: &str) -> Result<Target, String> {
+        let stored: StoredTarget = serde_json::from_str(text).map_err(|e| {
+            format!(
+                "unreadable delivery target (line {} column {}: {:?})",
+                e.line(),
+                e.column(),
+                e.classify()
+            )
+        })?;
+        Ok(match stored {
+            StoredTarget::Push { user_id } => Target::Push { user_id },
+            StoredTarget::Telegram { bot_token, chat_id, text, photo_url } => {
+                Target::Telegram { bot_token: Secret::new(bot_token), chat_id, text, photo_url }
+            }
+            StoredTarget::Webhook { url, secret } => {
+                Target::Webhook { url, secret: secret.map(Secret::new) }
+            }
+        })
+    }
+
+    /// `push`, `telegram` or `webhook`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Push { .. } => "push",
+            Target::Telegram { .. } => "telegram",
+            Target::Webhook { .. } => "webhook",
+        }
+    }
+}
+
+/// One delivery to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// The `delivery_id`, stable per occurrence × script × recipient (the row's key).
+    pub id: String,
+    /// The occurrence that caused it.
+    pub occurrence_id: String,
+    /// The script.
+    pub script_id: i64,
+    /// Reaction name, e.g. `show-camera-sidebar`.
+    pub reaction: String,
+    /// User id, Telegram chat id or webhook URL (shown by `GET /scripts/{id}/deliveries`).
+    pub recipient: String,
+    /// Ordering key: deliveries with the same non-empty lane are attempted one at a time,
+    /// in enqueue order; `""` = no ordering.
+    pub lane: String,
+    /// JSON text: the CONTRACT §5 push payload (body of pushes and webhooks).
+    pub payload: String,
+    /// How to deliver.
+    pub target: Target,
+}
+
+/// Writes deliveries into the outbox over its own connection.
+pub struct OutboxWriter {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for OutboxWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxWriter").finish_non_exhaustive()
+    }
+}
+
+const INSERT: &str = "INSERT OR IGNORE INTO deliveries
+    (id, occurrence_id, script_id, reaction, recipient, lane, payload, state, attempts,
+     next_attempt_at, created_at, updated_at, target)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8, ?8, ?9)";
+
+impl OutboxWriter {
+    /// A writer with a dedicated connection to `store`.
+    pub fn new(store: &Store) -> Result<OutboxWriter, StoreError> {
+        Ok(OutboxWriter { conn: store.connect()? })
+    }
+
+    /// Writes `deliveries` in one transaction begun IMMEDIATE; an id already in the outbox
+    /// is ignored (a redelivered occurrence adds nothing). Returns the number of new rows.
+    /// On error nothing is written.
+    pub fn enqueue(
+        &mut self,
+        deliveries: &[NewDelivery],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        if deliveries.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut added = 0;
+        {
+            let mut stmt = tx.prepare_cached(INSERT)?;
+            for d in deliveries {
+                added += stmt.execute(params![
+                    d.id,
+                    d.occurrence_id,
+                    d.script_id,
+                    d.reaction,
+                    d.recipient,
+                    d.lane,
+                    d.payload,
+                    now_ms,
+                    d.target.to_json(),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(added)
+    }
+}
+
+/// A pending row claimed for an attempt, read without trusting its column types.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// SQLite rowid: the handle for updates (the id column may be hand-edited garbage).
+    pub rowid: i64,
+    /// The delivery id as text.
+    pub id: String,
+    /// Reaction name (a metric label).
+    pub reaction: String,
+    /// Ordering lane.
+    pub lane: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// The payload text.
+    pub payload: String,
+    /// How to deliver, or why the row cannot be delivered at all.
+    pub target: Result<Target, String>,
+}
+
+fn lossy_text(v: SqlValue) -> String {
+    match v {
+        SqlValue::Null => String::new(),
+        SqlValue::Integer(i) => i.to_string(),
+        SqlValue::Real(f) => f.to_string(),
+        SqlValue::Text(s) => s,
+        SqlValue::Blob(b) => String::from_utf8_lossy(&b).into_owned(),
+    }
+}
+
+/// Reactions delivered as pushes; rows written before migration 2 have no `target` and are
+/// read as pushes to their recipient.
+const PUSH_REACTIONS: &[&str] = &["show-camera-sidebar", "show-camera", "sound"];
+
+fn target_of(target: SqlValue, reaction: &str, recipient: &str) -> Result<Target, String> {
+    match target {
+        SqlValue::Text(t) => Target::from_json(&t),
+        SqlValue::Null => match recipient.parse::<i64>() {
+            Ok(user_id) if PUSH_REACTIONS.contains(&reaction) => Ok(Target::Push { user_id }),
+            _ => Err("the delivery has no target (written before the outbox stored one)".into()),
+        },
+        _ => Err("unreadable delivery target (not text)".into()),
+    }
+}
+
+/// Up to `limit` due pending rows, oldest due first. A row with a non-empty lane is
+/// returned only when it is its lane's head (no older pending row in the lane), so a lane
+/// waiting for a retry blocks itself and nothing else.
+pub fn due(conn: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.rowid, d.id, d.reaction, d.lane, d.attempts, d.payload, d.target, d.recipient
+         FROM deliveries d
+         WHERE d.state = 'pending' AND d.next_attempt_at <= ?1
+           AND (d.lane = '' OR NOT EXISTS (
+                SELECT 1 FROM deliveries e
+                WHERE e.state = 'pending' AND e.lane = d.lane AND e.rowid < d.rowid))
+         ORDER BY d.next_attempt_at, d.rowid
+         LIMIT ?2",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![now_ms, limit], |r| {
+        let reaction = lossy_text(r.get(2)?);
+        let recipient = lossy_text(r.get(7)?);
+        let attempts = match r.get::<_, SqlValue>(4)? {
+            SqlValue::Integer(i) => u32::try_from(i).unwrap_or(0),
+            _ => 0,
+        };
+        let target = target_of(r.get(6)?, &reaction, &recipient);
+        Ok(Claimed {
+            rowid: r.get(0)?,
+            id: lossy_text(r.get(1)?),
+            reaction,
+            lane: lossy_text(r.get(3)?),
+            attempts,
+            payload: lossy_text(r.get(5)?),
+            target,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The earliest `next_attempt_at` after `now_ms` among pending rows, if any.
+pub fn next_due_after(conn: &Connection, now_ms: i64) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT MIN(next_attempt_at) FROM deliveries
+             WHERE state = 'pending' AND next_attempt_at > ?1",
+        )?
+        .query_row([now_ms], |r| r.get::<_, Option<i64>>(0))
+        .optional()?
+        .flatten())
+}
+
+/// Pending rows and the `created_at` (unix ms) of the oldest.
+pub fn pending_summary(conn: &Connection) -> Result<(u64, Option<i64>), StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT COUNT(*), MIN(created_at) FROM deliveries WHERE state = 'pending'")?
+        .query_row([], |r| {
+            let n: i64 = r.get(0)?;
+            Ok((u64::try_from(n).unwrap_or(0), r.get::<_, Option<i64>>(1).ok().flatten()))
+        })?)
+}
+
+/// What became of one attempt, as recorded on the row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Delivered: `sent`, attempts + 1.
+    Sent,
+    /// Given up: `failed` with the reason, attempts + 1.
+    Failed {
+        /// `last_error`.
+        reason: String,
+    },
+    /// A failed attempt to be repeated at `next_attempt_at`: attempts + 1.
+    Retry {
+        /// `last_error`.
+        reason: String,
+        /// Unix ms.
+        next_attempt_at: i64,
+    },
+    /// Not attempted (a rate limit said "not now"): only `next_attempt_at` moves.
+    Deferred {
+        /// Unix ms.
+        next_attempt_at: i64,
+    },
+}
+
+/// Records the outcomes of many attempts in one transaction begun IMMEDIATE. Only rows
+/// still pending change (an operator may have edited one meanwhile).
+pub fn record(
+    conn: &mut Connection,
+    outcomes: &[(i64, Recorded)],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut sent = tx.prepare_cached(
+            "UPDATE deliveries SET state = 'sent', attempts = attempts + 1, updated_at = ?2
+             WHERE rowid = ?1 AND state = 'pending'",
+        )?;
+        let mut failed = tx.prepare_cached(
+            "UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?2,
+                    updated_at = ?3
+             WHERE rowid = ?1 AND state = 'pending'",
+        )?;
+        let mut retry = tx.prepare_cached(
+            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?2,
+                    next_attempt_at = ?3, updated_at = ?4
+             WHERE rowid = ?1 AND state = 'pending'",
+        )?;
+        let mut deferred = tx.prepare_cached(
+            "UPDATE deliveries SET next_attempt_at = ?2, updated_at = ?3
+             WHERE rowid = ?1 AND state = 'pending'",
+        )?;
+        for (rowid, outcome) in outcomes {
+            match outcome {
+                Recorded::Sent => sent.execute(params![rowid, now_ms])?,
+                Recorded::Failed { reason } => failed.execute(params![rowid, reason, now_ms])?,
+                Recorded::Retry { reason, next_attempt_at } => {
+                    retry.execute(params![rowid, reason, next_attempt_at, now_ms])?
+                }
+                Recorded::Deferred { next_attempt_at } => {
+                    deferred.execute(params![rowid, next_attempt_at, now_ms])?
+                }
+            };
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Deletes up to `limit` finished (`sent` or `failed`) rows last updated before
+/// `cutoff_ms`, in one short transaction. Returns how many were deleted; the caller repeats
+/// while it equals `limit`.
+pub fn prune(conn: &mut Connection, cutoff_ms: i64, limit: usize) -> Result<usize, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let n = tx
+        .prepare_cached(
+            "DELETE FROM deliveries WHERE rowid IN (
+            SELECT rowid FROM deliveries
+            WHERE state IN ('sent', 'failed') AND updated_at < ?1 LIMIT ?2)",
+        )?
+        .execute(params![cutoff_ms, i64::try_from(limit).unwrap_or(i64::MAX)])?;
+    tx.commit()?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_round_trip_and_keep_secrets() {
+        let targets = [
+            Target::Push { user_id: 42 },
+            Target::Telegram {
+                bot_token: Secret::new("123:secret"),
+                chat_id: "-100".into(),
+                text: "hi".into(),
+                photo_url: Some("https://x/y.jpg".into()),
+            },
+            Target::Webhook { url: "http://h/hook".into(), secret: Some(Secret::new("k")) },
+            Target::Webhook { url: "http://h/hook".into(), secret: None },
+        ];
+        for t in targets {
+            let json = t.to_json();
+            assert_eq!(Target::from_json(&json).unwrap(), t, "{json}");
+            assert!(!format!("{t:?}").contains("123:secret"));
+        }
+    }
+
+    #[test]
+    fn garbage_targets_are_errors_without_their_text() {
+        let e = Target::from_json(r#"{"kind":"telegram","bot_token":"123:secret"}"#).unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
+        assert!(Target::from_json("nonsense").is_err());
+        assert!(Target::from_json(r#"{"kind":"fax"}"#).is_err());
+    }
+
+    #[test]
+    fn rows_without_a_target_are_pushes_for_push_reactions_only() {
+        assert_eq!(target_of(SqlValue::Null, "sound", "7"), Ok(Target::Push { user_id: 7 }));
+        assert!(target_of(SqlValue::Null, "webhook", "7").is_err());
+        assert!(target_of(SqlValue::Integer(3), "sound", "7").is_err());
+    }
+}
