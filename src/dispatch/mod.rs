@@ -15,6 +15,7 @@
 pub mod mqtt_push;
 pub mod telegram;
 pub mod webhook;
+pub mod worker;
 
 use std::time::Duration;
 

@@ -1,0 +1,710 @@
+//! The dispatcher: drains the outbox ([`crate::outbox`]) through the senders.
+//!
+//! # One loop, many attempts
+//!
+//! One task owns the outbox connection and the scheduling state. It repeatedly
+//!
+//! 1. records the outcomes of finished attempts in one transaction (sent, failed, retry),
+//!    and only then frees their in-flight slots,
+//! 2. claims due rows (a lane's head only, see [`crate::outbox::due`]) up to
+//!    `max_in_flight` attempts at once, skipping rows already in flight and lanes that have
+//!    an attempt in flight, and spawns one task per attempt,
+//! 3. sleeps until an attempt finishes, [`DispatcherHandle::notify`] is called, the next
+//!    retry is due, or `poll_interval` passes.
+//!
+//! A delivery counts as in flight from its claim until its new state is committed, so after
+//! a crash at most `max_in_flight` deliveries can repeat (CONTRACT §5). The database calls
+//! are blocking and run on tokio's blocking pool, one at a time.
+//!
+//! # Outcomes
+//!
+//! | attempt | row |
+//! | --- | --- |
+//! | `Ok` | `sent` |
+//! | [`SendError::Permanent`], an unreadable row | `failed` with the reason |
+//! | [`SendError::Retryable`] | attempts + 1, retried after the policy's exponential delay ±20 % jitter, at least the peer's `after`; `failed` "gave up after N attempts: …" once `max_attempts` (≠ 0) is reached |
+//! | the Telegram rate limiter said "not now" without a request | not an attempt: only `next_attempt_at` moves |
+//!
+//! Rows of one lane (one Telegram chat) go one at a time in enqueue order: while the head
+//! waits for its retry, the rest of the lane waits too; other lanes do not.
+//!
+//! # Housekeeping
+//!
+//! Every few seconds the gauges `OUTBOX_DEPTH` and `OUTBOX_OLDEST_PENDING` are refreshed;
+//! every few minutes `sent` **and** `failed` rows last updated longer ago than
+//! `LiveSettings::retention` are deleted in batches of [`PRUNE_BATCH`] (both are
+//! "finished", as `delivery.retention_hours` documents; a failed row stays visible for the
+//! whole retention period).
+//!
+//! # Busy database
+//!
+//! When SQLite stays busy (another writer) or fails, nothing is lost: outcomes stay in
+//! memory and their slots stay taken, the error is logged once per streak, and the loop
+//! tries again after a growing pause.
+//!
+//! # Shutdown
+//!
+//! When `shutdown` completes no new rows are claimed; attempts in flight get until
+//! `shutdown_deadline` to finish and their outcomes are recorded; attempts still running
+//! then are abandoned and their rows stay pending, like every row not yet attempted.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rand::Rng;
+use rusqlite::Connection;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::SendError;
+use super::mqtt_push::MqttPusher;
+use super::telegram::{RateLimits, TelegramSender};
+use super::webhook::WebhookSender;
+use crate::hub::PushHub;
+use crate::outbox::{self, Claimed, Recorded, Target};
+use crate::settings::{LiveSettings, RetryPolicy, TelegramSettings};
+use crate::store::{Store, StoreError, now_ms};
+use crate::systemd::Progress;
+use crate::telemetry;
+
+/// The reason text of the Telegram limiter's "not now" (no request was made).
+const TELEGRAM_LIMITER_REASON: &str = "Telegram rate limit of this bot or chat reached";
+/// Finished rows deleted per retention transaction.
+pub const PRUNE_BATCH: usize = 1000;
+/// How often the retention sweep runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(300);
+/// How often the outbox gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(2);
+/// An attempt that takes longer than this is abandoned as retryable (the senders have
+/// their own, shorter, timeouts; this is the safety net).
+const ATTEMPT_DEADLINE: Duration = Duration::from_secs(120);
+/// Jitter applied to retry delays: ±20 %.
+const JITTER: f64 = 0.2;
+
+/// The channels the dispatcher delivers through. Telegram is built by the dispatcher from
+/// `LiveSettings::telegram` (and rebuilt when SIGHUP changes it).
+#[derive(Debug, Clone)]
+pub struct Senders {
+    /// MQTT pushes; `None` makes push deliveries fail retryably ("no MQTT connection").
+    pub push: Option<Arc<MqttPusher>>,
+    /// Delivered pushes are also handed to the API's server-sent-event streams.
+    pub hub: PushHub,
+    /// Webhook POSTs.
+    pub webhook: Arc<WebhookSender>,
+}
+
+/// How the dispatcher runs (fixed at start).
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    /// Deliveries attempted at once (`delivery.max_in_flight`); at least 1.
+    pub max_in_flight: usize,
+    /// On shutdown, how long attempts in flight may take to finish.
+    pub shutdown_deadline: Duration,
+    /// The longest the dispatcher sleeps without looking at the outbox (a safety net for
+    /// rows written by someone who did not call [`DispatcherHandle::notify`]), e.g. 1 s.
+    pub poll_interval: Duration,
+    /// Beaten every loop iteration, also when idle.
+    pub progress: Option<Progress>,
+}
+
+impl DispatcherConfig {
+    /// `max_in_flight` and `shutdown_deadline` as given, a 1 s poll interval, no heartbeat.
+    pub fn new(max_in_flight: usize, shutdown_deadline: Duration) -> Self {
+        Self {
+            max_in_flight,
+            shutdown_deadline,
+            poll_interval: Duration::from_secs(1),
+            progress: None,
+        }
+    }
+}
+
+/// A snapshot of the dispatcher's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DispatchStats {
+    /// Deliveries claimed and not yet recorded.
+    pub in_flight: usize,
+    /// Pending rows when last counted (every few seconds).
+    pub pending: u64,
+    /// Deliveries recorded `sent` since start.
+    pub sent: u64,
+    /// Deliveries recorded `failed` since start.
+    pub failed: u64,
+    /// Failed attempts recorded for a retry since start.
+    pub retried: u64,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    in_flight: AtomicUsize,
+    pending: AtomicU64,
+    sent: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+}
+
+/// The running dispatcher; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DispatcherHandle {
+    notify: Arc<Notify>,
+    stats: Arc<Stats>,
+    done: watch::Receiver<bool>,
+}
+
+impl DispatcherHandle {
+    /// New rows were enqueued: look at the outbox now.
+    pub fn notify(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Returns after shutdown: attempts in flight finished or the deadline passed; the
+    /// rest stays pending in the database.
+    pub async fn join(mut self) {
+        let _ = self.done.wait_for(|d| *d).await;
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> DispatchStats {
+        DispatchStats {
+            in_flight: self.stats.in_flight.load(Ordering::Relaxed),
+            pending: self.stats.pending.load(Ordering::Relaxed),
+            sent: self.stats.sent.load(Ordering::Relaxed),
+            failed: self.stats.failed.load(Ordering::Relaxed),
+            retried: self.stats.retried.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Drains the outbox; see the module documentation.
+#[derive(Debug)]
+pub struct Dispatcher;
+
+impl Dispatcher {
+    /// Starts the dispatcher task (inside a tokio runtime). It runs until `shutdown`
+    /// completes, then drains as documented.
+    pub fn spawn(
+        store: Store,
+        senders: Senders,
+        config: DispatcherConfig,
+        live: Arc<ArcSwap<LiveSettings>>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> DispatcherHandle {
+        let notify = Arc::new(Notify::new());
+        let stats = Arc::new(Stats::default());
+        let (done_tx, done) = watch::channel(false);
+        let state = Loop {
+            store,
+            conn: None,
+            senders: Arc::new(senders),
+            config,
+            live,
+            notify: notify.clone(),
+            stats: stats.clone(),
+            in_flight: HashSet::new(),
+            busy_lanes: HashSet::new(),
+            tasks: JoinSet::new(),
+            finished: Vec::new(),
+            telegram: None,
+            db_trouble: None,
+            next_gauges: Instant::now(),
+            next_prune: Instant::now(),
+        };
+        tokio::spawn(async move {
+            state.run(shutdown).await;
+            let _ = done_tx.send(true);
+        });
+        DispatcherHandle { notify, stats, done }
+    }
+}
+
+/// One finished attempt, waiting to be recorded.
+struct Finished {
+    rowid: i64,
+    lane: String,
+    reaction: String,
+    recorded: Recorded,
+}
+
+type Db = Arc<Mutex<Connection>>;
+
+struct Loop {
+    store: Store,
+    conn: Option<Db>,
+    senders: Arc<Senders>,
+    config: DispatcherConfig,
+    live: Arc<ArcSwap<LiveSettings>>,
+    notify: Arc<Notify>,
+    stats: Arc<Stats>,
+    /// Rowids claimed and not yet recorded.
+    in_flight: HashSet<i64>,
+    /// Non-empty lanes with a delivery in flight.
+    busy_lanes: HashSet<String>,
+    tasks: JoinSet<Finished>,
+    /// Outcomes not yet committed.
+    finished: Vec<Finished>,
+    telegram: Option<(TelegramSettings, Result<Arc<TelegramSender>, SendError>)>,
+    /// Since when the database has been failing (logged once per streak) and the pause.
+    db_trouble: Option<Duration>,
+    next_gauges: Instant,
+    next_prune: Instant,
+}
+
+/// Runs a blocking database call on the dispatcher's connection.
+async fn with_db<T: Send + 'static>(
+    db: &Db,
+    f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let db = db.clone();
+    match tokio::task::spawn_blocking(move || {
+        let mut conn = db.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn)
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => Err(StoreError::Migration(format!("database task failed: {e}"))),
+    }
+}
+
+impl Loop {
+    async fn run(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let max = self.config.max_in_flight.max(1);
+        let poll = self.config.poll_interval.max(Duration::from_millis(10));
+        tokio::pin!(shutdown);
+        let mut wake = Instant::now();
+        loop {
+            self.beat();
+            // Wait for something to do.
+            let sleep_until = wake.min(Instant::now() + poll);
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    self.take(joined);
+                }
+                () = self.notify.notified() => {}
+                () = tokio::time::sleep_until(sleep_until) => {}
+            }
+            while let Some(joined) = self.tasks.try_join_next() {
+                self.take(joined);
+            }
+            if self.db().await.is_none() {
+                wake = Instant::now() + self.trouble_pause();
+                continue;
+            }
+            if !self.commit().await {
+                wake = Instant::now() + self.trouble_pause();
+                continue;
+            }
+            self.housekeeping().await;
+            wake = self.claim(max).await.unwrap_or_else(|| Instant::now() + self.trouble_pause());
+        }
+        self.drain().await;
+        if let Some(p) = &self.config.progress {
+            p.retire();
+        }
+    }
+
+    fn beat(&self) {
+        if let Some(p) = &self.config.progress {
+            p.beat();
+        }
+    }
+
+    fn take(&mut self, joined: Result<Finished, tokio::task::JoinError>) {
+        match joined {
+            Ok(f) => self.finished.push(f),
+            // A panicked attempt: its row stays in flight (never repeated by this process)
+            // until a restart picks it up again.
+            Err(e) => tracing::error!(error = %e, "a delivery attempt panicked"),
+        }
+    }
+
+    /// The pause after a database failure: 100 ms doubling up to 5 s.
+    fn trouble_pause(&mut self) -> Duration {
+        let next = self
+            .db_trouble
+            .map_or(Duration::from_millis(100), |d| (d * 2).min(Duration::from_secs(5)));
+        self.db_trouble = Some(next);
+        next
+    }
+
+    fn db_ok(&mut self) {
+        if self.db_trouble.take().is_some() {
+            tracing::info!("outbox database usable again");
+        }
+    }
+
+    fn db_failed(&mut self, what: &str, e: &StoreError) {
+        if self.db_trouble.is_none() {
+            tracing::warn!(error = %e, what, "outbox database call failed; retrying with backoff");
+        }
+        if !matches!(e, StoreError::Busy) {
+            // Maybe the connection itself is broken: open a new one next time.
+            self.conn = None;
+        }
+    }
+
+    async fn db(&mut self) -> Option<Db> {
+        if let Some(db) = &self.conn {
+            return Some(db.clone());
+        }
+        let store = self.store.clone();
+        let opened = tokio::task::spawn_blocking(move || store.connect())
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Migration(format!("connect task failed: {e}"))));
+        match opened {
+            Ok(conn) => {
+                let db = Arc::new(Mutex::new(conn));
+                self.conn = Some(db.clone());
+                Some(db)
+            }
+            Err(e) => {
+                self.db_failed("open", &e);
+                None
+            }
+        }
+    }
+
+    /// Records finished attempts; frees their slots only after the commit. False when the
+    /// database failed (the outcomes stay for the next try).
+    async fn commit(&mut self) -> bool {
+        if self.finished.is_empty() {
+            return true;
+        }
+        let Some(db) = self.db().await else { return false };
+        let outcomes: Vec<(i64, Recorded)> =
+            self.finished.iter().map(|f| (f.rowid, f.recorded.clone())).collect();
+        match with_db(&db, move |c| outbox::record(c, &outcomes, now_ms())).await {
+            Ok(()) => {
+                self.db_ok();
+                for f in std::mem::take(&mut self.finished) {
+                    self.in_flight.remove(&f.rowid);
+                    if !f.lane.is_empty() {
+                        self.busy_lanes.remove(&f.lane);
+                    }
+                    let (outcome, counter) = match f.recorded {
+                        Recorded::Sent => (telemetry::OUTCOME_DELIVERED, &self.stats.sent),
+                        Recorded::Failed { .. } => (telemetry::OUTCOME_FAILED, &self.stats.failed),
+                        Recorded::Retry { .. } => (telemetry::OUTCOME_RETRY, &self.stats.retried),
+                        Recorded::Deferred { .. } => continue,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(telemetry::DELIVERIES,
+                        telemetry::LABEL_REACTION => f.reaction,
+                        telemetry::LABEL_OUTCOME => outcome)
+                    .increment(1);
+                }
+                self.stats.in_flight.store(self.in_flight.len(), Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                self.db_failed("record outcomes", &e);
+                false
+            }
+        }
+    }
+
+    /// Claims due rows and spawns their attempts. Returns when to look again (`None`: the
+    /// database failed).
+    async fn claim(&mut self, max: usize) -> Option<Instant> {
+        let free = max.saturating_sub(self.in_flight.len());
+        let far = Instant::now() + Duration::from_secs(3600);
+        if free == 0 {
+            return Some(far); // an attempt finishing wakes the loop
+        }
+        let db = self.db().await?;
+        let limit = free + self.in_flight.len();
+        let now = now_ms();
+        let rows = match with_db(&db, move |c| outbox::due(c, now, limit)).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.db_failed("claim", &e);
+                return None;
+            }
+        };
+        let full = rows.len() >= limit;
+        let mut started = 0;
+        for row in rows {
+            if started >= free {
+                break;
+            }
+            if self.in_flight.contains(&row.rowid)
+                || (!row.lane.is_empty() && self.busy_lanes.contains(&row.lane))
+            {
+                continue;
+            }
+            self.start(row);
+            started += 1;
+        }
+        self.stats.in_flight.store(self.in_flight.len(), Ordering::Relaxed);
+        if full || started >= free {
+            return Some(Instant::now()); // more may be due: look again right away
+        }
+        // Everything due is running: sleep until the next retry is due.
+        let next = match with_db(&db, move |c| outbox::next_due_after(c, now)).await {
+            Ok(next) => next,
+            Err(e) => {
+                self.db_failed("next due", &e);
+                return None;
+            }
+        };
+        self.db_ok();
+        Some(next.map_or(far, |at| {
+            let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+            Instant::now() + Duration::from_millis(wait)
+        }))
+    }
+
+    fn telegram(&mut self) -> Result<Arc<TelegramSender>, SendError> {
+        let live = self.live.load();
+        let wanted = &live.telegram;
+        if self.telegram.as_ref().is_none_or(|(s, _)| s != wanted) {
+            let limits = RateLimits {
+                per_token_per_second: wanted.per_token_per_second.max(1),
+                per_chat_interval: Duration::from_secs(1) / wanted.per_chat_per_second.max(1),
+                per_group_per_minute: wanted.per_group_per_minute.max(1),
+                ..RateLimits::default()
+            };
+            let sender = TelegramSender::new(&wanted.api_url, wanted.request_timeout(), limits)
+                .map(Arc::new);
+            if let Err(e) = &sender {
+                tracing::error!(error = %e, "cannot build the Telegram sender; Telegram deliveries wait");
+            }
+            self.telegram = Some((wanted.clone(), sender));
+        }
+        match &self.telegram {
+            Some((_, Ok(s))) => Ok(s.clone()),
+            Some((_, Err(e))) => {
+                Err(SendError::retryable(format!("Telegram sender unavailable: {}", e.reason())))
+            }
+            None => Err(SendError::retryable("Telegram sender unavailable")),
+        }
+    }
+
+    fn start(&mut self, row: Claimed) {
+        self.in_flight.insert(row.rowid);
+        if !row.lane.is_empty() {
+            self.busy_lanes.insert(row.lane.clone());
+        }
+        let telegram = match &row.target {
+            Ok(Target::Telegram { .. }) => Some(self.telegram()),
+            _ => None,
+        };
+        let senders = self.senders.clone();
+        let policy = self.live.load().retry;
+        self.tasks.spawn(async move {
+            let result =
+                match tokio::time::timeout(ATTEMPT_DEADLINE, attempt(&row, &senders, telegram))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(SendError::retryable(format!(
+                        "the attempt took longer than {ATTEMPT_DEADLINE:?}"
+                    ))),
+                };
+            let recorded = outcome(result, row.attempts, &policy, now_ms());
+            if let Recorded::Failed { reason } = &recorded {
+                tracing::warn!(delivery_id = %row.id, reaction = %row.reaction, reason = %reason, "delivery failed");
+            }
+            Finished { rowid: row.rowid, lane: row.lane, reaction: row.reaction, recorded }
+        });
+    }
+
+    async fn housekeeping(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_gauges {
+            self.next_gauges = now + GAUGES_EVERY;
+            if let Some(db) = self.conn.clone() {
+                match with_db(&db, |c| outbox::pending_summary(c)).await {
+                    Ok((count, oldest)) => {
+                        self.stats.pending.store(count, Ordering::Relaxed);
+                        metrics::gauge!(telemetry::OUTBOX_DEPTH).set(count as f64);
+                        let age = oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
+                        metrics::gauge!(telemetry::OUTBOX_OLDEST_PENDING).set(age);
+                    }
+                    Err(e) => self.db_failed("count pending", &e),
+                }
+            }
+        }
+        if now >= self.next_prune {
+            let retention = self.live.load().retention;
+            let cutoff =
+                now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+            if let Some(db) = self.conn.clone() {
+                match with_db(&db, move |c| outbox::prune(c, cutoff, PRUNE_BATCH)).await {
+                    // A full batch: more to delete, next iteration (other work goes between).
+                    Ok(n) if n >= PRUNE_BATCH => {}
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::debug!(deleted = n, "pruned finished deliveries");
+                        }
+                        self.next_prune = now + PRUNE_EVERY;
+                    }
+                    Err(e) => {
+                        self.db_failed("prune", &e);
+                        self.next_prune = now + Duration::from_secs(10);
+                    }
+                }
+            }
+        }
+    }
+
+    /// After shutdown: let attempts finish within the deadline, record them, abandon the
+    /// rest (their rows stay pending).
+    async fn drain(&mut self) {
+        let deadline = Instant::now() + self.config.shutdown_deadline;
+        while !self.tasks.is_empty() {
+            self.beat();
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(joined)) => self.take(joined),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        abandoned = self.tasks.len(),
+                        "shutdown deadline passed; unfinished deliveries stay pending"
+                    );
+                    self.tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        // Record what finished; a busy database gets a few tries within the deadline.
+        loop {
+            if self.commit().await || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(self.trouble_pause().min(Duration::from_millis(500))).await;
+        }
+        if !self.finished.is_empty() {
+            tracing::warn!(
+                unrecorded = self.finished.len(),
+                "could not record some outcomes before the deadline; they stay pending"
+            );
+        }
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// One attempt of one claimed row.
+async fn attempt(
+    row: &Claimed,
+    senders: &Senders,
+    telegram: Option<Result<Arc<TelegramSender>, SendError>>,
+) -> Result<(), SendError> {
+    let target = row.target.as_ref().map_err(|e| SendError::permanent(e.clone()))?;
+    match target {
+        Target::Push { user_id } => {
+            if serde_json::from_str::<serde::de::IgnoredAny>(&row.payload).is_err() {
+                return Err(SendError::permanent("the delivery's payload is not JSON"));
+            }
+            let Some(pusher) = &senders.push else {
+                return Err(SendError::retryable("no MQTT connection"));
+            };
+            pusher.publish(pusher.topic(*user_id), row.payload.as_bytes().to_vec()).await?;
+            senders.hub.publish(*user_id, &row.payload);
+            Ok(())
+        }
+        Target::Telegram { bot_token, chat_id, text, photo_url } => {
+            let sender = telegram.unwrap_or_else(|| Err(SendError::retryable("no Telegram")))?;
+            sender.send(bot_token, chat_id, text, photo_url.as_deref()).await
+        }
+        Target::Webhook { url, secret } => {
+            let payload: serde_json::Value = serde_json::from_str(&row.payload)
+                .map_err(|_| SendError::permanent("the delivery's payload is not JSON"))?;
+            senders.webhook.send(url, secret.as_ref(), &payload).await
+        }
+    }
+}
+
+/// What to record after an attempt: see the module documentation.
+fn outcome(
+    result: Result<(), SendError>,
+    attempts_before: u32,
+    policy: &RetryPolicy,
+    now_ms: i64,
+) -> Recorded {
+    match result {
+        Ok(()) => Recorded::Sent,
+        Err(SendError::Permanent { reason }) => Recorded::Failed { reason },
+        Err(SendError::Retryable { reason, after }) => {
+            if reason == TELEGRAM_LIMITER_REASON {
+                let wait = after.unwrap_or(Duration::from_secs(1));
+                return Recorded::Deferred { next_attempt_at: now_ms + millis(wait) };
+            }
+            let attempts = attempts_before.saturating_add(1);
+            if policy.exhausted(attempts) {
+                return Recorded::Failed {
+                    reason: format!("gave up after {attempts} attempts: {reason}"),
+                };
+            }
+            let factor = rand::rng().random_range((1.0 - JITTER)..=(1.0 + JITTER));
+            let mut delay = policy.delay(attempts).mul_f64(factor);
+            if let Some(after) = after {
+                delay = delay.max(after);
+            }
+            Recorded::Retry { reason, next_attempt_at: now_ms + millis(delay) }
+        }
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            backoff_initial: Duration::from_millis(1000),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn ok_is_sent_and_permanent_is_failed() {
+        assert_eq!(outcome(Ok(()), 0, &policy(0), 0), Recorded::Sent);
+        assert_eq!(
+            outcome(Err(SendError::permanent("chat not found")), 0, &policy(0), 0),
+            Recorded::Failed { reason: "chat not found".into() }
+        );
+    }
+
+    #[test]
+    fn retries_back_off_with_jitter_and_honour_after() {
+        for _ in 0..100 {
+            match outcome(Err(SendError::retryable("down")), 2, &policy(0), 0) {
+                // Third attempt failed: 1 s * 2^2 = 4 s ± 20 %.
+                Recorded::Retry { next_attempt_at, .. } => {
+                    assert!((3200..=4800).contains(&next_attempt_at), "{next_attempt_at}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let r =
+            outcome(Err(SendError::retry_after("429", Duration::from_secs(30))), 0, &policy(0), 5);
+        assert_eq!(r, Recorded::Retry { reason: "429".into(), next_attempt_at: 30_005 });
+    }
+
+    #[test]
+    fn exhausted_retries_fail_with_the_count() {
+        assert_eq!(
+            outcome(Err(SendError::retryable("down")), 2, &policy(3), 0),
+            Recorded::Failed { reason: "gave up after 3 attempts: down".into() }
+        );
+    }
+
+    #[test]
+    fn the_telegram_limiter_defers_without_an_attempt() {
+        let e = SendError::retry_after(TELEGRAM_LIMITER_REASON, Duration::from_secs(7));
+        assert_eq!(outcome(Err(e), 5, &policy(1), 1), Recorded::Deferred { next_attempt_at: 7001 });
+    }
+}
