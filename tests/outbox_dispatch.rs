@@ -249,7 +249,8 @@ async fn pushes_reach_the_app_and_the_hub_with_their_delivery_id() {
     let store = db.store.clone();
     wait_until(10, "rows sent", || count(&store, "sent") == 5).await;
     assert!(rows(&db.store).iter().all(|r| r.attempts == 1));
-    assert_eq!(d.handle.stats().sent, 5);
+    let h = d.handle.clone();
+    wait_until(5, "counters", || h.stats().sent == 5).await;
     d.stop(10).await;
 }
 
@@ -427,7 +428,8 @@ async fn permanent_telegram_errors_fail_without_retries() {
         assert!(!e.contains(TOKEN) && !e.contains(other_token), "token leaked: {e}");
         assert!(!e.is_empty());
     }
-    assert_eq!(d.handle.stats().failed, 3);
+    let h = d.handle.clone();
+    wait_until(5, "counters", || h.stats().failed == 3).await;
     d.stop(10).await;
 }
 
@@ -481,6 +483,8 @@ async fn a_webhook_500_then_200_is_delivered_on_the_second_attempt() {
     let r = &rows(&db.store)[0];
     assert_eq!(r.attempts, 2);
     assert_eq!(r.last_error.as_deref(), Some("webhook answered HTTP 500"));
+    let h = d.handle.clone();
+    wait_until(5, "counters", || h.stats().sent == 1).await;
     let s = d.handle.stats();
     assert_eq!((s.sent, s.retried, s.failed), (1, 1, 0));
     d.stop(10).await;
@@ -650,4 +654,111 @@ async fn exhausted_retries_fail_with_the_count() {
         "{r:?}"
     );
     d.stop(10).await;
+}
+
+#[tokio::test]
+async fn a_busy_database_delays_recording_but_loses_and_repeats_nothing() {
+    let rx = WebhookReceiver::start(Some("s3cret")).await;
+    let mut db = fresh_db();
+    let batch: Vec<_> = (0..10).map(|i| webhook(i, &rx.url())).collect();
+    db.writer.enqueue(&batch, now_ms()).unwrap();
+    // Another writer holds the lock for a while.
+    let blocker = db.store.connect().unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let store = db.store.clone().with_busy_timeout(Duration::from_millis(50));
+    let d = start(
+        &store,
+        senders(None, PushHub::new(8)),
+        10,
+        Duration::from_secs(5),
+        live("http://127.0.0.1:9"),
+    );
+    rx.wait_for(10, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(count(&db.store, "pending"), 10, "nothing recorded while the lock is held");
+    assert_eq!(d.handle.stats().in_flight, 10, "unrecorded deliveries stay in flight");
+    blocker.execute_batch("COMMIT").unwrap();
+    let s = db.store.clone();
+    wait_until(10, "rows sent", || count(&s, "sent") == 10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.received().len(), 10, "no repeats");
+    d.stop(10).await;
+}
+
+#[tokio::test]
+async fn a_sighup_change_of_the_telegram_url_reaches_the_next_message() {
+    let old = TelegramStub::start().await;
+    let new = TelegramStub::start().await;
+    let mut db = fresh_db();
+    let live = live(&old.api_url());
+    db.writer.enqueue(&[telegram(1, TOKEN, "1")], now_ms()).unwrap();
+    let d =
+        start(&db.store, senders(None, PushHub::new(8)), 10, Duration::from_secs(5), live.clone());
+    old.wait_for(1, Duration::from_secs(10)).await;
+    let mut changed = (**live.load()).clone();
+    changed.telegram.api_url = new.api_url();
+    live.store(Arc::new(changed));
+    db.writer.enqueue(&[telegram(2, TOKEN, "1")], now_ms()).unwrap();
+    d.handle.notify();
+    let got = new.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].text.as_deref(), Some("m2"));
+    assert_eq!(old.recorded().len(), 1);
+    d.stop(10).await;
+}
+
+#[tokio::test]
+async fn finished_rows_older_than_the_retention_are_pruned() {
+    let mut db = fresh_db();
+    let batch: Vec<_> = (0..4).map(|i| push(i, 1)).collect();
+    db.writer.enqueue(&batch, now_ms()).unwrap();
+    let two_hours_ago = now_ms() - 2 * 3600 * 1000;
+    db.store
+        .write(|tx| {
+            tx.execute(
+                "UPDATE deliveries SET state = 'sent', updated_at = ?1 WHERE id = ?2",
+                rusqlite::params![two_hours_ago, batch[0].id],
+            )?;
+            tx.execute(
+                "UPDATE deliveries SET state = 'failed', updated_at = ?1 WHERE id = ?2",
+                rusqlite::params![two_hours_ago, batch[1].id],
+            )?;
+            tx.execute("UPDATE deliveries SET state = 'sent' WHERE id = ?1", [&batch[2].id])?;
+            Ok(())
+        })
+        .unwrap();
+    let live = live_with("http://127.0.0.1:9", |s| s.delivery.retention_hours = 1);
+    let d = start(&db.store, senders(None, PushHub::new(8)), 10, Duration::from_secs(5), live);
+    let store = db.store.clone();
+    wait_until(10, "pruned", || rows(&store).len() == 2).await;
+    let r = rows(&db.store);
+    assert_eq!(r[0].id, batch[2].id, "a recent sent row stays");
+    assert_eq!(r[1].id, batch[3].id, "a pending row stays, however old");
+    d.stop(10).await;
+}
+
+#[tokio::test]
+async fn the_dispatcher_beats_its_heartbeat_while_idle_and_reports_pending() {
+    let mut db = fresh_db();
+    db.writer.enqueue(&[push(1, 1)], now_ms()).unwrap();
+    let watchdog = scriptd::systemd::Watchdog::new();
+    let (stop, rx) = oneshot::channel::<()>();
+    let mut config = DispatcherConfig::new(10, Duration::from_secs(1));
+    config.poll_interval = Duration::from_millis(50);
+    config.progress = Some(watchdog.register("dispatcher", Duration::from_millis(300)));
+    let handle = Dispatcher::spawn(
+        db.store.clone(),
+        senders(None, PushHub::new(8)),
+        config,
+        live("http://127.0.0.1:9"),
+        async move {
+            let _ = rx.await;
+        },
+    );
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(watchdog.stalled().is_empty());
+    }
+    assert_eq!(handle.stats().pending, 1, "the push waits: no MQTT connection");
+    let _ = stop.send(());
+    within(5, "join", handle.join()).await;
 }
