@@ -48,7 +48,7 @@
 //! `shutdown_deadline` to finish and their outcomes are recorded; attempts still running
 //! then are abandoned and their rows stay pending, like every row not yet attempted.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -208,6 +208,7 @@ impl Dispatcher {
             in_flight: HashSet::new(),
             busy_lanes: HashSet::new(),
             tasks: JoinSet::new(),
+            task_rows: HashMap::new(),
             finished: Vec::new(),
             telegram: None,
             db_trouble: None,
@@ -245,6 +246,8 @@ struct Loop {
     /// Non-empty lanes with a delivery in flight.
     busy_lanes: HashSet<String>,
     tasks: JoinSet<Finished>,
+    /// Which row each running attempt belongs to (to free a panicked attempt's slot).
+    task_rows: HashMap<tokio::task::Id, (i64, String, String)>,
     /// Outcomes not yet committed.
     finished: Vec<Finished>,
     telegram: Option<(TelegramSettings, Result<Arc<TelegramSender>, SendError>)>,
@@ -284,13 +287,13 @@ impl Loop {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     self.take(joined);
                 }
                 () = self.notify.notified() => {}
                 () = tokio::time::sleep_until(sleep_until) => {}
             }
-            while let Some(joined) = self.tasks.try_join_next() {
+            while let Some(joined) = self.tasks.try_join_next_with_id() {
                 self.take(joined);
             }
             if self.db().await.is_none() {
@@ -316,12 +319,28 @@ impl Loop {
         }
     }
 
-    fn take(&mut self, joined: Result<Finished, tokio::task::JoinError>) {
+    fn take(&mut self, joined: Result<(tokio::task::Id, Finished), tokio::task::JoinError>) {
         match joined {
-            Ok(f) => self.finished.push(f),
-            // A panicked attempt: its row stays in flight (never repeated by this process)
-            // until a restart picks it up again.
-            Err(e) => tracing::error!(error = %e, "a delivery attempt panicked"),
+            Ok((id, f)) => {
+                self.task_rows.remove(&id);
+                self.finished.push(f);
+            }
+            Err(e) => {
+                let Some((rowid, lane, reaction)) = self.task_rows.remove(&e.id()) else {
+                    return;
+                };
+                if e.is_cancelled() {
+                    // Abandoned at the shutdown deadline: the row stays pending.
+                    return;
+                }
+                // A bug, not the peer's fault: retried like a transient failure.
+                tracing::error!(error = %e, "a delivery attempt panicked");
+                let recorded = Recorded::Retry {
+                    reason: "internal error: the attempt panicked".into(),
+                    next_attempt_at: now_ms() + 60_000,
+                };
+                self.finished.push(Finished { rowid, lane, reaction, recorded });
+            }
         }
     }
 
@@ -498,7 +517,8 @@ impl Loop {
         };
         let senders = self.senders.clone();
         let policy = self.live.load().retry;
-        self.tasks.spawn(async move {
+        let task_row = (row.rowid, row.lane.clone(), row.reaction.clone());
+        let handle = self.tasks.spawn(async move {
             let result =
                 match tokio::time::timeout(ATTEMPT_DEADLINE, attempt(&row, &senders, telegram))
                     .await
@@ -510,10 +530,11 @@ impl Loop {
                 };
             let recorded = outcome(result, row.attempts, &policy, now_ms());
             if let Recorded::Failed { reason } = &recorded {
-                tracing::warn!(delivery_id = %row.id, reaction = %row.reaction, reason = %reason, "delivery failed");
+                tracing::warn!(delivery = %shown_id(&row), reaction = %row.reaction, reason = %reason, "delivery failed");
             }
             Finished { rowid: row.rowid, lane: row.lane, reaction: row.reaction, recorded }
         });
+        self.task_rows.insert(handle.id(), task_row);
     }
 
     async fn housekeeping(&mut self) {
@@ -561,7 +582,7 @@ impl Loop {
         let deadline = Instant::now() + self.config.shutdown_deadline;
         while !self.tasks.is_empty() {
             self.beat();
-            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
                 Ok(Some(joined)) => self.take(joined),
                 Ok(None) => break,
                 Err(_) => {
@@ -570,6 +591,10 @@ impl Loop {
                         "shutdown deadline passed; unfinished deliveries stay pending"
                     );
                     self.tasks.abort_all();
+                    // Attempts that finished meanwhile are still recorded below.
+                    while let Some(joined) = self.tasks.join_next_with_id().await {
+                        self.take(joined);
+                    }
                     break;
                 }
             }
@@ -587,7 +612,16 @@ impl Loop {
                 "could not record some outcomes before the deadline; they stay pending"
             );
         }
-        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The delivery id for a log line; a webhook's id holds its URL (credentials may be in its
+/// query), so webhooks show the row number instead.
+fn shown_id(row: &Claimed) -> String {
+    match &row.target {
+        Ok(Target::Webhook { .. }) => format!("rowid {}", row.rowid),
+        _ if row.reaction == "webhook" => format!("rowid {}", row.rowid),
+        _ => row.id.clone(),
     }
 }
 
