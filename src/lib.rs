@@ -5,6 +5,7 @@
 //! scripts' reactions are delivered to their users.
 
 pub mod api;
+pub mod app;
 pub mod bench;
 pub mod broker;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod live;
 pub mod logging;
 pub mod occurrence;
 pub mod outbox;
+pub mod pipeline;
 pub mod rules;
 pub mod script;
 pub mod secret;

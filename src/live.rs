@@ -186,6 +186,7 @@ impl Live {
         }
         let previous = self.load();
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let started = std::time::Instant::now();
         let snapshot = match build(&self.inner.store, self.inner.timezone, generation) {
             Ok(s) => s,
             Err(e) => {
@@ -204,6 +205,10 @@ impl Live {
                 );
             }
         }
+        metrics::histogram!(crate::telemetry::INDEX_REBUILD)
+            .record(started.elapsed().as_secs_f64());
+        metrics::gauge!(crate::telemetry::SCRIPTS_LOADED).set(snapshot.scripts.len() as f64);
+        metrics::gauge!(crate::telemetry::SCRIPTS_INVALID).set(snapshot.invalid.len() as f64);
         tracing::debug!(
             generation,
             scripts = snapshot.scripts.len(),

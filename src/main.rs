@@ -25,6 +25,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The daemon: migrate the database, load scripts, start the MQTT source, the
+    /// dispatchers and the HTTP API; runs until SIGTERM or SIGINT.
+    Run,
     /// Load and validate the configuration, print the effective values (secrets masked).
     CheckConfig,
     /// Create or upgrade the SQLite schema and seed the event and reaction catalogs.
@@ -161,6 +164,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run => {
+            let (settings, sources) = match Settings::load(cli.config.as_deref()) {
+                Ok(loaded) => loaded,
+                Err(e) => return Err(config_error(&e)),
+            };
+            let log = scriptd::logging::init(&settings.log)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(scriptd::app::run(settings, sources.dir, Some(log)))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Migrate => {
             let settings = load_settings(cli.config.as_deref())?;

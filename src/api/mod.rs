@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod error;
 pub mod handlers;
+pub mod stream;
 pub mod view;
 
 use std::future::Future;

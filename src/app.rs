@@ -1,0 +1,300 @@
+//! `scriptd run`: wiring the components together, and stopping them in order.
+//!
+//! Start-up: metrics recorder → store (migrated, catalogs seeded) → live snapshot and its
+//! file watcher → HTTP API (`/api/v1`, `/healthz`, `/metrics`) → `READY=1` to systemd (the
+//! broker is not waited for) → embedded broker (when configured) → MQTT push connection →
+//! dispatcher → MQTT source → intake pipeline; plus SIGHUP reloads and the watchdog.
+//!
+//! Shutdown on SIGTERM/SIGINT: the source stops taking messages (what was received but is
+//! not durable stays unacknowledged, so the broker redelivers it), the intake finishes its
+//! batch, the dispatcher lets in-flight sends finish within `delivery.shutdown_deadline_seconds`
+//! and leaves the rest pending in the outbox, then the push connection and the API close.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use tokio::sync::watch;
+
+use crate::api::{self, AppState};
+use crate::dispatch::mqtt_push::MqttPusher;
+use crate::dispatch::webhook::WebhookSender;
+use crate::dispatch::worker::{Dispatcher, DispatcherConfig, Senders};
+use crate::health::{self, Health};
+use crate::hub::PushHub;
+use crate::live::{self, Live};
+use crate::logging::LogHandle;
+use crate::occurrence::RejectionLog;
+use crate::pipeline::{self, Intake};
+use crate::settings::Settings;
+use crate::source::mqtt::{MqttConnectOptions, MqttSource, SourceOptions};
+use crate::store::{Store, StoreError};
+use crate::systemd::{Notifier, Reloader, Watchdog};
+use crate::telemetry;
+
+/// Why the daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The database could not be opened or migrated.
+    #[error("database {path}: {source}")]
+    Store {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: StoreError,
+    },
+    /// The API address could not be bound.
+    #[error("cannot listen on {addr} (api.bind): {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The embedded broker could not start.
+    #[cfg(feature = "embedded-broker")]
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+    /// The metrics recorder could not be installed.
+    #[error(transparent)]
+    Telemetry(#[from] telemetry::TelemetryError),
+    /// The HTTP client for webhooks could not be built.
+    #[error("cannot build the webhook HTTP client: {0}")]
+    Http(String),
+    /// A signal handler could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// `mqtt.embedded_broker = true` in a build without the embedded broker.
+    #[error(
+        "mqtt.embedded_broker = true, but this scriptd was built without the embedded-broker feature; set mqtt.embedded_broker = false and point mqtt.host/mqtt.port at a broker"
+    )]
+    NoEmbeddedBroker,
+}
+
+/// A one-way "stop now" signal that many tasks can wait for.
+#[derive(Clone)]
+pub struct Stop(watch::Receiver<bool>);
+
+/// Fires a [`Stop`].
+pub struct StopTrigger(watch::Sender<bool>);
+
+impl Stop {
+    /// A new signal and its trigger.
+    pub fn new() -> (StopTrigger, Stop) {
+        let (tx, rx) = watch::channel(false);
+        (StopTrigger(tx), Stop(rx))
+    }
+
+    /// Completes once the trigger fired (or was dropped).
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+}
+
+impl StopTrigger {
+    /// Fires the signal.
+    pub fn fire(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// The `/api/v1` routes, `/healthz` and `/metrics`, with the reaction stream.
+pub fn http_router(
+    state: AppState,
+    hub: PushHub,
+    health: Health,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> Router {
+    api::router_with(state, api::stream::routes(hub)).merge(health::routes(health, metrics))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; see the module documentation.
+pub async fn run(
+    settings: Settings,
+    config_dir: PathBuf,
+    log: Option<LogHandle>,
+) -> Result<(), AppError> {
+    let metrics = telemetry::install()?;
+    let notifier = Notifier::from_env();
+    let health = Health::with_standard_components();
+    let (stop_intake_trigger, stop_intake) = Stop::new();
+    let (stop_rest_trigger, stop_rest) = Stop::new();
+    tokio::spawn(telemetry::run_upkeep(metrics.clone(), Duration::from_secs(5), stop_rest.wait()));
+
+    // Store and scripts.
+    let db = settings.database.path.clone();
+    let store_err = |source| AppError::Store { path: db.clone(), source };
+    let store = {
+        let db = db.clone();
+        let busy = settings.database.busy_timeout();
+        tokio::task::spawn_blocking(move || Store::migrate(&db).map(|s| s.with_busy_timeout(busy)))
+            .await
+            .map_err(|e| store_err(StoreError::Migration(e.to_string())))?
+            .map_err(store_err)?
+    };
+    let timezone = settings.timezone.tz();
+    let live = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || Live::new(store, timezone))
+            .await
+            .map_err(|e| store_err(StoreError::Migration(e.to_string())))?
+            .map_err(store_err)?
+    };
+    health.set_up(health::STORE);
+    live.spawn_watcher(live::POLL_INTERVAL, stop_rest.wait());
+    let live_settings = Arc::new(ArcSwap::from_pointee(settings.live_part()));
+
+    // HTTP API: ready before the broker is.
+    let hub = PushHub::default();
+    let listener = tokio::net::TcpListener::bind(settings.api.bind)
+        .await
+        .map_err(|source| AppError::Listen { addr: settings.api.bind, source })?;
+    let router = http_router(
+        AppState::new(store.clone(), live.clone()),
+        hub.clone(),
+        health.clone(),
+        metrics.clone(),
+    );
+    let api_task = tokio::spawn(api::serve_router(listener, router, stop_rest.wait()));
+    tracing::info!(addr = %settings.api.bind, database = %db.display(), "API listening");
+    notifier.ready_with_status("running; mqtt connecting");
+
+    // MQTT.
+    #[cfg(feature = "embedded-broker")]
+    let _broker = if settings.mqtt.embedded_broker {
+        let b = crate::broker::start_embedded(&settings.mqtt.host, settings.mqtt.port)?;
+        tracing::info!(addr = %b.local_addr(), "embedded MQTT broker started");
+        Some(b)
+    } else {
+        None
+    };
+    #[cfg(not(feature = "embedded-broker"))]
+    if settings.mqtt.embedded_broker {
+        return Err(AppError::NoEmbeddedBroker);
+    }
+    let mut connect =
+        MqttConnectOptions::new(&settings.mqtt.host, settings.mqtt.port, &settings.mqtt.client_id);
+    connect.username = settings.mqtt.username.clone();
+    connect.password = settings.mqtt.password.clone();
+    connect.keep_alive = settings.mqtt.keep_alive();
+    (connect.backoff_min, connect.backoff_max) = settings.mqtt.reconnect_backoff();
+
+    let watchdog = Watchdog::new();
+    let beat_for = |name: &str| {
+        // A component silent for 30 s is hung: the watchdog pings stop and systemd restarts us.
+        watchdog.register(name, Duration::from_secs(30))
+    };
+    let pusher = MqttPusher::spawn(
+        &connect,
+        &format!("{}-push", settings.mqtt.client_id),
+        &settings.mqtt.push_topic_prefix,
+        Duration::from_secs(10),
+        stop_rest.wait(),
+    );
+    let pusher = Arc::new(pusher);
+    let dispatcher = Dispatcher::spawn(
+        store.clone(),
+        Senders {
+            push: Some(pusher.clone()),
+            hub: hub.clone(),
+            webhook: Arc::new(
+                WebhookSender::new(Duration::from_secs(settings.webhook.timeout_seconds))
+                    .map_err(|e| AppError::Http(e.reason().to_owned()))?,
+            ),
+        },
+        DispatcherConfig {
+            max_in_flight: settings.delivery.max_in_flight as usize,
+            shutdown_deadline: settings.delivery.shutdown_deadline(),
+            poll_interval: Duration::from_secs(1),
+            progress: Some(beat_for("dispatcher")),
+        },
+        live_settings.clone(),
+        stop_intake.wait(),
+    );
+    health.set_up(health::DISPATCHERS);
+
+    let mut source_options = SourceOptions::new(connect, &settings.mqtt.events_topic);
+    source_options.channel_capacity = pipeline::BATCH_MAX * 4;
+    let (source, incoming) = MqttSource::spawn(source_options, stop_intake.wait());
+    {
+        // Broker state → health, systemd status.
+        let mut connected = source.connected();
+        let health = health.clone();
+        let notifier = notifier.clone();
+        let stop = stop_rest.wait();
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                if *connected.borrow_and_update() {
+                    health.set_up(health::BROKER);
+                    notifier.status("running");
+                } else {
+                    health.set_down(health::BROKER, "not connected to the MQTT broker");
+                    notifier.status("mqtt reconnecting");
+                }
+                tokio::select! {
+                    () = &mut stop => return,
+                    changed = connected.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+    }
+    let intake = Intake::new(
+        store.clone(),
+        live.clone(),
+        live_settings.clone(),
+        Arc::new(RejectionLog::default()),
+    )
+    .map_err(store_err)?;
+    let intake_progress = beat_for("intake");
+    let wake = dispatcher.clone();
+    let intake_task = tokio::spawn(pipeline::run(
+        intake,
+        incoming,
+        move || wake.notify(),
+        move || intake_progress.beat(),
+    ));
+
+    if let Some(interval) = crate::systemd::watchdog_enabled() {
+        tokio::spawn(watchdog.run(notifier.clone(), interval, stop_rest.wait()));
+    }
+    let reloader =
+        Reloader::new(config_dir, settings.clone(), live_settings.clone(), log, notifier.clone());
+    tokio::spawn(async move {
+        if let Err(e) = reloader.run_on_sighup(stop_rest.wait()).await {
+            tracing::error!(error = %e, "cannot handle SIGHUP; reloads need a restart");
+        }
+    });
+
+    wait_for_termination().await.map_err(AppError::Signals)?;
+    tracing::info!("stopping: no new occurrences; finishing in-flight deliveries");
+    notifier.stopping();
+    stop_intake_trigger.fire();
+    let _ = intake_task.await;
+    source.join().await;
+    dispatcher.join().await;
+    stop_rest_trigger.fire();
+    let _ = api_task.await;
+    if let Ok(pusher) = Arc::try_unwrap(pusher) {
+        pusher.join().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_termination() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! The intake pipeline: MQTT messages in, deliveries written to the outbox, then acked.
+//!
+//! ```text
+//! source ──Incoming──▶ decode ─▶ resolve event ─▶ stale? ─▶ index.matches ─▶ recipients
+//!                                                                             │
+//!        ack ◀── commit (one IMMEDIATE transaction per batch) ◀── NewDelivery ┘
+//! ```
+//!
+//! Messages are taken in batches (whatever is waiting, up to [`BATCH_MAX`]) so one SQLite
+//! transaction carries many occurrences; every message of a batch is acknowledged only after
+//! that transaction committed, so a crash at any point leaves the broker holding the messages
+//! whose outcome is not durable, and it redelivers them. A redelivered occurrence adds nothing:
+//! delivery ids are stable per occurrence × script × recipient and the outbox ignores ids it
+//! already has. Invalid and stale messages are durable decisions too: they are counted,
+//! logged at a bounded rate, and acknowledged.
+//!
+//! The timetable is evaluated at the occurrence's `occurred_at`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::dispatch::telegram::{local_time, message_text};
+use crate::dispatch::{PushParts, delivery_id, push_payload};
+use crate::index::Matches;
+use crate::live::{Live, ScriptRecord, Snapshot};
+use crate::occurrence::{self, EventRef, Occurrence, Reason, Rejected, RejectionLog};
+use crate::outbox::{NewDelivery, OutboxWriter, Target};
+use crate::settings::LiveSettings;
+use crate::source::mqtt::Incoming;
+use crate::store::{Store, StoreError, catalog::Event};
+use crate::telemetry;
+
+/// Most messages written in one transaction.
+pub const BATCH_MAX: usize = 1024;
+
+/// Reactions delivered to the client apps of the users (and their sub-users).
+pub const CLIENT_REACTIONS: [&str; 3] = ["show-camera-sidebar", "show-camera", "sound"];
+
+/// What happened to one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Decoded and matched against the scripts: how many fired and how many deliveries
+    /// they planned (a redelivered occurrence plans them again; the outbox keeps one each).
+    Matched { scripts: usize, deliveries: usize },
+    /// Older than `events.max_age_seconds` when received.
+    Stale,
+    /// Not a valid occurrence.
+    Rejected(Reason),
+}
+
+/// The event name → catalog entry map of one snapshot generation.
+struct EventNames {
+    generation: u64,
+    by_name: HashMap<String, i64>,
+}
+
+/// Turns messages into deliveries; owns the outbox connection. Used by [`run`] and by the
+/// benchmark, which drives it directly.
+pub struct Intake {
+    live: Live,
+    settings: Arc<ArcSwap<LiveSettings>>,
+    timezone: chrono_tz::Tz,
+    writer: Option<OutboxWriter>,
+    store: Store,
+    rejections: Arc<RejectionLog>,
+    names: Option<EventNames>,
+    matches: Matches,
+}
+
+impl Intake {
+    /// An intake over the live scripts, writing to `store`'s outbox.
+    pub fn new(
+        store: Store,
+        live: Live,
+        settings: Arc<ArcSwap<LiveSettings>>,
+        rejections: Arc<RejectionLog>,
+    ) -> Result<Intake, StoreError> {
+        let writer = OutboxWriter::new(&store)?;
+        let timezone = live.timezone();
+        Ok(Intake {
+            live,
+            settings,
+            timezone,
+            writer: Some(writer),
+            store,
+            rejections,
+            names: None,
+            matches: Matches::new(),
+        })
+    }
+
+    fn resolve(&mut self, snap: &Snapshot, event: &EventRef) -> Option<Event> {
+        match event {
+            EventRef::Id(id) => snap.events.get(id).cloned(),
+            EventRef::Name(name) => {
+                if self.names.as_ref().is_none_or(|n| n.generation != snap.generation) {
+                    let by_name = snap.events.values().map(|e| (e.name.clone(), e.id)).collect();
+                    self.names = Some(EventNames { generation: snap.generation, by_name });
+                }
+                let id = self.names.as_ref()?.by_name.get(name)?;
+                snap.events.get(id).cloned()
+            }
+        }
+    }
+
+    /// Decodes, matches and builds the deliveries of one message (no I/O).
+    pub fn plan(
+        &mut self,
+        snap: &Snapshot,
+        topic: &str,
+        payload: &[u8],
+        now: DateTime<Utc>,
+        out: &mut Vec<NewDelivery>,
+    ) -> Outcome {
+        metrics::counter!(telemetry::OCCURRENCES_RECEIVED).increment(1);
+        let occ = match occurrence::decode(topic, payload, now) {
+            Ok(o) => o,
+            Err(rejected) => {
+                self.rejections.record(topic, &rejected);
+                return Outcome::Rejected(rejected.reason);
+            }
+        };
+        let Some(event) = self.resolve(snap, &occ.event) else {
+            let what = match &occ.event {
+                EventRef::Id(id) => format!("event_id {id} is not in the event catalog"),
+                EventRef::Name(n) => format!("event {n:?} is not in the event catalog"),
+            };
+            self.rejections.record(topic, &Rejected::new(Reason::UnknownEvent, what));
+            return Outcome::Rejected(Reason::UnknownEvent);
+        };
+        let max_age = self.settings.load().events.max_age_seconds;
+        if occurrence::is_stale(&occ, now, max_age) {
+            metrics::counter!(telemetry::OCCURRENCES_STALE).increment(1);
+            tracing::debug!(occurrence = %occ.id, occurred_at = %occ.occurred_at, "stale occurrence dropped");
+            return Outcome::Stale;
+        }
+        let started = Instant::now();
+        let t = occ.occurred_at_utc().timestamp();
+        snap.index.matches_into(event.id, occ.camera_id, t, &mut self.matches);
+        metrics::histogram!(telemetry::MATCH_DURATION).record(started.elapsed().as_secs_f64());
+        let before = out.len();
+        let scripts = self.matches.positions.len();
+        let occurred_at = occ.occurred_at_rfc3339();
+        for &p in &self.matches.positions {
+            let script_id = snap.index.rule(p).script_id;
+            if let Some(script) = snap.scripts.get(&script_id) {
+                plan_script(snap, script, &event, &occ, &occurred_at, self.timezone, out);
+            }
+        }
+        if scripts > 0 {
+            metrics::counter!(telemetry::OCCURRENCES_MATCHED).increment(1);
+        }
+        tracing::debug!(occurrence = %occ.id, event = event.id, camera = occ.camera_id, scripts, deliveries = out.len() - before, "occurrence matched");
+        Outcome::Matched { scripts, deliveries: out.len() - before }
+    }
+
+    /// Plans a batch and writes its deliveries in one transaction. Returns the outcome of
+    /// each message (in order) and how many deliveries were new; on a database error nothing
+    /// of the batch is durable.
+    pub async fn write_batch(
+        &mut self,
+        batch: &[(&str, &[u8])],
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<Outcome>, usize), StoreError> {
+        let snap = self.live.load();
+        let mut deliveries = Vec::new();
+        let outcomes: Vec<Outcome> = batch
+            .iter()
+            .map(|(topic, payload)| self.plan(&snap, topic, payload, now, &mut deliveries))
+            .collect();
+        if deliveries.is_empty() {
+            return Ok((outcomes, 0));
+        }
+        let mut writer = match self.writer.take() {
+            Some(w) => w,
+            None => OutboxWriter::new(&self.store)?,
+        };
+        let now_ms = now.timestamp_millis();
+        let (writer, result) = tokio::task::spawn_blocking(move || {
+            let r = writer.enqueue(&deliveries, now_ms);
+            (writer, r)
+        })
+        .await
+        .map_err(|e| StoreError::Migration(format!("outbox writer task failed: {e}")))?;
+        self.writer = Some(writer);
+        Ok((outcomes, result?))
+    }
+}
+
+/// The deliveries of one matched script for one occurrence.
+fn plan_script(
+    snap: &Snapshot,
+    script: &ScriptRecord,
+    event: &Event,
+    occ: &Occurrence,
+    occurred_at: &str,
+    tz: chrono_tz::Tz,
+    out: &mut Vec<NewDelivery>,
+) {
+    let reaction = script.reaction.name.as_str();
+    let payload_for = |id: &str| {
+        push_payload(&PushParts {
+            reaction,
+            delivery_id: id,
+            script_id: script.id,
+            script_title: &script.title,
+            event_id: event.id,
+            event_name: &event.name,
+            event_description: &event.description,
+            event_color: &event.color,
+            occurrence_id: &occ.id,
+            camera_id: occ.camera_id,
+            occurred_at,
+            data: occ.data.as_ref(),
+            snapshot_url: occ.snapshot_url.as_deref(),
+        })
+        .to_string()
+    };
+    match reaction {
+        "telegram-message" => {
+            let (Some(token), Some(chat)) = (&script.extra.bot_token, &script.extra.chat_id) else {
+                // Validation requires both; a hand-edited row without them is skipped loudly.
+                tracing::warn!(
+                    script = script.id,
+                    "telegram script without bot_token or chat_id; nothing sent"
+                );
+                return;
+            };
+            let id = delivery_id(&occ.id, script.id, chat);
+            let hash = Sha256::digest(token.expose().as_bytes());
+            let lane = format!("tg:{}:{chat}", hex::encode(&hash[..8]));
+            let text = message_text(
+                &script.title,
+                &event.description,
+                occ.camera_id,
+                &local_time(occ.occurred_at_utc(), tz),
+            );
+            out.push(NewDelivery {
+                payload: payload_for(&id),
+                id,
+                occurrence_id: occ.id.clone(),
+                script_id: script.id,
+                reaction: reaction.to_owned(),
+                recipient: chat.clone(),
+                lane,
+                target: Target::Telegram {
+                    bot_token: token.clone(),
+                    chat_id: chat.clone(),
+                    text,
+                    photo_url: occ.snapshot_url.clone(),
+                },
+            });
+        }
+        "webhook" => {
+            let Some(url) = &script.extra.url else {
+                tracing::warn!(script = script.id, "webhook script without url; nothing sent");
+                return;
+            };
+            let id = delivery_id(&occ.id, script.id, "webhook");
+            out.push(NewDelivery {
+                payload: payload_for(&id),
+                id,
+                occurrence_id: occ.id.clone(),
+                script_id: script.id,
+                reaction: reaction.to_owned(),
+                recipient: url.clone(),
+                lane: String::new(),
+                target: Target::Webhook { url: url.clone(), secret: script.extra.secret.clone() },
+            });
+        }
+        _ => {
+            for user in snap.recipients(script) {
+                let id = delivery_id(&occ.id, script.id, user);
+                out.push(NewDelivery {
+                    payload: payload_for(&id),
+                    id,
+                    occurrence_id: occ.id.clone(),
+                    script_id: script.id,
+                    reaction: reaction.to_owned(),
+                    recipient: user.to_string(),
+                    lane: String::new(),
+                    target: Target::Push { user_id: user },
+                });
+            }
+        }
+    }
+}
+
+/// Runs the intake until the channel closes: batches, writes, then acknowledges. A database
+/// error (e.g. busy past the timeout) leaves the batch unacknowledged and retries it, so
+/// nothing is lost and the broker keeps the rest. `on_commit` runs after every commit that
+/// added deliveries (the dispatcher's wake-up); `beat` after every loop, also when idle.
+pub async fn run(
+    mut intake: Intake,
+    mut rx: mpsc::Receiver<Incoming>,
+    on_commit: impl Fn(),
+    beat: impl Fn(),
+) {
+    let mut batch: Vec<Incoming> = Vec::with_capacity(BATCH_MAX);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            got = rx.recv() => match got {
+                Some(first) => batch.push(first),
+                None => return,
+            },
+            _ = tick.tick() => { beat(); continue; }
+        }
+        while batch.len() < BATCH_MAX {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let items: Vec<(&str, &[u8])> =
+                batch.iter().map(|m| (m.topic.as_str(), &m.payload[..])).collect();
+            match intake.write_batch(&items, Utc::now()).await {
+                Ok((_, inserted)) => {
+                    if inserted > 0 {
+                        on_commit();
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, messages = batch.len(), "cannot write the outbox; retrying the batch");
+                    beat();
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for m in batch.drain(..) {
+            // A failed ack means the connection dropped: the broker redelivers, and the
+            // outbox already has these deliveries.
+            let _ = m.ack.ack().await;
+        }
+        beat();
+    }
+}

@@ -1,0 +1,258 @@
+//! The real `scriptd` binary as a test peer: a temp directory with its own config, database
+//! and log, free loopback ports, the embedded broker or an external one, users and an API
+//! token made with the operator CLI, and helpers to kill, stop and restart it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{free_port, within};
+
+/// Path of the built binary.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_scriptd")
+}
+
+/// How to start a daemon.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// `Some(port)`: use the broker already listening there (`embedded_broker = false`);
+    /// `None`: start the embedded broker on a free port.
+    pub external_broker: Option<u16>,
+    /// Appended to `default.toml` (sections must not repeat the ones written here: use
+    /// `SCRIPTD__…` env vars in `env` for keys of those sections).
+    pub extra_toml: String,
+    /// Extra environment (`SCRIPTD__SECTION__KEY`).
+    pub env: Vec<(String, String)>,
+}
+
+/// A running `scriptd run`; killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub api_port: u16,
+    pub mqtt_port: u16,
+    pub token: String,
+    options: DaemonOptions,
+    starts: usize,
+}
+
+fn cli(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("SCRIPTD_CONFIG_DIR")
+        .output()
+        .expect("run scriptd");
+    assert!(
+        out.status.success(),
+        "scriptd {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+impl Daemon {
+    /// Writes the config, makes users 1 (operator), 2 (sub-user of 1), 3 (sub-user of 2)
+    /// and 4 (unrelated), a token for user 1, and starts the daemon; returns once `/healthz`
+    /// reports the broker connected.
+    pub async fn start(options: DaemonOptions) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let api_port = free_port();
+        let mqtt_port = options.external_broker.unwrap_or_else(free_port);
+        let config = dir.path().join("config");
+        std::fs::create_dir_all(&config).expect("config dir");
+        let toml = format!(
+            r#"timezone = "UTC"
+[database]
+path = "{db}"
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt_port}
+client_id = "scriptd-test-{api_port}"
+embedded_broker = {embedded}
+reconnect_min_ms = 50
+reconnect_max_ms = 500
+[api]
+bind = "127.0.0.1:{api_port}"
+[log]
+level = "info,scriptd=debug"
+{extra}
+"#,
+            db = dir.path().join("scriptd.db").display(),
+            embedded = options.external_broker.is_none(),
+            extra = options.extra_toml,
+        );
+        std::fs::write(config.join("default.toml"), toml).expect("write config");
+        cli(&config, &["migrate"]);
+        for (id, login, parent) in [
+            (1, "op@example.com", None),
+            (2, "sub@example.com", Some(1)),
+            (3, "subsub@example.com", Some(2)),
+            (4, "other@example.com", None),
+        ] {
+            let mut args = vec!["users", "add", "--login", login, "--name", login];
+            let id_s = id.to_string();
+            args.extend(["--id", &id_s]);
+            let parent_s = parent.map(|p: i64| p.to_string());
+            if let Some(p) = &parent_s {
+                args.extend(["--parent", p]);
+            }
+            cli(&config, &args);
+        }
+        let token = cli(&config, &["tokens", "create", "--user", "1"]);
+        let mut d = Daemon { child: None, dir, api_port, mqtt_port, token, options, starts: 0 };
+        d.spawn().await;
+        d
+    }
+
+    fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    /// The daemon's combined log output so far (all starts).
+    pub fn log(&self) -> String {
+        (0..self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("daemon-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Starts the process and waits until it is healthy.
+    pub async fn spawn(&mut self) {
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("daemon-{}.log", self.starts)))
+                .expect("log file");
+        self.starts += 1;
+        let mut cmd = Command::new(binary());
+        cmd.arg("--config")
+            .arg(self.config_dir())
+            .arg("run")
+            .env_remove("SCRIPTD_CONFIG_DIR")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for (k, v) in &self.options.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn scriptd run"));
+        let url = format!("http://127.0.0.1:{}/healthz", self.api_port);
+        let client = reqwest::Client::new();
+        let ok = within(20, "daemon healthy", async {
+            loop {
+                if let Some(child) = self.child.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    return Err(status);
+                }
+                if let Ok(r) = client.get(&url).send().await
+                    && r.status().is_success()
+                {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        if let Err(status) = ok {
+            panic!("scriptd exited early ({status}):\n{}", self.log());
+        }
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit (at most `secs`).
+    pub async fn sigterm(&mut self, secs: u64) -> ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        within(secs, "daemon exit after SIGTERM", async {
+            loop {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
+    /// `http://127.0.0.1:{port}/api/v1{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/api/v1{path}", self.api_port)
+    }
+
+    /// POST /scripts with the token; returns the created script (asserts 201).
+    pub async fn create_script(&self, body: &Value) -> Value {
+        let r = reqwest::Client::new()
+            .post(self.url("/scripts"))
+            .bearer_auth(&self.token)
+            .header("X-Client", "web")
+            .json(body)
+            .send()
+            .await
+            .expect("POST /scripts");
+        let status = r.status();
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(status, 201, "create script: {v}");
+        v
+    }
+
+    /// GET with the token.
+    pub async fn get(&self, path: &str) -> Value {
+        reqwest::Client::new()
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("json")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A script body in the seed's shape.
+pub fn script(
+    title: &str,
+    reaction_id: i64,
+    event_id: i64,
+    users: &[i64],
+    timetable: Value,
+) -> Value {
+    json!({
+        "reaction_id": reaction_id,
+        "event_id": event_id,
+        "title": title,
+        "status": "active",
+        "cameras": null,
+        "users": users,
+        "timetable": timetable,
+        "extra": {}
+    })
+}
+
+/// An occurrence payload (CONTRACT §4).
+pub fn occurrence(id: &str, event_id: i64, camera_id: i64, occurred_at: &str) -> Vec<u8> {
+    json!({"id": id, "event_id": event_id, "camera_id": camera_id, "occurred_at": occurred_at, "data": {"plate": "A123BC"}})
+        .to_string()
+        .into_bytes()
+}
