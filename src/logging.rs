@@ -1,8 +1,11 @@
 //! Logging: `tracing` with `log.format = pretty|json` and an env-filter from `log.level`
 //! that SIGHUP can replace through a [`LogHandle`].
 //!
-//! The embedded broker (`rumqttd`) is chatty at `info`, so [`filter_for`] appends
-//! `rumqttd=warn` unless the operator wrote a `rumqttd` directive of their own.
+//! The embedded broker (`rumqttd`) is chatty at `info`, and its connection handler logs an
+//! ERROR for every ordinary client disconnect ("router-drop", "connection closed by peer"),
+//! so [`filter_for`] appends `rumqttd=warn,rumqttd::server::broker=off` unless the operator
+//! wrote a `rumqttd` directive of their own. Broker start-up problems are reported by scriptd
+//! itself (it checks the port before starting the broker).
 //!
 //! Secrets never reach a log line because every secret is a [`crate::secret::Secret`],
 //! whose `Debug` and `Display` print a mask; `tests/ops_logging.rs` greps captured output.
@@ -54,16 +57,19 @@ pub fn check_level(level: &str) -> Result<(), String> {
     EnvFilter::builder().parse(level).map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// Builds the filter for `level`, adding `rumqttd=warn` unless `level` mentions `rumqttd`.
+/// Directives added for the embedded broker unless the operator names `rumqttd`.
+const QUIET_BROKER: &str = "rumqttd=warn,rumqttd::server::broker=off";
+
+/// Builds the filter for `level`, adding [`QUIET_BROKER`] unless `level` mentions `rumqttd`.
 pub fn filter_for(level: &str) -> Result<EnvFilter, LoggingError> {
     let err = |reason: String| LoggingError::Level { level: level.to_string(), reason };
     check_level(level).map_err(err)?;
     let directives = if level.contains("rumqttd") {
         level.to_string()
     } else if level.trim().is_empty() {
-        "info,rumqttd=warn".to_string()
+        format!("info,{QUIET_BROKER}")
     } else {
-        format!("{level},rumqttd=warn")
+        format!("{level},{QUIET_BROKER}")
     };
     EnvFilter::builder().parse(directives).map_err(|e| err(e.to_string()))
 }

@@ -20,7 +20,6 @@ fn assert_seed_shape(v: &Value) {
     assert_eq!(
         keys(v),
         [
-            "cameras",
             "created_at",
             "event",
             "extra",
@@ -94,7 +93,7 @@ fn assert_seed_shape(v: &Value) {
     assert!(v["reaction"]["is_default"].is_boolean());
     assert!(v["reaction"]["description"].is_string());
     assert_eq!(v["extra"], json!({"chat_id": "chat_id", "bot_token": "bot_token"}));
-    assert_eq!(v["cameras"], Value::Null);
+    assert!(v.get("cameras").is_none(), "the seed's object has no cameras key");
 }
 
 #[tokio::test]
@@ -141,7 +140,8 @@ async fn missing_days_or_breaks_are_echoed_as_empty_arrays() {
         v["timetable"],
         json!({"days": [{"type": "weekdays", "from": "08:00", "to": "18:00", "breaks": []}], "intervals": []})
     );
-    assert_eq!(v["cameras"], json!([17, 18]));
+    let id = v["id"].as_i64().expect("id");
+    assert_eq!(api.live.load().scripts[&id].cameras, Some(vec![17, 18]));
     assert_eq!(v["status"], "active");
     let mut body = always_body("t");
     body["status"] = json!(false);
@@ -160,19 +160,10 @@ async fn patch_changes_only_what_it_names() {
         .await;
     assert_eq!(status, 200, "{after}");
     assert_eq!(after["title"], "after");
-    for k in [
-        "id",
-        "timetable",
-        "status",
-        "users",
-        "event",
-        "reaction",
-        "extra",
-        "cameras",
-        "created_at",
-    ] {
+    for k in ["id", "timetable", "status", "users", "event", "reaction", "extra", "created_at"] {
         assert_eq!(after[k], before[k], "{k} changed");
     }
+    assert_eq!(api.live.load().scripts[&id].cameras, Some(vec![17, 18]), "cameras changed");
     let (_, shown) = api.get(&format!("/scripts/{id}")).await;
     assert_eq!(shown, after);
     assert_eq!(api.live.load().scripts[&id].title, "after");
@@ -204,7 +195,7 @@ async fn put_replaces_and_validates_like_post() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["id"], id);
     assert_eq!(v["title"], "script");
-    assert_eq!(v["cameras"], Value::Null);
+    assert_eq!(api.live.load().scripts[&id].cameras, None, "cameras: null clears the filter");
     let (status, v) = api
         .send(api.req(Method::PUT, &format!("/scripts/{id}")).json(&json!({"title": "only"})))
         .await;
@@ -438,4 +429,27 @@ async fn a_locked_database_is_503_with_retry_after() {
     drop(tx);
     let (status, _) = api.post(&always_body("x")).await;
     assert_eq!(status, 201);
+}
+
+#[tokio::test]
+async fn put_without_cameras_keeps_the_stored_filter() {
+    let api = start().await;
+    let id = api.create(&always_body("gate")).await;
+    assert_eq!(api.live.load().scripts[&id].cameras, Some(vec![17, 18]));
+    // A client that sends what it read back (responses have no cameras key).
+    let (_, shown) = api.get(&format!("/scripts/{id}")).await;
+    assert!(shown.get("cameras").is_none());
+    let mut body = always_body("gate renamed");
+    if let Some(b) = body.as_object_mut() {
+        b.remove("cameras");
+    }
+    let (status, v) = api.send(api.req(Method::PUT, &format!("/scripts/{id}")).json(&body)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["title"], "gate renamed");
+    assert_eq!(api.live.load().scripts[&id].cameras, Some(vec![17, 18]), "filter kept");
+    // An explicit null still means every camera.
+    body["cameras"] = Value::Null;
+    let (status, _) = api.send(api.req(Method::PUT, &format!("/scripts/{id}")).json(&body)).await;
+    assert_eq!(status, 200);
+    assert_eq!(api.live.load().scripts[&id].cameras, None);
 }

@@ -191,8 +191,19 @@ pub async fn replace(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let id = script_id(&raw)?;
-    let body = json_object(&headers, body)?;
-    update(state, id, move |_| body).await
+    let mut body = json_object(&headers, body)?;
+    // Responses do not show `cameras` (the seed's object has no such key), so a client
+    // that PUTs back what it read must not widen the script to every camera by accident:
+    // a PUT without `cameras` keeps the stored filter; `"cameras": null` clears it.
+    update(state, id, move |current| {
+        if !body.contains_key("cameras")
+            && let Some(c) = current.get("cameras")
+        {
+            body.insert("cameras".to_owned(), c.clone());
+        }
+        body
+    })
+    .await
 }
 
 /// `PATCH /scripts/{id}`: changes only the fields given; the merged script must be valid.

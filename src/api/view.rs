@@ -33,9 +33,9 @@ impl<'a> Viewer<'a> {
         Ok(self.users.get(&id).and_then(Option::as_ref).map(|u| json!(u)))
     }
 
-    /// The seed's script object: id, title, schedule, timetable, status, created_at,
-    /// updated_at, users, event, reaction, extra, plus `cameras`; and `invalid` with the
-    /// field errors when the stored row does not validate.
+    /// The seed's script object, key for key: id, title, schedule, timetable, status,
+    /// created_at, updated_at, users, event, reaction, extra; plus `invalid` with the field
+    /// errors only when the stored row does not validate.
     pub fn script(&mut self, s: &StoredScript) -> Result<Value, StoreError> {
         let body = &s.body;
         let get = |k: &str| body.get(k).cloned().unwrap_or(Value::Null);
@@ -78,12 +78,21 @@ impl<'a> Viewer<'a> {
         out.insert("event".into(), event);
         out.insert("reaction".into(), reaction);
         out.insert("extra".into(), get("extra"));
-        out.insert("cameras".into(), get("cameras"));
         let errors = self.errors(s);
         if !errors.is_empty() {
             out.insert("invalid".into(), json!(errors));
         }
         Ok(Value::Object(out))
+    }
+
+    /// [`Viewer::script`] plus `cameras`: the shape of `scripts export` files, which must
+    /// carry everything an import needs.
+    pub fn script_for_export(&mut self, s: &StoredScript) -> Result<Value, StoreError> {
+        let mut v = self.script(s)?;
+        if let Value::Object(out) = &mut v {
+            out.insert("cameras".into(), s.body.get("cameras").cloned().unwrap_or(Value::Null));
+        }
+        Ok(v)
     }
 
     fn errors(&self, s: &StoredScript) -> FieldErrors {

@@ -20,7 +20,7 @@ pub fn export(store: &Store, timezone: Tz) -> Result<Vec<Value>, StoreError> {
     store.read(|tx| {
         let lookups = Lookups::load(tx)?;
         let mut viewer = Viewer::new(tx, &lookups, timezone);
-        scripts::all(tx)?.iter().map(|s| viewer.script(s)).collect()
+        scripts::all(tx)?.iter().map(|s| viewer.script_for_export(s)).collect()
     })
 }
 
