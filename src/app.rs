@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::api::{self, AppState};
 use crate::dispatch::mqtt_push::MqttPusher;
 use crate::dispatch::webhook::WebhookSender;
-use crate::dispatch::worker::{Dispatcher, DispatcherConfig, Senders};
+use crate::dispatch::worker::{Dispatcher, DispatcherConfig, DispatcherHandle, Senders};
 use crate::health::{self, Health};
 use crate::hub::PushHub;
 use crate::live::{self, Live};
@@ -114,12 +114,41 @@ pub fn http_router(
     api::router_with(state, api::stream::routes(hub)).merge(health::routes(health, metrics))
 }
 
+/// A started daemon: every component running. Stop it with [`Running::shutdown`].
+pub struct Running {
+    stop_intake: StopTrigger,
+    stop_rest: StopTrigger,
+    intake_task: tokio::task::JoinHandle<()>,
+    source: MqttSource,
+    dispatcher: DispatcherHandle,
+    api_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    pusher: Arc<MqttPusher>,
+    notifier: Notifier,
+    api_addr: SocketAddr,
+    live: Live,
+    #[cfg(feature = "embedded-broker")]
+    _broker: Option<crate::broker::EmbeddedBroker>,
+}
+
 /// Runs the daemon until SIGTERM or SIGINT; see the module documentation.
 pub async fn run(
     settings: Settings,
     config_dir: PathBuf,
     log: Option<LogHandle>,
 ) -> Result<(), AppError> {
+    let running = start(settings, config_dir, log).await?;
+    wait_for_termination().await.map_err(AppError::Signals)?;
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Starts every component (see the module documentation) and returns once the API listens
+/// and the MQTT connections are being made.
+pub async fn start(
+    settings: Settings,
+    config_dir: PathBuf,
+    log: Option<LogHandle>,
+) -> Result<Running, AppError> {
     let metrics = telemetry::install()?;
     let notifier = Notifier::from_env();
     let health = Health::with_standard_components();
@@ -155,6 +184,9 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(settings.api.bind)
         .await
         .map_err(|source| AppError::Listen { addr: settings.api.bind, source })?;
+    let api_addr = listener
+        .local_addr()
+        .map_err(|source| AppError::Listen { addr: settings.api.bind, source })?;
     let router = http_router(
         AppState::new(store.clone(), live.clone()),
         hub.clone(),
@@ -162,12 +194,12 @@ pub async fn run(
         metrics.clone(),
     );
     let api_task = tokio::spawn(api::serve_router(listener, router, stop_rest.wait()));
-    tracing::info!(addr = %settings.api.bind, database = %db.display(), "API listening");
+    tracing::info!(addr = %api_addr, database = %db.display(), "API listening");
     notifier.ready_with_status("running; mqtt connecting");
 
     // MQTT.
     #[cfg(feature = "embedded-broker")]
-    let _broker = if settings.mqtt.embedded_broker {
+    let broker = if settings.mqtt.embedded_broker {
         let b = crate::broker::start_embedded(&settings.mqtt.host, settings.mqtt.port)?;
         tracing::info!(addr = %b.local_addr(), "embedded MQTT broker started");
         Some(b)
@@ -272,20 +304,55 @@ pub async fn run(
         }
     });
 
-    wait_for_termination().await.map_err(AppError::Signals)?;
-    tracing::info!("stopping: no new occurrences; finishing in-flight deliveries");
-    notifier.stopping();
-    stop_intake_trigger.fire();
-    let _ = intake_task.await;
-    source.join().await;
-    dispatcher.join().await;
-    stop_rest_trigger.fire();
-    let _ = api_task.await;
-    if let Ok(pusher) = Arc::try_unwrap(pusher) {
-        pusher.join().await;
+    Ok(Running {
+        stop_intake: stop_intake_trigger,
+        stop_rest: stop_rest_trigger,
+        intake_task,
+        source,
+        dispatcher,
+        api_task,
+        pusher,
+        notifier,
+        api_addr,
+        live,
+        #[cfg(feature = "embedded-broker")]
+        _broker: broker,
+    })
+}
+
+impl Running {
+    /// The address the API listens on (useful with `api.bind = "127.0.0.1:0"`).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
     }
-    tracing::info!("stopped");
-    Ok(())
+
+    /// The live scripts.
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// Delivery counters of the dispatcher.
+    pub fn dispatch_stats(&self) -> crate::dispatch::worker::DispatchStats {
+        self.dispatcher.stats()
+    }
+
+    /// Stops in order: no new occurrences; the intake finishes its batch; in-flight
+    /// deliveries finish within the deadline, the rest stays pending; then the push
+    /// connection and the API close.
+    pub async fn shutdown(self) {
+        tracing::info!("stopping: no new occurrences; finishing in-flight deliveries");
+        self.notifier.stopping();
+        self.stop_intake.fire();
+        let _ = self.intake_task.await;
+        self.source.join().await;
+        self.dispatcher.join().await;
+        self.stop_rest.fire();
+        let _ = self.api_task.await;
+        if let Ok(pusher) = Arc::try_unwrap(self.pusher) {
+            pusher.join().await;
+        }
+        tracing::info!("stopped");
+    }
 }
 
 async fn wait_for_termination() -> std::io::Result<()> {
