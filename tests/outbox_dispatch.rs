@@ -496,6 +496,8 @@ struct SlowPeer {
     now: Arc<AtomicUsize>,
     max: Arc<AtomicUsize>,
     total: Arc<AtomicUsize>,
+    /// `delivery_id`s in arrival order.
+    arrived: Arc<std::sync::Mutex<Vec<String>>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -503,11 +505,14 @@ async fn slow_peer(delay: Duration) -> SlowPeer {
     let now = Arc::new(AtomicUsize::new(0));
     let max = Arc::new(AtomicUsize::new(0));
     let total = Arc::new(AtomicUsize::new(0));
-    let (n, m, t) = (now.clone(), max.clone(), total.clone());
+    let arrived = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (n, m, t, a) = (now.clone(), max.clone(), total.clone(), arrived.clone());
     let app = axum::Router::new().route(
         "/{*path}",
-        axum::routing::post(move || {
+        axum::routing::post(move |body: axum::body::Bytes| {
             let (n, m, t) = (n.clone(), m.clone(), t.clone());
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            a.lock().unwrap().push(v["delivery_id"].as_str().unwrap_or_default().to_owned());
             async move {
                 let c = n.fetch_add(1, Ordering::SeqCst) + 1;
                 m.fetch_max(c, Ordering::SeqCst);
@@ -523,7 +528,7 @@ async fn slow_peer(delay: Duration) -> SlowPeer {
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    SlowPeer { url, now, max, total, _task: task }
+    SlowPeer { url, now, max, total, arrived, _task: task }
 }
 
 #[tokio::test]
@@ -761,4 +766,44 @@ async fn the_dispatcher_beats_its_heartbeat_while_idle_and_reports_pending() {
     assert_eq!(handle.stats().pending, 1, "the push waits: no MQTT connection");
     let _ = stop.send(());
     within(5, "join", handle.join()).await;
+}
+
+#[tokio::test]
+async fn a_stop_without_grace_repeats_at_most_max_in_flight_deliveries() {
+    // Like a kill -9 mid-run: a zero deadline abandons every attempt in flight.
+    let peer = slow_peer(Duration::from_millis(100)).await;
+    let mut db = fresh_db();
+    let batch: Vec<_> = (0..60).map(|i| webhook(i, &peer.url)).collect();
+    db.writer.enqueue(&batch, now_ms()).unwrap();
+    let d = start(
+        &db.store,
+        senders(None, PushHub::new(8)),
+        5,
+        Duration::ZERO,
+        live("http://127.0.0.1:9"),
+    );
+    let total = peer.total.clone();
+    wait_until(10, "some delivered", || total.load(Ordering::SeqCst) >= 12).await;
+    d.stop(5).await;
+    assert!(count(&db.store, "pending") > 0);
+
+    let d = start(
+        &db.store,
+        senders(None, PushHub::new(8)),
+        5,
+        Duration::from_secs(5),
+        live("http://127.0.0.1:9"),
+    );
+    let store = db.store.clone();
+    wait_until(20, "all sent", || count(&store, "sent") == 60).await;
+    d.stop(10).await;
+    let arrived = peer.arrived.lock().unwrap().clone();
+    let mut per_id: HashMap<&str, usize> = HashMap::new();
+    for id in &arrived {
+        *per_id.entry(id.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_id.len(), 60, "every delivery arrived");
+    let repeats = arrived.len() - 60;
+    assert!(repeats <= 5, "{repeats} repeats, more than max_in_flight");
+    assert!(per_id.values().all(|n| *n <= 2));
 }
