@@ -807,3 +807,42 @@ async fn a_stop_without_grace_repeats_at_most_max_in_flight_deliveries() {
     assert!(repeats <= 5, "{repeats} repeats, more than max_in_flight");
     assert!(per_id.values().all(|n| *n <= 2));
 }
+
+/// `cargo test --release --test outbox_dispatch -- --ignored --nocapture steady`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement"]
+async fn steady_producer_and_dispatcher_through_mosquitto() {
+    const N: usize = 20_000;
+    const BATCH: usize = 20;
+    let broker = Mosquitto::start().await;
+    let (p, _stop_pusher) = pusher(broker.port()).await;
+    let db = fresh_db();
+    let d = start(
+        &db.store,
+        senders(Some(p), PushHub::new(8)),
+        100,
+        Duration::from_secs(5),
+        live("http://127.0.0.1:9"),
+    );
+    let handle = d.handle.clone();
+    let mut writer = db.writer;
+    let t = Instant::now();
+    let producer = tokio::task::spawn_blocking(move || {
+        for start in (0..N).step_by(BATCH) {
+            let batch: Vec<_> = (start..start + BATCH).map(|i| push(i, (i % 100) as i64)).collect();
+            writer.enqueue(&batch, now_ms()).unwrap();
+            handle.notify();
+        }
+    });
+    within(120, "producer", producer).await.unwrap();
+    let produced = t.elapsed();
+    let h = d.handle.clone();
+    wait_until(120, "all sent", || h.stats().sent as usize >= N).await;
+    let took = t.elapsed();
+    println!(
+        "producer: {N} deliveries in batches of {BATCH} in {produced:?} ({:.0}/s); all delivered after {took:?}: {:.0} pushes/s end to end",
+        N as f64 / produced.as_secs_f64(),
+        N as f64 / took.as_secs_f64()
+    );
+    d.stop(10).await;
+}
