@@ -152,6 +152,28 @@ pub struct NewDelivery {
 }
 
 /// Writes deliveries into the outbox over its own connection.
+///
+/// ```
+/// use scriptd::outbox::{NewDelivery, OutboxWriter, Target};
+/// use scriptd::store::{Store, now_ms};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = Store::migrate(&dir.path().join("scriptd.db")).unwrap();
+/// let mut writer = OutboxWriter::new(&store).unwrap();
+/// let push = NewDelivery {
+///     id: "occ-1:1:42".into(),
+///     occurrence_id: "occ-1".into(),
+///     script_id: 1,
+///     reaction: "sound".into(),
+///     recipient: "42".into(),
+///     lane: String::new(),
+///     payload: r#"{"reaction":"sound","delivery_id":"occ-1:1:42"}"#.into(),
+///     target: Target::Push { user_id: 42 },
+/// };
+/// assert_eq!(writer.enqueue(&[push.clone()], now_ms()).unwrap(), 1);
+/// // The same occurrence redelivered: nothing new.
+/// assert_eq!(writer.enqueue(&[push], now_ms()).unwrap(), 0);
+/// ```
 pub struct OutboxWriter {
     conn: Connection,
 }

@@ -122,6 +122,15 @@ impl DispatcherConfig {
             progress: None,
         }
     }
+
+    /// `delivery.max_in_flight` and `delivery.shutdown_deadline_seconds`, a 1 s poll
+    /// interval, no heartbeat.
+    pub fn from_settings(delivery: &crate::settings::DeliverySettings) -> Self {
+        Self::new(
+            usize::try_from(delivery.max_in_flight).unwrap_or(usize::MAX),
+            delivery.shutdown_deadline(),
+        )
+    }
 }
 
 /// A snapshot of the dispatcher's counters.
