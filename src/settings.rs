@@ -272,7 +272,7 @@ impl Default for MqttSettings {
             embedded_broker: false,
             keep_alive_seconds: 30,
             reconnect_min_ms: 200,
-            reconnect_max_ms: 10_000,
+            reconnect_max_ms: 3_000,
             inflight: 1000,
         }
     }

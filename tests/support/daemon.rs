@@ -75,7 +75,6 @@ port = {mqtt_port}
 client_id = "scriptd-test-{api_port}"
 embedded_broker = {embedded}
 reconnect_min_ms = 50
-reconnect_max_ms = 500
 [api]
 bind = "127.0.0.1:{api_port}"
 [log]

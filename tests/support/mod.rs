@@ -12,6 +12,7 @@
 //! server or a client app would.
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod daemon;
 pub mod mosquitto;
 pub mod telegram_stub;

@@ -80,6 +80,14 @@ impl WebhookReceiver {
         self.inner.statuses.lock().unwrap().push_back(status);
     }
 
+    /// Drops every queued status (the receiver answers 200 again); returns how many.
+    pub fn clear_statuses(&self) -> usize {
+        let mut q = self.inner.statuses.lock().unwrap();
+        let n = q.len();
+        q.clear();
+        n
+    }
+
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
         self.inner.received.lock().unwrap().clone()
