@@ -286,3 +286,92 @@ async fn sigkill_and_downtime_lose_nothing() {
         .expect("sqlite3");
     assert_eq!(String::from_utf8_lossy(&integrity.stdout).trim(), "ok");
 }
+
+/// The server-sent-event stream carries the caller's pushes (and only theirs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaction_stream_carries_the_callers_pushes() {
+    use futures_util::StreamExt;
+    let d = Daemon::start(never_stale()).await;
+    d.create_script(&script("stream", SIDEBAR, FACE, &[1, 4], all_day())).await;
+    let resp = reqwest::Client::new()
+        .get(d.url("/reactions/stream"))
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .expect("GET stream");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"))
+    );
+    let mut body = resp.bytes_stream();
+    let vms = TestClient::connect(d.mqtt_port, "vms-sse").await;
+    vms.publish("vms/analytics/events/1", occurrence("sse-1", FACE, 3, "2026-11-27T10:00:00Z"))
+        .await;
+    let text = within(15, "a push on the stream", async {
+        let mut text = String::new();
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+            if text.contains("\n\n") && text.contains("data:") {
+                return text;
+            }
+        }
+        text
+    })
+    .await;
+    assert!(text.contains("event: reaction"), "{text}");
+    assert!(text.contains("id: sse-1:"), "{text}");
+    let data: Value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .and_then(|d| serde_json::from_str(d).ok())
+        .expect("data line with JSON");
+    assert_eq!(data["occurrence_id"], "sse-1");
+    // The token's user is 1: the push for user 4 is not on this stream.
+    assert!(data["delivery_id"].as_str().is_some_and(|id| id.ends_with(":1")), "{data}");
+    let unauth = reqwest::get(d.url("/reactions/stream")).await.expect("GET");
+    assert_eq!(unauth.status(), 401);
+}
+
+/// SIGHUP applies a valid change live and keeps running on an invalid one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_or_keeps_the_running_config() {
+    let d = Daemon::start(DaemonOptions::default()).await;
+    let local = d.dir.path().join("config/local.toml");
+    let hup = |pid: u32| {
+        std::process::Command::new("kill").arg("-HUP").arg(pid.to_string()).status().expect("kill")
+    };
+    let pid = d.pid().expect("running");
+    std::fs::write(&local, "[events]\nmax_age_seconds = -5\n").expect("write");
+    hup(pid);
+    within(10, "the rejection in the log", async {
+        while !d.log().contains("configuration reload rejected") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(d.log().contains("events.max_age_seconds"), "the reason names the key:\n{}", d.log());
+    let health =
+        reqwest::get(format!("http://127.0.0.1:{}/healthz", d.api_port)).await.expect("healthz");
+    assert!(health.status().is_success(), "still running");
+    std::fs::write(&local, "[events]\nmax_age_seconds = 0\n").expect("write");
+    hup(pid);
+    within(10, "the reload in the log", async {
+        while !d.log().contains("configuration reloaded") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // Applied live: an old occurrence is no longer stale.
+    d.create_script(&script("old", SIDEBAR, FACE, &[4], all_day())).await;
+    let mut app = TestClient::connect(d.mqtt_port, "app-hup").await;
+    app.subscribe("vms/users/4/reactions").await;
+    let vms = TestClient::connect(d.mqtt_port, "vms-hup").await;
+    vms.publish("vms/analytics/events/1", occurrence("old-1", FACE, 1, "2020-01-01T10:00:00Z"))
+        .await;
+    let p = app.next(15).await;
+    let v: Value = serde_json::from_slice(&p.payload).expect("json");
+    assert_eq!(v["occurrence_id"], "old-1");
+}

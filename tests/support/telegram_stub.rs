@@ -101,6 +101,12 @@ impl TelegramStub {
         self.inner.global.lock().unwrap().push_back(answer);
     }
 
+    /// Drops every queued answer: from now on the stub answers Ok.
+    pub fn clear_answers(&self) {
+        self.inner.global.lock().unwrap().clear();
+        self.inner.per_chat.lock().unwrap().clear();
+    }
+
     /// Queues an answer for the next request to `chat_id`.
     pub fn answer_for_chat(&self, chat_id: &str, answer: Answer) {
         self.inner
