@@ -131,12 +131,7 @@ async fn scenario(d: &Daemon) {
     assert_eq!(v["data"].as_array().map(Vec::len), Some(1));
 
     // The invalid payload was counted, not fatal.
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", d.api_port))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = d.metrics().await;
     assert!(
         metrics
             .lines()

@@ -121,12 +121,7 @@ async fn broker_restart_mid_burst_loses_nothing() {
     .await;
     let reconnect = back.elapsed();
     // It really lost the connection and made a new one.
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", d.api_port))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = d.metrics().await;
     assert!(
         metrics
             .lines()

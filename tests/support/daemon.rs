@@ -227,6 +227,16 @@ level = "info,scriptd=debug"
         v
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.api_port))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// GET with the token.
     pub async fn get(&self, path: &str) -> Value {
         reqwest::Client::new()
