@@ -105,9 +105,10 @@ fn check_timetable(data: &[u8]) {
 }
 
 /// `validate_script`: never panics; a valid body validates again from its stored form.
-fn check_validate(data: &[u8]) {
-    let Some((&zone_byte, json)) = data.split_first() else { return };
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(json) else { return };
+/// Returns whether the body was valid.
+fn check_validate(data: &[u8]) -> bool {
+    let Some((&zone_byte, json)) = data.split_first() else { return false };
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(json) else { return false };
     let events: HashMap<i64, Event> = DEFAULT_EVENTS
         .iter()
         .map(|&(id, name, description, color, analytic_type)| {
@@ -145,8 +146,12 @@ fn check_validate(data: &[u8]) {
             let again = validate(&back, &ctx).expect("a stored script validates again");
             assert_eq!(*again.timetable, *v.timetable);
             assert_eq!(again.input.title, v.input.title);
+            true
         }
-        Err(e) => assert!(!e.is_empty()),
+        Err(e) => {
+            assert!(!e.is_empty());
+            false
+        }
     }
 }
 
@@ -181,7 +186,7 @@ fn title_with_control_characters_is_refused() {
     data.extend_from_slice(
         br#"{"reaction_id":2,"event_id":1,"title":"\u0000\u0007","status":"active","users":[1],"timetable":{"days":[{"type":"same_every_day","from":"08:00","to":"10:00"}]}}"#,
     );
-    check_validate(&data);
+    assert!(!check_validate(&data));
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&data[1..]) else {
         panic!("test body")
     };
@@ -207,7 +212,9 @@ fn fuzz_seeds_pass_the_checks() {
     for (target, check) in [
         ("decode_occurrence", check_decode as fn(&[u8])),
         ("parse_timetable", check_timetable),
-        ("validate_script", check_validate),
+        ("validate_script", |d: &[u8]| {
+            check_validate(d);
+        }),
     ] {
         let dir = seeds.join(target);
         let mut n = 0;
@@ -217,4 +224,39 @@ fn fuzz_seeds_pass_the_checks() {
         }
         assert!(n > 0, "no seeds for {target}");
     }
+}
+
+/// Replays a whole fuzz corpus through the checks (debug build, overflow checks on) and
+/// prints how many inputs got past parsing: `FUZZ_CORPUS=fuzz/corpus/parse_timetable
+/// FUZZ_TARGET=parse_timetable cargo test --test fuzz_regressions -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs a corpus from fuzz/run.sh"]
+fn replay_corpus() {
+    let (Ok(dir), Ok(target)) = (std::env::var("FUZZ_CORPUS"), std::env::var("FUZZ_TARGET")) else {
+        panic!("set FUZZ_CORPUS and FUZZ_TARGET")
+    };
+    let (mut total, mut accepted) = (0, 0);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        total += 1;
+        let ok = match target.as_str() {
+            "decode_occurrence" => {
+                check_decode(&data);
+                decode("t", &data, Utc::now()).is_ok()
+            }
+            "parse_timetable" => {
+                check_timetable(&data);
+                data.split_first().is_some_and(|(z, json)| {
+                    serde_json::from_slice::<Value>(json).is_ok_and(|v| {
+                        let tz = TIMETABLE_ZONES[usize::from(*z) % 6];
+                        parse_timetable(&v, &ParseContext { timezone: tz }).is_ok()
+                    })
+                })
+            }
+            "validate_script" => check_validate(&data),
+            other => panic!("unknown target {other}"),
+        };
+        accepted += usize::from(ok);
+    }
+    println!("{target}: {total} corpus inputs, {accepted} accepted");
 }
