@@ -45,6 +45,9 @@ fn check_decode(data: &[u8]) {
             }
             assert!(o.id.len() <= MAX_ID_LEN || o.id.starts_with(DERIVED_ID_PREFIX));
             assert!(!o.id.chars().any(char::is_control));
+            if let Some(u) = &o.snapshot_url {
+                assert!(!u.chars().any(|c| c.is_control() || c.is_whitespace()), "{u:?}");
+            }
             let _ = o.occurred_at_rfc3339();
         }
         Err(r) => assert!(!r.message.is_empty() && r.message.len() < 1024),
@@ -202,6 +205,22 @@ fn title_with_control_characters_is_refused() {
         e.get("title"),
         Some(&["The title must not contain control characters.".to_owned()][..])
     );
+}
+
+/// Found while checking the decoder by hand after the first fuzz runs: a `snapshot_url`
+/// with surrounding spaces, a newline, a tab or a NUL was accepted and forwarded as written.
+#[test]
+fn snapshot_url_with_whitespace_or_control_characters_is_refused() {
+    let now = Utc::now();
+    for p in [
+        r#"{"event_id":1,"camera_id":1,"snapshot_url":" https://x/y.jpg "}"#,
+        r#"{"event_id":1,"camera_id":1,"snapshot_url":"https://ex\nample.com/a.jpg"}"#,
+        r#"{"event_id":1,"camera_id":1,"snapshot_url":"https://x/\u0000.jpg"}"#,
+    ] {
+        check_decode(p.as_bytes());
+        let r = decode("t", p.as_bytes(), now).expect_err(p);
+        assert_eq!(r.reason.as_str(), "bad_snapshot_url", "{p}");
+    }
 }
 
 /// The fuzz seeds themselves run through the checks, so the harness is exercised even

@@ -23,6 +23,8 @@ fuzz_target!(|data: &[u8]| {
             }
             if let Some(u) = &o.snapshot_url {
                 assert!(u.len() <= MAX_SNAPSHOT_URL_LEN);
+                // Forwarded as written: no whitespace or control characters.
+                assert!(!u.chars().any(|c| c.is_control() || c.is_whitespace()), "{u:?}");
             }
             // The formatting used for the push payload and the timetable instant must not
             // panic either.
