@@ -341,6 +341,13 @@ fn validate_extra(reaction: &str, extra: &Map<String, Value>, errors: &mut Field
         }
         WEBHOOK => {
             match extra.get("url") {
+                // Whitespace and control characters are refused although the URL parser
+                // would drop them: the URL is stored and shown as written.
+                Some(Value::String(s))
+                    if s.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+                {
+                    errors.add("extra.url", "The extra.url must be an http or https URL.")
+                }
                 Some(Value::String(s)) => match reqwest::Url::parse(s) {
                     Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
                     _ => errors.add("extra.url", "The extra.url must be an http or https URL."),

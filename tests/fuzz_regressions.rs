@@ -223,6 +223,22 @@ fn snapshot_url_with_whitespace_or_control_characters_is_refused() {
     }
 }
 
+/// Same for a webhook's `extra.url` through script validation.
+#[test]
+fn webhook_url_with_whitespace_or_control_characters_is_refused() {
+    // JSON escapes: a newline and a NUL inside the string.
+    for url in [r" https://hooks.example/a", r"https://hooks.ex\nample/a", r"https://h/\u0000"] {
+        let body = format!(
+            r#"{{"reaction_id":5,"event_id":1,"title":"t","status":"active","users":[1],"timetable":{{"days":[{{"type":"same_every_day","from":"08:00","to":"10:00"}}]}},"extra":{{"url":"{url}"}}}}"#
+        );
+        let mut data = vec![0u8];
+        data.extend_from_slice(body.as_bytes());
+        assert!(!check_validate(&data), "{url:?} accepted");
+    }
+    let ok = br#"{"reaction_id":5,"event_id":1,"title":"t","status":"active","users":[1],"timetable":{"days":[{"type":"same_every_day","from":"08:00","to":"10:00"}]},"extra":{"url":"https://hooks.example/a"}}"#;
+    assert!(check_validate(&[[0u8].as_slice(), ok].concat()));
+}
+
 /// The fuzz seeds themselves run through the checks, so the harness is exercised even
 /// before any crash was kept.
 #[test]
