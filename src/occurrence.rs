@@ -19,7 +19,7 @@
 //! | `camera_id` | positive integer, or a string of decimal digits | `missing_camera_id` |
 //! | `occurred_at` | RFC 3339 string; its offset is kept | the time of receipt |
 //! | `data` | a JSON object, passed through | `None` |
-//! | `snapshot_url` | an absolute `http`/`https` URL of at most 2048 bytes | `None` |
+//! | `snapshot_url` | an absolute `http`/`https` URL of at most 2048 bytes, without whitespace or control characters | `None` |
 //!
 //! When both `event_id` and `event` are present, `event_id` wins and `event` is ignored.
 //!
@@ -347,8 +347,12 @@ fn is_good_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control)
 }
 
+/// An absolute `http`/`https` URL with a host, written without whitespace or control
+/// characters. The URL parser forgives surrounding spaces and drops tabs and newlines
+/// inside, but the string is passed on as written (push payload, Telegram `sendPhoto`), so
+/// those are refused here rather than forwarded.
 fn is_http_url(s: &str) -> bool {
-    if s.len() > MAX_SNAPSHOT_URL_LEN {
+    if s.len() > MAX_SNAPSHOT_URL_LEN || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return false;
     }
     match reqwest::Url::parse(s) {
@@ -657,6 +661,11 @@ mod tests {
             r#"{"event_id":1,"camera_id":1,"snapshot_url":"ftp://x/y.jpg"}"#,
             r#"{"event_id":1,"camera_id":1,"snapshot_url":"/relative.jpg"}"#,
             r#"{"event_id":1,"camera_id":1,"snapshot_url":5}"#,
+            // The URL parser would accept these, but they would be forwarded as written.
+            r#"{"event_id":1,"camera_id":1,"snapshot_url":" https://x/y.jpg"}"#,
+            r#"{"event_id":1,"camera_id":1,"snapshot_url":"https://ex\nample.com/y.jpg"}"#,
+            r#"{"event_id":1,"camera_id":1,"snapshot_url":"https://x/a\tb.jpg"}"#,
+            r#"{"event_id":1,"camera_id":1,"snapshot_url":"https://x/\u0000.jpg"}"#,
         ] {
             assert_eq!(reason(p.as_bytes()), Reason::BadSnapshotUrl, "{p}");
         }

@@ -32,7 +32,7 @@ pub const WEBHOOK: &str = "webhook";
 /// The fields of a script as stored: validated and normalised.
 #[derive(Clone, PartialEq)]
 pub struct ScriptInput {
-    /// 1–255 characters.
+    /// 1–255 characters, none of them a control character.
     pub title: String,
     /// An id in the event catalog.
     pub event_id: i64,
@@ -109,6 +109,11 @@ pub fn validate(
                     "title",
                     format!("The title must not be longer than {TITLE_MAX_CHARS} characters."),
                 );
+                None
+            } else if s.chars().any(char::is_control) {
+                // A NUL or escape sequence in a title ends up in Telegram messages, push
+                // payloads and operators' terminals: refuse it at the door.
+                errors.add("title", "The title must not contain control characters.");
                 None
             } else {
                 Some(s.clone())
@@ -336,6 +341,13 @@ fn validate_extra(reaction: &str, extra: &Map<String, Value>, errors: &mut Field
         }
         WEBHOOK => {
             match extra.get("url") {
+                // Whitespace and control characters are refused although the URL parser
+                // would drop them: the URL is stored and shown as written.
+                Some(Value::String(s))
+                    if s.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+                {
+                    errors.add("extra.url", "The extra.url must be an http or https URL.")
+                }
                 Some(Value::String(s)) => match reqwest::Url::parse(s) {
                     Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
                     _ => errors.add("extra.url", "The extra.url must be an http or https URL."),

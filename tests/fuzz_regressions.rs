@@ -1,0 +1,297 @@
+//! Inputs found by the fuzz targets (`fuzz/fuzz_targets/*.rs`) and by the API abuse test,
+//! replayed through the same checks as the targets, so a fixed crash stays fixed without
+//! needing cargo-fuzz or a nightly compiler.
+//!
+//! Each file under `tests/fuzz-regressions/<target>/` is one input exactly as libFuzzer
+//! wrote it (the first byte of `parse_timetable` and `validate_script` inputs picks the
+//! zone). The checks below mirror the targets; keep them in step.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde_json::Value;
+
+use scriptd::index::ScheduleIndex;
+use scriptd::occurrence::{DERIVED_ID_PREFIX, EventRef, MAX_ID_LEN, decode};
+use scriptd::rules::{Rule, naive_matches};
+use scriptd::script::{ValidationContext, input_to_body, validate};
+use scriptd::store::catalog::{DEFAULT_EVENTS, DEFAULT_REACTIONS, Event, Reaction};
+use scriptd::timetable::{ParseContext, parse_timetable};
+
+/// The inputs kept for `target`, with their file names.
+fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions").join(target);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    let mut out: Vec<(String, Vec<u8>)> = entries
+        .filter_map(Result::ok)
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// `decode_occurrence`: never panics; an `Ok` keeps the decoder's invariants.
+fn check_decode(data: &[u8]) {
+    let now = DateTime::<Utc>::from_timestamp(1_795_000_000, 0).unwrap();
+    match decode("vms/analytics/events/17", data, now) {
+        Ok(o) => {
+            assert!(o.camera_id > 0);
+            match &o.event {
+                EventRef::Id(id) => assert!(*id > 0),
+                EventRef::Name(n) => assert!(!n.is_empty() && n.len() <= MAX_ID_LEN),
+            }
+            assert!(o.id.len() <= MAX_ID_LEN || o.id.starts_with(DERIVED_ID_PREFIX));
+            assert!(!o.id.chars().any(char::is_control));
+            if let Some(u) = &o.snapshot_url {
+                assert!(!u.chars().any(|c| c.is_control() || c.is_whitespace()), "{u:?}");
+            }
+            let _ = o.occurred_at_rfc3339();
+        }
+        Err(r) => assert!(!r.message.is_empty() && r.message.len() < 1024),
+    }
+}
+
+const TIMETABLE_ZONES: [Tz; 6] = [
+    chrono_tz::UTC,
+    chrono_tz::Europe::Berlin,
+    chrono_tz::America::New_York,
+    chrono_tz::Australia::Lord_Howe,
+    chrono_tz::Asia::Kolkata,
+    chrono_tz::Etc::GMTPlus5,
+];
+
+const BASES: [i64; 6] =
+    [1_774_746_000, 1_792_890_000, 1_772_953_200, 1_793_512_800, 1_775_314_800, 1_795_780_800];
+const MIN_T: i64 = -62_167_219_200;
+const MAX_T: i64 = 253_402_300_799;
+
+/// `parse_timetable`: parsing and evaluation never panic, and the index agrees with the
+/// naive matcher.
+fn check_timetable(data: &[u8]) {
+    let Some((&zone_byte, json)) = data.split_first() else { return };
+    let Ok(value) = serde_json::from_slice::<Value>(json) else { return };
+    let ctx = ParseContext { timezone: TIMETABLE_ZONES[usize::from(zone_byte) % 6] };
+    let Ok(tt) = parse_timetable(&value, &ctx) else { return };
+    let mut seed: i64 = 0;
+    for &b in data.iter().rev().take(8) {
+        seed = (seed << 8) | i64::from(b);
+    }
+    let shift = seed.rem_euclid(600);
+    let mut instants = Vec::new();
+    for base in BASES {
+        for step in -156..=156 {
+            let t = base + step * 600 + shift;
+            instants.extend([t - 1, t]);
+        }
+    }
+    instants.push(MIN_T + seed.rem_euclid(MAX_T - MIN_T));
+    instants.extend([MIN_T, MAX_T]);
+    let tt = Arc::new(tt);
+    let rules = vec![Rule {
+        script_id: 7,
+        event_id: 1,
+        cameras: None,
+        enabled: true,
+        timetable: tt.clone(),
+    }];
+    let index = ScheduleIndex::build(rules.clone());
+    for t in instants {
+        let verdict = tt.explain_at(t);
+        assert_eq!(verdict.active, tt.is_active_at(t));
+        let at = DateTime::<Utc>::from_timestamp(t, 0).unwrap();
+        let naive = naive_matches(&rules, 1, 17, at);
+        assert_eq!(index.matches(1, 17, at), naive, "index and naive disagree at {at}");
+    }
+}
+
+/// `validate_script`: never panics; a valid body validates again from its stored form.
+/// Returns whether the body was valid.
+fn check_validate(data: &[u8]) -> bool {
+    let Some((&zone_byte, json)) = data.split_first() else { return false };
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(json) else { return false };
+    let events: HashMap<i64, Event> = DEFAULT_EVENTS
+        .iter()
+        .map(|&(id, name, description, color, analytic_type)| {
+            let e = Event {
+                id,
+                name: name.into(),
+                description: description.into(),
+                color: color.into(),
+                analytic_type: analytic_type.into(),
+            };
+            (id, e)
+        })
+        .collect();
+    let reactions: HashMap<i64, Reaction> = DEFAULT_REACTIONS
+        .iter()
+        .map(|&(id, name, description, is_default)| {
+            (id, Reaction { id, name: name.into(), description: description.into(), is_default })
+        })
+        .collect();
+    let users: HashSet<i64> = [1, 2, 3].into_iter().collect();
+    let zones = [chrono_tz::UTC, chrono_tz::Europe::Berlin, chrono_tz::America::New_York];
+    let ctx = ValidationContext {
+        timezone: zones[usize::from(zone_byte) % 3],
+        events: &events,
+        reactions: &reactions,
+        users: &users,
+    };
+    match validate(&body, &ctx) {
+        Ok(v) => {
+            assert!(!v.input.title.chars().any(char::is_control));
+            let stored = serde_json::to_string(&Value::Object(input_to_body(&v.input))).unwrap();
+            let Ok(Value::Object(back)) = serde_json::from_str::<Value>(&stored) else {
+                panic!("stored body does not read back: {stored}")
+            };
+            let again = validate(&back, &ctx).expect("a stored script validates again");
+            assert_eq!(*again.timetable, *v.timetable);
+            assert_eq!(again.input.title, v.input.title);
+            true
+        }
+        Err(e) => {
+            assert!(!e.is_empty());
+            false
+        }
+    }
+}
+
+#[test]
+fn decode_occurrence_regressions() {
+    for (name, data) in inputs("decode_occurrence") {
+        eprintln!("decode_occurrence/{name}");
+        check_decode(&data);
+    }
+}
+
+#[test]
+fn parse_timetable_regressions() {
+    for (name, data) in inputs("parse_timetable") {
+        eprintln!("parse_timetable/{name}");
+        check_timetable(&data);
+    }
+}
+
+#[test]
+fn validate_script_regressions() {
+    for (name, data) in inputs("validate_script") {
+        eprintln!("validate_script/{name}");
+        check_validate(&data);
+    }
+}
+
+/// From the API abuse test: a title of NUL and BEL characters was accepted (201).
+#[test]
+fn title_with_control_characters_is_refused() {
+    let mut data = vec![0u8];
+    data.extend_from_slice(
+        br#"{"reaction_id":2,"event_id":1,"title":"\u0000\u0007","status":"active","users":[1],"timetable":{"days":[{"type":"same_every_day","from":"08:00","to":"10:00"}]}}"#,
+    );
+    assert!(!check_validate(&data));
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&data[1..]) else {
+        panic!("test body")
+    };
+    let (events, reactions, users) = (HashMap::new(), HashMap::new(), HashSet::new());
+    let ctx = ValidationContext {
+        timezone: chrono_tz::UTC,
+        events: &events,
+        reactions: &reactions,
+        users: &users,
+    };
+    let e = validate(&body, &ctx).unwrap_err();
+    assert_eq!(
+        e.get("title"),
+        Some(&["The title must not contain control characters.".to_owned()][..])
+    );
+}
+
+/// Found while checking the decoder by hand after the first fuzz runs: a `snapshot_url`
+/// with surrounding spaces, a newline, a tab or a NUL was accepted and forwarded as written.
+#[test]
+fn snapshot_url_with_whitespace_or_control_characters_is_refused() {
+    let now = Utc::now();
+    for p in [
+        r#"{"event_id":1,"camera_id":1,"snapshot_url":" https://x/y.jpg "}"#,
+        r#"{"event_id":1,"camera_id":1,"snapshot_url":"https://ex\nample.com/a.jpg"}"#,
+        r#"{"event_id":1,"camera_id":1,"snapshot_url":"https://x/\u0000.jpg"}"#,
+    ] {
+        check_decode(p.as_bytes());
+        let r = decode("t", p.as_bytes(), now).expect_err(p);
+        assert_eq!(r.reason.as_str(), "bad_snapshot_url", "{p}");
+    }
+}
+
+/// Same for a webhook's `extra.url` through script validation.
+#[test]
+fn webhook_url_with_whitespace_or_control_characters_is_refused() {
+    // JSON escapes: a newline and a NUL inside the string.
+    for url in [r" https://hooks.example/a", r"https://hooks.ex\nample/a", r"https://h/\u0000"] {
+        let body = format!(
+            r#"{{"reaction_id":5,"event_id":1,"title":"t","status":"active","users":[1],"timetable":{{"days":[{{"type":"same_every_day","from":"08:00","to":"10:00"}}]}},"extra":{{"url":"{url}"}}}}"#
+        );
+        let mut data = vec![0u8];
+        data.extend_from_slice(body.as_bytes());
+        assert!(!check_validate(&data), "{url:?} accepted");
+    }
+    let ok = br#"{"reaction_id":5,"event_id":1,"title":"t","status":"active","users":[1],"timetable":{"days":[{"type":"same_every_day","from":"08:00","to":"10:00"}]},"extra":{"url":"https://hooks.example/a"}}"#;
+    assert!(check_validate(&[[0u8].as_slice(), ok].concat()));
+}
+
+/// The fuzz seeds themselves run through the checks, so the harness is exercised even
+/// before any crash was kept.
+#[test]
+fn fuzz_seeds_pass_the_checks() {
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    for (target, check) in [
+        ("decode_occurrence", check_decode as fn(&[u8])),
+        ("parse_timetable", check_timetable),
+        ("validate_script", |d: &[u8]| {
+            check_validate(d);
+        }),
+    ] {
+        let dir = seeds.join(target);
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            check(&std::fs::read(entry.unwrap().path()).unwrap());
+            n += 1;
+        }
+        assert!(n > 0, "no seeds for {target}");
+    }
+}
+
+/// Replays a whole fuzz corpus through the checks (debug build, overflow checks on) and
+/// prints how many inputs got past parsing: `FUZZ_CORPUS=fuzz/corpus/parse_timetable
+/// FUZZ_TARGET=parse_timetable cargo test --test fuzz_regressions -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs a corpus from fuzz/run.sh"]
+fn replay_corpus() {
+    let (Ok(dir), Ok(target)) = (std::env::var("FUZZ_CORPUS"), std::env::var("FUZZ_TARGET")) else {
+        panic!("set FUZZ_CORPUS and FUZZ_TARGET")
+    };
+    let (mut total, mut accepted) = (0, 0);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        total += 1;
+        let ok = match target.as_str() {
+            "decode_occurrence" => {
+                check_decode(&data);
+                decode("t", &data, Utc::now()).is_ok()
+            }
+            "parse_timetable" => {
+                check_timetable(&data);
+                data.split_first().is_some_and(|(z, json)| {
+                    serde_json::from_slice::<Value>(json).is_ok_and(|v| {
+                        let tz = TIMETABLE_ZONES[usize::from(*z) % 6];
+                        parse_timetable(&v, &ParseContext { timezone: tz }).is_ok()
+                    })
+                })
+            }
+            "validate_script" => check_validate(&data),
+            other => panic!("unknown target {other}"),
+        };
+        accepted += usize::from(ok);
+    }
+    println!("{target}: {total} corpus inputs, {accepted} accepted");
+}
