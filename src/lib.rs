@@ -7,6 +7,7 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+#[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod cli;
 pub mod dispatch;

@@ -64,7 +64,7 @@ fn json_object(
             ));
         }
     }
-    match serde_json::from_slice::<Value>(&body) {
+    match crate::validation::parse_json_strict(&body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::field("body", "The request body must be a JSON object.")),
         Err(e) => Err(ApiError::field("body", format!("The request body is not valid JSON: {e}."))),
