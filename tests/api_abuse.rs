@@ -321,7 +321,6 @@ async fn duplicate_keys_are_not_silently_merged() {
 }
 
 #[tokio::test]
-#[ignore = "finding: GET /scripts returns every script's extra (bot_token, secret) to any token (owner: api)"]
 async fn secrets_of_other_users_scripts_are_never_returned() {
     let api = start().await;
     // User 1 owns a Telegram script and a webhook script with secrets.
@@ -369,4 +368,37 @@ async fn secrets_of_other_users_scripts_are_never_returned() {
         }
     }
     assert!(leaks.is_empty(), "{leaks:#?}");
+
+    // User 2 sees the secrets masked; sending the masked object back keeps the real ones.
+    let shown: Value = api
+        .client
+        .get(format!("{}/scripts/{tg}", api.base))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["extra"]["bot_token"], "********");
+    assert_eq!(shown["extra"]["chat_id"], "42", "only secrets are masked");
+    let mut back = telegram.clone();
+    back["title"] = json!("renamed by user 2");
+    back["extra"] = shown["extra"].clone();
+    let res = api
+        .client
+        .put(format!("{}/scripts/{tg}", api.base))
+        .bearer_auth(&other)
+        .json(&back)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (_, mine) = api.get(&format!("/scripts/{tg}")).await;
+    assert_eq!(mine["title"], "renamed by user 2");
+    assert_eq!(mine["extra"]["bot_token"], bot_token, "the stored token was kept");
+    assert_eq!(
+        api.live.load().scripts[&tg].extra.bot_token.as_ref().map(|t| t.expose().to_owned()),
+        Some(bot_token.to_owned())
+    );
 }

@@ -10,12 +10,13 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::AppState;
+use super::auth::AuthUser;
 use super::error::ApiError;
 use super::view::Viewer;
 use crate::script::{Lookups, validate};
@@ -103,6 +104,7 @@ async fn reload_after_write(state: &AppState) {
 /// `POST /scripts`: 201 with the created script.
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<AuthUser>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -115,7 +117,7 @@ pub async fn create(
             let id = scripts::insert(tx, None, &valid.input)?;
             let stored = scripts::get(tx, id)?
                 .ok_or_else(|| StoreError::NotFound(format!("script {id}")))?;
-            Viewer::new(tx, &lookups, tz).script(&stored)
+            Viewer::new(tx, &lookups, tz).for_caller(caller.id).script(&stored)
         })?)
     })
     .await?;
@@ -126,6 +128,7 @@ pub async fn create(
 /// `GET /scripts?page=&per_page=`: `{"data": [...], "meta": {...}}`.
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<AuthUser>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let mut errors = FieldErrors::new();
@@ -143,7 +146,7 @@ pub async fn list(
             let lookups = Lookups::load(tx)?;
             let offset = (page - 1).saturating_mul(per_page);
             let (rows, total) = scripts::page(tx, offset, per_page)?;
-            let mut viewer = Viewer::new(tx, &lookups, tz);
+            let mut viewer = Viewer::new(tx, &lookups, tz).for_caller(caller.id);
             let data = rows.iter().map(|s| viewer.script(s)).collect::<Result<Vec<_>, _>>()?;
             let last_page = total.div_ceil(per_page).max(1);
             Ok(json!({
@@ -165,6 +168,7 @@ fn merge_into(errors: &mut FieldErrors, e: ApiError) {
 /// `GET /scripts/{id}`.
 pub async fn show(
     State(state): State<AppState>,
+    Extension(caller): Extension<AuthUser>,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = script_id(&raw)?;
@@ -173,7 +177,7 @@ pub async fn show(
         let view = store.read(|tx| {
             let lookups = Lookups::load(tx)?;
             match scripts::get(tx, id)? {
-                Some(s) => Viewer::new(tx, &lookups, tz).script(&s).map(Some),
+                Some(s) => Viewer::new(tx, &lookups, tz).for_caller(caller.id).script(&s).map(Some),
                 None => Ok(None),
             }
         })?;
@@ -186,6 +190,7 @@ pub async fn show(
 /// `PUT /scripts/{id}`: replaces every field; validated like `POST`.
 pub async fn replace(
     State(state): State<AppState>,
+    Extension(caller): Extension<AuthUser>,
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -195,33 +200,52 @@ pub async fn replace(
     // Responses do not show `cameras` (the seed's object has no such key), so a client
     // that PUTs back what it read must not widen the script to every camera by accident:
     // a PUT without `cameras` keeps the stored filter; `"cameras": null` clears it.
-    update(state, id, move |current| {
+    update(state, caller, id, move |current| {
         if !body.contains_key("cameras")
             && let Some(c) = current.get("cameras")
         {
             body.insert("cameras".to_owned(), c.clone());
         }
+        keep_masked_secrets(&mut body, current);
         body
     })
     .await
 }
 
+/// A secret sent back as the mask a caller was shown keeps its stored value.
+fn keep_masked_secrets(body: &mut Map<String, Value>, current: &Map<String, Value>) {
+    let (Some(Value::Object(extra)), Some(Value::Object(stored))) =
+        (body.get_mut("extra"), current.get("extra"))
+    else {
+        return;
+    };
+    for key in crate::api::view::SECRET_KEYS {
+        if extra.get(key).and_then(Value::as_str) == Some(crate::secret::MASK)
+            && let Some(v) = stored.get(key)
+        {
+            extra.insert(key.to_owned(), v.clone());
+        }
+    }
+}
+
 /// `PATCH /scripts/{id}`: changes only the fields given; the merged script must be valid.
 pub async fn patch(
     State(state): State<AppState>,
+    Extension(caller): Extension<AuthUser>,
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let id = script_id(&raw)?;
     let changes = json_object(&headers, body)?;
-    update(state, id, move |current| {
+    update(state, caller, id, move |current| {
         let mut merged = current.clone();
         for key in FIELDS {
             if let Some(v) = changes.get(key) {
                 merged.insert(key.to_owned(), v.clone());
             }
         }
+        keep_masked_secrets(&mut merged, current);
         merged
     })
     .await
@@ -229,6 +253,7 @@ pub async fn patch(
 
 async fn update(
     state: AppState,
+    caller: AuthUser,
     id: i64,
     new_body: impl FnOnce(&Map<String, Value>) -> Map<String, Value> + Send + 'static,
 ) -> Result<Json<Value>, ApiError> {
@@ -254,7 +279,7 @@ async fn update(
             scripts::update(tx, id, &valid.input)?;
             let stored = scripts::get(tx, id)?
                 .ok_or_else(|| StoreError::NotFound(format!("script {id}")))?;
-            Viewer::new(tx, &lookups, tz).script(&stored).map(Some)
+            Viewer::new(tx, &lookups, tz).for_caller(caller.id).script(&stored).map(Some)
         })?;
         view.ok_or(ApiError::NotFound("Script"))
     })

@@ -11,18 +11,55 @@ use crate::store::users::{self, User};
 use crate::store::{StoreError, scripts::StoredScript};
 use crate::validation::FieldErrors;
 
+/// Keys of `extra` that hold secrets.
+pub const SECRET_KEYS: [&str; 2] = ["bot_token", "secret"];
+
 /// Builds script objects, caching users across a page.
 pub struct Viewer<'a> {
     conn: &'a Connection,
     lookups: &'a Lookups,
     timezone: Tz,
     users: HashMap<i64, Option<User>>,
+    /// The API caller; `None` for operator tooling, which sees everything.
+    caller: Option<i64>,
 }
 
 impl<'a> Viewer<'a> {
     /// A viewer reading users through `conn`.
     pub fn new(conn: &'a Connection, lookups: &'a Lookups, timezone: Tz) -> Self {
-        Viewer { conn, lookups, timezone, users: HashMap::new() }
+        Viewer { conn, lookups, timezone, users: HashMap::new(), caller: None }
+    }
+
+    /// Objects as `caller` may see them: the secrets in `extra` (a Telegram `bot_token`, a
+    /// webhook `secret`) only when the caller is one of the script's users or above one of
+    /// them in the parent chain; masked as `********` otherwise.
+    pub fn for_caller(mut self, caller: i64) -> Self {
+        self.caller = Some(caller);
+        self
+    }
+
+    fn parent_of(&mut self, id: i64) -> Result<Option<i64>, StoreError> {
+        if !self.users.contains_key(&id) {
+            let user = users::get(self.conn, id)?;
+            self.users.insert(id, user);
+        }
+        Ok(self.users.get(&id).and_then(Option::as_ref).and_then(|u| u.parent_id))
+    }
+
+    /// True when the caller is one of `listed` or an ancestor of one (cycle-safe).
+    fn may_see_secrets(&mut self, listed: &[i64]) -> Result<bool, StoreError> {
+        let Some(caller) = self.caller else { return Ok(true) };
+        for &user in listed {
+            let mut current = Some(user);
+            for _ in 0..64 {
+                match current {
+                    Some(id) if id == caller => return Ok(true),
+                    Some(id) => current = self.parent_of(id)?,
+                    None => break,
+                }
+            }
+        }
+        Ok(false)
     }
 
     fn user(&mut self, id: i64) -> Result<Option<Value>, StoreError> {
@@ -49,10 +86,22 @@ impl<'a> Viewer<'a> {
             other => other.cloned().unwrap_or(Value::Null),
         };
         let mut user_objects = Vec::new();
-        if let Some(Value::Array(ids)) = body.get("users") {
-            for id in ids.iter().filter_map(Value::as_i64) {
-                if let Some(u) = self.user(id)? {
-                    user_objects.push(u);
+        let listed: Vec<i64> = match body.get("users") {
+            Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_i64).collect(),
+            _ => Vec::new(),
+        };
+        for &id in &listed {
+            if let Some(u) = self.user(id)? {
+                user_objects.push(u);
+            }
+        }
+        let mut extra = get("extra");
+        if !self.may_see_secrets(&listed)?
+            && let Value::Object(e) = &mut extra
+        {
+            for key in SECRET_KEYS {
+                if let Some(v @ Value::String(_)) = e.get_mut(key) {
+                    *v = Value::String(crate::secret::MASK.to_owned());
                 }
             }
         }
@@ -77,7 +126,7 @@ impl<'a> Viewer<'a> {
         out.insert("users".into(), Value::Array(user_objects));
         out.insert("event".into(), event);
         out.insert("reaction".into(), reaction);
-        out.insert("extra".into(), get("extra"));
+        out.insert("extra".into(), extra);
         let errors = self.errors(s);
         if !errors.is_empty() {
             out.insert("invalid".into(), json!(errors));
