@@ -4,9 +4,11 @@
 //! database and swapped in atomically ([`arc_swap`]): readers call [`Live::load`] and never
 //! wait for a writer. The snapshot is rebuilt
 //! - after every API write, before the API answers, so the next occurrence sees it;
-//! - by the watcher ([`Live::spawn_watcher`]) when another program changes the file: it
-//!   polls `PRAGMA data_version` on a dedicated connection every 500 ms and notices a
-//!   replaced file (new device/inode at the path) and reopens it.
+//! - by the watcher ([`Live::spawn_watcher`]) when another program changes the scripts: it
+//!   polls the `scripts_version` counter (bumped by triggers on scripts, their users, users,
+//!   permissions and the catalogs — not by the outbox's constant commits) on a dedicated
+//!   connection every 500 ms, and notices a replaced file (new device/inode at the path)
+//!   and reopens it.
 //!
 //! A row that fails validation (hand-edited with the `sqlite3` shell) is left out of the
 //! index, logged once with the script id and the field, and kept in [`Snapshot::invalid`]
@@ -274,8 +276,10 @@ fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
     Ok((m.dev(), m.ino()))
 }
 
+/// The scripts version: bumped by triggers on every write to the tables the snapshot is
+/// built from (migration 3), and by nothing else — outbox commits leave it alone.
 fn data_version(conn: &rusqlite::Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    Ok(conn.query_row("SELECT version FROM scripts_version WHERE id = 1", [], |r| r.get(0))?)
 }
 
 /// One watcher step: (re)open when needed, reload when the data or the file changed.
@@ -289,8 +293,7 @@ fn poll_once(live: &Live) -> Result<(), StoreError> {
         tracing::info!(path = %path.display(), "database file was replaced; reopening");
     }
     if watch.is_none() || replaced {
-        // (Re)opened: changes made before this point are not counted by data_version, so
-        // reload once unconditionally.
+        // (Re)opened: a replaced file has its own counter, so reload once unconditionally.
         let conn = live.inner.store.connect()?;
         let v = data_version(&conn)?;
         *watch = Some(Watch { conn, file: identity, data_version: v });

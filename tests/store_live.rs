@@ -212,3 +212,28 @@ async fn the_real_sqlite3_shell_is_seen_too() {
     .await;
     assert!(took.is_some(), "the sqlite3 shell's insert was not seen within 2 s");
 }
+
+#[tokio::test]
+async fn outbox_writes_do_not_rebuild_the_snapshot_but_user_edits_do() {
+    let api = start().await;
+    let id = api.create(&always_body("steady")).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = api.live.load().generation;
+    let conn = Connection::open(&api.db_path).unwrap();
+    // The daemon's own outbox traffic: many commits from another connection.
+    for i in 0..20 {
+        conn.execute(
+            "INSERT INTO deliveries (id, occurrence_id, script_id, reaction, recipient, lane, payload, state, next_attempt_at, created_at, updated_at)
+             VALUES (?1, 'o', ?2, 'sound', '1', '', '{}', 'pending', 0, 0, 0)",
+            params![format!("o:{id}:{i}"), id],
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(api.live.load().generation, before, "outbox commits rebuilt the snapshot");
+    // A user edited in the shell (a new parent) is still seen.
+    conn.execute("UPDATE users SET parent_id = NULL WHERE id = 2", []).unwrap();
+    let took = within(Duration::from_secs(2), || api.live.load().generation > before).await;
+    assert!(took.is_some(), "a users edit was not noticed");
+}
