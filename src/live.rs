@@ -59,9 +59,9 @@ pub struct ScriptRecord {
     /// `status` = active.
     pub enabled: bool,
     /// The event it reacts to.
-    pub event: Event,
+    pub event: Arc<Event>,
     /// The reaction to perform.
-    pub reaction: Reaction,
+    pub reaction: Arc<Reaction>,
     /// `None` = every camera.
     pub cameras: Option<Vec<i64>>,
     /// The users listed on the script (see [`Snapshot::recipients`] for sub-users).
@@ -322,52 +322,60 @@ fn extra_of(extra: &serde_json::Map<String, Value>) -> Extra {
 
 /// Reads and validates every script into a snapshot.
 fn build(store: &Store, timezone: Tz, generation: u64) -> Result<Snapshot, StoreError> {
-    let (lookups, parents, rows) =
-        store.read(|tx| Ok((Lookups::load(tx)?, users::parents(tx)?, scripts::all(tx)?)))?;
-    let ctx = lookups.context(timezone);
     let mut records = HashMap::new();
     let mut invalid = BTreeMap::new();
     let mut rules = Vec::new();
-    for row in rows {
-        if !row.decode_errors.is_empty() {
-            invalid.insert(row.id, row.decode_errors);
-            continue;
-        }
-        match validate(&row.body, &ctx) {
-            Ok(v) => {
-                let (Some(event), Some(reaction)) = (
-                    lookups.events.get(&v.input.event_id),
-                    lookups.reactions.get(&v.input.reaction_id),
-                ) else {
-                    continue; // validate checked both exist
-                };
-                rules.push(Rule {
-                    script_id: row.id,
-                    event_id: v.input.event_id,
-                    cameras: v.input.cameras.clone(),
-                    enabled: v.input.enabled,
-                    timetable: v.timetable.clone(),
-                });
-                records.insert(
-                    row.id,
-                    Arc::new(ScriptRecord {
-                        id: row.id,
-                        title: v.input.title,
+    let (lookups, parents) = store.read(|tx| {
+        let lookups = Lookups::load(tx)?;
+        let parents = users::parents(tx)?;
+        let ctx = lookups.context(timezone);
+        // Shared catalog entries: one allocation per event and reaction, not per script.
+        let events: HashMap<i64, Arc<_>> =
+            lookups.events.iter().map(|(id, e)| (*id, Arc::new(e.clone()))).collect();
+        let reactions: HashMap<i64, Arc<_>> =
+            lookups.reactions.iter().map(|(id, r)| (*id, Arc::new(r.clone()))).collect();
+        scripts::for_each(tx, |row| {
+            if !row.decode_errors.is_empty() {
+                invalid.insert(row.id, row.decode_errors);
+                return Ok(());
+            }
+            match validate(&row.body, &ctx) {
+                Ok(v) => {
+                    let (Some(event), Some(reaction)) =
+                        (events.get(&v.input.event_id), reactions.get(&v.input.reaction_id))
+                    else {
+                        return Ok(()); // validate checked both exist
+                    };
+                    rules.push(Rule {
+                        script_id: row.id,
+                        event_id: v.input.event_id,
+                        cameras: v.input.cameras.clone(),
                         enabled: v.input.enabled,
-                        event: event.clone(),
-                        reaction: reaction.clone(),
-                        cameras: v.input.cameras,
-                        users: v.input.users,
-                        extra: extra_of(&v.input.extra),
-                        timetable: v.timetable,
-                    }),
-                );
+                        timetable: v.timetable.clone(),
+                    });
+                    records.insert(
+                        row.id,
+                        Arc::new(ScriptRecord {
+                            id: row.id,
+                            title: v.input.title,
+                            enabled: v.input.enabled,
+                            event: event.clone(),
+                            reaction: reaction.clone(),
+                            cameras: v.input.cameras,
+                            users: v.input.users,
+                            extra: extra_of(&v.input.extra),
+                            timetable: v.timetable,
+                        }),
+                    );
+                }
+                Err(errors) => {
+                    invalid.insert(row.id, errors);
+                }
             }
-            Err(errors) => {
-                invalid.insert(row.id, errors);
-            }
-        }
-    }
+            Ok(())
+        })?;
+        Ok((lookups, parents))
+    })?;
     Ok(Snapshot {
         index: ScheduleIndex::build(rules),
         scripts: records,

@@ -118,6 +118,22 @@ pub fn page(
     Ok((out, u64::try_from(total).unwrap_or(0)))
 }
 
+/// Calls `f` with every script, by id, one row at a time (the snapshot build uses this so
+/// the rows' JSON is never all in memory at once).
+pub fn for_each(
+    conn: &Connection,
+    mut f: impl FnMut(StoredScript) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM scripts ORDER BY id"))?;
+    let rows = stmt.query_map([], from_row)?;
+    for row in rows {
+        let mut s = row?;
+        attach_users(conn, &mut s)?;
+        f(s)?;
+    }
+    Ok(())
+}
+
 /// Every script, by id.
 pub fn all(conn: &Connection) -> Result<Vec<StoredScript>, StoreError> {
     page(conn, 0, i64::MAX as u64).map(|(v, _)| v)
