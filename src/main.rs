@@ -150,8 +150,8 @@ struct PipelineArgs {
     /// Generator seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Extra TOML appended to the daemon's configuration, e.g.
-    /// '[delivery]\nmax_in_flight = 200'.
+    /// TOML written to the daemon's local.toml (overrides of its generated configuration),
+    /// e.g. '[database]\nsynchronous = "full"' (a literal \n is a line break).
     #[arg(long, default_value = "")]
     daemon_config: String,
     /// Skip the broker-ceiling pass.

@@ -115,8 +115,8 @@ pub struct PipelineBenchOptions {
     pub seed: u64,
     /// The `scriptd` binary to run as the daemon.
     pub daemon_exe: PathBuf,
-    /// Extra TOML appended to the daemon's generated configuration (e.g. a
-    /// `[database]` override); empty for none.
+    /// The daemon's `local.toml` (overrides of the generated `default.toml`, e.g.
+    /// `[database]` `synchronous = "full"`); empty for none.
     pub daemon_config: String,
     /// Skip the broker-ceiling pass (tests).
     pub skip_ceiling: bool,
@@ -779,14 +779,16 @@ max_age_seconds = 0
 
 [log]
 level = "warn"
-{extra}
 "#,
         zone = synth::ZONE.name(),
         api_port = free_port()?,
         db = db.display().to_string(),
     );
     let path = config_dir.join("default.toml");
-    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    // Overrides go to local.toml, the layer above default.toml.
+    let path = config_dir.join("local.toml");
+    std::fs::write(&path, extra).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// A private folder under the system temp dir, removed when dropped.
