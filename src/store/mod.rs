@@ -21,10 +21,12 @@ pub mod transfer;
 pub mod users;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
+use crate::outbox::Handoff;
 use crate::validation::FieldErrors;
 
 /// How long a connection waits for another writer before giving up with [`StoreError::Busy`].
@@ -108,12 +110,14 @@ impl Synchronous {
     }
 }
 
-/// Handle on the database file; cheap to clone, opens a connection per operation.
+/// Handle on the database file; cheap to clone, opens a connection per operation. Clones
+/// share one outbox [`Handoff`].
 #[derive(Debug, Clone)]
 pub struct Store {
     path: PathBuf,
     busy_timeout: Duration,
     synchronous: Synchronous,
+    handoff: Arc<Handoff>,
 }
 
 impl Store {
@@ -125,6 +129,7 @@ impl Store {
             path: path.to_path_buf(),
             busy_timeout: BUSY_TIMEOUT,
             synchronous: Synchronous::default(),
+            handoff: Arc::new(Handoff::default()),
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -153,6 +158,12 @@ impl Store {
     pub fn with_synchronous(mut self, synchronous: Synchronous) -> Store {
         self.synchronous = synchronous;
         self
+    }
+
+    /// Rows committed by outbox writers of this handle (and its clones), handed to the
+    /// dispatcher in memory; see [`crate::outbox`].
+    pub fn handoff(&self) -> &Arc<Handoff> {
+        &self.handoff
     }
 
     /// The database file.
