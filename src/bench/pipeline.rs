@@ -198,6 +198,8 @@ pub struct PipelineBenchReport {
     pub daemon_cpu_us_per_event: f64,
     /// Peak resident memory of the daemon process (`VmHWM`), MiB.
     pub daemon_rss_mb: f64,
+    /// Resident memory of the daemon at the end of the run (`VmRSS`), MiB.
+    pub daemon_rss_end_mb: f64,
     /// Seconds to generate and store the scripts.
     pub setup_s: f64,
     /// Seconds from starting the daemon to its first push.
@@ -239,8 +241,12 @@ impl std::fmt::Display for PipelineBenchReport {
         )?;
         write!(
             f,
-            "daemon:   {:.2} CPU s ({:.1} µs/occurrence), peak RSS {:.1} MiB; startup {:.1} s",
-            self.daemon_cpu_s, self.daemon_cpu_us_per_event, self.daemon_rss_mb, self.startup_s
+            "daemon:   {:.2} CPU s ({:.1} µs/occurrence), RSS peak {:.1} MiB, at the end {:.1} MiB; startup {:.1} s",
+            self.daemon_cpu_s,
+            self.daemon_cpu_us_per_event,
+            self.daemon_rss_mb,
+            self.daemon_rss_end_mb,
+            self.startup_s
         )
     }
 }
@@ -488,7 +494,8 @@ async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, S
     let publish_s = pace_start.elapsed().as_secs_f64();
     wait_for(&collector, |c| c.seen.len() as u64 >= expected, |c| c.last_ns, &mut daemon).await;
     let cpu_after = daemon.cpu_seconds();
-    let rss = daemon.peak_rss_mb();
+    let rss = daemon.rss_mb("VmHWM:");
+    let rss_end = daemon.rss_mb("VmRSS:");
     daemon.stop();
     sub_task.abort();
     publisher.task.abort();
@@ -527,6 +534,7 @@ async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, S
         daemon_cpu_s,
         daemon_cpu_us_per_event: daemon_cpu_s * 1e6 / opts.events as f64,
         daemon_rss_mb: rss,
+        daemon_rss_end_mb: rss_end,
         setup_s,
         startup_s,
     })
@@ -943,13 +951,13 @@ impl Daemon {
         (ticks(11) + ticks(12)) / 100.0
     }
 
-    /// Peak resident memory (`VmHWM`), MiB.
-    fn peak_rss_mb(&self) -> f64 {
+    /// A memory line of `/proc/<pid>/status` (`VmHWM:` peak, `VmRSS:` now), MiB.
+    fn rss_mb(&self, field: &str) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
             .and_then(|s| {
                 s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
+                    .find(|l| l.starts_with(field))
                     .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
             })
             .map_or(0.0, |kb| kb / 1024.0)
