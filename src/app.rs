@@ -162,10 +162,13 @@ pub async fn start(
     let store = {
         let db = db.clone();
         let busy = settings.database.busy_timeout();
-        tokio::task::spawn_blocking(move || Store::migrate(&db).map(|s| s.with_busy_timeout(busy)))
-            .await
-            .map_err(|e| store_err(StoreError::Migration(e.to_string())))?
-            .map_err(store_err)?
+        let sync = settings.database.synchronous;
+        tokio::task::spawn_blocking(move || {
+            Store::migrate(&db).map(|s| s.with_busy_timeout(busy).with_synchronous(sync))
+        })
+        .await
+        .map_err(|e| store_err(StoreError::Migration(e.to_string())))?
+        .map_err(store_err)?
     };
     let timezone = settings.timezone.tz();
     let live = {

@@ -119,6 +119,47 @@ struct TimetableCheckArgs {
 enum BenchCommand {
     /// Schedule matching: the indexed evaluator against the naive scan, same inputs.
     Match(MatchArgs),
+    /// End to end: the daemon between a publisher and a subscriber, against the broker's
+    /// own ceiling measured in the same run.
+    Pipeline(PipelineArgs),
+}
+
+#[derive(Args, Debug)]
+struct PipelineArgs {
+    /// `embedded` (rumqttd in this process) or HOST:PORT of a running broker.
+    #[arg(long, default_value = "embedded")]
+    broker: scriptd::bench::pipeline::BrokerChoice,
+    /// Scripts to generate.
+    #[arg(long, default_value_t = 10_000)]
+    scripts: usize,
+    /// Occurrences to publish.
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    /// Occurrences per second (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Publish QoS of the occurrences.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Fraction of occurrences that match a script (each matched one fires 1-3 scripts).
+    #[arg(long, default_value_t = 0.1)]
+    match_fraction: f64,
+    /// Cameras.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..))]
+    cameras: i64,
+    /// Generator seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// TOML written to the daemon's local.toml (overrides of its generated configuration),
+    /// e.g. '[database]\nsynchronous = "full"' (a literal \n is a line break).
+    #[arg(long, default_value = "")]
+    daemon_config: String,
+    /// Skip the broker-ceiling pass.
+    #[arg(long)]
+    no_ceiling: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -237,6 +278,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if !report.identical {
                 anyhow::bail!("the index and the naive scan disagree on the sample");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Pipeline(a)) => {
+            let daemon_exe =
+                std::env::current_exe().context("cannot find this scriptd binary to run")?;
+            let report =
+                scriptd::bench::pipeline::run(&scriptd::bench::pipeline::PipelineBenchOptions {
+                    broker: a.broker,
+                    scripts: a.scripts,
+                    events: a.events,
+                    rate: a.rate.filter(|r| *r > 0.0),
+                    qos: a.qos,
+                    match_fraction: a.match_fraction,
+                    cameras: a.cameras,
+                    seed: a.seed,
+                    daemon_exe,
+                    daemon_config: a.daemon_config.replace("\\n", "\n"),
+                    skip_ceiling: a.no_ceiling,
+                })
+                .map_err(anyhow::Error::msg)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            if report.lost > 0 {
+                anyhow::bail!("{} deliveries lost", report.lost);
             }
             Ok(ExitCode::SUCCESS)
         }

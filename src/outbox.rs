@@ -21,6 +21,21 @@
 //!
 //! The functions below the writer are the dispatcher's blocking queries; they take a
 //! connection so the dispatcher can keep one open.
+//!
+//! # Hand-over in memory
+//!
+//! A freshly committed row with an empty lane (pushes, webhooks) is also handed to the
+//! dispatcher in memory through the [`Handoff`] of the [`Store`] handle it was written
+//! with, so the dispatcher can attempt it without reading it back. The database stays the
+//! truth: the hand-over is bounded ([`HANDOFF_MAX`]; beyond it rows are only in the
+//! database and the dispatcher falls back to [`due`], as it does for rows with a lane,
+//! whose order only the query keeps), and a dispatcher that queries the
+//! outbox does so holding the hand-over's lock and then drops what was handed over, while
+//! writers commit and hand over under that same lock. So a row is either seen by a query
+//! or handed over after it, never both: no attempt starts twice.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -176,6 +191,7 @@ pub struct NewDelivery {
 /// ```
 pub struct OutboxWriter {
     conn: Connection,
+    handoff: std::sync::Arc<Handoff>,
 }
 
 impl std::fmt::Debug for OutboxWriter {
@@ -192,12 +208,13 @@ const INSERT: &str = "INSERT OR IGNORE INTO deliveries
 impl OutboxWriter {
     /// A writer with a dedicated connection to `store`.
     pub fn new(store: &Store) -> Result<OutboxWriter, StoreError> {
-        Ok(OutboxWriter { conn: store.connect()? })
+        Ok(OutboxWriter { conn: store.connect()?, handoff: store.handoff().clone() })
     }
 
     /// Writes `deliveries` in one transaction begun IMMEDIATE; an id already in the outbox
     /// is ignored (a redelivered occurrence adds nothing). Returns the number of new rows.
-    /// On error nothing is written.
+    /// On error nothing is written. New rows without a lane are also handed over in memory
+    /// (see the module documentation).
     pub fn enqueue(
         &mut self,
         deliveries: &[NewDelivery],
@@ -208,10 +225,12 @@ impl OutboxWriter {
         }
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut added = 0;
+        let mut fresh = Vec::new();
+        let mut db_only = false;
         {
             let mut stmt = tx.prepare_cached(INSERT)?;
-            for d in deliveries {
-                added += stmt.execute(params![
+            for (i, d) in deliveries.iter().enumerate() {
+                let n = stmt.execute(params![
                     d.id,
                     d.occurrence_id,
                     d.script_id,
@@ -222,10 +241,97 @@ impl OutboxWriter {
                     now_ms,
                     d.target.to_json(),
                 ])?;
+                added += n;
+                if n == 1 {
+                    if d.lane.is_empty() {
+                        fresh.push((tx.last_insert_rowid(), i));
+                    } else {
+                        // Lanes keep their order through the query only.
+                        db_only = true;
+                    }
+                }
             }
         }
+        // Commit and hand over under the hand-over's lock (see the module documentation).
+        let mut queue = self.handoff.lock();
         tx.commit()?;
+        queue.db_only |= db_only;
+        queue.push(fresh.into_iter().map(|(rowid, i)| {
+            let d = &deliveries[i];
+            Claimed {
+                rowid,
+                id: d.id.clone(),
+                reaction: d.reaction.clone(),
+                lane: String::new(),
+                attempts: 0,
+                payload: d.payload.clone(),
+                target: Ok(d.target.clone()),
+            }
+        }));
         Ok(added)
+    }
+}
+
+/// Most rows waiting in a [`Handoff`]; beyond it rows are only in the database.
+pub const HANDOFF_MAX: usize = 4096;
+
+/// Freshly committed rows handed from the writers to the dispatcher in memory; shared by
+/// every clone of one [`Store`] handle. See the module documentation.
+#[derive(Debug, Default)]
+pub struct Handoff {
+    queue: Mutex<Fresh>,
+}
+
+/// The rows of a [`Handoff`], and whether rows were committed that were not handed over
+/// (it was full, or they have a lane).
+#[derive(Debug, Default)]
+pub struct Fresh {
+    rows: VecDeque<Claimed>,
+    db_only: bool,
+}
+
+impl Fresh {
+    fn push(&mut self, rows: impl Iterator<Item = Claimed>) {
+        for row in rows {
+            if self.rows.len() >= HANDOFF_MAX {
+                self.db_only = true;
+                return;
+            }
+            self.rows.push_back(row);
+        }
+    }
+}
+
+impl Handoff {
+    fn lock(&self) -> MutexGuard<'_, Fresh> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Up to `max` handed-over rows, oldest first.
+    pub fn take(&self, max: usize) -> Vec<Claimed> {
+        let mut q = self.lock();
+        let n = max.min(q.rows.len());
+        q.rows.drain(..n).collect()
+    }
+
+    /// Whether rows are waiting.
+    pub fn is_empty(&self) -> bool {
+        self.lock().rows.is_empty()
+    }
+
+    /// Whether rows were committed that were not handed over (only a query finds them).
+    pub fn db_only(&self) -> bool {
+        self.lock().db_only
+    }
+
+    /// Runs `query` (a read of the outbox) with writers held back, then forgets what was
+    /// handed over: every row committed before the query is the query's to find.
+    pub fn query<T>(&self, query: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut q = self.lock();
+        let out = query()?;
+        q.rows.clear();
+        q.db_only = false;
+        Ok(out)
     }
 }
 

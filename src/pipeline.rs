@@ -61,7 +61,8 @@ struct EventNames {
 }
 
 /// Turns messages into deliveries; owns the outbox connection. Used by [`run`] and by the
-/// benchmark, which drives it directly.
+/// benchmark, which drives it directly. Its metric handles are taken from the recorder
+/// installed when it is created.
 pub struct Intake {
     live: Live,
     settings: Arc<ArcSwap<LiveSettings>>,
@@ -71,6 +72,27 @@ pub struct Intake {
     rejections: Arc<RejectionLog>,
     names: Option<EventNames>,
     matches: Matches,
+    meters: Meters,
+}
+
+/// Metric handles, registered once (a `metrics::counter!` per message is a registry
+/// lookup).
+struct Meters {
+    received: metrics::Counter,
+    stale: metrics::Counter,
+    matched: metrics::Counter,
+    match_duration: metrics::Histogram,
+}
+
+impl Meters {
+    fn new() -> Meters {
+        Meters {
+            received: metrics::counter!(telemetry::OCCURRENCES_RECEIVED),
+            stale: metrics::counter!(telemetry::OCCURRENCES_STALE),
+            matched: metrics::counter!(telemetry::OCCURRENCES_MATCHED),
+            match_duration: metrics::histogram!(telemetry::MATCH_DURATION),
+        }
+    }
 }
 
 impl Intake {
@@ -92,6 +114,7 @@ impl Intake {
             rejections,
             names: None,
             matches: Matches::new(),
+            meters: Meters::new(),
         })
     }
 
@@ -118,7 +141,7 @@ impl Intake {
         now: DateTime<Utc>,
         out: &mut Vec<NewDelivery>,
     ) -> Outcome {
-        metrics::counter!(telemetry::OCCURRENCES_RECEIVED).increment(1);
+        self.meters.received.increment(1);
         let occ = match occurrence::decode(topic, payload, now) {
             Ok(o) => o,
             Err(rejected) => {
@@ -136,14 +159,14 @@ impl Intake {
         };
         let max_age = self.settings.load().events.max_age_seconds;
         if occurrence::is_stale(&occ, now, max_age) {
-            metrics::counter!(telemetry::OCCURRENCES_STALE).increment(1);
+            self.meters.stale.increment(1);
             tracing::debug!(occurrence = %occ.id, occurred_at = %occ.occurred_at, "stale occurrence dropped");
             return Outcome::Stale;
         }
         let started = Instant::now();
         let t = occ.occurred_at_utc().timestamp();
         snap.index.matches_into(event.id, occ.camera_id, t, &mut self.matches);
-        metrics::histogram!(telemetry::MATCH_DURATION).record(started.elapsed().as_secs_f64());
+        self.meters.match_duration.record(started.elapsed().as_secs_f64());
         let before = out.len();
         let scripts = self.matches.positions.len();
         let occurred_at = occ.occurred_at_rfc3339();
@@ -154,7 +177,7 @@ impl Intake {
             }
         }
         if scripts > 0 {
-            metrics::counter!(telemetry::OCCURRENCES_MATCHED).increment(1);
+            self.meters.matched.increment(1);
         }
         tracing::debug!(occurrence = %occ.id, event = event.id, camera = occ.camera_id, scripts, deliveries = out.len() - before, "occurrence matched");
         Outcome::Matched { scripts, deliveries: out.len() - before }

@@ -72,6 +72,8 @@ pub struct DatabaseSettings {
     pub path: PathBuf,
     /// How long a statement waits for a lock held by another connection, in milliseconds.
     pub busy_timeout_ms: u64,
+    /// SQLite `synchronous` on every connection: when a commit waits for the disk.
+    pub synchronous: crate::store::Synchronous,
 }
 
 /// `[mqtt]`: the analytics server's broker (or the embedded one).
@@ -253,7 +255,11 @@ impl Default for Settings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { path: PathBuf::from("data/scriptd.db"), busy_timeout_ms: 5000 }
+        Self {
+            path: PathBuf::from("data/scriptd.db"),
+            busy_timeout_ms: 5000,
+            synchronous: crate::store::Synchronous::default(),
+        }
     }
 }
 
@@ -1089,6 +1095,21 @@ mod tests {
     }
 
     #[test]
+    fn synchronous_is_normal_or_full() {
+        let parse = |text: &str| {
+            Config::builder()
+                .add_source(File::from_str(text, FileFormat::Toml))
+                .build()
+                .and_then(Config::try_deserialize::<Settings>)
+        };
+        let s = parse("[database]\nsynchronous = \"full\"").unwrap();
+        assert_eq!(s.database.synchronous, crate::store::Synchronous::Full);
+        assert_eq!(parse("").unwrap().database.synchronous, crate::store::Synchronous::Normal);
+        let e = parse("[database]\nsynchronous = \"off\"").unwrap_err().to_string();
+        assert!(e.contains("off") && e.contains("database.synchronous"), "{e}");
+    }
+
+    #[test]
     fn retry_policy_doubles_and_caps() {
         let p = DeliverySettings::default().retry_policy();
         assert_eq!(p.delay(1), Duration::from_millis(500));
@@ -1132,7 +1153,11 @@ mod tests {
     fn all_changed() -> Settings {
         Settings {
             timezone: Timezone(chrono_tz::Europe::Berlin),
-            database: DatabaseSettings { path: "x.db".into(), busy_timeout_ms: 1 },
+            database: DatabaseSettings {
+                path: "x.db".into(),
+                busy_timeout_ms: 1,
+                synchronous: crate::store::Synchronous::Full,
+            },
             mqtt: MqttSettings {
                 host: "h".into(),
                 port: 2,
@@ -1175,7 +1200,7 @@ mod tests {
         let old = Settings::default();
         let new = all_changed();
         let all = old.changed_keys(&new);
-        assert_eq!(all.len(), 1 + 2 + 12 + 1 + 6 + 1 + 1 + 6 + 2, "{all:?}");
+        assert_eq!(all.len(), 1 + 3 + 12 + 1 + 6 + 1 + 1 + 6 + 2, "{all:?}");
         let running = old.with_live_from(&new);
         let applied = old.changed_keys(&running);
         let pending = running.changed_keys(&new);

@@ -12,6 +12,13 @@
 //! 3. sleeps until an attempt finishes, [`DispatcherHandle::notify`] is called, the next
 //!    retry is due, or `poll_interval` passes.
 //!
+//! Step 2 reads the outbox only while it may hold due rows the dispatcher was not handed
+//! in memory (see *Hand-over in memory* in [`crate::outbox`]): at start, after a retry was
+//! recorded, a database error, a wake-up without handed-over rows, a full hand-over, a row
+//! with a lane, and at least every `poll_interval`. Otherwise it starts the rows the
+//! intake handed over, before recording outcomes, so a fresh push waits for no query and
+//! no transaction.
+//!
 //! A delivery counts as in flight from its claim until its new state is committed, so after
 //! a crash at most `max_in_flight` deliveries can repeat (CONTRACT §5). The database calls
 //! are blocking and run on tokio's blocking pool, one at a time.
@@ -206,6 +213,7 @@ impl Dispatcher {
         let notify = Arc::new(Notify::new());
         let stats = Arc::new(Stats::default());
         let (done_tx, done) = watch::channel(false);
+        let store_handoff = store.handoff().clone();
         let state = Loop {
             store,
             conn: None,
@@ -223,6 +231,9 @@ impl Dispatcher {
             db_trouble: None,
             next_gauges: Instant::now(),
             next_prune: Instant::now(),
+            handoff: store_handoff,
+            backlog: true,
+            last_query: Instant::now(),
         };
         tokio::spawn(async move {
             state.run(shutdown).await;
@@ -264,6 +275,13 @@ struct Loop {
     db_trouble: Option<Duration>,
     next_gauges: Instant,
     next_prune: Instant,
+    /// Rows committed through this store handle, handed over in memory.
+    handoff: Arc<outbox::Handoff>,
+    /// Due rows may be in the database that were not handed over (start-up, retries,
+    /// a full hand-over, another writer, the poll interval passed): query the outbox.
+    backlog: bool,
+    /// When the outbox was last queried and found caught up.
+    last_query: Instant,
 }
 
 /// Runs a blocking database call on the dispatcher's connection.
@@ -299,12 +317,20 @@ impl Loop {
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     self.take(joined);
                 }
-                () = self.notify.notified() => {}
-                () = tokio::time::sleep_until(sleep_until) => {}
+                () = self.notify.notified() => {
+                    // Rows written through another store handle are only in the database.
+                    if self.handoff.is_empty() {
+                        self.backlog = true;
+                    }
+                }
+                () = tokio::time::sleep_until(sleep_until) => self.backlog = true,
             }
             while let Some(joined) = self.tasks.try_join_next_with_id() {
                 self.take(joined);
             }
+            // Handed-over rows go out before the outcomes are recorded: fewer steps
+            // between the intake's commit and the send.
+            self.start_handed_over(max);
             if self.db().await.is_none() {
                 wake = Instant::now() + self.trouble_pause();
                 continue;
@@ -314,12 +340,36 @@ impl Loop {
                 continue;
             }
             self.housekeeping().await;
-            wake = self.claim(max).await.unwrap_or_else(|| Instant::now() + self.trouble_pause());
+            if self.backlog || self.handoff.db_only() {
+                wake =
+                    self.claim(max).await.unwrap_or_else(|| Instant::now() + self.trouble_pause());
+            } else {
+                self.start_handed_over(max);
+                // The safety-net query still runs every `poll`, also under steady traffic.
+                wake = self.last_query + poll;
+            }
         }
         self.drain().await;
         if let Some(p) = &self.config.progress {
             p.retire();
         }
+    }
+
+    /// Starts handed-over rows in the free slots, unless only a query can be trusted now.
+    fn start_handed_over(&mut self, max: usize) {
+        if self.backlog {
+            return;
+        }
+        let free = max.saturating_sub(self.in_flight.len());
+        if free == 0 {
+            return;
+        }
+        for row in self.handoff.take(free) {
+            if !self.in_flight.contains(&row.rowid) {
+                self.start(row);
+            }
+        }
+        self.stats.in_flight.store(self.in_flight.len(), Ordering::Relaxed);
     }
 
     fn beat(&self) {
@@ -369,6 +419,7 @@ impl Loop {
     }
 
     fn db_failed(&mut self, what: &str, e: &StoreError) {
+        self.backlog = true;
         if self.db_trouble.is_none() {
             tracing::warn!(error = %e, what, "outbox database call failed; retrying with backoff");
         }
@@ -420,8 +471,15 @@ impl Loop {
                         Recorded::Sent => (telemetry::OUTCOME_DELIVERED, &self.stats.sent),
                         Recorded::Failed { .. } => (telemetry::OUTCOME_FAILED, &self.stats.failed),
                         Recorded::Retry { .. } => (telemetry::OUTCOME_RETRY, &self.stats.retried),
-                        Recorded::Deferred { .. } => continue,
+                        Recorded::Deferred { .. } => {
+                            self.backlog = true;
+                            continue;
+                        }
                     };
+                    if matches!(f.recorded, Recorded::Retry { .. }) {
+                        // Its next attempt is only in the database.
+                        self.backlog = true;
+                    }
                     counter.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(telemetry::DELIVERIES,
                         telemetry::LABEL_REACTION => f.reaction,
@@ -449,7 +507,8 @@ impl Loop {
         let db = self.db().await?;
         let limit = free + self.in_flight.len();
         let now = now_ms();
-        let rows = match with_db(&db, move |c| outbox::due(c, now, limit)).await {
+        let handoff = self.handoff.clone();
+        let rows = match with_db(&db, move |c| handoff.query(|| outbox::due(c, now, limit))).await {
             Ok(rows) => rows,
             Err(e) => {
                 self.db_failed("claim", &e);
@@ -472,8 +531,12 @@ impl Loop {
         }
         self.stats.in_flight.store(self.in_flight.len(), Ordering::Relaxed);
         if full || started >= free {
+            self.backlog = true;
             return Some(Instant::now()); // more may be due: look again right away
         }
+        // Everything due is running; rows committed from now on are handed over.
+        self.backlog = false;
+        self.last_query = Instant::now();
         // Everything due is running: sleep until the next retry is due.
         let next = match with_db(&db, move |c| outbox::next_due_after(c, now)).await {
             Ok(next) => next,

@@ -301,6 +301,9 @@ async fn run(
     let (fwd_tx, forwarder) = spawn_forwarder(tx, buffered.clone());
     let mut conn = ConnState::new("events", state_tx, &options.connect);
     let mut stop = Stop::new(client.clone(), shutdown);
+    // Handles registered once; the per-message macros would look them up every time.
+    let buffered_gauge = metrics::gauge!("scriptd_mqtt_receive_buffered");
+    let acks_counter = metrics::counter!("scriptd_mqtt_acks_total");
     while let Some(event) = stop.poll(&mut eventloop).await {
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -346,7 +349,7 @@ async fn run(
                     metrics::counter!("scriptd_mqtt_dropped_total").increment(1);
                     continue;
                 }
-                metrics::gauge!("scriptd_mqtt_receive_buffered").set(waiting as f64);
+                buffered_gauge.set(waiting as f64);
                 if fwd_tx.send(incoming).is_err() {
                     tracing::debug!("the pipeline dropped its receiver; stopping the MQTT source");
                     break;
@@ -354,7 +357,7 @@ async fn run(
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => {
                 acks_written.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("scriptd_mqtt_acks_total").increment(1);
+                acks_counter.increment(1);
             }
             Ok(_) => {}
             Err(e) => {
@@ -384,11 +387,12 @@ fn spawn_forwarder(
     buffered: Arc<AtomicUsize>,
 ) -> (mpsc::UnboundedSender<Incoming>, JoinHandle<()>) {
     let (fwd_tx, mut fwd_rx) = mpsc::unbounded_channel::<Incoming>();
+    let gauge = metrics::gauge!("scriptd_mqtt_receive_buffered");
     let task = tokio::spawn(async move {
         while let Some(incoming) = fwd_rx.recv().await {
             let sent = tx.send(incoming).await;
             let left = buffered.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-            metrics::gauge!("scriptd_mqtt_receive_buffered").set(left as f64);
+            gauge.set(left as f64);
             if sent.is_err() {
                 break;
             }

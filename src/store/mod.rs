@@ -21,10 +21,12 @@ pub mod transfer;
 pub mod users;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
+use crate::outbox::Handoff;
 use crate::validation::FieldErrors;
 
 /// How long a connection waits for another writer before giving up with [`StoreError::Busy`].
@@ -78,11 +80,44 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// Handle on the database file; cheap to clone, opens a connection per operation.
+/// SQLite's `synchronous` setting (`database.synchronous`): when a commit waits for the
+/// disk. The journal is always WAL.
+///
+/// | value | a commit is durable against | cost |
+/// | --- | --- | --- |
+/// | `normal` | the process crashing or being killed (`kill -9`), at any point | no fsync per commit; the WAL is synced at checkpoints |
+/// | `full` | also power loss and an operating-system crash | one fsync per commit |
+///
+/// With `normal` a power loss or OS crash can undo the last commits before the next
+/// checkpoint: deliveries written (and occurrences acknowledged to the broker) in that
+/// window are gone, and outcomes recorded as sent can become pending again (repeats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// `PRAGMA synchronous = NORMAL`.
+    #[default]
+    Normal,
+    /// `PRAGMA synchronous = FULL`.
+    Full,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+/// Handle on the database file; cheap to clone, opens a connection per operation. Clones
+/// share one outbox [`Handoff`].
 #[derive(Debug, Clone)]
 pub struct Store {
     path: PathBuf,
     busy_timeout: Duration,
+    synchronous: Synchronous,
+    handoff: Arc<Handoff>,
 }
 
 impl Store {
@@ -90,7 +125,12 @@ impl Store {
     /// scriptd, and applies pending migrations. The catalogs are not seeded (see
     /// [`Store::migrate`]).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let store = Store { path: path.to_path_buf(), busy_timeout: BUSY_TIMEOUT };
+        let store = Store {
+            path: path.to_path_buf(),
+            busy_timeout: BUSY_TIMEOUT,
+            synchronous: Synchronous::default(),
+            handoff: Arc::new(Handoff::default()),
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
@@ -114,12 +154,25 @@ impl Store {
         self
     }
 
+    /// Sets `synchronous` for every connection opened from now on (`database.synchronous`).
+    pub fn with_synchronous(mut self, synchronous: Synchronous) -> Store {
+        self.synchronous = synchronous;
+        self
+    }
+
+    /// Rows committed by outbox writers of this handle (and its clones), handed to the
+    /// dispatcher in memory; see [`crate::outbox`].
+    pub fn handoff(&self) -> &Arc<Handoff> {
+        &self.handoff
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// A new connection to the existing file: WAL, busy timeout, foreign keys on. Only
+    /// A new connection to the existing file: WAL, busy timeout, `synchronous`, foreign keys
+    /// on. Only
     /// [`Store::open`] creates the file, so a database removed while the daemon runs is an
     /// error, not a silently empty new one.
     pub fn connect(&self) -> Result<Connection, StoreError> {
@@ -133,6 +186,7 @@ impl Store {
         )?;
         conn.busy_timeout(self.busy_timeout)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", self.synchronous.pragma())?;
         conn.pragma_update(None, "foreign_keys", true)?;
         Ok(conn)
     }
