@@ -245,6 +245,21 @@ fn plan_script(
         })
         .to_string()
     };
+    // One delivery: id, payload and the script's fields; the rest per reaction.
+    let mut push =
+        |recipient: String, key: &dyn std::fmt::Display, lane: String, target: Target| {
+            let id = delivery_id(&occ.id, script.id, key);
+            out.push(NewDelivery {
+                payload: payload_for(&id),
+                id,
+                occurrence_id: occ.id.clone(),
+                script_id: script.id,
+                reaction: reaction.to_owned(),
+                recipient,
+                lane,
+                target,
+            });
+        };
     match reaction {
         "telegram-message" => {
             let (Some(token), Some(chat)) = (&script.extra.bot_token, &script.extra.chat_id) else {
@@ -255,7 +270,6 @@ fn plan_script(
                 );
                 return;
             };
-            let id = delivery_id(&occ.id, script.id, chat);
             let hash = Sha256::digest(token.expose().as_bytes());
             let lane = format!("tg:{}:{chat}", hex::encode(&hash[..8]));
             let text = message_text(
@@ -264,52 +278,25 @@ fn plan_script(
                 occ.camera_id,
                 &local_time(occ.occurred_at_utc(), tz),
             );
-            out.push(NewDelivery {
-                payload: payload_for(&id),
-                id,
-                occurrence_id: occ.id.clone(),
-                script_id: script.id,
-                reaction: reaction.to_owned(),
-                recipient: chat.clone(),
-                lane,
-                target: Target::Telegram {
-                    bot_token: token.clone(),
-                    chat_id: chat.clone(),
-                    text,
-                    photo_url: occ.snapshot_url.clone(),
-                },
-            });
+            let target = Target::Telegram {
+                bot_token: token.clone(),
+                chat_id: chat.clone(),
+                text,
+                photo_url: occ.snapshot_url.clone(),
+            };
+            push(chat.clone(), chat, lane, target);
         }
         "webhook" => {
             let Some(url) = &script.extra.url else {
                 tracing::warn!(script = script.id, "webhook script without url; nothing sent");
                 return;
             };
-            let id = delivery_id(&occ.id, script.id, "webhook");
-            out.push(NewDelivery {
-                payload: payload_for(&id),
-                id,
-                occurrence_id: occ.id.clone(),
-                script_id: script.id,
-                reaction: reaction.to_owned(),
-                recipient: url.clone(),
-                lane: String::new(),
-                target: Target::Webhook { url: url.clone(), secret: script.extra.secret.clone() },
-            });
+            let target = Target::Webhook { url: url.clone(), secret: script.extra.secret.clone() };
+            push(url.clone(), &"webhook", String::new(), target);
         }
         _ => {
             for user in snap.recipients(script) {
-                let id = delivery_id(&occ.id, script.id, user);
-                out.push(NewDelivery {
-                    payload: payload_for(&id),
-                    id,
-                    occurrence_id: occ.id.clone(),
-                    script_id: script.id,
-                    reaction: reaction.to_owned(),
-                    recipient: user.to_string(),
-                    lane: String::new(),
-                    target: Target::Push { user_id: user },
-                });
+                push(user.to_string(), &user, String::new(), Target::Push { user_id: user });
             }
         }
     }

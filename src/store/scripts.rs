@@ -94,6 +94,22 @@ pub fn get(conn: &Connection, id: i64) -> Result<Option<StoredScript>, StoreErro
     Ok(s)
 }
 
+/// Runs `sql` (selecting [`COLUMNS`]) and calls `f` with each script, its users attached.
+fn each_row(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    mut f: impl FnMut(StoredScript) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(sql)?;
+    for row in stmt.query_map(params, from_row)? {
+        let mut s = row?;
+        attach_users(conn, &mut s)?;
+        f(s)?;
+    }
+    Ok(())
+}
+
 /// A page of scripts by id, and the total count.
 pub fn page(
     conn: &Connection,
@@ -101,20 +117,19 @@ pub fn page(
     limit: u64,
 ) -> Result<(Vec<StoredScript>, u64), StoreError> {
     let total: i64 = conn.query_row("SELECT COUNT(*) FROM scripts", [], |r| r.get(0))?;
-    let mut stmt =
-        conn.prepare(&format!("SELECT {COLUMNS} FROM scripts ORDER BY id LIMIT ?1 OFFSET ?2"))?;
-    let mut out: Vec<StoredScript> = stmt
-        .query_map(
-            params![
-                i64::try_from(limit).unwrap_or(i64::MAX),
-                i64::try_from(offset).unwrap_or(i64::MAX)
-            ],
-            from_row,
-        )?
-        .collect::<Result<_, _>>()?;
-    for s in &mut out {
-        attach_users(conn, s)?;
-    }
+    let mut out = Vec::new();
+    each_row(
+        conn,
+        &format!("SELECT {COLUMNS} FROM scripts ORDER BY id LIMIT ?1 OFFSET ?2"),
+        params![
+            i64::try_from(limit).unwrap_or(i64::MAX),
+            i64::try_from(offset).unwrap_or(i64::MAX)
+        ],
+        |s| {
+            out.push(s);
+            Ok(())
+        },
+    )?;
     Ok((out, u64::try_from(total).unwrap_or(0)))
 }
 
@@ -122,16 +137,9 @@ pub fn page(
 /// the rows' JSON is never all in memory at once).
 pub fn for_each(
     conn: &Connection,
-    mut f: impl FnMut(StoredScript) -> Result<(), StoreError>,
+    f: impl FnMut(StoredScript) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM scripts ORDER BY id"))?;
-    let rows = stmt.query_map([], from_row)?;
-    for row in rows {
-        let mut s = row?;
-        attach_users(conn, &mut s)?;
-        f(s)?;
-    }
-    Ok(())
+    each_row(conn, &format!("SELECT {COLUMNS} FROM scripts ORDER BY id"), [], f)
 }
 
 /// Every script, by id.
