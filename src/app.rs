@@ -256,6 +256,10 @@ pub async fn start(
 
     let mut source_options = SourceOptions::new(connect, &settings.mqtt.events_topic);
     source_options.channel_capacity = pipeline::BATCH_MAX * 4;
+    // The poll loop turns at least once per keep-alive (a ping) even when idle, and on every
+    // reconnect attempt, so a broker outage is not a hang; a stuck loop is.
+    source_options.progress =
+        Some(watchdog.register("mqtt", settings.mqtt.keep_alive() * 2 + Duration::from_secs(10)));
     let (source, incoming) = MqttSource::spawn(source_options, stop_intake.wait());
     {
         // Broker state → health, systemd status.

@@ -307,6 +307,28 @@ async fn source_waits_for_a_broker_that_is_not_there_yet() {
     within(10, "stop", source.join()).await;
 }
 
+/// The poll loop beats the watchdog heartbeat while it turns, also while the broker is
+/// unreachable (reconnect attempts are progress); a heartbeat nobody feeds stalls.
+#[tokio::test]
+async fn the_poll_loop_beats_its_watchdog_heartbeat() {
+    let watchdog = scriptd::systemd::Watchdog::new();
+    let port = support::free_port();
+    let mut connect = MqttConnectOptions::new("127.0.0.1", port, "scriptd-wd");
+    connect.backoff_min = Duration::from_millis(50);
+    connect.backoff_max = Duration::from_millis(100);
+    let mut options = SourceOptions::new(connect, TOPIC);
+    options.progress = Some(watchdog.register("mqtt", Duration::from_millis(500)));
+    let _unfed = watchdog.register("unfed", Duration::from_millis(500));
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let (source, _rx) = MqttSource::spawn(options, async move {
+        let _ = stop_rx.await;
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(watchdog.stalled(), vec!["unfed".to_owned()]);
+    let _ = stop.send(());
+    within(10, "stop", source.join()).await;
+}
+
 /// Receive-and-ack throughput: one publisher floods QoS 1, the source hands every message
 /// over and the consumer acks it at once. Run with
 /// `cargo test --release --test pipeline_source throughput -- --ignored --nocapture`.

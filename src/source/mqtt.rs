@@ -135,12 +135,20 @@ pub struct SourceOptions {
     pub topic: String,
     /// Capacity of the channel to the pipeline.
     pub channel_capacity: usize,
+    /// Beaten on every turn of the poll loop (packets in and out, keep-alive pings,
+    /// connection errors), so the systemd watchdog stops only when the loop itself hangs.
+    pub progress: Option<crate::systemd::Progress>,
 }
 
 impl SourceOptions {
-    /// Options with [`DEFAULT_CHANNEL_CAPACITY`].
+    /// Options with [`DEFAULT_CHANNEL_CAPACITY`] and no heartbeat.
     pub fn new(connect: MqttConnectOptions, topic: impl Into<String>) -> Self {
-        Self { connect, topic: topic.into(), channel_capacity: DEFAULT_CHANNEL_CAPACITY }
+        Self {
+            connect,
+            topic: topic.into(),
+            channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            progress: None,
+        }
     }
 }
 
@@ -305,6 +313,9 @@ async fn run(
     let buffered_gauge = metrics::gauge!("scriptd_mqtt_receive_buffered");
     let acks_counter = metrics::counter!("scriptd_mqtt_acks_total");
     while let Some(event) = stop.poll(&mut eventloop).await {
+        if let Some(progress) = &options.progress {
+            progress.beat();
+        }
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 generation.fetch_add(1, Ordering::AcqRel);
