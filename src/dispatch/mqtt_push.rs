@@ -189,15 +189,8 @@ async fn run(
             Ok(event) => lock(&waiters).on_event(&event),
             Err(e) => {
                 fail_in_flight(&mut eventloop, &waiters);
-                if stop.requested() {
+                if !stop.back_off(&mut conn, &e).await {
                     break;
-                }
-                conn.down(&e);
-                let delay = conn.backoff.next_delay();
-                tokio::select! {
-                    biased;
-                    _ = stop.wait() => break,
-                    _ = tokio::time::sleep(delay) => {}
                 }
             }
         }

@@ -373,15 +373,8 @@ async fn run(
             Ok(_) => {}
             Err(e) => {
                 sub_tx.send_replace(false);
-                if stop.requested() {
+                if !stop.back_off(&mut conn, &e).await {
                     break;
-                }
-                conn.down(&e);
-                let delay = conn.backoff.next_delay();
-                tokio::select! {
-                    biased;
-                    _ = stop.wait() => break,
-                    _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
@@ -458,6 +451,21 @@ impl Stop {
     pub(crate) async fn wait(&mut self) {
         let _ = self.rx.wait_for(|s| *s).await;
         self.requested();
+    }
+
+    /// After a connection error: records the drop and waits out the reconnect backoff.
+    /// Returns false when shutdown was requested (before or during the wait): end the loop.
+    pub(crate) async fn back_off(&mut self, conn: &mut ConnState, e: &ConnectionError) -> bool {
+        if self.requested() {
+            return false;
+        }
+        conn.down(e);
+        let delay = conn.backoff.next_delay();
+        tokio::select! {
+            biased;
+            _ = self.wait() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
     }
 
     /// The next event, or `None` when the loop should end.
