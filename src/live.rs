@@ -16,8 +16,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,7 +28,7 @@ use crate::script::{Lookups, Rule, ScheduleIndex, Timetable, validate};
 use crate::secret::Secret;
 use crate::store::catalog::{Event, Reaction};
 use crate::store::users::descendants;
-use crate::store::{Store, StoreError, scripts, users};
+use crate::store::{Conn, Store, StoreError, scripts, users};
 use crate::validation::FieldErrors;
 
 /// How often the watcher looks for outside changes.
@@ -266,14 +264,8 @@ impl Live {
 
 /// The watcher's dedicated connection and what it saw last.
 struct Watch {
-    conn: rusqlite::Connection,
-    file: (u64, u64),
+    conn: Conn,
     data_version: i64,
-}
-
-fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
-    let m = std::fs::metadata(path)?;
-    Ok((m.dev(), m.ino()))
 }
 
 /// The scripts version: bumped by triggers on every write to the tables the snapshot is
@@ -285,18 +277,15 @@ fn data_version(conn: &rusqlite::Connection) -> Result<i64, StoreError> {
 /// One watcher step: (re)open when needed, reload when the data or the file changed.
 fn poll_once(live: &Live) -> Result<(), StoreError> {
     let mut watch = live.inner.watch.lock().unwrap_or_else(|p| p.into_inner());
-    let path = live.inner.store.path();
-    let identity = file_identity(path)
-        .map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
-    let replaced = watch.as_ref().is_some_and(|w| w.file != identity);
-    if replaced {
-        tracing::info!(path = %path.display(), "database file was replaced; reopening");
+    if watch.as_ref().is_some_and(|w| w.conn.is_stale()) {
+        // Replaced: close now, so the store can switch to the new file (see `Conn`).
+        *watch = None;
     }
-    if watch.is_none() || replaced {
+    if watch.is_none() {
         // (Re)opened: a replaced file has its own counter, so reload once unconditionally.
         let conn = live.inner.store.connect()?;
         let v = data_version(&conn)?;
-        *watch = Some(Watch { conn, file: identity, data_version: v });
+        *watch = Some(Watch { conn, data_version: v });
         return live.reload_locked(&mut watch);
     }
     let changed = match watch.as_ref() {

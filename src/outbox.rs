@@ -42,7 +42,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
-use crate::store::{Store, StoreError};
+use crate::store::{Conn, Staleness, Store, StoreError};
 
 /// How a delivery leaves the daemon; stored with the row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,7 +190,8 @@ pub struct NewDelivery {
 /// assert_eq!(writer.enqueue(&[push], now_ms()).unwrap(), 0);
 /// ```
 pub struct OutboxWriter {
-    conn: Connection,
+    store: Store,
+    conn: Option<Conn>,
     handoff: std::sync::Arc<Handoff>,
 }
 
@@ -208,13 +209,22 @@ const INSERT: &str = "INSERT OR IGNORE INTO deliveries
 impl OutboxWriter {
     /// A writer with a dedicated connection to `store`.
     pub fn new(store: &Store) -> Result<OutboxWriter, StoreError> {
-        Ok(OutboxWriter { conn: store.connect()?, handoff: store.handoff().clone() })
+        Ok(OutboxWriter {
+            store: store.clone(),
+            conn: Some(store.connect()?),
+            handoff: store.handoff().clone(),
+        })
     }
 
     /// Writes `deliveries` in one transaction begun IMMEDIATE; an id already in the outbox
     /// is ignored (a redelivered occurrence adds nothing). Returns the number of new rows.
     /// On error nothing is written. New rows without a lane are also handed over in memory
     /// (see the module documentation).
+    ///
+    /// When the database file was replaced (see [`Conn`]) the writer closes its connection
+    /// and fails with [`StoreError::Replaced`] until the new file can be opened; it never
+    /// commits to the old file after the replacement was noticed, so the caller retries the
+    /// batch and it lands in the new file.
     pub fn enqueue(
         &mut self,
         deliveries: &[NewDelivery],
@@ -223,7 +233,36 @@ impl OutboxWriter {
         if deliveries.is_empty() {
             return Ok(0);
         }
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.release_replaced_file();
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => self.conn.insert(self.store.connect()?),
+        };
+        let epoch = conn.epoch();
+        let staleness = conn.staleness();
+        let result = Self::write(conn, &self.handoff, &staleness, epoch, deliveries, now_ms);
+        if matches!(result, Err(StoreError::Replaced)) {
+            self.conn = None;
+        }
+        result
+    }
+
+    /// Closes the connection if the database file was replaced (see [`Conn`]).
+    pub fn release_replaced_file(&mut self) {
+        if self.conn.as_ref().is_some_and(Conn::is_stale) {
+            self.conn = None;
+        }
+    }
+
+    fn write(
+        conn: &mut Conn,
+        handoff: &Handoff,
+        staleness: &Staleness,
+        epoch: u64,
+        deliveries: &[NewDelivery],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut added = 0;
         let mut fresh = Vec::new();
         let mut db_only = false;
@@ -253,13 +292,20 @@ impl OutboxWriter {
             }
         }
         // Commit and hand over under the hand-over's lock (see the module documentation).
-        let mut queue = self.handoff.lock();
+        // A dispatcher carrying the pending rows of a replaced file over to the new one
+        // reads them under this lock too: either this commit is before that read (and
+        // carried) or it sees the replacement here and is rolled back.
+        let mut queue = handoff.lock();
+        if staleness.is_stale() {
+            return Err(StoreError::Replaced);
+        }
         tx.commit()?;
         queue.db_only |= db_only;
         queue.push(fresh.into_iter().map(|(rowid, i)| {
             let d = &deliveries[i];
             Claimed {
                 rowid,
+                epoch,
                 id: d.id.clone(),
                 reaction: d.reaction.clone(),
                 lane: String::new(),
@@ -340,6 +386,9 @@ impl Handoff {
 pub struct Claimed {
     /// SQLite rowid: the handle for updates (the id column may be hand-edited garbage).
     pub rowid: i64,
+    /// The [`Conn::epoch`] it was read or written with: its rowid means nothing in another
+    /// file (after a replacement it is updated by id).
+    pub epoch: u64,
     /// The delivery id as text.
     pub id: String,
     /// Reaction name (a metric label).
@@ -382,7 +431,8 @@ fn target_of(target: SqlValue, reaction: &str, recipient: &str) -> Result<Target
 /// Up to `limit` due pending rows, oldest due first. A row with a non-empty lane is
 /// returned only when it is its lane's head (no older pending row in the lane), so a lane
 /// waiting for a retry blocks itself and nothing else.
-pub fn due(conn: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+pub fn due(conn: &Conn, now_ms: i64, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+    let epoch = conn.epoch();
     let mut stmt = conn.prepare_cached(
         "SELECT d.rowid, d.id, d.reaction, d.lane, d.attempts, d.payload, d.target, d.recipient
          FROM deliveries d
@@ -404,6 +454,7 @@ pub fn due(conn: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Claimed>,
         let target = target_of(r.get(6)?, &reaction, &recipient);
         Ok(Claimed {
             rowid: r.get(0)?,
+            epoch,
             id: lossy_text(r.get(1)?),
             reaction,
             lane: lossy_text(r.get(3)?),
@@ -461,51 +512,122 @@ pub enum Recorded {
     },
 }
 
+/// Which row an outcome is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowRef {
+    /// A row of the connection's own file, by rowid.
+    Rowid(i64),
+    /// A row read from a file that has since been replaced, by its delivery id (its
+    /// pending copy was carried over to the new file, see [`carry_over`]).
+    Id(String),
+}
+
 /// Records the outcomes of many attempts in one transaction begun IMMEDIATE. Only rows
 /// still pending change (an operator may have edited one meanwhile).
 pub fn record(
     conn: &mut Connection,
-    outcomes: &[(i64, Recorded)],
+    outcomes: &[(RowRef, Recorded)],
     now_ms: i64,
 ) -> Result<(), StoreError> {
     if outcomes.is_empty() {
         return Ok(());
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    {
-        let mut sent = tx.prepare_cached(
-            "UPDATE deliveries SET state = 'sent', attempts = attempts + 1, updated_at = ?2
-             WHERE rowid = ?1 AND state = 'pending'",
-        )?;
-        let mut failed = tx.prepare_cached(
-            "UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?2,
-                    updated_at = ?3
-             WHERE rowid = ?1 AND state = 'pending'",
-        )?;
-        let mut retry = tx.prepare_cached(
-            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?2,
-                    next_attempt_at = ?3, updated_at = ?4
-             WHERE rowid = ?1 AND state = 'pending'",
-        )?;
-        let mut deferred = tx.prepare_cached(
-            "UPDATE deliveries SET next_attempt_at = ?2, updated_at = ?3
-             WHERE rowid = ?1 AND state = 'pending'",
-        )?;
-        for (rowid, outcome) in outcomes {
-            match outcome {
-                Recorded::Sent => sent.execute(params![rowid, now_ms])?,
-                Recorded::Failed { reason } => failed.execute(params![rowid, reason, now_ms])?,
-                Recorded::Retry { reason, next_attempt_at } => {
-                    retry.execute(params![rowid, reason, next_attempt_at, now_ms])?
-                }
-                Recorded::Deferred { next_attempt_at } => {
-                    deferred.execute(params![rowid, next_attempt_at, now_ms])?
-                }
-            };
-        }
+    for (row, outcome) in outcomes {
+        let (by, key) = match row {
+            RowRef::Rowid(rowid) => ("rowid", SqlValue::Integer(*rowid)),
+            RowRef::Id(id) => ("id", SqlValue::Text(id.clone())),
+        };
+        match outcome {
+            Recorded::Sent => tx
+                .prepare_cached(&format!(
+                    "UPDATE deliveries SET state = 'sent', attempts = attempts + 1,
+                            updated_at = ?2
+                     WHERE {by} = ?1 AND state = 'pending'"
+                ))?
+                .execute(params![key, now_ms])?,
+            Recorded::Failed { reason } => tx
+                .prepare_cached(&format!(
+                    "UPDATE deliveries SET state = 'failed', attempts = attempts + 1,
+                            last_error = ?2, updated_at = ?3
+                     WHERE {by} = ?1 AND state = 'pending'"
+                ))?
+                .execute(params![key, reason, now_ms])?,
+            Recorded::Retry { reason, next_attempt_at } => tx
+                .prepare_cached(&format!(
+                    "UPDATE deliveries SET attempts = attempts + 1, last_error = ?2,
+                            next_attempt_at = ?3, updated_at = ?4
+                     WHERE {by} = ?1 AND state = 'pending'"
+                ))?
+                .execute(params![key, reason, next_attempt_at, now_ms])?,
+            Recorded::Deferred { next_attempt_at } => tx
+                .prepare_cached(&format!(
+                    "UPDATE deliveries SET next_attempt_at = ?2, updated_at = ?3
+                     WHERE {by} = ?1 AND state = 'pending'"
+                ))?
+                .execute(params![key, next_attempt_at, now_ms])?,
+        };
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Every column of the `deliveries` table, in the order [`Carried`] keeps them.
+const COLUMNS: &str = "id, occurrence_id, script_id, reaction, recipient, lane, payload, state, \
+                       attempts, next_attempt_at, last_error, created_at, updated_at, target";
+
+/// The pending rows of a database file that was replaced, copied verbatim (see
+/// [`carry_over`]).
+#[derive(Debug, Default)]
+pub struct Carried {
+    rows: Vec<Vec<SqlValue>>,
+}
+
+impl Carried {
+    /// How many rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Adds the rows of a later read (a second replacement before the first was carried).
+    pub fn extend(&mut self, other: Carried) {
+        self.rows.extend(other.rows);
+    }
+}
+
+/// Reads every pending row of the (replaced) file `conn` is on, for [`carry_over`]. Run it
+/// through [`Handoff::query`]: handed-over rows are pending rows of that file too.
+pub fn pending_rows(conn: &Connection) -> Result<Carried, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM deliveries WHERE state = 'pending' ORDER BY rowid"
+    ))?;
+    let width = stmt.column_count();
+    let rows = stmt.query_map([], |r| (0..width).map(|i| r.get::<_, SqlValue>(i)).collect())?;
+    Ok(Carried { rows: rows.collect::<Result<_, _>>()? })
+}
+
+/// Writes the pending rows of a replaced file into the file `conn` is on, in their order,
+/// in one transaction; a delivery id the new file already has keeps the new file's row.
+/// Returns how many rows were added.
+pub fn carry_over(conn: &mut Connection, carried: &Carried) -> Result<usize, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut added = 0;
+    {
+        let mut stmt = tx.prepare(&format!(
+            "INSERT OR IGNORE INTO deliveries ({COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        ))?;
+        for row in &carried.rows {
+            added += stmt.execute(rusqlite::params_from_iter(row.iter()))?;
+        }
+    }
+    tx.commit()?;
+    Ok(added)
 }
 
 /// Deletes up to `limit` finished (`sent` or `failed`) rows last updated before

@@ -183,6 +183,14 @@ impl Intake {
         Outcome::Matched { scripts, deliveries: out.len() - before }
     }
 
+    /// Closes the outbox connection if the database file was replaced (see
+    /// [`crate::store::Conn`]); the next batch opens the new file.
+    pub fn release_replaced_file(&mut self) {
+        if let Some(w) = &mut self.writer {
+            w.release_replaced_file();
+        }
+    }
+
     /// Plans a batch and writes its deliveries in one transaction. Returns the outcome of
     /// each message (in order) and how many deliveries were new; on a database error nothing
     /// of the batch is durable.
@@ -320,7 +328,12 @@ pub async fn run(
                 Some(first) => batch.push(first),
                 None => return,
             },
-            _ = tick.tick() => { beat(); continue; }
+            _ = tick.tick() => {
+                // Idle: a replaced database file must not wait for traffic to be let go.
+                intake.release_replaced_file();
+                beat();
+                continue;
+            }
         }
         while batch.len() < BATCH_MAX {
             match rx.try_recv() {

@@ -35,7 +35,7 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Busy => ApiError::Busy,
+            StoreError::Busy | StoreError::Replaced => ApiError::Busy,
             StoreError::Invalid(errors) => ApiError::Validation(errors),
             other => ApiError::Internal(other.to_string()),
         }

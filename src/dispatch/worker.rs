@@ -63,7 +63,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rand::Rng;
-use rusqlite::Connection;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -73,9 +72,9 @@ use super::mqtt_push::MqttPusher;
 use super::telegram::{RateLimits, TelegramSender};
 use super::webhook::WebhookSender;
 use crate::hub::PushHub;
-use crate::outbox::{self, Claimed, Recorded, Target};
+use crate::outbox::{self, Carried, Claimed, Recorded, RowRef, Target};
 use crate::settings::{LiveSettings, RetryPolicy, TelegramSettings};
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::{Conn, Store, StoreError, now_ms};
 use crate::systemd::Progress;
 use crate::telemetry;
 
@@ -217,12 +216,16 @@ impl Dispatcher {
         let state = Loop {
             store,
             conn: None,
+            epoch: 0,
+            carried: None,
+            carry_failures: 0,
             senders: Arc::new(senders),
             config,
             live,
             notify: notify.clone(),
             stats: stats.clone(),
             in_flight: HashSet::new(),
+            in_flight_ids: HashSet::new(),
             busy_lanes: HashSet::new(),
             tasks: JoinSet::new(),
             task_rows: HashMap::new(),
@@ -243,31 +246,63 @@ impl Dispatcher {
     }
 }
 
-/// One finished attempt, waiting to be recorded.
-struct Finished {
+/// The row of an attempt in flight.
+struct Slot {
     rowid: i64,
+    /// The file generation the rowid belongs to ([`Conn::epoch`]).
+    epoch: u64,
+    id: String,
     lane: String,
     reaction: String,
+}
+
+impl Slot {
+    fn of(row: &Claimed) -> Slot {
+        Slot {
+            rowid: row.rowid,
+            epoch: row.epoch,
+            id: row.id.clone(),
+            lane: row.lane.clone(),
+            reaction: row.reaction.clone(),
+        }
+    }
+}
+
+/// One finished attempt, waiting to be recorded.
+struct Finished {
+    slot: Slot,
     recorded: Recorded,
 }
 
-type Db = Arc<Mutex<Connection>>;
+type Db = Arc<Mutex<Conn>>;
+
+/// How often the pending rows of a replaced file are tried to be read before giving up.
+const CARRY_TRIES: u32 = 5;
 
 struct Loop {
     store: Store,
     conn: Option<Db>,
+    /// The file generation `conn` is on.
+    epoch: u64,
+    /// Pending rows of a replaced file, to be written into the new one.
+    carried: Option<Carried>,
+    /// Failed reads of a replaced file's pending rows so far.
+    carry_failures: u32,
     senders: Arc<Senders>,
     config: DispatcherConfig,
     live: Arc<ArcSwap<LiveSettings>>,
     notify: Arc<Notify>,
     stats: Arc<Stats>,
-    /// Rowids claimed and not yet recorded.
-    in_flight: HashSet<i64>,
+    /// Rows (epoch, rowid) claimed and not yet recorded.
+    in_flight: HashSet<(u64, i64)>,
+    /// Their delivery ids: after a file replacement a row carried to the new file is the
+    /// same delivery as one in flight from the old file.
+    in_flight_ids: HashSet<String>,
     /// Non-empty lanes with a delivery in flight.
     busy_lanes: HashSet<String>,
     tasks: JoinSet<Finished>,
     /// Which row each running attempt belongs to (to free a panicked attempt's slot).
-    task_rows: HashMap<tokio::task::Id, (i64, String, String)>,
+    task_rows: HashMap<tokio::task::Id, Slot>,
     /// Outcomes not yet committed.
     finished: Vec<Finished>,
     telegram: Option<(TelegramSettings, Result<Arc<TelegramSender>, SendError>)>,
@@ -284,10 +319,26 @@ struct Loop {
     last_query: Instant,
 }
 
+/// [`with_db`] for a call that borrows `value`, which is given back with the result.
+async fn with_db_owned<V: Send + 'static, T: Send + 'static>(
+    db: &Db,
+    value: V,
+    f: impl FnOnce(&mut Conn, &V) -> Result<T, StoreError> + Send + 'static,
+) -> Result<(V, Result<T, StoreError>), StoreError> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = db.lock().unwrap_or_else(|p| p.into_inner());
+        let r = f(&mut conn, &value);
+        (value, r)
+    })
+    .await
+    .map_err(|e| StoreError::Migration(format!("database task failed: {e}")))
+}
+
 /// Runs a blocking database call on the dispatcher's connection.
 async fn with_db<T: Send + 'static>(
     db: &Db,
-    f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     let db = db.clone();
     match tokio::task::spawn_blocking(move || {
@@ -365,7 +416,7 @@ impl Loop {
             return;
         }
         for row in self.handoff.take(free) {
-            if !self.in_flight.contains(&row.rowid) {
+            if !self.is_in_flight(&row) {
                 self.start(row);
             }
         }
@@ -385,7 +436,7 @@ impl Loop {
                 self.finished.push(f);
             }
             Err(e) => {
-                let Some((rowid, lane, reaction)) = self.task_rows.remove(&e.id()) else {
+                let Some(slot) = self.task_rows.remove(&e.id()) else {
                     return;
                 };
                 if e.is_cancelled() {
@@ -398,7 +449,7 @@ impl Loop {
                     reason: "internal error: the attempt panicked".into(),
                     next_attempt_at: now_ms() + 60_000,
                 };
-                self.finished.push(Finished { rowid, lane, reaction, recorded });
+                self.finished.push(Finished { slot, recorded });
             }
         }
     }
@@ -429,25 +480,93 @@ impl Loop {
         }
     }
 
+    /// The outbox connection: (re)opened when needed. When the database file was replaced,
+    /// the pending rows of the old file are read and the connection closed (see
+    /// [`Conn`]); once the new file can be opened they are written into it before anything
+    /// else, so nothing the intake accepted is lost with the old file.
     async fn db(&mut self) -> Option<Db> {
-        if let Some(db) = &self.conn {
-            return Some(db.clone());
+        if let Some(db) = self.conn.clone() {
+            let stale = db.lock().unwrap_or_else(|p| p.into_inner()).is_stale();
+            if !stale {
+                return Some(db);
+            }
+            if !self.leave_replaced_file(db).await {
+                return None;
+            }
         }
         let store = self.store.clone();
         let opened = tokio::task::spawn_blocking(move || store.connect())
             .await
             .unwrap_or_else(|e| Err(StoreError::Migration(format!("connect task failed: {e}"))));
-        match opened {
+        let db = match opened {
             Ok(conn) => {
+                self.epoch = conn.epoch();
                 let db = Arc::new(Mutex::new(conn));
                 self.conn = Some(db.clone());
-                Some(db)
+                db
             }
             Err(e) => {
                 self.db_failed("open", &e);
-                None
+                return None;
+            }
+        };
+        if let Some(carried) = self.carried.take() {
+            let (carried, result) =
+                match with_db_owned(&db, carried, |c, rows| outbox::carry_over(c, rows)).await {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        self.db_failed("carry pending deliveries over", &e);
+                        return None;
+                    }
+                };
+            match result {
+                Ok(added) => tracing::info!(
+                    pending = carried.len(),
+                    added,
+                    "pending deliveries of the replaced database file carried over to the new one"
+                ),
+                Err(e) => {
+                    self.carried = Some(carried);
+                    self.db_failed("carry pending deliveries over", &e);
+                    return None;
+                }
+            }
+            self.backlog = true;
+        }
+        Some(db)
+    }
+
+    /// Reads the pending rows of a replaced file (dropping what was handed over: those
+    /// rows are among them) and closes the connection. False when the read failed and
+    /// should be tried again.
+    async fn leave_replaced_file(&mut self, db: Db) -> bool {
+        let handoff = self.handoff.clone();
+        match with_db(&db, move |c| handoff.query(|| outbox::pending_rows(c))).await {
+            Ok(rows) => {
+                self.carry_failures = 0;
+                match &mut self.carried {
+                    Some(earlier) => earlier.extend(rows),
+                    None => self.carried = Some(rows),
+                }
+            }
+            Err(e) if self.carry_failures + 1 < CARRY_TRIES => {
+                self.carry_failures += 1;
+                self.db_failed("read the pending deliveries of the replaced file", &e);
+                self.conn = Some(db);
+                return false;
+            }
+            Err(e) => {
+                self.carry_failures = 0;
+                tracing::error!(
+                    error = %e,
+                    "cannot read the pending deliveries of the replaced database file; \
+                     they stay in the old file"
+                );
             }
         }
+        self.conn = None;
+        self.backlog = true;
+        true
     }
 
     /// Records finished attempts; frees their slots only after the commit. False when the
@@ -457,15 +576,27 @@ impl Loop {
             return true;
         }
         let Some(db) = self.db().await else { return false };
-        let outcomes: Vec<(i64, Recorded)> =
-            self.finished.iter().map(|f| (f.rowid, f.recorded.clone())).collect();
+        let epoch = self.epoch;
+        let outcomes: Vec<(RowRef, Recorded)> = self
+            .finished
+            .iter()
+            .map(|f| {
+                let row = if f.slot.epoch == epoch {
+                    RowRef::Rowid(f.slot.rowid)
+                } else {
+                    RowRef::Id(f.slot.id.clone())
+                };
+                (row, f.recorded.clone())
+            })
+            .collect();
         match with_db(&db, move |c| outbox::record(c, &outcomes, now_ms())).await {
             Ok(()) => {
                 self.db_ok();
                 for f in std::mem::take(&mut self.finished) {
-                    self.in_flight.remove(&f.rowid);
-                    if !f.lane.is_empty() {
-                        self.busy_lanes.remove(&f.lane);
+                    self.in_flight.remove(&(f.slot.epoch, f.slot.rowid));
+                    self.in_flight_ids.remove(&f.slot.id);
+                    if !f.slot.lane.is_empty() {
+                        self.busy_lanes.remove(&f.slot.lane);
                     }
                     let (outcome, counter) = match f.recorded {
                         Recorded::Sent => (telemetry::OUTCOME_DELIVERED, &self.stats.sent),
@@ -482,7 +613,7 @@ impl Loop {
                     }
                     counter.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(telemetry::DELIVERIES,
-                        telemetry::LABEL_REACTION => f.reaction,
+                        telemetry::LABEL_REACTION => f.slot.reaction,
                         telemetry::LABEL_OUTCOME => outcome)
                     .increment(1);
                 }
@@ -521,7 +652,7 @@ impl Loop {
             if started >= free {
                 break;
             }
-            if self.in_flight.contains(&row.rowid)
+            if self.is_in_flight(&row)
                 || (!row.lane.is_empty() && self.busy_lanes.contains(&row.lane))
             {
                 continue;
@@ -578,8 +709,13 @@ impl Loop {
         }
     }
 
+    fn is_in_flight(&self, row: &Claimed) -> bool {
+        self.in_flight.contains(&(row.epoch, row.rowid)) || self.in_flight_ids.contains(&row.id)
+    }
+
     fn start(&mut self, row: Claimed) {
-        self.in_flight.insert(row.rowid);
+        self.in_flight.insert((row.epoch, row.rowid));
+        self.in_flight_ids.insert(row.id.clone());
         if !row.lane.is_empty() {
             self.busy_lanes.insert(row.lane.clone());
         }
@@ -589,7 +725,7 @@ impl Loop {
         };
         let senders = self.senders.clone();
         let policy = self.live.load().retry;
-        let task_row = (row.rowid, row.lane.clone(), row.reaction.clone());
+        let task_row = Slot::of(&row);
         let handle = self.tasks.spawn(async move {
             let result =
                 match tokio::time::timeout(ATTEMPT_DEADLINE, attempt(&row, &senders, telegram))
@@ -604,7 +740,7 @@ impl Loop {
             if let Recorded::Failed { reason } = &recorded {
                 tracing::warn!(delivery = %shown_id(&row), reaction = %row.reaction, reason = %reason, "delivery failed");
             }
-            Finished { rowid: row.rowid, lane: row.lane, reaction: row.reaction, recorded }
+            Finished { slot: Slot::of(&row), recorded }
         });
         self.task_rows.insert(handle.id(), task_row);
     }

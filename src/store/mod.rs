@@ -10,10 +10,13 @@
 //! Calls are blocking: async callers wrap them in `tokio::task::spawn_blocking`.
 //!
 //! Layout: [`migrations`] (the versioned schema), [`catalog`] (events, reactions and the
-//! default set), [`users`], [`tokens`], [`scripts`], [`deliveries`].
+//! default set), [`users`], [`tokens`], [`scripts`], [`deliveries`]; `file` counts the
+//! connections per file so a database file replaced under the daemon is switched to
+//! safely (see [`Conn`]).
 
 pub mod catalog;
 pub mod deliveries;
+mod file;
 pub mod migrations;
 pub mod scripts;
 pub mod tokens;
@@ -28,6 +31,8 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavio
 
 use crate::outbox::Handoff;
 use crate::validation::FieldErrors;
+use file::FileGate;
+pub use file::{Conn, Staleness};
 
 /// How long a connection waits for another writer before giving up with [`StoreError::Busy`].
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,6 +71,13 @@ pub enum StoreError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The database file was replaced; the connections to the old file are being closed
+    /// (see [`Conn::is_stale`]). Temporary: retry shortly.
+    #[error(
+        "the database file was replaced; waiting for the connections to the old file to \
+         close before opening the new one"
+    )]
+    Replaced,
     /// Any other SQLite error.
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),
@@ -111,13 +123,17 @@ impl Synchronous {
 }
 
 /// Handle on the database file; cheap to clone, opens a connection per operation. Clones
-/// share one outbox [`Handoff`].
+/// share one outbox [`Handoff`] and the bookkeeping that notices a replaced file (see
+/// [`Conn`]).
 #[derive(Debug, Clone)]
 pub struct Store {
     path: PathBuf,
     busy_timeout: Duration,
     synchronous: Synchronous,
     handoff: Arc<Handoff>,
+    file: Arc<FileGate>,
+    /// Seed the default catalogs into a file that replaces the database ([`Store::migrate`]).
+    seed: bool,
 }
 
 impl Store {
@@ -130,6 +146,8 @@ impl Store {
             busy_timeout: BUSY_TIMEOUT,
             synchronous: Synchronous::default(),
             handoff: Arc::new(Handoff::default()),
+            file: Arc::new(FileGate::default()),
+            seed: false,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -143,8 +161,9 @@ impl Store {
     /// `scriptd migrate`: [`Store::open`], then seeds the default catalogs (existing rows are
     /// kept, so operators' edits survive). Idempotent.
     pub fn migrate(path: &Path) -> Result<Store, StoreError> {
-        let store = Store::open(path)?;
+        let mut store = Store::open(path)?;
         store.write(|tx| catalog::seed_defaults(tx))?;
+        store.seed = true;
         Ok(store)
     }
 
@@ -172,23 +191,62 @@ impl Store {
     }
 
     /// A new connection to the existing file: WAL, busy timeout, `synchronous`, foreign keys
-    /// on. Only
-    /// [`Store::open`] creates the file, so a database removed while the daemon runs is an
-    /// error, not a silently empty new one.
-    pub fn connect(&self) -> Result<Connection, StoreError> {
+    /// on. Only [`Store::open`] creates the file, so a database removed while the daemon
+    /// runs is an error, not a silently empty new one. While connections to a replaced file
+    /// are still open this is [`StoreError::Replaced`]; the first connection to the new
+    /// file migrates it (see [`Conn`]).
+    pub fn connect(&self) -> Result<Conn, StoreError> {
         self.connect_with(OpenFlags::empty())
     }
 
-    fn connect_with(&self, extra: OpenFlags) -> Result<Connection, StoreError> {
-        let conn = Connection::open_with_flags(
+    fn connect_with(&self, extra: OpenFlags) -> Result<Conn, StoreError> {
+        let reservation = self.file.reserve(&self.path, file::identity_of(&self.path))?;
+        let prepare = reservation.prepare;
+        let result = Connection::open_with_flags(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | extra,
-        )?;
+        )
+        .map_err(StoreError::from)
+        .and_then(|conn| self.configure(conn, reservation));
+        if prepare {
+            self.file.prepared(result.is_ok());
+        }
+        result
+    }
+
+    fn configure(
+        &self,
+        conn: Connection,
+        reservation: file::Reservation,
+    ) -> Result<Conn, StoreError> {
+        // Nothing has been read yet: if the path moved meanwhile, this connection may be on
+        // either file, and closing it now touches neither.
+        if reservation.expected.is_some_and(|e| file::identity_of(&self.path) != Some(e)) {
+            return Err(StoreError::Replaced);
+        }
+        let mut conn = Conn::new(conn, reservation.lease, &self.path);
         conn.busy_timeout(self.busy_timeout)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", self.synchronous.pragma())?;
         conn.pragma_update(None, "foreign_keys", true)?;
+        if reservation.prepare {
+            self.prepare_new_file(&mut conn)?;
+        }
+        self.file.note_wal(&self.path, conn.epoch());
         Ok(conn)
+    }
+
+    /// The first connection to a file that replaced the database: bring it to the current
+    /// schema (and seed the catalogs, as `scriptd migrate` and `run` do).
+    fn prepare_new_file(&self, conn: &mut Connection) -> Result<(), StoreError> {
+        migrations::to_latest(conn)?;
+        if self.seed {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            catalog::seed_defaults(&tx)?;
+            tx.commit()?;
+        }
+        tracing::info!(path = %self.path.display(), "the new database file is ready");
+        Ok(())
     }
 
     /// Runs `f` in a read transaction (a consistent view across several queries).
