@@ -60,7 +60,7 @@ pub fn check_level(level: &str) -> Result<(), String> {
 /// Directives added for the embedded broker unless the operator names `rumqttd`.
 const QUIET_BROKER: &str = "rumqttd=warn,rumqttd::server::broker=off";
 
-/// Builds the filter for `level`, adding [`QUIET_BROKER`] unless `level` mentions `rumqttd`.
+/// Builds the filter for `level`, adding the rumqttd quieting directives unless `level` mentions `rumqttd`.
 pub fn filter_for(level: &str) -> Result<EnvFilter, LoggingError> {
     let err = |reason: String| LoggingError::Level { level: level.to_string(), reason };
     check_level(level).map_err(err)?;
