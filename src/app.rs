@@ -219,6 +219,7 @@ pub async fn start(
     connect.password = settings.mqtt.password.clone();
     connect.keep_alive = settings.mqtt.keep_alive();
     (connect.backoff_min, connect.backoff_max) = settings.mqtt.reconnect_backoff();
+    connect.inflight = settings.mqtt.inflight;
 
     let watchdog = Watchdog::new();
     let beat_for = |name: &str| {

@@ -125,7 +125,8 @@ pub struct TelegramSettings {
     pub request_timeout_seconds: u64,
     /// Most messages per second to one chat.
     pub per_chat_per_second: u32,
-    /// Most messages per minute to one chat.
+    /// Most messages in any minute to one chat (groups: the lower of this and
+    /// `per_group_per_minute`).
     pub per_chat_per_minute: u32,
     /// Most messages per second through one bot token.
     pub per_token_per_second: u32,
@@ -296,7 +297,7 @@ impl Default for TelegramSettings {
             api_url: "https://api.telegram.org".into(),
             request_timeout_seconds: 15,
             per_chat_per_second: 1,
-            per_chat_per_minute: 20,
+            per_chat_per_minute: 60,
             per_token_per_second: 30,
             per_group_per_minute: 20,
         }

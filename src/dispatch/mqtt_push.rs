@@ -104,7 +104,7 @@ impl MqttPusher {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> MqttPusher {
         let mut options = connect.mqtt_options(client_id, true);
-        options.set_inflight(100);
+        options.set_inflight(connect.inflight.max(1));
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let (state_tx, connected) = watch::channel(false);
         let waiters = Arc::new(Mutex::new(Waiters::default()));

@@ -8,10 +8,10 @@
 //!
 //! - at most `per_token_per_second` messages per second per token (Telegram: ~30/s),
 //! - at least `per_chat_interval` between two messages to one chat (Telegram: ~1/s),
-//! - at most `per_group_per_minute` messages per minute to one group (chat ids starting
-//!   with `-`; Telegram: 20/min).
+//! - at most `per_chat_per_minute` messages in any minute to one chat, and at most
+//!   `per_group_per_minute` to one group (chat ids starting with `-`; Telegram: 20/min).
 //!
-//! The limiter reserves the earliest slot that satisfies all three and sleeps until then
+//! The limiter reserves the earliest slot that satisfies all of them and sleeps until then
 //! (tokio timers, no polling). A slot further away than `max_wait` is not waited for: the
 //! send returns [`SendError::Retryable`] with `after`, so an outbox worker is never held for
 //! a minute by a busy group. teloxide's `Throttle` adaptor is not used: it retries 429s
@@ -65,6 +65,8 @@ pub struct RateLimits {
     pub per_token_per_second: u32,
     /// Least time between two messages to one chat.
     pub per_chat_interval: Duration,
+    /// Messages in any minute to one chat.
+    pub per_chat_per_minute: u32,
     /// Messages per minute to one group chat (id starting with `-`).
     pub per_group_per_minute: u32,
     /// The longest the limiter waits inside `send`; beyond it, `Retryable { after }`.
@@ -74,12 +76,13 @@ pub struct RateLimits {
 }
 
 impl Default for RateLimits {
-    /// Telegram's published limits: 30/s per token, 1/s per chat, 20/min per group; waits
-    /// up to 5 s; a rejected token rests for 5 minutes.
+    /// Telegram's published limits: 30/s per token, 1/s per chat (so 60/min), 20/min per
+    /// group; waits up to 5 s; a rejected token rests for 5 minutes.
     fn default() -> Self {
         Self {
             per_token_per_second: 30,
             per_chat_interval: Duration::from_secs(1),
+            per_chat_per_minute: 60,
             per_group_per_minute: 20,
             max_wait: Duration::from_secs(5),
             bad_token_hold: Duration::from_secs(300),
@@ -261,15 +264,17 @@ impl TelegramSender {
         if let Some(next) = chat.next {
             at = at.max(next);
         }
-        let per_minute = limits.per_group_per_minute.max(1) as usize;
+        let mut per_minute = limits.per_chat_per_minute.max(1);
         if group {
-            while chat.window.front().is_some_and(|t| *t + Duration::from_secs(60) <= now) {
-                chat.window.pop_front();
-            }
-            if chat.window.len() >= per_minute {
-                let idx = chat.window.len() - per_minute;
-                at = at.max(chat.window[idx] + Duration::from_secs(60));
-            }
+            per_minute = per_minute.min(limits.per_group_per_minute.max(1));
+        }
+        let per_minute = per_minute as usize;
+        while chat.window.front().is_some_and(|t| *t + Duration::from_secs(60) <= now) {
+            chat.window.pop_front();
+        }
+        if chat.window.len() >= per_minute {
+            let idx = chat.window.len() - per_minute;
+            at = at.max(chat.window[idx] + Duration::from_secs(60));
         }
         // Per token: slots at least 1/rate apart (stricter than "rate per second", simple to
         // keep exact when slots are reserved out of order by different chats).
@@ -294,9 +299,8 @@ impl TelegramSender {
         let pos = state.token_slots.partition_point(|t| *t <= at);
         state.token_slots.insert(pos, at);
         chat.next = Some(at + limits.per_chat_interval);
-        if group {
-            chat.window.push_back(at);
-        }
+        let pos = chat.window.partition_point(|t| *t <= at);
+        chat.window.insert(pos, at);
         Ok((state.bot.clone(), at))
     }
 
@@ -520,5 +524,32 @@ mod tests {
             }
             other => panic!("expected retryable with after, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn private_chats_follow_per_chat_per_minute() {
+        let limits = RateLimits {
+            per_chat_interval: Duration::ZERO,
+            per_chat_per_minute: 5,
+            max_wait: Duration::from_secs(120),
+            ..RateLimits::default()
+        };
+        let s = sender(limits.clone());
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            let (_, at) = s.reserve("tok", "42", t0).unwrap();
+            assert!(at < t0 + Duration::from_secs(1));
+        }
+        let (_, sixth) = s.reserve("tok", "42", t0).unwrap();
+        assert!(sixth >= t0 + Duration::from_secs(60), "the 6th waits for the minute");
+        // Another chat has its own window; a group gets the lower of the two limits.
+        let (_, other) = s.reserve("tok", "43", t0).unwrap();
+        assert!(other < t0 + Duration::from_secs(1));
+        let s = sender(RateLimits { per_group_per_minute: 3, ..limits });
+        for _ in 0..3 {
+            let _ = s.reserve("tok", "-7", t0).unwrap();
+        }
+        let (_, fourth) = s.reserve("tok", "-7", t0).unwrap();
+        assert!(fourth >= t0 + Duration::from_secs(60), "groups: min(per chat, per group)");
     }
 }

@@ -30,7 +30,8 @@ pub struct WebhookSender {
 }
 
 impl WebhookSender {
-    /// A sender whose every request (connect, send, whole response) is bounded by `timeout`.
+    /// A sender whose connections are bounded by `timeout` (each request has its own
+    /// deadline, see [`WebhookSender::send`]).
     pub fn new(timeout: Duration) -> Result<Self, SendError> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -42,12 +43,14 @@ impl WebhookSender {
         Ok(Self { client })
     }
 
-    /// POSTs `payload` to `url`, signed with `secret` when given. One attempt.
+    /// POSTs `payload` to `url`, signed with `secret` when given. One attempt, bounded by
+    /// `timeout` as a whole (`webhook.timeout_seconds`, read per attempt so SIGHUP applies).
     pub async fn send(
         &self,
         url: &str,
         secret: Option<&Secret>,
         payload: &serde_json::Value,
+        timeout: Duration,
     ) -> Result<(), SendError> {
         let body = serde_json::to_vec(payload)
             .map_err(|e| SendError::permanent(format!("cannot serialise the payload: {e}")))?;
@@ -59,6 +62,7 @@ impl WebhookSender {
         let mut request = self
             .client
             .post(url)
+            .timeout(timeout)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(secret) = secret {
             request =

@@ -690,6 +690,7 @@ impl Loop {
             let limits = RateLimits {
                 per_token_per_second: wanted.per_token_per_second.max(1),
                 per_chat_interval: Duration::from_secs(1) / wanted.per_chat_per_second.max(1),
+                per_chat_per_minute: wanted.per_chat_per_minute.max(1),
                 per_group_per_minute: wanted.per_group_per_minute.max(1),
                 ..RateLimits::default()
             };
@@ -724,11 +725,14 @@ impl Loop {
             _ => None,
         };
         let senders = self.senders.clone();
-        let policy = self.live.load().retry;
+        let (policy, webhook_timeout) = {
+            let live = self.live.load();
+            (live.retry, live.webhook.timeout())
+        };
         let task_row = Slot::of(&row);
         let handle = self.tasks.spawn(async move {
             let result =
-                match tokio::time::timeout(ATTEMPT_DEADLINE, attempt(&row, &senders, telegram))
+                match tokio::time::timeout(ATTEMPT_DEADLINE, attempt(&row, &senders, telegram, webhook_timeout))
                     .await
                 {
                     Ok(r) => r,
@@ -838,6 +842,7 @@ async fn attempt(
     row: &Claimed,
     senders: &Senders,
     telegram: Option<Result<Arc<TelegramSender>, SendError>>,
+    webhook_timeout: Duration,
 ) -> Result<(), SendError> {
     let target = row.target.as_ref().map_err(|e| SendError::permanent(e.clone()))?;
     match target {
@@ -859,7 +864,7 @@ async fn attempt(
         Target::Webhook { url, secret } => {
             let payload: serde_json::Value = serde_json::from_str(&row.payload)
                 .map_err(|_| SendError::permanent("the delivery's payload is not JSON"))?;
-            senders.webhook.send(url, secret.as_ref(), &payload).await
+            senders.webhook.send(url, secret.as_ref(), &payload, webhook_timeout).await
         }
     }
 }

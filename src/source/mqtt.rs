@@ -92,10 +92,14 @@ pub struct MqttConnectOptions {
     pub backoff_min: Duration,
     /// Largest reconnect delay.
     pub backoff_max: Duration,
+    /// Most QoS 1 publishes awaiting their PUBACK at once on a publishing connection (the
+    /// pusher; `mqtt.inflight`).
+    pub inflight: u16,
 }
 
 impl MqttConnectOptions {
-    /// Options with the defaults: keep alive 30 s, backoff 100 ms … 30 s, no credentials.
+    /// Options with the defaults: keep alive 30 s, backoff 100 ms … 30 s, no credentials,
+    /// 100 publishes in flight.
     pub fn new(host: impl Into<String>, port: u16, client_id: impl Into<String>) -> Self {
         Self {
             host: host.into(),
@@ -106,6 +110,7 @@ impl MqttConnectOptions {
             keep_alive: Duration::from_secs(30),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
+            inflight: 100,
         }
     }
 
