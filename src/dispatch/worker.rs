@@ -219,6 +219,7 @@ impl Dispatcher {
             epoch: 0,
             carried: None,
             carry_failures: 0,
+            next_file_check: Instant::now(),
             senders: Arc::new(senders),
             config,
             live,
@@ -276,6 +277,9 @@ struct Finished {
 
 type Db = Arc<Mutex<Conn>>;
 
+/// How often the dispatcher looks whether the database file was replaced.
+const FILE_CHECK_EVERY: Duration = Duration::from_millis(100);
+
 /// How often the pending rows of a replaced file are tried to be read before giving up.
 const CARRY_TRIES: u32 = 5;
 
@@ -288,6 +292,8 @@ struct Loop {
     carried: Option<Carried>,
     /// Failed reads of a replaced file's pending rows so far.
     carry_failures: u32,
+    /// When to look again whether the database file was replaced.
+    next_file_check: Instant,
     senders: Arc<Senders>,
     config: DispatcherConfig,
     live: Arc<ArcSwap<LiveSettings>>,
@@ -486,6 +492,12 @@ impl Loop {
     /// else, so nothing the intake accepted is lost with the old file.
     async fn db(&mut self) -> Option<Db> {
         if let Some(db) = self.conn.clone() {
+            // One `stat` per FILE_CHECK_EVERY, not one per loop turn.
+            let now = Instant::now();
+            if now < self.next_file_check {
+                return Some(db);
+            }
+            self.next_file_check = now + FILE_CHECK_EVERY;
             let stale = db.lock().unwrap_or_else(|p| p.into_inner()).is_stale();
             if !stale {
                 return Some(db);
