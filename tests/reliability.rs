@@ -93,6 +93,48 @@ async fn setup(broker: &Mosquitto, opts: DaemonOptions) -> (Daemon, PersistentSu
     (d, app)
 }
 
+/// Mosquitto, a webhook receiver that is down (503 until `clear_statuses`), and a daemon
+/// with short retry delays (plus `env`) and one webhook script (its id is returned).
+async fn with_receiver_down(env: &[(&str, &str)]) -> (Mosquitto, WebhookReceiver, Daemon, i64) {
+    let broker = Mosquitto::start().await;
+    let hook = WebhookReceiver::start(Some("k")).await;
+    for _ in 0..100_000 {
+        hook.push_status(503); // the receiver is down: deliveries stay pending
+    }
+    let mut vars = vec![
+        ("SCRIPTD__DELIVERY__BACKOFF_INITIAL_MS".to_owned(), "100".to_owned()),
+        ("SCRIPTD__DELIVERY__BACKOFF_MAX_MS".to_owned(), "500".to_owned()),
+    ];
+    vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let opts = DaemonOptions {
+        external_broker: Some(broker.port()),
+        env: vars,
+        ..DaemonOptions::default()
+    };
+    let d = Daemon::start(opts).await;
+    let mut s = script("hook", WEBHOOK, FACE, &[1], all_day());
+    s["extra"] = json!({"url": hook.url(), "secret": "k"});
+    let id = d.create_script(&s).await["id"].as_i64().expect("script id");
+    (broker, hook, d, id)
+}
+
+/// The occurrence ids of the webhooks the receiver accepted (200), repeats included.
+fn delivered(hook: &WebhookReceiver) -> Vec<String> {
+    hook.received()
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.json()["occurrence_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A consistent copy of the daemon's database (`VACUUM INTO`), as an operator's backup.
+fn backup(d: &Daemon) -> std::path::PathBuf {
+    let copy = d.dir.path().join("restored.db");
+    let conn = rusqlite::Connection::open(d.dir.path().join("scriptd.db")).expect("open db");
+    conn.execute("VACUUM INTO ?1", [copy.to_str().expect("utf-8 path")]).expect("copy");
+    copy
+}
+
 async fn broker_up(d: &Daemon) -> bool {
     match reqwest::get(format!("http://127.0.0.1:{}/healthz", d.api_port)).await {
         Ok(r) => r.status().is_success(),
@@ -217,24 +259,8 @@ async fn occurrences_published_while_down_are_processed_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_1000_pending_exits_cleanly_and_delivers_after_restart() {
     const N: usize = 1_000;
-    let broker = Mosquitto::start().await;
-    let hook = WebhookReceiver::start(Some("k")).await;
-    for _ in 0..100_000 {
-        hook.push_status(503); // the receiver is down: deliveries stay pending
-    }
-    let opts = DaemonOptions {
-        external_broker: Some(broker.port()),
-        env: vec![
-            ("SCRIPTD__DELIVERY__BACKOFF_INITIAL_MS".into(), "100".into()),
-            ("SCRIPTD__DELIVERY__BACKOFF_MAX_MS".into(), "500".into()),
-            ("SCRIPTD__DELIVERY__SHUTDOWN_DEADLINE_SECONDS".into(), "5".into()),
-        ],
-        ..DaemonOptions::default()
-    };
-    let mut d = Daemon::start(opts).await;
-    let mut s = script("hook", WEBHOOK, FACE, &[1], all_day());
-    s["extra"] = json!({"url": hook.url(), "secret": "k"});
-    d.create_script(&s).await;
+    let (broker, hook, mut d, _) =
+        with_receiver_down(&[("SCRIPTD__DELIVERY__SHUTDOWN_DEADLINE_SECONDS", "5")]).await;
     let vms = ReliablePublisher::connect(broker.port(), "vms-term");
     for i in 0..N {
         vms.publish(TOPIC, occ(i)).await;
@@ -257,12 +283,7 @@ async fn sigterm_with_1000_pending_exits_cleanly_and_delivers_after_restart() {
     d.spawn().await;
     let states = wait_all_sent(&d, N as i64, 120).await;
     assert_eq!(states.get("failed"), None, "{states:?}");
-    let ids: BTreeSet<String> = hook
-        .received()
-        .iter()
-        .filter(|r| r.status == 200)
-        .map(|r| r.json()["occurrence_id"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let ids: BTreeSet<String> = delivered(&hook).into_iter().collect();
     assert_eq!(ids.len(), N, "every webhook delivered after the restart");
 }
 
@@ -354,11 +375,7 @@ async fn a_replaced_database_file_is_reopened_and_loses_nothing() {
         d.create_script(&script("only in the new file", SOUND, FACE, &[1], all_day())).await;
     let only_new_id = only_new["id"].as_i64().expect("id");
     let db = d.dir.path().join("scriptd.db");
-    let restored = d.dir.path().join("restored.db");
-    {
-        let conn = rusqlite::Connection::open(&db).expect("open db");
-        conn.execute("VACUUM INTO ?1", [restored.to_str().expect("utf-8 path")]).expect("copy");
-    }
+    let restored = backup(&d);
     let r = reqwest::Client::new()
         .delete(d.url(&format!("/scripts/{only_new_id}")))
         .bearer_auth(&d.token)
@@ -480,30 +497,10 @@ async fn a_replaced_database_file_is_reopened_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_deliveries_of_a_replaced_file_are_carried_over() {
     const N: usize = 300;
-    let broker = Mosquitto::start().await;
-    let hook = WebhookReceiver::start(Some("k")).await;
-    for _ in 0..100_000 {
-        hook.push_status(503); // the receiver is down: deliveries stay pending
-    }
-    let opts = DaemonOptions {
-        external_broker: Some(broker.port()),
-        env: vec![
-            ("SCRIPTD__DELIVERY__BACKOFF_INITIAL_MS".into(), "100".into()),
-            ("SCRIPTD__DELIVERY__BACKOFF_MAX_MS".into(), "500".into()),
-        ],
-        ..DaemonOptions::default()
-    };
-    let d = Daemon::start(opts).await;
-    let mut s = script("hook", WEBHOOK, FACE, &[1], all_day());
-    s["extra"] = json!({"url": hook.url(), "secret": "k"});
-    let hook_id = d.create_script(&s).await["id"].as_i64().expect("id");
+    let (broker, hook, d, hook_id) = with_receiver_down(&[]).await;
     // The "backup", taken before any delivery exists.
     let db = d.dir.path().join("scriptd.db");
-    let restored = d.dir.path().join("restored.db");
-    {
-        let conn = rusqlite::Connection::open(&db).expect("open db");
-        conn.execute("VACUUM INTO ?1", [restored.to_str().expect("utf-8 path")]).expect("copy");
-    }
+    let restored = backup(&d);
     let vms = ReliablePublisher::connect(broker.port(), "vms-carry");
     for i in 0..N {
         vms.publish(TOPIC, occ(i)).await;
@@ -535,12 +532,7 @@ async fn pending_deliveries_of_a_replaced_file_are_carried_over() {
     .await;
     assert_eq!(states.get("sent"), Some(&(N as i64)), "{states:?}");
     assert_eq!(states.values().sum::<i64>(), N as i64, "nothing else: {states:?}");
-    let ok: Vec<String> = hook
-        .received()
-        .iter()
-        .filter(|r| r.status == 200)
-        .map(|r| r.json()["occurrence_id"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let ok = delivered(&hook);
     let distinct: BTreeSet<&String> = ok.iter().collect();
     assert_eq!(distinct.len(), N, "every webhook delivered");
     integrity_ok(&d);

@@ -3,18 +3,24 @@
 //! removes the old file's write-ahead log, then opens and migrates the new file.
 
 use rusqlite::Connection;
-use scriptd::store::{Store, StoreError};
+use scriptd::store::{Conn, Store, StoreError};
 
 fn count(conn: &Connection, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).expect("count")
 }
 
-#[test]
-fn connections_drain_before_the_new_file_is_opened() {
+/// A migrated database in a temporary folder and one connection held open on it.
+fn opened() -> (tempfile::TempDir, std::path::PathBuf, Store, Conn) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("scriptd.db");
     let store = Store::migrate(&path).expect("migrate");
     let held = store.connect().expect("connect");
+    (dir, path, store, held)
+}
+
+#[test]
+fn connections_drain_before_the_new_file_is_opened() {
+    let (dir, path, store, held) = opened();
     held.execute("INSERT INTO users (id, login, name) VALUES (77, 'old@x', 'old')", [])
         .expect("write the old file");
     // A schema change: page 1 of the old file is in its write-ahead log now.
@@ -62,10 +68,7 @@ fn connections_drain_before_the_new_file_is_opened() {
 
 #[test]
 fn a_removed_file_is_not_a_replacement() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("scriptd.db");
-    let store = Store::migrate(&path).expect("migrate");
-    let held = store.connect().expect("connect");
+    let (_dir, path, store, held) = opened();
     std::fs::remove_file(&path).expect("remove");
     assert!(!held.is_stale(), "nothing to switch to: keep the old file");
     assert_eq!(count(&held, "SELECT COUNT(*) FROM users"), 0);
