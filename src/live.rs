@@ -13,8 +13,18 @@
 //! A row that fails validation (hand-edited with the `sqlite3` shell) is left out of the
 //! index, logged once with the script id and the field, and kept in [`Snapshot::invalid`]
 //! so `GET /scripts/{id}` can show why; the other scripts keep working.
+//!
+//! ## Memory
+//!
+//! A rebuild holds the old snapshot, the new one and the build's transient data at once, so
+//! both are kept lean: each script's timetable lives only in the index, compiled, and the
+//! index keeps a reference timetable only for the rules that may need it; the delivery side
+//! is one [`ScriptRecord`] per script in one array sorted by id ([`Scripts`]), sharing
+//! catalog entries and empty reaction data. The build streams the rows into an
+//! [`IndexBuilder`] and never holds every rule at once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -26,7 +36,8 @@ use arc_swap::ArcSwap;
 use chrono_tz::Tz;
 use serde_json::Value;
 
-use crate::script::{Lookups, Rule, ScheduleIndex, Timetable, validate};
+use crate::index::IndexBuilder;
+use crate::script::{Lookups, Rule, ScheduleIndex, validate};
 use crate::secret::Secret;
 use crate::store::catalog::{Event, Reaction};
 use crate::store::users::descendants;
@@ -49,7 +60,18 @@ pub struct Extra {
     pub secret: Option<Secret>,
 }
 
-/// A valid script, ready for delivery.
+impl Extra {
+    /// True when no field is set (most reactions have no extra data).
+    fn is_empty(&self) -> bool {
+        self.bot_token.is_none()
+            && self.chat_id.is_none()
+            && self.url.is_none()
+            && self.secret.is_none()
+    }
+}
+
+/// A valid script, ready for delivery. Its timetable lives in the snapshot's
+/// [`ScheduleIndex`] only, compiled.
 #[derive(Debug, Clone)]
 pub struct ScriptRecord {
     /// Script id.
@@ -65,11 +87,90 @@ pub struct ScriptRecord {
     /// `None` = every camera.
     pub cameras: Option<Vec<i64>>,
     /// The users listed on the script (see [`Snapshot::recipients`] for sub-users).
-    pub users: Vec<i64>,
-    /// Reaction data.
-    pub extra: Extra,
-    /// The compiled timetable.
-    pub timetable: Arc<Timetable>,
+    pub users: Box<[i64]>,
+    /// Reaction data; one shared empty value for the scripts without any.
+    pub extra: Arc<Extra>,
+}
+
+/// The valid scripts of a snapshot by id: one array sorted by id, looked up by binary search
+/// (a map would cost a hash bucket and an allocation per script).
+#[derive(Debug, Default)]
+pub struct Scripts {
+    records: Box<[ScriptRecord]>,
+}
+
+impl Scripts {
+    /// The records, in any order; a repeated id keeps its first record.
+    pub fn new(mut records: Vec<ScriptRecord>) -> Scripts {
+        if !records.is_sorted_by_key(|r| r.id) {
+            records.sort_by_key(|r| r.id);
+        }
+        records.dedup_by_key(|r| r.id);
+        Scripts { records: records.into_boxed_slice() }
+    }
+
+    /// The script with this id.
+    pub fn get(&self, id: &i64) -> Option<&ScriptRecord> {
+        self.records.binary_search_by_key(id, |r| r.id).ok().map(|i| &self.records[i])
+    }
+
+    /// True when a valid script has this id.
+    pub fn contains_key(&self, id: &i64) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Number of valid scripts.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when there is no valid script.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The ids, ascending.
+    pub fn keys(&self) -> Keys<'_> {
+        Keys(self.records.iter())
+    }
+
+    /// The records, by ascending id.
+    pub fn iter(&self) -> std::slice::Iter<'_, ScriptRecord> {
+        self.records.iter()
+    }
+}
+
+impl std::ops::Index<&i64> for Scripts {
+    type Output = ScriptRecord;
+
+    /// The script with this id.
+    ///
+    /// # Panics
+    /// When there is none (like a map's index).
+    fn index(&self, id: &i64) -> &ScriptRecord {
+        match self.get(id) {
+            Some(r) => r,
+            None => panic!("no valid script {id} in the snapshot"),
+        }
+    }
+}
+
+/// The ids of [`Scripts`], ascending.
+#[derive(Clone)]
+pub struct Keys<'a>(std::slice::Iter<'a, ScriptRecord>);
+
+impl<'a> Iterator for Keys<'a> {
+    type Item = &'a i64;
+
+    fn next(&mut self) -> Option<&'a i64> {
+        self.0.next().map(|r| &r.id)
+    }
+}
+
+impl fmt::Debug for Keys<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
+    }
 }
 
 /// One consistent view of the scripts.
@@ -78,7 +179,7 @@ pub struct Snapshot {
     /// `(event, camera, instant) → script ids`.
     pub index: ScheduleIndex,
     /// Valid scripts by id.
-    pub scripts: HashMap<i64, Arc<ScriptRecord>>,
+    pub scripts: Scripts,
     /// Scripts skipped because their row is invalid, with the reasons.
     pub invalid: BTreeMap<i64, FieldErrors>,
     /// Every user's parent, for sub-user expansion.
@@ -94,7 +195,7 @@ impl Snapshot {
     pub fn empty() -> Snapshot {
         Snapshot {
             index: ScheduleIndex::build(Vec::new()),
-            scripts: HashMap::new(),
+            scripts: Scripts::default(),
             invalid: BTreeMap::new(),
             parents: HashMap::new(),
             events: HashMap::new(),
@@ -112,7 +213,7 @@ impl Snapshot {
     pub fn recipients(&self, script: &ScriptRecord) -> Vec<i64> {
         match script.reaction.name.as_str() {
             "show-camera-sidebar" | "show-camera" | "sound" => self.descendants(&script.users),
-            _ => script.users.clone(),
+            _ => script.users.to_vec(),
         }
     }
 }
@@ -322,18 +423,23 @@ fn extra_of(extra: &serde_json::Map<String, Value>) -> Extra {
 
 /// Reads and validates every script into a snapshot.
 fn build(store: &Store, timezone: Tz, generation: u64) -> Result<Snapshot, StoreError> {
-    let mut records = HashMap::new();
     let mut invalid = BTreeMap::new();
-    let mut rules = Vec::new();
-    let (lookups, parents) = store.read(|tx| {
+    let (lookups, parents, records, index) = store.read(|tx| {
         let lookups = Lookups::load(tx)?;
         let parents = users::parents(tx)?;
         let ctx = lookups.context(timezone);
-        // Shared catalog entries: one allocation per event and reaction, not per script.
+        // Sized once: growing by doubling would hold up to twice the records for a moment.
+        let rows: i64 = tx.query_row("SELECT COUNT(*) FROM scripts", [], |r| r.get(0))?;
+        let rows = usize::try_from(rows).unwrap_or(0);
+        let mut records = Vec::with_capacity(rows);
+        let mut index = IndexBuilder::with_capacity(rows);
+        // Shared catalog entries: one allocation per event and reaction, not per script;
+        // likewise one empty `Extra` for every script without reaction data.
         let events: HashMap<i64, Arc<_>> =
             lookups.events.iter().map(|(id, e)| (*id, Arc::new(e.clone()))).collect();
         let reactions: HashMap<i64, Arc<_>> =
             lookups.reactions.iter().map(|(id, r)| (*id, Arc::new(r.clone()))).collect();
+        let no_extra = Arc::new(Extra::default());
         scripts::for_each(tx, |row| {
             if !row.decode_errors.is_empty() {
                 invalid.insert(row.id, row.decode_errors);
@@ -346,27 +452,25 @@ fn build(store: &Store, timezone: Tz, generation: u64) -> Result<Snapshot, Store
                     else {
                         return Ok(()); // validate checked both exist
                     };
-                    rules.push(Rule {
+                    let rule = Rule {
                         script_id: row.id,
                         event_id: v.input.event_id,
-                        cameras: v.input.cameras.clone(),
+                        cameras: v.input.cameras,
                         enabled: v.input.enabled,
-                        timetable: v.timetable.clone(),
+                        timetable: v.timetable,
+                    };
+                    index.add(&rule);
+                    let extra = extra_of(&v.input.extra);
+                    records.push(ScriptRecord {
+                        id: row.id,
+                        title: v.input.title,
+                        enabled: v.input.enabled,
+                        event: event.clone(),
+                        reaction: reaction.clone(),
+                        cameras: rule.cameras,
+                        users: v.input.users.into_boxed_slice(),
+                        extra: if extra.is_empty() { no_extra.clone() } else { Arc::new(extra) },
                     });
-                    records.insert(
-                        row.id,
-                        Arc::new(ScriptRecord {
-                            id: row.id,
-                            title: v.input.title,
-                            enabled: v.input.enabled,
-                            event: event.clone(),
-                            reaction: reaction.clone(),
-                            cameras: v.input.cameras,
-                            users: v.input.users,
-                            extra: extra_of(&v.input.extra),
-                            timetable: v.timetable,
-                        }),
-                    );
                 }
                 Err(errors) => {
                     invalid.insert(row.id, errors);
@@ -374,11 +478,11 @@ fn build(store: &Store, timezone: Tz, generation: u64) -> Result<Snapshot, Store
             }
             Ok(())
         })?;
-        Ok((lookups, parents))
+        Ok((lookups, parents, records, index))
     })?;
     Ok(Snapshot {
-        index: ScheduleIndex::build(rules),
-        scripts: records,
+        index: index.finish(),
+        scripts: Scripts::new(records),
         invalid,
         parents,
         events: lookups.events,
