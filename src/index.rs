@@ -51,6 +51,10 @@ const SCAN_MAX: usize = 48;
 const REPEAT: u32 = 1 << 31;
 /// Intervals longer than this many days are not put into day buckets.
 const LONG_DAYS: i64 = 31;
+/// Flag in a member's span count: its spans fall on whole minutes and take one word each,
+/// `from << 16 | to` in minutes of the week (a week has 10,080), instead of two words of
+/// seconds. Bounds are written `HH:MM` and offsets `±HH:MM`, so nearly every member has it.
+const MINUTES: u32 = 1 << 31;
 
 /// Marks a rule position without compiled data (a disabled rule) in [`IndexBuilder`].
 const NONE: usize = usize::MAX;
@@ -136,8 +140,9 @@ impl Table {
 /// The members of a table whose day entries live in one frame.
 struct FrameTable {
     frame: Zone,
-    /// Per member: `[rule word, n, from0, to0, …, from(n-1), to(n-1)]`, spans sorted and
-    /// disjoint.
+    /// Per member: `[rule word, n, spans…]`, spans sorted and disjoint: `from0, to0, …,
+    /// from(n-1), to(n-1)` in seconds of the week, or with [`MINUTES`] in `n`, one word
+    /// `from << 16 | to` per span in minutes.
     packed: Box<[u32]>,
     slots: Option<Box<Slots>>,
 }
@@ -284,36 +289,79 @@ fn static_pieces(entry: &DayEntry) -> Option<Vec<(i64, i64)>> {
     Some(window_pieces(&axis))
 }
 
-/// True when the packed spans `[from0, to0, from1, to1, …]` (sorted, disjoint) contain `pos`.
-#[inline]
-fn packed_contains(spans: &[u32], pos: u32) -> bool {
-    for pair in spans.chunks_exact(2) {
-        if pos < pair[0] {
-            return false;
-        }
-        if pos < pair[1] {
-            return true;
-        }
+/// Appends `[n, spans…]` for sorted, disjoint spans in seconds of the week, in minutes
+/// (see [`MINUTES`]) when they all fall on whole minutes.
+fn encode_spans(spans: &[(u32, u32)], out: &mut Vec<u32>) {
+    if spans.iter().all(|&(f, t)| f % 60 == 0 && t % 60 == 0) {
+        out.push(spans.len() as u32 | MINUTES);
+        out.extend(spans.iter().map(|&(f, t)| (f / 60) << 16 | (t / 60)));
+    } else {
+        out.push(spans.len() as u32);
+        out.extend(spans.iter().flat_map(|&(f, t)| [f, t]));
     }
-    false
 }
 
-/// Offset into `packed`, rule word and spans of each member of a packed array.
+/// Words taken by the spans that follow the span count `n`.
+#[inline]
+fn spans_len(n: u32) -> usize {
+    if n & MINUTES != 0 { (n & !MINUTES) as usize } else { 2 * n as usize }
+}
+
+/// True when the spans `[n, spans…]` at the start of `p` contain week position `pos`
+/// (seconds; `pos_min` is `pos / 60`), and the words they take including `n`.
+#[inline]
+fn spans_contain(p: &[u32], pos: u32, pos_min: u32) -> (bool, usize) {
+    let n = p[0];
+    let len = spans_len(n);
+    let spans = &p[1..1 + len];
+    if n & MINUTES != 0 {
+        // `pos` lies in `[from·60, to·60)` exactly when `pos / 60` lies in `[from, to)`.
+        for &span in spans {
+            if pos_min < span >> 16 {
+                return (false, 1 + len);
+            }
+            if pos_min < span & 0xffff {
+                return (true, 1 + len);
+            }
+        }
+    } else {
+        for pair in spans.chunks_exact(2) {
+            if pos < pair[0] {
+                return (false, 1 + len);
+            }
+            if pos < pair[1] {
+                return (true, 1 + len);
+            }
+        }
+    }
+    (false, 1 + len)
+}
+
+/// The spans `[n, spans…]` at the start of `p` as `(from, to)` seconds of the week.
+fn decode_spans(p: &[u32]) -> impl Iterator<Item = (u32, u32)> + '_ {
+    let n = p[0];
+    let spans = &p[1..1 + spans_len(n)];
+    let (minutes, seconds) = if n & MINUTES != 0 { (spans, &[][..]) } else { (&[][..], spans) };
+    let minutes = minutes.iter().map(|&s| ((s >> 16) * 60, (s & 0xffff) * 60));
+    minutes.chain(seconds.chunks_exact(2).map(|pair| (pair[0], pair[1])))
+}
+
+/// Offset into `packed`, rule word and spans `[n, spans…]` of each member of a packed array.
 fn packed_members(packed: &[u32]) -> impl Iterator<Item = (usize, u32, &[u32])> {
     let mut at = 0;
     std::iter::from_fn(move || {
         if at >= packed.len() {
             return None;
         }
-        let n = packed[at + 1] as usize;
-        let item = (at, packed[at], &packed[at + 2..at + 2 + 2 * n]);
-        at += 2 + 2 * n;
+        let end = at + 2 + spans_len(packed[at + 1]);
+        let item = (at, packed[at], &packed[at + 1..end]);
+        at = end;
         Some(item)
     })
 }
 
 impl FrameTable {
-    /// Offset into `packed`, rule word and spans of each member.
+    /// Offset into `packed`, rule word and spans `[n, spans…]` of each member.
     fn each_member(&self) -> impl Iterator<Item = (usize, u32, &[u32])> {
         packed_members(&self.packed)
     }
@@ -324,8 +372,7 @@ impl FrameTable {
 fn each_partial(packed: &[u32], width: u32, last: &mut [u32], mut f: impl FnMut(usize, u32)) {
     last.fill(u32::MAX);
     for (at, _, spans) in packed_members(packed) {
-        for pair in spans.chunks_exact(2) {
-            let (from, to) = (pair[0], pair[1]);
+        for (from, to) in decode_spans(spans) {
             let first = (from / width) as usize;
             let slots = &mut last[first..=((to - 1) / width) as usize];
             for (s, last) in (first..).zip(slots.iter_mut()) {
@@ -349,8 +396,7 @@ fn build_slots(packed: &[u32], members: usize) -> Slots {
     let mut rules = Vec::with_capacity(members);
     for (m, (_, word, spans)) in packed_members(packed).enumerate() {
         rules.push(word);
-        for pair in spans.chunks_exact(2) {
-            let (from, to) = (pair[0], pair[1]);
+        for (from, to) in decode_spans(spans) {
             for s in (from / width) as usize..=((to - 1) / width) as usize {
                 let slot_start = s as u32 * width;
                 if from <= slot_start && slot_start + width <= to {
@@ -524,8 +570,9 @@ pub struct IndexBuilder {
     reference: Vec<Option<Arc<Timetable>>>,
     /// Per position: where the rule's compiled data starts in `data`, or [`NONE`].
     at: Vec<usize>,
-    /// Per enabled rule: `[word, exact, frame count, (frame, n, from0, to0, …)…, interval
-    /// count, first interval]`; an exact rule stops after `exact`.
+    /// Per enabled rule: `[word, exact, frame count, (frame, n, spans…)…, interval count,
+    /// first interval]` (spans encoded as in a packed table); an exact rule stops after
+    /// `exact`.
     data: Vec<u32>,
     /// The enabled rules' intervals, each rule's consecutive.
     intervals: Vec<(i64, i64)>,
@@ -543,13 +590,13 @@ pub struct IndexBuilder {
 struct Compiled<'a> {
     word: u32,
     exact: bool,
-    /// `(frame, n, from0, to0, …)…`.
+    /// `(frame, n, spans…)…`.
     frames: &'a [u32],
     intervals: &'a [(i64, i64)],
 }
 
 impl Compiled<'_> {
-    /// Frame number and packed spans of each frame.
+    /// Frame number and spans `[n, spans…]` of each frame.
     fn frames(&self) -> impl Iterator<Item = (u32, &[u32])> {
         let d = self.frames;
         let mut at = 0;
@@ -557,9 +604,9 @@ impl Compiled<'_> {
             if at >= d.len() {
                 return None;
             }
-            let n = d[at + 1] as usize;
-            let item = (d[at], &d[at + 2..at + 2 + 2 * n]);
-            at += 2 + 2 * n;
+            let end = at + 2 + spans_len(d[at + 1]);
+            let item = (d[at], &d[at + 1..end]);
+            at = end;
             Some(item)
         })
     }
@@ -609,8 +656,8 @@ impl IndexBuilder {
                         self.frames.len() - 1
                     }
                 };
-                self.data.extend([frame as u32, fs.spans.len() as u32]);
-                self.data.extend(fs.spans.iter().flat_map(|&(f, t)| [f, t]));
+                self.data.push(frame as u32);
+                encode_spans(&fs.spans, &mut self.data);
             }
             let first = u32::try_from(self.intervals.len()).unwrap_or(u32::MAX);
             assert!(first < u32::MAX, "too many intervals for one index");
@@ -650,7 +697,7 @@ impl IndexBuilder {
         let count = *d.get(2)? as usize;
         let mut end = 3;
         for _ in 0..count {
-            end += 2 + 2 * *d.get(end + 1)? as usize;
+            end += 2 + spans_len(*d.get(end + 1)?);
         }
         let (n, first) = (*d.get(end)? as usize, *d.get(end + 1)? as usize);
         Some(Compiled {
@@ -681,7 +728,7 @@ impl IndexBuilder {
                         frames.len() - 1
                     }
                 };
-                frames[i].1 += 2 + spans.len();
+                frames[i].1 += 1 + spans.len();
                 frames[i].2 += 1;
             }
             intervals += c.intervals.len();
@@ -693,7 +740,6 @@ impl IndexBuilder {
             for (frame, spans) in c.frames() {
                 if let Some(i) = frames.iter().position(|f| f.0 == frame) {
                     packed[i].push(c.word);
-                    packed[i].push((spans.len() / 2) as u32);
                     packed[i].extend_from_slice(spans);
                 }
             }
@@ -834,16 +880,17 @@ impl ScheduleIndex {
                 }
                 continue;
             }
+            let pos_min = pos / 60;
             match &ft.slots {
                 None => {
                     let p = &ft.packed;
                     let mut at = 0;
                     while at < p.len() {
-                        let n = p[at + 1] as usize;
-                        if packed_contains(&p[at + 2..at + 2 + 2 * n], pos) {
+                        let (hit, len) = spans_contain(&p[at + 1..], pos, pos_min);
+                        if hit {
                             m.push(p[at]);
                         }
-                        at += 2 + 2 * n;
+                        at += 1 + len;
                     }
                 }
                 Some(slots) => {
@@ -860,8 +907,7 @@ impl ScheduleIndex {
                     let (a, b) = (slots.partial_at[s] as usize, slots.partial_at[s + 1] as usize);
                     for &at in &slots.partial[a..b] {
                         let at = at as usize;
-                        let n = ft.packed[at + 1] as usize;
-                        if packed_contains(&ft.packed[at + 2..at + 2 + 2 * n], pos) {
+                        if spans_contain(&ft.packed[at + 1..], pos, pos_min).0 {
                             m.push(ft.packed[at]);
                         }
                     }
