@@ -71,7 +71,7 @@ impl Extra {
 }
 
 /// A valid script, ready for delivery. Its timetable lives in the snapshot's
-/// [`ScheduleIndex`] only, compiled.
+/// [`ScheduleIndex`] only, compiled; its camera filter in [`Scripts::cameras`].
 #[derive(Debug, Clone)]
 pub struct ScriptRecord {
     /// Script id.
@@ -84,8 +84,8 @@ pub struct ScriptRecord {
     pub event: Arc<Event>,
     /// The reaction to perform.
     pub reaction: Arc<Reaction>,
-    /// `None` = every camera.
-    pub cameras: Option<Vec<i64>>,
+    /// Where its cameras are in [`Scripts`]' camera array (empty: every camera).
+    cameras: (u32, u32),
     /// The users listed on the script (see [`Snapshot::recipients`] for sub-users).
     pub users: Box<[i64]>,
     /// Reaction data; one shared empty value for the scripts without any.
@@ -93,20 +93,57 @@ pub struct ScriptRecord {
 }
 
 /// The valid scripts of a snapshot by id: one array sorted by id, looked up by binary search
-/// (a map would cost a hash bucket and an allocation per script).
+/// (a map would cost a hash bucket and an allocation per script), and every script's camera
+/// filter in one shared array.
 #[derive(Debug, Default)]
 pub struct Scripts {
     records: Box<[ScriptRecord]>,
+    cameras: Box<[i64]>,
+}
+
+/// Collects the records of a [`Scripts`].
+#[derive(Debug, Default)]
+struct ScriptsBuilder {
+    records: Vec<ScriptRecord>,
+    cameras: Vec<i64>,
+}
+
+impl ScriptsBuilder {
+    /// Adds a record with its camera filter (`None`: every camera).
+    fn push(&mut self, mut record: ScriptRecord, cameras: Option<&[i64]>) {
+        let cameras = cameras.unwrap_or_default();
+        // Past 2³² cameras in one snapshot a filter is not recorded here (the index has it).
+        let len = u32::try_from(cameras.len()).unwrap_or(u32::MAX);
+        let start = u32::try_from(self.cameras.len()).unwrap_or(u32::MAX);
+        if start.checked_add(len).is_some() {
+            record.cameras = (start, len);
+            self.cameras.extend_from_slice(cameras);
+        }
+        self.records.push(record);
+    }
+
+    /// The records sorted by id; a repeated id keeps its first record.
+    fn finish(mut self) -> Scripts {
+        if !self.records.is_sorted_by_key(|r| r.id) {
+            self.records.sort_by_key(|r| r.id);
+        }
+        self.records.dedup_by_key(|r| r.id);
+        Scripts {
+            records: self.records.into_boxed_slice(),
+            cameras: self.cameras.into_boxed_slice(),
+        }
+    }
 }
 
 impl Scripts {
-    /// The records, in any order; a repeated id keeps its first record.
-    pub fn new(mut records: Vec<ScriptRecord>) -> Scripts {
-        if !records.is_sorted_by_key(|r| r.id) {
-            records.sort_by_key(|r| r.id);
+    /// The cameras of the script with this id: `None` when there is no such script,
+    /// `Some(None)` when it watches every camera.
+    pub fn cameras(&self, id: &i64) -> Option<Option<&[i64]>> {
+        let (start, len) = self.get(id)?.cameras;
+        if len == 0 {
+            return Some(None);
         }
-        records.dedup_by_key(|r| r.id);
-        Scripts { records: records.into_boxed_slice() }
+        Some(self.cameras.get(start as usize..start as usize + len as usize))
     }
 
     /// The script with this id.
@@ -455,7 +492,10 @@ fn build(store: &Store, timezone: Tz, generation: u64) -> Result<Snapshot, Store
         // Sized once: growing by doubling would hold up to twice the records for a moment.
         let rows: i64 = tx.query_row("SELECT COUNT(*) FROM scripts", [], |r| r.get(0))?;
         let rows = usize::try_from(rows).unwrap_or(0);
-        let mut records = Vec::with_capacity(rows);
+        let mut records = ScriptsBuilder {
+            records: Vec::with_capacity(rows),
+            cameras: Vec::with_capacity(rows * 2),
+        };
         let mut index = IndexBuilder::with_capacity(rows);
         // Shared catalog entries: one allocation per event and reaction, not per script;
         // likewise one empty `Extra` for every script without reaction data.
@@ -485,16 +525,17 @@ fn build(store: &Store, timezone: Tz, generation: u64) -> Result<Snapshot, Store
                     };
                     index.add(&rule);
                     let extra = extra_of(&v.input.extra);
-                    records.push(ScriptRecord {
+                    let record = ScriptRecord {
                         id: row.id,
                         title: v.input.title,
                         enabled: v.input.enabled,
                         event: event.clone(),
                         reaction: reaction.clone(),
-                        cameras: rule.cameras,
+                        cameras: (0, 0),
                         users: v.input.users.into_boxed_slice(),
                         extra: if extra.is_empty() { no_extra.clone() } else { Arc::new(extra) },
-                    });
+                    };
+                    records.push(record, rule.cameras.as_deref());
                 }
                 Err(errors) => {
                     invalid.insert(row.id, errors);
@@ -506,10 +547,57 @@ fn build(store: &Store, timezone: Tz, generation: u64) -> Result<Snapshot, Store
     })?;
     Ok(Snapshot {
         index: index.finish(),
-        scripts: Scripts::new(records),
+        scripts: records.finish(),
         invalid,
         parents,
         events: lookups.events,
         generation,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: i64, catalog: &(Arc<Event>, Arc<Reaction>)) -> ScriptRecord {
+        ScriptRecord {
+            id,
+            title: format!("script {id}"),
+            enabled: true,
+            event: catalog.0.clone(),
+            reaction: catalog.1.clone(),
+            cameras: (0, 0),
+            users: vec![id].into_boxed_slice(),
+            extra: Arc::new(Extra::default()),
+        }
+    }
+
+    #[test]
+    fn scripts_are_found_by_id_with_their_cameras_in_any_order() {
+        let event = Event {
+            id: 1,
+            name: "e".into(),
+            description: "E".into(),
+            color: "#000".into(),
+            analytic_type: "t".into(),
+        };
+        let reaction =
+            Reaction { id: 2, name: "sound".into(), description: "S".into(), is_default: true };
+        let catalog = (Arc::new(event), Arc::new(reaction));
+        let mut b = ScriptsBuilder::default();
+        b.push(record(30, &catalog), Some(&[7, 8]));
+        b.push(record(10, &catalog), None);
+        b.push(record(20, &catalog), Some(&[9]));
+        b.push(record(10, &catalog), Some(&[1]));
+        let scripts = b.finish();
+        assert_eq!(scripts.len(), 3);
+        assert_eq!(format!("{:?}", scripts.keys()), "[10, 20, 30]");
+        assert_eq!(scripts[&20].title, "script 20");
+        assert!(scripts.get(&15).is_none() && !scripts.contains_key(&40));
+        assert_eq!(scripts.cameras(&30), Some(Some(&[7, 8][..])));
+        assert_eq!(scripts.cameras(&20), Some(Some(&[9][..])));
+        assert_eq!(scripts.cameras(&10), Some(None), "the first record of a repeated id");
+        assert_eq!(scripts.cameras(&11), None);
+        assert_eq!(scripts.iter().map(|r| r.id).collect::<Vec<_>>(), [10, 20, 30]);
+    }
 }
