@@ -71,7 +71,8 @@ impl Extra {
 }
 
 /// A valid script, ready for delivery. Its timetable lives in the snapshot's
-/// [`ScheduleIndex`] only, compiled; its camera filter in [`Scripts::cameras`].
+/// [`ScheduleIndex`] only, compiled; its camera filter and users in [`Scripts`]' shared id
+/// array ([`Scripts::cameras`], [`Scripts::users`]).
 #[derive(Debug, Clone)]
 pub struct ScriptRecord {
     /// Script id.
@@ -84,42 +85,50 @@ pub struct ScriptRecord {
     pub event: Arc<Event>,
     /// The reaction to perform.
     pub reaction: Arc<Reaction>,
-    /// Where its cameras are in [`Scripts`]' camera array (empty: every camera).
+    /// Where its cameras are in [`Scripts`]' id array (empty: every camera).
     cameras: (u32, u32),
-    /// The users listed on the script (see [`Snapshot::recipients`] for sub-users).
-    pub users: Box<[i64]>,
+    /// Where its users are in [`Scripts`]' id array.
+    users: (u32, u32),
     /// Reaction data; one shared empty value for the scripts without any.
     pub extra: Arc<Extra>,
 }
 
 /// The valid scripts of a snapshot by id: one array sorted by id, looked up by binary search
 /// (a map would cost a hash bucket and an allocation per script), and every script's camera
-/// filter in one shared array.
+/// filter and users in one shared array of ids (most scripts have one user and a few
+/// cameras: a heap block each would cost more than the ids).
 #[derive(Debug, Default)]
 pub struct Scripts {
     records: Box<[ScriptRecord]>,
-    cameras: Box<[i64]>,
+    ids: Box<[i64]>,
 }
 
 /// Collects the records of a [`Scripts`].
 #[derive(Debug, Default)]
 struct ScriptsBuilder {
     records: Vec<ScriptRecord>,
-    cameras: Vec<i64>,
+    ids: Vec<i64>,
 }
 
 impl ScriptsBuilder {
-    /// Adds a record with its camera filter (`None`: every camera).
-    fn push(&mut self, mut record: ScriptRecord, cameras: Option<&[i64]>) {
-        let cameras = cameras.unwrap_or_default();
-        // Past 2³² cameras in one snapshot a filter is not recorded here (the index has it).
-        let len = u32::try_from(cameras.len()).unwrap_or(u32::MAX);
-        let start = u32::try_from(self.cameras.len()).unwrap_or(u32::MAX);
-        if start.checked_add(len).is_some() {
-            record.cameras = (start, len);
-            self.cameras.extend_from_slice(cameras);
-        }
+    /// Adds a record with its camera filter (`None`: every camera) and users.
+    fn push(&mut self, mut record: ScriptRecord, cameras: Option<&[i64]>, users: &[i64]) {
+        record.cameras = self.ids(cameras.unwrap_or_default());
+        record.users = self.ids(users);
         self.records.push(record);
+    }
+
+    /// Appends `ids` to the shared array and returns where they are. Past 2³² ids in one
+    /// snapshot nothing is appended (an empty range).
+    fn ids(&mut self, ids: &[i64]) -> (u32, u32) {
+        let (Ok(start), Ok(len)) = (u32::try_from(self.ids.len()), u32::try_from(ids.len())) else {
+            return (0, 0);
+        };
+        if start.checked_add(len).is_none() {
+            return (0, 0);
+        }
+        self.ids.extend_from_slice(ids);
+        (start, len)
     }
 
     /// The records sorted by id; a repeated id keeps its first record.
@@ -128,22 +137,26 @@ impl ScriptsBuilder {
             self.records.sort_by_key(|r| r.id);
         }
         self.records.dedup_by_key(|r| r.id);
-        Scripts {
-            records: self.records.into_boxed_slice(),
-            cameras: self.cameras.into_boxed_slice(),
-        }
+        Scripts { records: self.records.into_boxed_slice(), ids: self.ids.into_boxed_slice() }
     }
 }
 
 impl Scripts {
+    fn ids(&self, (start, len): (u32, u32)) -> &[i64] {
+        self.ids.get(start as usize..start as usize + len as usize).unwrap_or_default()
+    }
+
     /// The cameras of the script with this id: `None` when there is no such script,
     /// `Some(None)` when it watches every camera.
     pub fn cameras(&self, id: &i64) -> Option<Option<&[i64]>> {
-        let (start, len) = self.get(id)?.cameras;
-        if len == 0 {
-            return Some(None);
-        }
-        Some(self.cameras.get(start as usize..start as usize + len as usize))
+        let cameras = self.ids(self.get(id)?.cameras);
+        Some((!cameras.is_empty()).then_some(cameras))
+    }
+
+    /// The users listed on a script of this snapshot (see [`Snapshot::recipients`] for
+    /// sub-users).
+    pub fn users(&self, script: &ScriptRecord) -> &[i64] {
+        self.ids(script.users)
     }
 
     /// The script with this id.
@@ -249,8 +262,10 @@ impl Snapshot {
     /// for the client-side reactions (`show-camera-sidebar`, `show-camera`, `sound`).
     pub fn recipients(&self, script: &ScriptRecord) -> Vec<i64> {
         match script.reaction.name.as_str() {
-            "show-camera-sidebar" | "show-camera" | "sound" => self.descendants(&script.users),
-            _ => script.users.to_vec(),
+            "show-camera-sidebar" | "show-camera" | "sound" => {
+                self.descendants(self.scripts.users(script))
+            }
+            _ => self.scripts.users(script).to_vec(),
         }
     }
 }
@@ -492,10 +507,8 @@ fn build(store: &Store, timezone: Tz, generation: u64) -> Result<Snapshot, Store
         // Sized once: growing by doubling would hold up to twice the records for a moment.
         let rows: i64 = tx.query_row("SELECT COUNT(*) FROM scripts", [], |r| r.get(0))?;
         let rows = usize::try_from(rows).unwrap_or(0);
-        let mut records = ScriptsBuilder {
-            records: Vec::with_capacity(rows),
-            cameras: Vec::with_capacity(rows * 2),
-        };
+        let mut records =
+            ScriptsBuilder { records: Vec::with_capacity(rows), ids: Vec::with_capacity(rows * 3) };
         let mut index = IndexBuilder::with_capacity(rows);
         // Shared catalog entries: one allocation per event and reaction, not per script;
         // likewise one empty `Extra` for every script without reaction data.
@@ -532,10 +545,10 @@ fn build(store: &Store, timezone: Tz, generation: u64) -> Result<Snapshot, Store
                         event: event.clone(),
                         reaction: reaction.clone(),
                         cameras: (0, 0),
-                        users: v.input.users.into_boxed_slice(),
+                        users: (0, 0),
                         extra: if extra.is_empty() { no_extra.clone() } else { Arc::new(extra) },
                     };
-                    records.push(record, rule.cameras.as_deref());
+                    records.push(record, rule.cameras.as_deref(), &v.input.users);
                 }
                 Err(errors) => {
                     invalid.insert(row.id, errors);
@@ -567,7 +580,7 @@ mod tests {
             event: catalog.0.clone(),
             reaction: catalog.1.clone(),
             cameras: (0, 0),
-            users: vec![id].into_boxed_slice(),
+            users: (0, 0),
             extra: Arc::new(Extra::default()),
         }
     }
@@ -585,10 +598,10 @@ mod tests {
             Reaction { id: 2, name: "sound".into(), description: "S".into(), is_default: true };
         let catalog = (Arc::new(event), Arc::new(reaction));
         let mut b = ScriptsBuilder::default();
-        b.push(record(30, &catalog), Some(&[7, 8]));
-        b.push(record(10, &catalog), None);
-        b.push(record(20, &catalog), Some(&[9]));
-        b.push(record(10, &catalog), Some(&[1]));
+        b.push(record(30, &catalog), Some(&[7, 8]), &[3]);
+        b.push(record(10, &catalog), None, &[1, 2]);
+        b.push(record(20, &catalog), Some(&[9]), &[]);
+        b.push(record(10, &catalog), Some(&[1]), &[5]);
         let scripts = b.finish();
         assert_eq!(scripts.len(), 3);
         assert_eq!(format!("{:?}", scripts.keys()), "[10, 20, 30]");
@@ -598,6 +611,9 @@ mod tests {
         assert_eq!(scripts.cameras(&20), Some(Some(&[9][..])));
         assert_eq!(scripts.cameras(&10), Some(None), "the first record of a repeated id");
         assert_eq!(scripts.cameras(&11), None);
+        assert_eq!(scripts.users(&scripts[&10]), [1, 2]);
+        assert_eq!(scripts.users(&scripts[&20]), [0i64; 0]);
+        assert_eq!(scripts.users(&scripts[&30]), [3]);
         assert_eq!(scripts.iter().map(|r| r.id).collect::<Vec<_>>(), [10, 20, 30]);
     }
 }
