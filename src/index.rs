@@ -32,7 +32,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc, Weekday};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::rules::Rule;
 use crate::timetable::zone::{DAY, WEEK, week_position_fixed};
@@ -584,6 +584,9 @@ pub struct IndexBuilder {
     /// (table number, rule position) of every membership, in the order added.
     members: Vec<(u32, u32)>,
     enabled: usize,
+    /// The reference timetables kept so far and those of a previous index, by value: an
+    /// equal timetable is kept once.
+    timetables: FxHashSet<Arc<Timetable>>,
 }
 
 /// One enabled rule's compiled data, read back from an [`IndexBuilder`].
@@ -623,8 +626,16 @@ impl IndexBuilder {
         }
     }
 
+    /// Shares the reference timetables of `previous` (the index this one replaces): a rule
+    /// whose timetable equals one of them keeps that one, so while both indexes live (a
+    /// rebuild swaps the new one in while readers may still hold the old) the unchanged
+    /// timetables exist once.
+    pub fn share_with(&mut self, previous: &ScheduleIndex) {
+        self.timetables.extend(previous.reference.iter().flatten().cloned());
+    }
+
     /// Adds the next rule; its position is the number of rules added before it. Disabled
-    /// rules take a position but never match.
+    /// rules take a position but never match. Of equal timetables one is kept.
     ///
     /// # Panics
     /// With 2³¹ rules or more (positions are 31-bit).
@@ -675,7 +686,19 @@ impl IndexBuilder {
                 }
             }
         }
-        self.reference.push(needs_reference.then(|| rule.timetable.clone()));
+        let reference = needs_reference.then(|| self.keep(&rule.timetable));
+        self.reference.push(reference);
+    }
+
+    /// The kept timetable equal to `timetable`, which is kept when there is none.
+    fn keep(&mut self, timetable: &Arc<Timetable>) -> Arc<Timetable> {
+        match self.timetables.get(timetable) {
+            Some(kept) => kept.clone(),
+            None => {
+                self.timetables.insert(timetable.clone());
+                timetable.clone()
+            }
+        }
     }
 
     fn member(&mut self, key: Key, position: u32) {
@@ -766,7 +789,8 @@ impl IndexBuilder {
     }
 
     /// Lays out every table and returns the finished index.
-    pub fn finish(self) -> ScheduleIndex {
+    pub fn finish(mut self) -> ScheduleIndex {
+        self.timetables = FxHashSet::default();
         // The memberships grouped by table (a counting sort keeps positions ascending).
         let tables = self.keys.len();
         let mut start = vec![0u32; tables + 1];
@@ -1105,6 +1129,42 @@ mod tests {
                 assert_eq!(index.matches(1, camera, t), want, "camera {camera} at {t}");
             }
         }
+    }
+
+    #[test]
+    fn equal_reference_timetables_are_kept_once_and_shared_with_the_previous_index() {
+        // Berlin wall clock: kept for the repeated hour.
+        let named = json!({"days": [{"type": "weekdays", "from": "08:00", "to": "18:00"}]});
+        let fixed = json!({"days": [{"type": "weekdays", "from": "08:00Z", "to": "18:00Z"}]});
+        let rules = |n: i64| -> Vec<Rule> {
+            (1..=n)
+                .map(|i| {
+                    rule(
+                        i,
+                        1,
+                        Some(vec![i]),
+                        if i % 2 == 0 { named.clone() } else { fixed.clone() },
+                    )
+                })
+                .collect()
+        };
+        let kept = |index: &ScheduleIndex| -> Vec<*const Timetable> {
+            index.reference.iter().flatten().map(Arc::as_ptr).collect()
+        };
+        let first = ScheduleIndex::build(rules(6));
+        let ptrs = kept(&first);
+        assert_eq!(ptrs.len(), 3, "only the Berlin rules keep their timetable");
+        assert!(ptrs.iter().all(|&p| p == ptrs[0]), "equal timetables are kept once");
+        let mut builder = IndexBuilder::with_capacity(8);
+        builder.share_with(&first);
+        for r in rules(8) {
+            builder.add(&r);
+        }
+        let second = builder.finish();
+        assert!(kept(&second).iter().all(|&p| p == ptrs[0]), "shared with the previous index");
+        let t = at("2026-11-27T10:00:00Z");
+        assert_eq!(second.matches(1, 8, t), vec![8]);
+        assert_eq!(second.matches(1, 7, t), vec![7]);
     }
 
     #[test]

@@ -18,10 +18,12 @@
 //!
 //! A rebuild holds the old snapshot, the new one and the build's transient data at once, so
 //! both are kept lean: each script's timetable lives only in the index, compiled, and the
-//! index keeps a reference timetable only for the rules that may need it; the delivery side
-//! is one [`ScriptRecord`] per script in one array sorted by id ([`Scripts`]), sharing
-//! catalog entries and empty reaction data. The build streams the rows into an
-//! [`IndexBuilder`] and never holds every rule at once.
+//! index keeps a reference timetable only for the rules that may need it, one per distinct
+//! timetable, shared with the previous snapshot's when unchanged; the delivery side is one
+//! [`ScriptRecord`] per script in one array sorted by id ([`Scripts`]), sharing catalog
+//! entries and empty reaction data, with the camera filters and users in one id array. The
+//! build streams the rows into an [`IndexBuilder`] and never holds every rule at once; after
+//! the swap the allocator's free pages go back to the system.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -342,7 +344,8 @@ impl Live {
         let previous = self.load();
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let started = std::time::Instant::now();
-        let snapshot = match build(&self.inner.store, self.inner.timezone, generation) {
+        let built = build(&self.inner.store, self.inner.timezone, generation, &previous.index);
+        let snapshot = match built {
             Ok(s) => s,
             Err(e) => {
                 // Forget the noted version: the watcher reopens and rebuilds next time.
@@ -497,8 +500,14 @@ fn extra_of(extra: &serde_json::Map<String, Value>) -> Extra {
     }
 }
 
-/// Reads and validates every script into a snapshot.
-fn build(store: &Store, timezone: Tz, generation: u64) -> Result<Snapshot, StoreError> {
+/// Reads and validates every script into a snapshot; the timetables that equal one of
+/// `previous` are shared with it.
+fn build(
+    store: &Store,
+    timezone: Tz,
+    generation: u64,
+    previous: &ScheduleIndex,
+) -> Result<Snapshot, StoreError> {
     let mut invalid = BTreeMap::new();
     let (lookups, parents, records, index) = store.read(|tx| {
         let lookups = Lookups::load(tx)?;
@@ -510,6 +519,7 @@ fn build(store: &Store, timezone: Tz, generation: u64) -> Result<Snapshot, Store
         let mut records =
             ScriptsBuilder { records: Vec::with_capacity(rows), ids: Vec::with_capacity(rows * 3) };
         let mut index = IndexBuilder::with_capacity(rows);
+        index.share_with(previous);
         // Shared catalog entries: one allocation per event and reaction, not per script;
         // likewise one empty `Extra` for every script without reaction data.
         let events: HashMap<i64, Arc<_>> =
