@@ -1,7 +1,8 @@
 //! The schedule index: which scripts fire for (event, camera, instant).
 //!
-//! Built once from every rule ([`ScheduleIndex::build`]) and then only read, so a changed
-//! script set means building a new index and swapping it in (`arc_swap`); readers never wait.
+//! Built once from every rule ([`ScheduleIndex::build`], or one rule at a time with an
+//! [`IndexBuilder`]) and then only read, so a changed script set means building a new index
+//! and swapping it in (`arc_swap`); readers never wait.
 //!
 //! ## How a query avoids looking at scripts that cannot match
 //!
@@ -10,8 +11,8 @@
 //!    Each table keeps its members and their spans packed in one array, so a query touches a
 //!    few consecutive cache lines per table rather than one line per rule.
 //! 2. **Time of week.** A day entry repeats every week on the wall clock of its zone, so a
-//!    rule's day entries compile into *spans* of week position (seconds after Monday 00:00)
-//!    with the breaks already cut out. Entries written with fixed offsets all share one frame
+//!    rule's day entries compile into *spans* of week position (seconds after Monday 00:00,
+//!    stored as minutes when they fall on whole minutes) with the breaks already cut out. Entries written with fixed offsets all share one frame
 //!    (UTC week position); entries in an IANA zone use that zone's wall-clock week. In a large
 //!    table the week is cut into 15-minute slots: per slot a bitset of the members active for
 //!    the whole slot (emitted without any check) and a short list of members with a span
@@ -26,6 +27,13 @@
 //! the week position alone cannot apply the DST policy), and entries whose bounds are written
 //! in zones whose difference depends on the date. Both are rare, and the property test
 //! `tests/index_matches_naive.rs` checks that the index always equals the naive scan.
+//!
+//! ## What is kept
+//!
+//! Only what queries read: the tables, each laid out once at its final size, the script id
+//! of each rule, and the reference timetable of the rules that may take the reference
+//! evaluation (those with an IANA-zone entry or a per-date entry), one per distinct
+//! timetable. The rules themselves are not kept.
 //!
 //! Nothing here reads the clock: the instant is an argument.
 
