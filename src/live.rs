@@ -13,8 +13,20 @@
 //! A row that fails validation (hand-edited with the `sqlite3` shell) is left out of the
 //! index, logged once with the script id and the field, and kept in [`Snapshot::invalid`]
 //! so `GET /scripts/{id}` can show why; the other scripts keep working.
+//!
+//! ## Memory
+//!
+//! A rebuild holds the old snapshot, the new one and the build's transient data at once, so
+//! both are kept lean: each script's timetable lives only in the index, compiled, and the
+//! index keeps a reference timetable only for the rules that may need it, one per distinct
+//! timetable, shared with the previous snapshot's when unchanged; the delivery side is one
+//! [`ScriptRecord`] per script in one array sorted by id ([`Scripts`]), sharing catalog
+//! entries and empty reaction data, with the camera filters and users in one id array. The
+//! build streams the rows into an [`IndexBuilder`] and never holds every rule at once; after
+//! the swap the allocator's free pages go back to the system.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +36,8 @@ use arc_swap::ArcSwap;
 use chrono_tz::Tz;
 use serde_json::Value;
 
-use crate::script::{Lookups, Rule, ScheduleIndex, Timetable, validate};
+use crate::index::IndexBuilder;
+use crate::script::{Lookups, Rule, ScheduleIndex, validate};
 use crate::secret::Secret;
 use crate::store::catalog::{Event, Reaction};
 use crate::store::users::descendants;
@@ -47,7 +60,19 @@ pub struct Extra {
     pub secret: Option<Secret>,
 }
 
-/// A valid script, ready for delivery.
+impl Extra {
+    /// True when no field is set (most reactions have no extra data).
+    fn is_empty(&self) -> bool {
+        self.bot_token.is_none()
+            && self.chat_id.is_none()
+            && self.url.is_none()
+            && self.secret.is_none()
+    }
+}
+
+/// A valid script, ready for delivery. Its timetable lives in the snapshot's
+/// [`ScheduleIndex`] only, compiled; its camera filter and users in [`Scripts`]' shared id
+/// array ([`Scripts::cameras`], [`Scripts::users`]).
 #[derive(Debug, Clone)]
 pub struct ScriptRecord {
     /// Script id.
@@ -60,14 +85,142 @@ pub struct ScriptRecord {
     pub event: Arc<Event>,
     /// The reaction to perform.
     pub reaction: Arc<Reaction>,
-    /// `None` = every camera.
-    pub cameras: Option<Vec<i64>>,
-    /// The users listed on the script (see [`Snapshot::recipients`] for sub-users).
-    pub users: Vec<i64>,
-    /// Reaction data.
-    pub extra: Extra,
-    /// The compiled timetable.
-    pub timetable: Arc<Timetable>,
+    /// Where its cameras are in [`Scripts`]' id array (empty: every camera).
+    cameras: (u32, u32),
+    /// Where its users are in [`Scripts`]' id array.
+    users: (u32, u32),
+    /// Reaction data; one shared empty value for the scripts without any.
+    pub extra: Arc<Extra>,
+}
+
+/// The valid scripts of a snapshot by id: one array sorted by id, looked up by binary search
+/// (a map would cost a hash bucket and an allocation per script), and every script's camera
+/// filter and users in one shared array of ids (most scripts have one user and a few
+/// cameras: a heap block each would cost more than the ids).
+#[derive(Debug, Default)]
+pub struct Scripts {
+    records: Box<[ScriptRecord]>,
+    ids: Box<[i64]>,
+}
+
+/// Collects the records of a [`Scripts`].
+#[derive(Debug, Default)]
+struct ScriptsBuilder {
+    records: Vec<ScriptRecord>,
+    ids: Vec<i64>,
+}
+
+impl ScriptsBuilder {
+    /// Adds a record with its camera filter (`None`: every camera) and users.
+    fn push(&mut self, mut record: ScriptRecord, cameras: Option<&[i64]>, users: &[i64]) {
+        record.cameras = self.ids(cameras.unwrap_or_default());
+        record.users = self.ids(users);
+        self.records.push(record);
+    }
+
+    /// Appends `ids` to the shared array and returns where they are. Past 2³² ids in one
+    /// snapshot nothing is appended (an empty range).
+    fn ids(&mut self, ids: &[i64]) -> (u32, u32) {
+        let (Ok(start), Ok(len)) = (u32::try_from(self.ids.len()), u32::try_from(ids.len())) else {
+            return (0, 0);
+        };
+        if start.checked_add(len).is_none() {
+            return (0, 0);
+        }
+        self.ids.extend_from_slice(ids);
+        (start, len)
+    }
+
+    /// The records sorted by id; a repeated id keeps its first record.
+    fn finish(mut self) -> Scripts {
+        if !self.records.is_sorted_by_key(|r| r.id) {
+            self.records.sort_by_key(|r| r.id);
+        }
+        self.records.dedup_by_key(|r| r.id);
+        Scripts { records: self.records.into_boxed_slice(), ids: self.ids.into_boxed_slice() }
+    }
+}
+
+impl Scripts {
+    fn ids(&self, (start, len): (u32, u32)) -> &[i64] {
+        self.ids.get(start as usize..start as usize + len as usize).unwrap_or_default()
+    }
+
+    /// The cameras of the script with this id: `None` when there is no such script,
+    /// `Some(None)` when it watches every camera.
+    pub fn cameras(&self, id: &i64) -> Option<Option<&[i64]>> {
+        let cameras = self.ids(self.get(id)?.cameras);
+        Some((!cameras.is_empty()).then_some(cameras))
+    }
+
+    /// The users listed on a script of this snapshot (see [`Snapshot::recipients`] for
+    /// sub-users).
+    pub fn users(&self, script: &ScriptRecord) -> &[i64] {
+        self.ids(script.users)
+    }
+
+    /// The script with this id.
+    pub fn get(&self, id: &i64) -> Option<&ScriptRecord> {
+        self.records.binary_search_by_key(id, |r| r.id).ok().map(|i| &self.records[i])
+    }
+
+    /// True when a valid script has this id.
+    pub fn contains_key(&self, id: &i64) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Number of valid scripts.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when there is no valid script.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The ids, ascending.
+    pub fn keys(&self) -> Keys<'_> {
+        Keys(self.records.iter())
+    }
+
+    /// The records, by ascending id.
+    pub fn iter(&self) -> std::slice::Iter<'_, ScriptRecord> {
+        self.records.iter()
+    }
+}
+
+impl std::ops::Index<&i64> for Scripts {
+    type Output = ScriptRecord;
+
+    /// The script with this id.
+    ///
+    /// # Panics
+    /// When there is none (like a map's index).
+    fn index(&self, id: &i64) -> &ScriptRecord {
+        match self.get(id) {
+            Some(r) => r,
+            None => panic!("no valid script {id} in the snapshot"),
+        }
+    }
+}
+
+/// The ids of [`Scripts`], ascending.
+#[derive(Clone)]
+pub struct Keys<'a>(std::slice::Iter<'a, ScriptRecord>);
+
+impl<'a> Iterator for Keys<'a> {
+    type Item = &'a i64;
+
+    fn next(&mut self) -> Option<&'a i64> {
+        self.0.next().map(|r| &r.id)
+    }
+}
+
+impl fmt::Debug for Keys<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
+    }
 }
 
 /// One consistent view of the scripts.
@@ -76,7 +229,7 @@ pub struct Snapshot {
     /// `(event, camera, instant) → script ids`.
     pub index: ScheduleIndex,
     /// Valid scripts by id.
-    pub scripts: HashMap<i64, Arc<ScriptRecord>>,
+    pub scripts: Scripts,
     /// Scripts skipped because their row is invalid, with the reasons.
     pub invalid: BTreeMap<i64, FieldErrors>,
     /// Every user's parent, for sub-user expansion.
@@ -92,7 +245,7 @@ impl Snapshot {
     pub fn empty() -> Snapshot {
         Snapshot {
             index: ScheduleIndex::build(Vec::new()),
-            scripts: HashMap::new(),
+            scripts: Scripts::default(),
             invalid: BTreeMap::new(),
             parents: HashMap::new(),
             events: HashMap::new(),
@@ -109,8 +262,10 @@ impl Snapshot {
     /// for the client-side reactions (`show-camera-sidebar`, `show-camera`, `sound`).
     pub fn recipients(&self, script: &ScriptRecord) -> Vec<i64> {
         match script.reaction.name.as_str() {
-            "show-camera-sidebar" | "show-camera" | "sound" => self.descendants(&script.users),
-            _ => script.users.clone(),
+            "show-camera-sidebar" | "show-camera" | "sound" => {
+                self.descendants(self.scripts.users(script))
+            }
+            _ => self.scripts.users(script).to_vec(),
         }
     }
 }
@@ -187,7 +342,8 @@ impl Live {
         let previous = self.load();
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let started = std::time::Instant::now();
-        let snapshot = match build(&self.inner.store, self.inner.timezone, generation) {
+        let built = build(&self.inner.store, self.inner.timezone, generation, &previous.index);
+        let snapshot = match built {
             Ok(s) => s,
             Err(e) => {
                 // Forget the noted version: the watcher reopens and rebuilds next time.
@@ -216,6 +372,10 @@ impl Live {
             "scripts reloaded"
         );
         self.inner.current.store(Arc::new(snapshot));
+        // The old snapshot is freed here unless a reader still holds it (it then goes with
+        // the reader's last reference): give its pages and the build's back to the system.
+        drop(previous);
+        release_free_memory();
         Ok(())
     }
 
@@ -259,6 +419,26 @@ impl Live {
                 }
             }
         })
+    }
+}
+
+/// Returns the allocator's free pages to the system. A rebuild frees a whole snapshot and
+/// the build's transient data; glibc's malloc keeps such memory (split between its per-thread
+/// arenas) resident until told otherwise, so without this the daemon's RSS after the first
+/// rebuild stays near its peak for good. A no-op with other C libraries.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            /// glibc: releases free memory at the top of the heap and every free page
+            /// inside the arenas (`madvise(MADV_DONTNEED)`); returns 1 if any was released.
+            fn malloc_trim(pad: usize) -> std::os::raw::c_int;
+        }
+        // SAFETY: `malloc_trim` takes no pointer and only walks glibc's own arenas under
+        // their locks; it is safe to call from any thread at any time.
+        unsafe {
+            malloc_trim(0);
+        }
     }
 }
 
@@ -309,20 +489,33 @@ fn extra_of(extra: &serde_json::Map<String, Value>) -> Extra {
     }
 }
 
-/// Reads and validates every script into a snapshot.
-fn build(store: &Store, timezone: Tz, generation: u64) -> Result<Snapshot, StoreError> {
-    let mut records = HashMap::new();
+/// Reads and validates every script into a snapshot; the timetables that equal one of
+/// `previous` are shared with it.
+fn build(
+    store: &Store,
+    timezone: Tz,
+    generation: u64,
+    previous: &ScheduleIndex,
+) -> Result<Snapshot, StoreError> {
     let mut invalid = BTreeMap::new();
-    let mut rules = Vec::new();
-    let (lookups, parents) = store.read(|tx| {
+    let (lookups, parents, records, index) = store.read(|tx| {
         let lookups = Lookups::load(tx)?;
         let parents = users::parents(tx)?;
         let ctx = lookups.context(timezone);
-        // Shared catalog entries: one allocation per event and reaction, not per script.
+        // Sized once: growing by doubling would hold up to twice the records for a moment.
+        let rows: i64 = tx.query_row("SELECT COUNT(*) FROM scripts", [], |r| r.get(0))?;
+        let rows = usize::try_from(rows).unwrap_or(0);
+        let mut records =
+            ScriptsBuilder { records: Vec::with_capacity(rows), ids: Vec::with_capacity(rows * 3) };
+        let mut index = IndexBuilder::with_capacity(rows);
+        index.share_with(previous);
+        // Shared catalog entries: one allocation per event and reaction, not per script;
+        // likewise one empty `Extra` for every script without reaction data.
         let events: HashMap<i64, Arc<_>> =
             lookups.events.iter().map(|(id, e)| (*id, Arc::new(e.clone()))).collect();
         let reactions: HashMap<i64, Arc<_>> =
             lookups.reactions.iter().map(|(id, r)| (*id, Arc::new(r.clone()))).collect();
+        let no_extra = Arc::new(Extra::default());
         scripts::for_each(tx, |row| {
             if !row.decode_errors.is_empty() {
                 invalid.insert(row.id, row.decode_errors);
@@ -335,27 +528,26 @@ fn build(store: &Store, timezone: Tz, generation: u64) -> Result<Snapshot, Store
                     else {
                         return Ok(()); // validate checked both exist
                     };
-                    rules.push(Rule {
+                    let rule = Rule {
                         script_id: row.id,
                         event_id: v.input.event_id,
-                        cameras: v.input.cameras.clone(),
+                        cameras: v.input.cameras,
                         enabled: v.input.enabled,
-                        timetable: v.timetable.clone(),
-                    });
-                    records.insert(
-                        row.id,
-                        Arc::new(ScriptRecord {
-                            id: row.id,
-                            title: v.input.title,
-                            enabled: v.input.enabled,
-                            event: event.clone(),
-                            reaction: reaction.clone(),
-                            cameras: v.input.cameras,
-                            users: v.input.users,
-                            extra: extra_of(&v.input.extra),
-                            timetable: v.timetable,
-                        }),
-                    );
+                        timetable: v.timetable,
+                    };
+                    index.add(&rule);
+                    let extra = extra_of(&v.input.extra);
+                    let record = ScriptRecord {
+                        id: row.id,
+                        title: v.input.title,
+                        enabled: v.input.enabled,
+                        event: event.clone(),
+                        reaction: reaction.clone(),
+                        cameras: (0, 0),
+                        users: (0, 0),
+                        extra: if extra.is_empty() { no_extra.clone() } else { Arc::new(extra) },
+                    };
+                    records.push(record, rule.cameras.as_deref(), &v.input.users);
                 }
                 Err(errors) => {
                     invalid.insert(row.id, errors);
@@ -363,14 +555,64 @@ fn build(store: &Store, timezone: Tz, generation: u64) -> Result<Snapshot, Store
             }
             Ok(())
         })?;
-        Ok((lookups, parents))
+        Ok((lookups, parents, records, index))
     })?;
     Ok(Snapshot {
-        index: ScheduleIndex::build(rules),
-        scripts: records,
+        index: index.finish(),
+        scripts: records.finish(),
         invalid,
         parents,
         events: lookups.events,
         generation,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: i64, catalog: &(Arc<Event>, Arc<Reaction>)) -> ScriptRecord {
+        ScriptRecord {
+            id,
+            title: format!("script {id}"),
+            enabled: true,
+            event: catalog.0.clone(),
+            reaction: catalog.1.clone(),
+            cameras: (0, 0),
+            users: (0, 0),
+            extra: Arc::new(Extra::default()),
+        }
+    }
+
+    #[test]
+    fn scripts_are_found_by_id_with_their_cameras_in_any_order() {
+        let event = Event {
+            id: 1,
+            name: "e".into(),
+            description: "E".into(),
+            color: "#000".into(),
+            analytic_type: "t".into(),
+        };
+        let reaction =
+            Reaction { id: 2, name: "sound".into(), description: "S".into(), is_default: true };
+        let catalog = (Arc::new(event), Arc::new(reaction));
+        let mut b = ScriptsBuilder::default();
+        b.push(record(30, &catalog), Some(&[7, 8]), &[3]);
+        b.push(record(10, &catalog), None, &[1, 2]);
+        b.push(record(20, &catalog), Some(&[9]), &[]);
+        b.push(record(10, &catalog), Some(&[1]), &[5]);
+        let scripts = b.finish();
+        assert_eq!(scripts.len(), 3);
+        assert_eq!(format!("{:?}", scripts.keys()), "[10, 20, 30]");
+        assert_eq!(scripts[&20].title, "script 20");
+        assert!(scripts.get(&15).is_none() && !scripts.contains_key(&40));
+        assert_eq!(scripts.cameras(&30), Some(Some(&[7, 8][..])));
+        assert_eq!(scripts.cameras(&20), Some(Some(&[9][..])));
+        assert_eq!(scripts.cameras(&10), Some(None), "the first record of a repeated id");
+        assert_eq!(scripts.cameras(&11), None);
+        assert_eq!(scripts.users(&scripts[&10]), [1, 2]);
+        assert_eq!(scripts.users(&scripts[&20]), [0i64; 0]);
+        assert_eq!(scripts.users(&scripts[&30]), [3]);
+        assert_eq!(scripts.iter().map(|r| r.id).collect::<Vec<_>>(), [10, 20, 30]);
+    }
 }

@@ -171,7 +171,7 @@ impl Intake {
         let scripts = self.matches.positions.len();
         let occurred_at = occ.occurred_at_rfc3339();
         for &p in &self.matches.positions {
-            let script_id = snap.index.rule(p).script_id;
+            let script_id = snap.index.script_id(p);
             if let Some(script) = snap.scripts.get(&script_id) {
                 plan_script(snap, script, &event, &occ, &occurred_at, self.timezone, out);
             }

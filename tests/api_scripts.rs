@@ -141,7 +141,7 @@ async fn missing_days_or_breaks_are_echoed_as_empty_arrays() {
         json!({"days": [{"type": "weekdays", "from": "08:00", "to": "18:00", "breaks": []}], "intervals": []})
     );
     let id = v["id"].as_i64().expect("id");
-    assert_eq!(api.live.load().scripts[&id].cameras, Some(vec![17, 18]));
+    assert_eq!(api.live.load().scripts.cameras(&id), Some(Some(&[17, 18][..])));
     assert_eq!(v["status"], "active");
     let mut body = always_body("t");
     body["status"] = json!(false);
@@ -163,7 +163,7 @@ async fn patch_changes_only_what_it_names() {
     for k in ["id", "timetable", "status", "users", "event", "reaction", "extra", "created_at"] {
         assert_eq!(after[k], before[k], "{k} changed");
     }
-    assert_eq!(api.live.load().scripts[&id].cameras, Some(vec![17, 18]), "cameras changed");
+    assert_eq!(api.live.load().scripts.cameras(&id), Some(Some(&[17, 18][..])), "cameras changed");
     let (_, shown) = api.get(&format!("/scripts/{id}")).await;
     assert_eq!(shown, after);
     assert_eq!(api.live.load().scripts[&id].title, "after");
@@ -195,7 +195,7 @@ async fn put_replaces_and_validates_like_post() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["id"], id);
     assert_eq!(v["title"], "script");
-    assert_eq!(api.live.load().scripts[&id].cameras, None, "cameras: null clears the filter");
+    assert_eq!(api.live.load().scripts.cameras(&id), Some(None), "cameras: null clears the filter");
     let (status, v) = api
         .send(api.req(Method::PUT, &format!("/scripts/{id}")).json(&json!({"title": "only"})))
         .await;
@@ -435,7 +435,7 @@ async fn a_locked_database_is_503_with_retry_after() {
 async fn put_without_cameras_keeps_the_stored_filter() {
     let api = start().await;
     let id = api.create(&always_body("gate")).await;
-    assert_eq!(api.live.load().scripts[&id].cameras, Some(vec![17, 18]));
+    assert_eq!(api.live.load().scripts.cameras(&id), Some(Some(&[17, 18][..])));
     // A client that sends what it read back (responses have no cameras key).
     let (_, shown) = api.get(&format!("/scripts/{id}")).await;
     assert!(shown.get("cameras").is_none());
@@ -446,10 +446,10 @@ async fn put_without_cameras_keeps_the_stored_filter() {
     let (status, v) = api.send(api.req(Method::PUT, &format!("/scripts/{id}")).json(&body)).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["title"], "gate renamed");
-    assert_eq!(api.live.load().scripts[&id].cameras, Some(vec![17, 18]), "filter kept");
+    assert_eq!(api.live.load().scripts.cameras(&id), Some(Some(&[17, 18][..])), "filter kept");
     // An explicit null still means every camera.
     body["cameras"] = Value::Null;
     let (status, _) = api.send(api.req(Method::PUT, &format!("/scripts/{id}")).json(&body)).await;
     assert_eq!(status, 200);
-    assert_eq!(api.live.load().scripts[&id].cameras, None);
+    assert_eq!(api.live.load().scripts.cameras(&id), Some(None));
 }

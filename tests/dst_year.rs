@@ -310,7 +310,7 @@ fn run_zone(tz: Tz, changes: &[i64; 2]) -> Vec<Outcome> {
         }
         index.matches_into(1, 17, t, &mut m);
         fast.clear();
-        fast.extend(m.positions.iter().map(|&p| index.rule(p).script_id));
+        fast.extend(m.positions.iter().map(|&p| index.script_id(p)));
         fast.sort_unstable();
         if fast != naive {
             index_mismatches += 1;

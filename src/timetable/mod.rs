@@ -24,14 +24,14 @@ pub use zone::Zone;
 use zone::{DAY, at_seconds};
 
 /// A parsed, validated timetable.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Timetable {
     pub(crate) days: Vec<DayEntry>,
     pub(crate) intervals: Vec<Interval>,
 }
 
 /// Which days a day entry applies to (the day its window starts on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DayKind {
     /// `same_every_day`
     EveryDay,
@@ -56,7 +56,7 @@ impl DayKind {
 }
 
 /// A bound of a day entry, as seconds after the midnight of the entry's day in its zone.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Bound {
     /// Known without a date: `0..=86400` (86400 is the end of the day).
     Fixed(u32),
@@ -66,14 +66,14 @@ pub(crate) enum Bound {
 }
 
 /// One `{from, to}` pause of a day entry.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Break {
     pub(crate) from: Bound,
     pub(crate) to: Bound,
 }
 
 /// One entry of `timetable.days`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct DayEntry {
     pub(crate) kind: DayKind,
     /// The zone of the entry's `from`; all bounds are expressed in it.
@@ -177,7 +177,7 @@ impl DayEntry {
 }
 
 /// One absolute `{from, to}` interval, unix seconds, half-open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Interval {
     pub(crate) from: i64,
     pub(crate) to: i64,
