@@ -238,6 +238,9 @@ pub struct Snapshot {
     pub events: HashMap<i64, Event>,
     /// Counts rebuilds: a higher generation is a newer snapshot.
     pub generation: u64,
+    /// What it was built from: the database file's epoch ([`crate::store::Conn::epoch`])
+    /// and its scripts version (`None` before the first load).
+    pub source: Option<(u64, i64)>,
 }
 
 impl Snapshot {
@@ -250,6 +253,7 @@ impl Snapshot {
             parents: HashMap::new(),
             events: HashMap::new(),
             generation: 0,
+            source: None,
         }
     }
 
@@ -462,10 +466,15 @@ fn poll_once(live: &Live) -> Result<(), StoreError> {
         *watch = None;
     }
     if watch.is_none() {
-        // (Re)opened: a replaced file has its own counter, so reload once unconditionally.
+        // (Re)opened: reload unless the snapshot was built from this very file and version
+        // (at start-up it was, moments ago; a replaced file has another epoch).
         let conn = live.inner.store.connect()?;
         let v = data_version(&conn)?;
+        let source = Some((conn.epoch(), v));
         *watch = Some(Watch { conn, data_version: v });
+        if live.load().source == source {
+            return Ok(());
+        }
         return live.reload_locked(&mut watch);
     }
     let changed = match watch.as_ref() {
@@ -498,7 +507,9 @@ fn build(
     previous: &ScheduleIndex,
 ) -> Result<Snapshot, StoreError> {
     let mut invalid = BTreeMap::new();
-    let (lookups, parents, records, index) = store.read(|tx| {
+    let (lookups, parents, records, index, source) = store.read(|tx| {
+        // The file cannot be switched while this read's connection is open.
+        let source = (store.epoch(), data_version(tx)?);
         let lookups = Lookups::load(tx)?;
         let parents = users::parents(tx)?;
         let ctx = lookups.context(timezone);
@@ -555,7 +566,7 @@ fn build(
             }
             Ok(())
         })?;
-        Ok((lookups, parents, records, index))
+        Ok((lookups, parents, records, index, source))
     })?;
     Ok(Snapshot {
         index: index.finish(),
@@ -564,6 +575,7 @@ fn build(
         parents,
         events: lookups.events,
         generation,
+        source: Some(source),
     })
 }
 

@@ -125,6 +125,11 @@ impl FileGate {
         })
     }
 
+    /// The current file's epoch.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
     /// Notes the `-wal` file of the current file (`epoch`), as seen with a connection open.
     pub(crate) fn note_wal(&self, path: &Path, epoch: u64) {
         let wal = identity_of(&sidecar(path, "-wal"));

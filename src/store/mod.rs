@@ -185,6 +185,12 @@ impl Store {
         &self.handoff
     }
 
+    /// The generation of the database file this handle's connections are on: bumped each
+    /// time a replaced file is switched to (see [`Conn::epoch`]).
+    pub fn epoch(&self) -> u64 {
+        self.file.epoch()
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
