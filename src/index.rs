@@ -12,12 +12,13 @@
 //!    few consecutive cache lines per table rather than one line per rule.
 //! 2. **Time of week.** A day entry repeats every week on the wall clock of its zone, so a
 //!    rule's day entries compile into *spans* of week position (seconds after Monday 00:00,
-//!    stored as minutes when they fall on whole minutes) with the breaks already cut out. Entries written with fixed offsets all share one frame
-//!    (UTC week position); entries in an IANA zone use that zone's wall-clock week. In a large
-//!    table the week is cut into 15-minute slots: per slot a bitset of the members active for
-//!    the whole slot (emitted without any check) and a short list of members with a span
-//!    boundary inside the slot (checked against their spans). Small tables check each member's
-//!    spans directly with a binary search.
+//!    stored as minutes when they fall on whole minutes) with the breaks already cut out.
+//!    Entries written with fixed offsets all share one frame (UTC week position); entries
+//!    in an IANA zone use that zone's wall-clock week. In a large table the week is cut into
+//!    15-minute slots: per slot a bitset of the members active for the whole slot (emitted
+//!    without any check) and a short list of members with a span boundary inside the slot
+//!    (checked against their spans). Small tables check each member's spans directly with a
+//!    binary search.
 //! 3. **Intervals.** Absolute intervals are registered per table in every UTC day they
 //!    overlap (those longer than a month go to a short list that is always checked), so a
 //!    query reads the one day bucket of t.
@@ -432,14 +433,13 @@ fn build_slots(packed: &[u32], members: usize) -> Slots {
 impl Intervals {
     /// Files `intervals` (from, to, rule word) by UTC day; returns the ones that go to the
     /// always-checked list instead (longer than [`LONG_DAYS`], or too far apart).
-    fn build(mut intervals: Vec<(i64, i64, u32)>) -> (Intervals, Vec<(i64, i64, u32)>) {
+    fn build(intervals: Vec<(i64, i64, u32)>) -> (Intervals, Vec<(i64, i64, u32)>) {
         let days =
             |&(from, to, _): &(i64, i64, u32)| (from.div_euclid(DAY), (to - 1).div_euclid(DAY));
-        let (mut long, mut bucketed): (Vec<_>, Vec<_>) = intervals.drain(..).partition(|iv| {
+        let (mut long, mut bucketed): (Vec<_>, Vec<_>) = intervals.into_iter().partition(|iv| {
             let (first, last) = days(iv);
             last - first >= LONG_DAYS
         });
-        drop(intervals);
         let (Some(first_day), Some(last_day)) = (
             bucketed.iter().map(|iv| days(iv).0).min(),
             bucketed.iter().map(|iv| days(iv).1).max(),
@@ -646,7 +646,7 @@ impl IndexBuilder {
     /// rules take a position but never match. Of equal timetables one is kept.
     ///
     /// # Panics
-    /// With 2³¹ rules or more (positions are 31-bit).
+    /// With 2³¹ rules or more (positions are 31-bit), or 2³² - 1 intervals.
     pub fn add(&mut self, rule: &Rule) {
         let position = self.script_ids.len();
         assert!(position < REPEAT as usize, "too many rules for one index");
