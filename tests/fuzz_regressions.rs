@@ -4,21 +4,20 @@
 //!
 //! Each file under `tests/fuzz-regressions/<target>/` is one input exactly as libFuzzer
 //! wrote it (the first byte of `parse_timetable` and `validate_script` inputs picks the
-//! zone). The checks below mirror the targets; keep them in step.
+//! zone). The checks are the targets' own (`fuzz/checks.rs`).
+
+#[path = "../fuzz/checks.rs"]
+mod checks;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
+use checks::{TIMETABLE_ZONES, check_decode, check_timetable, check_validate};
+use chrono::Utc;
 use serde_json::Value;
 
-use scriptd::index::ScheduleIndex;
-use scriptd::occurrence::{DERIVED_ID_PREFIX, EventRef, MAX_ID_LEN, decode};
-use scriptd::rules::{Rule, naive_matches};
-use scriptd::script::{ValidationContext, input_to_body, validate};
-use scriptd::store::catalog::{DEFAULT_EVENTS, DEFAULT_REACTIONS, Event, Reaction};
+use scriptd::occurrence::decode;
+use scriptd::script::{ValidationContext, validate};
 use scriptd::timetable::{ParseContext, parse_timetable};
 
 /// The inputs kept for `target`, with their file names.
@@ -31,131 +30,6 @@ fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
         .collect();
     out.sort();
     out
-}
-
-/// `decode_occurrence`: never panics; an `Ok` keeps the decoder's invariants.
-fn check_decode(data: &[u8]) {
-    let now = DateTime::<Utc>::from_timestamp(1_795_000_000, 0).unwrap();
-    match decode("vms/analytics/events/17", data, now) {
-        Ok(o) => {
-            assert!(o.camera_id > 0);
-            match &o.event {
-                EventRef::Id(id) => assert!(*id > 0),
-                EventRef::Name(n) => assert!(!n.is_empty() && n.len() <= MAX_ID_LEN),
-            }
-            assert!(o.id.len() <= MAX_ID_LEN || o.id.starts_with(DERIVED_ID_PREFIX));
-            assert!(!o.id.chars().any(char::is_control));
-            if let Some(u) = &o.snapshot_url {
-                assert!(!u.chars().any(|c| c.is_control() || c.is_whitespace()), "{u:?}");
-            }
-            let _ = o.occurred_at_rfc3339();
-        }
-        Err(r) => assert!(!r.message.is_empty() && r.message.len() < 1024),
-    }
-}
-
-const TIMETABLE_ZONES: [Tz; 6] = [
-    chrono_tz::UTC,
-    chrono_tz::Europe::Berlin,
-    chrono_tz::America::New_York,
-    chrono_tz::Australia::Lord_Howe,
-    chrono_tz::Asia::Kolkata,
-    chrono_tz::Etc::GMTPlus5,
-];
-
-const BASES: [i64; 6] =
-    [1_774_746_000, 1_792_890_000, 1_772_953_200, 1_793_512_800, 1_775_314_800, 1_795_780_800];
-const MIN_T: i64 = -62_167_219_200;
-const MAX_T: i64 = 253_402_300_799;
-
-/// `parse_timetable`: parsing and evaluation never panic, and the index agrees with the
-/// naive matcher.
-fn check_timetable(data: &[u8]) {
-    let Some((&zone_byte, json)) = data.split_first() else { return };
-    let Ok(value) = serde_json::from_slice::<Value>(json) else { return };
-    let ctx = ParseContext { timezone: TIMETABLE_ZONES[usize::from(zone_byte) % 6] };
-    let Ok(tt) = parse_timetable(&value, &ctx) else { return };
-    let mut seed: i64 = 0;
-    for &b in data.iter().rev().take(8) {
-        seed = (seed << 8) | i64::from(b);
-    }
-    let shift = seed.rem_euclid(600);
-    let mut instants = Vec::new();
-    for base in BASES {
-        for step in -156..=156 {
-            let t = base + step * 600 + shift;
-            instants.extend([t - 1, t]);
-        }
-    }
-    instants.push(MIN_T + seed.rem_euclid(MAX_T - MIN_T));
-    instants.extend([MIN_T, MAX_T]);
-    let tt = Arc::new(tt);
-    let rules = vec![Rule {
-        script_id: 7,
-        event_id: 1,
-        cameras: None,
-        enabled: true,
-        timetable: tt.clone(),
-    }];
-    let index = ScheduleIndex::build(rules.clone());
-    for t in instants {
-        let verdict = tt.explain_at(t);
-        assert_eq!(verdict.active, tt.is_active_at(t));
-        let at = DateTime::<Utc>::from_timestamp(t, 0).unwrap();
-        let naive = naive_matches(&rules, 1, 17, at);
-        assert_eq!(index.matches(1, 17, at), naive, "index and naive disagree at {at}");
-    }
-}
-
-/// `validate_script`: never panics; a valid body validates again from its stored form.
-/// Returns whether the body was valid.
-fn check_validate(data: &[u8]) -> bool {
-    let Some((&zone_byte, json)) = data.split_first() else { return false };
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(json) else { return false };
-    let events: HashMap<i64, Event> = DEFAULT_EVENTS
-        .iter()
-        .map(|&(id, name, description, color, analytic_type)| {
-            let e = Event {
-                id,
-                name: name.into(),
-                description: description.into(),
-                color: color.into(),
-                analytic_type: analytic_type.into(),
-            };
-            (id, e)
-        })
-        .collect();
-    let reactions: HashMap<i64, Reaction> = DEFAULT_REACTIONS
-        .iter()
-        .map(|&(id, name, description, is_default)| {
-            (id, Reaction { id, name: name.into(), description: description.into(), is_default })
-        })
-        .collect();
-    let users: HashSet<i64> = [1, 2, 3].into_iter().collect();
-    let zones = [chrono_tz::UTC, chrono_tz::Europe::Berlin, chrono_tz::America::New_York];
-    let ctx = ValidationContext {
-        timezone: zones[usize::from(zone_byte) % 3],
-        events: &events,
-        reactions: &reactions,
-        users: &users,
-    };
-    match validate(&body, &ctx) {
-        Ok(v) => {
-            assert!(!v.input.title.chars().any(char::is_control));
-            let stored = serde_json::to_string(&Value::Object(input_to_body(&v.input))).unwrap();
-            let Ok(Value::Object(back)) = serde_json::from_str::<Value>(&stored) else {
-                panic!("stored body does not read back: {stored}")
-            };
-            let again = validate(&back, &ctx).expect("a stored script validates again");
-            assert_eq!(*again.timetable, *v.timetable);
-            assert_eq!(again.input.title, v.input.title);
-            true
-        }
-        Err(e) => {
-            assert!(!e.is_empty());
-            false
-        }
-    }
 }
 
 #[test]
