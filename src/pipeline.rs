@@ -285,6 +285,7 @@ fn plan_script(
                 &event.description,
                 occ.camera_id,
                 &local_time(occ.occurred_at_utc(), tz),
+                occ.data.as_ref(),
             );
             let target = Target::Telegram {
                 bot_token: token.clone(),

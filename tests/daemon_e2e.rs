@@ -192,6 +192,7 @@ async fn telegram_and_webhook_end_to_end() {
             "{text}"
         );
         assert!(text.contains(&format!("10:00:0{i}")), "in order, with the local time: {text}");
+        assert!(text.contains("plate: A123BC"), "the occurrence's data: {text}");
     }
     let hooks = hook.wait_for(3, Duration::from_secs(20)).await;
     assert!(hooks.iter().all(|h| h.signature_valid), "signatures verify");

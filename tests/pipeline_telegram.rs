@@ -38,7 +38,7 @@ fn assert_no_token(e: &SendError) {
 async fn sends_the_text_to_the_chat() {
     let stub = TelegramStub::start().await;
     let s = sender(&stub, Duration::from_secs(5), fast_limits());
-    let text = message_text("Gate", "Line crossing", 17, "2026-11-27 16:30:05 +05");
+    let text = message_text("Gate", "Line crossing", 17, "2026-11-27 16:30:05 +05", None);
     within(10, "send", s.send(&token(), "123", &text, None)).await.unwrap();
     let got = stub.recorded();
     assert_eq!(got.len(), 1);
