@@ -32,7 +32,7 @@ use crate::pipeline::{self, Intake};
 use crate::settings::Settings;
 use crate::source::mqtt::{MqttConnectOptions, MqttSource, SourceOptions};
 use crate::store::{Store, StoreError};
-use crate::systemd::{Notifier, Reloader, Watchdog};
+use crate::systemd::{Notifier, Reloader};
 use crate::telemetry;
 
 /// Why the daemon could not start or run.
@@ -225,7 +225,8 @@ pub async fn start(
     (connect.backoff_min, connect.backoff_max) = settings.mqtt.reconnect_backoff();
     connect.inflight = settings.mqtt.inflight;
 
-    let watchdog = Watchdog::new();
+    // One registry: a component the watchdog sees stalled is down in /healthz too.
+    let watchdog = health.watchdog().clone();
     let beat_for = |name: &str| {
         // A component silent for 30 s is hung: the watchdog pings stop and systemd restarts us.
         watchdog.register(name, Duration::from_secs(30))
@@ -252,7 +253,7 @@ pub async fn start(
             max_in_flight: settings.delivery.max_in_flight as usize,
             shutdown_deadline: settings.delivery.shutdown_deadline(),
             poll_interval: Duration::from_secs(1),
-            progress: Some(beat_for("dispatcher")),
+            progress: Some(beat_for(health::DISPATCHERS)),
         },
         live_settings.clone(),
         stop_intake.wait(),
@@ -263,32 +264,20 @@ pub async fn start(
     source_options.channel_capacity = pipeline::BATCH_MAX * 4;
     // The poll loop turns at least once per keep-alive (a ping) even when idle, and on every
     // reconnect attempt, so a broker outage is not a hang; a stuck loop is.
-    source_options.progress =
-        Some(watchdog.register("mqtt", settings.mqtt.keep_alive() * 2 + Duration::from_secs(10)));
+    source_options.progress = Some(
+        watchdog.register(health::BROKER, settings.mqtt.keep_alive() * 2 + Duration::from_secs(10)),
+    );
     let (source, incoming) = MqttSource::spawn(source_options, stop_intake.wait());
-    {
-        // Broker state → health, systemd status.
-        let mut connected = source.connected();
-        let health = health.clone();
-        let notifier = notifier.clone();
-        let stop = stop_rest.wait();
-        tokio::spawn(async move {
-            tokio::pin!(stop);
-            loop {
-                if *connected.borrow_and_update() {
-                    health.set_up(health::BROKER);
-                    notifier.status("running");
-                } else {
-                    health.set_down(health::BROKER, "not connected to the MQTT broker");
-                    notifier.status("mqtt reconnecting");
-                }
-                tokio::select! {
-                    () = &mut stop => return,
-                    changed = connected.changed() => if changed.is_err() { return },
-                }
-            }
-        });
-    }
+    // Connection states → health (and the events connection → systemd status).
+    spawn_connection_health(
+        source.connected(),
+        health::BROKER,
+        &health,
+        Some(notifier.clone()),
+        stop_rest.wait(),
+    );
+    spawn_connection_health(pusher.connected(), health::PUSH, &health, None, stop_rest.wait());
+    tokio::spawn(probe_store(store.clone(), health.clone(), STORE_PROBE_PERIOD, stop_rest.wait()));
     let intake = Intake::new(
         store.clone(),
         live.clone(),
@@ -296,7 +285,7 @@ pub async fn start(
         Arc::new(RejectionLog::default()),
     )
     .map_err(store_err)?;
-    let intake_progress = beat_for("intake");
+    let intake_progress = beat_for(INTAKE);
     let wake = dispatcher.clone();
     let intake_task = tokio::spawn(pipeline::run(
         intake,
@@ -371,6 +360,73 @@ impl Running {
             pusher.join().await;
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Name of the intake in the health registry (shown only when it stalls).
+const INTAKE: &str = "intake";
+/// How often the store is probed for `/healthz`.
+const STORE_PROBE_PERIOD: Duration = Duration::from_secs(2);
+
+/// Mirrors an MQTT connection's state into the health registry (and, for the events
+/// connection, into systemd's `STATUS=`).
+fn spawn_connection_health(
+    mut connected: watch::Receiver<bool>,
+    component: &'static str,
+    health: &Health,
+    notifier: Option<Notifier>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let health = health.clone();
+    tokio::spawn(async move {
+        tokio::pin!(stop);
+        loop {
+            let up = *connected.borrow_and_update();
+            if up {
+                health.set_up(component);
+            } else {
+                health.set_down(component, "not connected to the MQTT broker");
+            }
+            if let Some(n) = &notifier {
+                n.status(if up { "running" } else { "mqtt reconnecting" });
+            }
+            tokio::select! {
+                () = &mut stop => return,
+                changed = connected.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+}
+
+/// Reads the database every `period` and reports the store up, or down with the error
+/// (file removed, unreadable, being replaced, corrupt), until `stop`.
+async fn probe_store(
+    store: Store,
+    health: Health,
+    period: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = ticker.tick() => {}
+        }
+        let s = store.clone();
+        let probe = tokio::task::spawn_blocking(move || {
+            s.read(|tx| {
+                tx.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+                Ok(())
+            })
+        })
+        .await;
+        match probe {
+            Ok(Ok(())) => health.set_up(health::STORE),
+            Ok(Err(e)) => health.set_down(health::STORE, format!("database: {e}")),
+            Err(e) => health.set_down(health::STORE, format!("database probe failed: {e}")),
+        }
     }
 }
 

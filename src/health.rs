@@ -1,15 +1,25 @@
-//! Health registry and the unauthenticated `GET /healthz` and `GET /metrics` routes
-//! (CONTRACT §6).
+//! Health registry and the unauthenticated `GET /healthz`, `GET /livez` and `GET /metrics`
+//! routes.
 //!
-//! Components report their state into a shared [`Health`]: the store, the broker
-//! connection and the dispatchers by default. `/healthz` answers 200 when every
-//! registered component is up and 503 naming the ones that are not:
+//! Components report their state into a shared [`Health`]: the store ([`STORE`], probed
+//! every few seconds), the events connection to the broker ([`BROKER`]), the push
+//! connection ([`PUSH`]) and the dispatchers ([`DISPATCHERS`]). The same registry holds the
+//! systemd watchdog's heartbeats ([`Health::watchdog`]): a component that stopped making
+//! progress shows as down here, with the reason, at the moment the watchdog stops its pings.
+//!
+//! `/healthz` (readiness) answers 200 when every registered component is up and 503 naming
+//! the ones that are not:
 //!
 //! ```json
 //! {"status": "unavailable", "failing": ["broker"],
-//!  "components": {"broker": {"state": "down", "reason": "connection refused"},
-//!                 "dispatchers": {"state": "up"}, "store": {"state": "up"}}}
+//!  "components": {"broker": {"state": "down", "reason": "not connected to the MQTT broker"},
+//!                 "dispatchers": {"state": "up"}, "push": {"state": "up"},
+//!                 "store": {"state": "up"}}}
 //! ```
+//!
+//! `/livez` (liveness, for restarts) answers 200 while no component is stalled, whatever
+//! the broker or the database say (a restart would not bring those back), and 503 naming
+//! the stalled components otherwise.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -22,10 +32,14 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
+use crate::systemd::Watchdog;
+
 /// Component name: the SQLite store.
 pub const STORE: &str = "store";
-/// Component name: the MQTT broker connection.
+/// Component name: the MQTT connection that receives occurrences.
 pub const BROKER: &str = "broker";
+/// Component name: the MQTT connection that publishes pushes.
+pub const PUSH: &str = "push";
 /// Component name: the delivery dispatchers.
 pub const DISPATCHERS: &str = "dispatchers";
 
@@ -52,10 +66,12 @@ impl ComponentState {
     }
 }
 
-/// The health of every registered component. Cheap to clone; clones share the state.
+/// The health of every registered component, and the watchdog's heartbeats. Cheap to
+/// clone; clones share the state.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     components: Arc<RwLock<BTreeMap<String, ComponentState>>>,
+    watchdog: Watchdog,
 }
 
 /// The body of `GET /healthz`.
@@ -83,11 +99,11 @@ impl Health {
         Self::default()
     }
 
-    /// A registry with [`STORE`], [`BROKER`] and [`DISPATCHERS`], each down with reason
-    /// "starting" until it reports.
+    /// A registry with [`STORE`], [`BROKER`], [`PUSH`] and [`DISPATCHERS`], each down with
+    /// reason "starting" until it reports.
     pub fn with_standard_components() -> Self {
         let h = Self::new();
-        for name in [STORE, BROKER, DISPATCHERS] {
+        for name in [STORE, BROKER, PUSH, DISPATCHERS] {
             h.set_down(name, "starting");
         }
         h
@@ -109,9 +125,24 @@ impl Health {
         self.set(component, ComponentState::Down { reason: reason.into() });
     }
 
-    /// The current state of every component.
+    /// The watchdog whose heartbeats this registry shows: components register with
+    /// [`Watchdog::register`] under their health name, and one that stalls is reported down
+    /// (reason `stalled: no progress for N s`) until it beats again.
+    pub fn watchdog(&self) -> &Watchdog {
+        &self.watchdog
+    }
+
+    /// The current state of every component (a stalled one is down whatever it reported).
     pub fn report(&self) -> HealthReport {
-        let components = self.components.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut components = self.components.read().unwrap_or_else(PoisonError::into_inner).clone();
+        for (name, silent) in self.watchdog.stalled_for() {
+            components.insert(
+                name,
+                ComponentState::Down {
+                    reason: format!("stalled: no progress for {} s", silent.as_secs()),
+                },
+            );
+        }
         let failing: Vec<String> =
             components.iter().filter(|(_, s)| !s.is_up()).map(|(n, _)| n.clone()).collect();
         let status = if failing.is_empty() { "ok" } else { "unavailable" };
@@ -125,10 +156,12 @@ struct RouteState {
     metrics: PrometheusHandle,
 }
 
-/// `GET /healthz` and `GET /metrics`, without authentication; merge into the API router.
+/// `GET /healthz`, `GET /livez` and `GET /metrics`, without authentication; merge into
+/// the API router.
 pub fn routes(health: Health, metrics: PrometheusHandle) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
         .route("/metrics", get(render_metrics))
         .with_state(RouteState { health, metrics })
 }
@@ -137,6 +170,27 @@ async fn healthz(State(state): State<RouteState>) -> Response {
     let report = state.health.report();
     let code = if report.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(report)).into_response()
+}
+
+/// The body of `GET /livez`.
+#[derive(Debug, Serialize)]
+struct LiveReport {
+    /// `alive` or `stalled`.
+    status: &'static str,
+    /// The stalled components, when any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stalled: Vec<String>,
+}
+
+async fn livez(State(state): State<RouteState>) -> Response {
+    let stalled: Vec<String> =
+        state.health.watchdog.stalled_for().into_iter().map(|(name, _)| name).collect();
+    if stalled.is_empty() {
+        (StatusCode::OK, axum::Json(LiveReport { status: "alive", stalled })).into_response()
+    } else {
+        let body = LiveReport { status: "stalled", stalled };
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    }
 }
 
 async fn render_metrics(State(state): State<RouteState>) -> Response {

@@ -294,6 +294,12 @@ impl Watchdog {
 
     /// Names of the components that have not beaten within their `max_silence`.
     pub fn stalled(&self) -> Vec<String> {
+        self.stalled_for().into_iter().map(|(name, _)| name).collect()
+    }
+
+    /// The components that have not beaten within their `max_silence`, with how long they
+    /// have been silent.
+    pub fn stalled_for(&self) -> Vec<(String, Duration)> {
         let now = self.inner.now_ms();
         self.inner
             .components
@@ -301,11 +307,11 @@ impl Watchdog {
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .filter(|b| !b.retired.load(Ordering::Relaxed))
-            .filter(|b| {
+            .filter_map(|b| {
                 let silent = now.saturating_sub(b.last_ms.load(Ordering::Relaxed));
-                u128::from(silent) > b.max_silence.as_millis()
+                (u128::from(silent) > b.max_silence.as_millis())
+                    .then(|| (b.name.clone(), Duration::from_millis(silent)))
             })
-            .map(|b| b.name.clone())
             .collect()
     }
 

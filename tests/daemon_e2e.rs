@@ -371,6 +371,65 @@ async fn sigterm_with_open_reaction_streams_exits_promptly() {
     }
 }
 
+/// `/healthz` follows the real components: both MQTT connections go down with the broker
+/// and come back with it, and the store goes down when the database file disappears;
+/// `/livez` stays 200 throughout (nothing is hung).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_follows_both_mqtt_connections_and_the_store() {
+    let mut broker = Mosquitto::start().await;
+    let d = Daemon::start(DaemonOptions {
+        external_broker: Some(broker.port()),
+        ..DaemonOptions::default()
+    })
+    .await;
+    let get = |path: &'static str| {
+        let url = format!("http://127.0.0.1:{}{path}", d.api_port);
+        async move {
+            let res = reqwest::get(url).await.expect("GET");
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.expect("json"))
+        }
+    };
+    let wait_for = |want: u16, pred: fn(&Value) -> bool, what: &'static str| async move {
+        within(15, what, async {
+            loop {
+                let (status, body) = get("/healthz").await;
+                if status == want && pred(&body) {
+                    return body;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+    };
+    let (status, body) = get("/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    for c in ["store", "broker", "push", "dispatchers"] {
+        assert_eq!(body["components"][c]["state"], "up", "{c}: {body}");
+    }
+
+    broker.kill();
+    let body = wait_for(
+        503,
+        |b| {
+            b["components"]["broker"]["state"] == "down"
+                && b["components"]["push"]["state"] == "down"
+        },
+        "both MQTT connections down",
+    )
+    .await;
+    assert_eq!(body["components"]["push"]["reason"], "not connected to the MQTT broker");
+    assert_eq!(get("/livez").await.0, 200);
+    broker.spawn().await;
+    wait_for(200, |_| true, "healthy again after the broker's return").await;
+
+    std::fs::remove_file(d.dir.path().join("scriptd.db")).expect("remove the database");
+    let body = wait_for(503, |b| b["components"]["store"]["state"] == "down", "store down").await;
+    let reason = body["components"]["store"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("database: "), "{body}");
+    assert_eq!(get("/livez").await.0, 200);
+}
+
 /// SIGHUP applies a valid change live and keeps running on an invalid one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_or_keeps_the_running_config() {

@@ -30,6 +30,9 @@ async fn healthz_is_200_when_everything_is_up_and_503_naming_the_failing_part() 
     health.set_up(health::BROKER);
     health.set_up(health::DISPATCHERS);
     let res = client.get(format!("{base}/healthz")).send().await.expect("request");
+    assert_eq!(res.status(), 503, "the push connection is not up yet");
+    health.set_up(health::PUSH);
+    let res = client.get(format!("{base}/healthz")).send().await.expect("request");
     assert_eq!(res.status(), 200);
     let body: serde_json::Value = res.json().await.expect("json");
     assert_eq!(
@@ -39,6 +42,7 @@ async fn healthz_is_200_when_everything_is_up_and_503_naming_the_failing_part() 
             "components": {
                 "broker": {"state": "up"},
                 "dispatchers": {"state": "up"},
+                "push": {"state": "up"},
                 "store": {"state": "up"}
             }
         })
@@ -54,6 +58,53 @@ async fn healthz_is_200_when_everything_is_up_and_503_naming_the_failing_part() 
         body["components"]["broker"],
         serde_json::json!({"state": "down", "reason": "connection refused"})
     );
+}
+
+/// One registry for health and the watchdog: a component that stops beating is down in
+/// `/healthz` with the reason, and `/livez` (restart me) fails only then, not when the
+/// broker is merely unreachable.
+#[tokio::test]
+async fn a_stalled_component_is_down_in_healthz_and_livez_fails() {
+    let recorder = local_recorder();
+    let health = Health::with_standard_components();
+    for c in [health::STORE, health::BROKER, health::PUSH, health::DISPATCHERS] {
+        health.set_up(c);
+    }
+    let beat =
+        health.watchdog().register(health::DISPATCHERS, std::time::Duration::from_millis(200));
+    let base = serve(health::routes(health.clone(), recorder.handle())).await;
+    let client = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let res = client.get(format!("{base}{path}")).send().await.expect("request");
+            let status = res.status().as_u16();
+            (status, res.json::<serde_json::Value>().await.expect("json"))
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/livez").await, (200, serde_json::json!({"status": "alive"})));
+
+    health.set_down(health::BROKER, "not connected to the MQTT broker");
+    assert_eq!(get("/healthz").await.0, 503);
+    assert_eq!(get("/livez").await.0, 200, "an unreachable broker is no reason to restart");
+    health.set_up(health::BROKER);
+
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let (status, body) = get("/healthz").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["failing"], serde_json::json!(["dispatchers"]));
+    let reason = body["components"]["dispatchers"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("stalled: no progress for"), "{body}");
+    assert_eq!(
+        get("/livez").await,
+        (503, serde_json::json!({"status": "stalled", "stalled": ["dispatchers"]}))
+    );
+
+    beat.beat();
+    assert_eq!(get("/healthz").await.0, 200, "up again once it beats");
+    assert_eq!(get("/livez").await.0, 200);
 }
 
 #[tokio::test]
