@@ -149,8 +149,44 @@ CREATE TRIGGER scripts_version_script_users_delete AFTER DELETE ON script_users
 BEGIN UPDATE scripts_version SET version = version + 1; END;
 "#;
 
+/// Version 4: accounts. Scripts get an owner (existing rows: the root of the tree of their
+/// first listed user, following `parent_id` at most 64 levels so a hand-made cycle ends);
+/// users can be disabled; tokens can expire, be revoked, and remember when they were last
+/// used. Users without any permission get `scripts.view` and `scripts.manage`, so an
+/// upgrade locks nobody out now that permissions are enforced. A deleted script leaves its
+/// owner in `deleted_scripts`, so its deliveries stay visible to that account only.
+const V4: &str = r#"
+ALTER TABLE scripts ADD COLUMN owner_id INTEGER;
+CREATE INDEX scripts_by_owner ON scripts(owner_id, id);
+UPDATE scripts SET owner_id = (
+  WITH RECURSIVE chain(id, parent_id, depth) AS (
+    SELECT u.id, u.parent_id, 0 FROM users u
+     WHERE u.id = (SELECT su.user_id FROM script_users su WHERE su.script_id = scripts.id
+                   ORDER BY su.position, su.user_id LIMIT 1)
+    UNION ALL
+    SELECT u.id, u.parent_id, c.depth + 1 FROM users u JOIN chain c ON u.id = c.parent_id
+     WHERE c.depth < 64)
+  SELECT id FROM chain ORDER BY depth DESC LIMIT 1);
+CREATE TABLE deleted_scripts (
+  id INTEGER PRIMARY KEY,
+  owner_id INTEGER,
+  deleted_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%S', 'now'))
+);
+ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE api_tokens ADD COLUMN expires_at TEXT;
+ALTER TABLE api_tokens ADD COLUMN revoked_at TEXT;
+ALTER TABLE api_tokens ADD COLUMN last_used_at TEXT;
+CREATE INDEX api_tokens_by_user ON api_tokens(user_id);
+INSERT OR IGNORE INTO permissions (id, name, display_name) VALUES
+  (240, 'scripts.manage', 'Manage events and reactions'),
+  (241, 'scripts.view', 'View events and reactions');
+INSERT OR IGNORE INTO user_permissions (user_id, permission_id)
+  SELECT u.id, p.id FROM users u JOIN permissions p ON p.name IN ('scripts.view', 'scripts.manage')
+   WHERE NOT EXISTS (SELECT 1 FROM user_permissions up WHERE up.user_id = u.id);
+"#;
+
 /// Every migration, oldest first. Append only; never edit a released entry.
-const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3)];
+const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3), M::up(V4)];
 
 /// The schema version this binary writes and understands.
 pub fn latest_version() -> usize {
