@@ -224,4 +224,51 @@ mod tests {
     fn migrations_are_valid() {
         assert!(Migrations::from_slice(MIGRATIONS).validate().is_ok());
     }
+
+    #[test]
+    fn version_4_gives_existing_scripts_the_root_of_their_first_user_and_keeps_users_in() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        Migrations::from_slice(MIGRATIONS).to_version(&mut conn, 3).unwrap();
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             INSERT INTO permissions (id, name, display_name) VALUES (242, 'cameras.view', 'C');
+             INSERT INTO users (id, login, name, parent_id) VALUES
+               (1, 'a', 'A', NULL), (2, 'b', 'B', 1), (3, 'c', 'C', 2), (4, 'd', 'D', NULL),
+               (5, 'e', 'E', 6), (6, 'f', 'F', 5);
+             INSERT INTO user_permissions VALUES (4, 242);
+             INSERT INTO scripts (id, title, event_id, reaction_id, timetable) VALUES
+               (1, 's', 1, 1, '{}'), (2, 's', 1, 1, '{}'), (3, 's', 1, 1, '{}'),
+               (4, 's', 1, 1, '{}');
+             INSERT INTO script_users (script_id, user_id, position) VALUES
+               (1, 4, 1), (1, 3, 0), (2, 4, 0), (3, 5, 0);",
+        )
+        .unwrap();
+        to_latest(&mut conn).unwrap();
+        let owners: Vec<(i64, Option<i64>)> = conn
+            .prepare("SELECT id, owner_id FROM scripts ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // 1: first user 3 → root 1; 2: user 4; 3: a cycle ends after 64 steps; 4: no user.
+        assert_eq!(owners, [(1, Some(1)), (2, Some(4)), (3, Some(5)), (4, None)]);
+        let granted: Vec<(i64, String)> = conn
+            .prepare(
+                "SELECT up.user_id, p.name FROM user_permissions up
+                 JOIN permissions p ON p.id = up.permission_id ORDER BY up.user_id, p.id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(granted.iter().filter(|(u, _)| *u == 1).count(), 2, "{granted:?}");
+        assert_eq!(
+            granted.iter().filter(|(u, _)| *u == 4).collect::<Vec<_>>(),
+            [&(4, "cameras.view".to_owned())],
+            "a user with a permission keeps exactly it"
+        );
+        assert_eq!(granted.len(), 5 * 2 + 1);
+    }
 }
