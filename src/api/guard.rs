@@ -181,6 +181,27 @@ mod tests {
     }
 
     #[test]
+    fn memory_is_bounded_under_failures_from_many_addresses() {
+        let g = AuthGuard::new();
+        let extra = 1_000;
+        let mut refused = 0;
+        for i in 0..(MAX_TRACKED + extra) as u32 {
+            let addr = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            if g.failed(addr).is_some() {
+                refused += 1;
+            }
+        }
+        assert!(g.tracked() <= MAX_TRACKED, "{} tracked", g.tracked());
+        // (Entries whose count is back to zero may be dropped meanwhile: at most `extra`.)
+        assert!(refused <= extra, "{refused}");
+        if g.tracked() >= MAX_TRACKED {
+            assert!(g.failed(ip("192.0.2.1")).is_some(), "past the cap, a failure is refused");
+            assert!(g.tracked() <= MAX_TRACKED);
+        }
+        assert!(lock(&g.blocked).len() <= MAX_TRACKED);
+    }
+
+    #[test]
     fn ipv6_counts_per_64() {
         assert_eq!(client_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
         assert_eq!(client_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
