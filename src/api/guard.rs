@@ -175,7 +175,7 @@ mod tests {
         assert_eq!(g.failed(ip("10.0.0.1")), Some(BLOCK));
         let left = g.blocked(ip("10.0.0.1")).expect("blocked");
         assert!(left > Duration::from_secs(55) && left <= BLOCK, "{left:?}");
-        assert_eq!(g.blocked(ip("::ffff:10.0.0.1")).is_some(), true, "mapped IPv4 is the same");
+        assert!(g.blocked(ip("::ffff:10.0.0.1")).is_some(), "mapped IPv4 is the same");
         assert_eq!(g.blocked(ip("10.0.0.2")), None);
         assert_eq!(g.failed(ip("10.0.0.2")), None);
     }
