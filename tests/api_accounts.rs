@@ -355,12 +355,27 @@ async fn revoked_expired_and_disabled_are_refused_by_the_running_daemon() {
         assert_eq!(call(&d, Method::GET, "/scripts", t, None).await.0, 200);
     }
 
+    // An open stream of a token that gets revoked ends.
+    let open = reqwest::Client::new()
+        .get(d.url("/reactions/stream"))
+        .bearer_auth(&t2)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(open.status(), 200);
+    let mut open = open.bytes_stream();
+
     // One token by its public id: refused by the very next request.
     d.cli(&["tokens", "revoke", public_id(&t2)]);
     let refused_at = Instant::now();
     let (status, v) = call(&d, Method::GET, "/scripts", &t2, None).await;
     assert_eq!((status, v), (401, json!({"message": "Unauthenticated."})));
     assert!(refused_at.elapsed() < Duration::from_secs(1));
+    within(10, "the revoked token's stream ends", async {
+        use futures_util::StreamExt;
+        while let Some(Ok(_)) = open.next().await {}
+    })
+    .await;
     // Every token of a user.
     assert_eq!(d.cli(&["tokens", "revoke", "--user", "3"]), "2 tokens of user 3 revoked");
     for t in [&t3a, &t3b] {

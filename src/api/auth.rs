@@ -45,6 +45,11 @@ pub struct AuthUser {
     pub id: i64,
 }
 
+/// The public id of the token a request was authenticated with, available to handlers as
+/// an `Extension` (long-lived connections re-check it, see [`tokens::is_active`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenId(pub String);
+
 /// The authenticated caller with what it may do, available to handlers as an `Extension`;
 /// read from the database for each request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +175,7 @@ pub async fn require_token(
         Ok(Err(e)) => return ApiError::from(e).into_response(),
         Err(e) => return ApiError::from(e).into_response(),
     };
+    let token_id = TokenId(auth.public_id.clone());
     if state.guard.should_touch(&auth.public_id) {
         // Off the request path: a locked database delays this write, not the answer.
         let store = state.store.clone();
@@ -198,6 +204,7 @@ pub async fn require_token(
     let path = req.uri().path().to_owned();
     req.extensions_mut().insert(user);
     req.extensions_mut().insert(caller);
+    req.extensions_mut().insert(token_id);
     let response = next.run(req).await;
     let status = response.status().as_u16();
     let x_client = x_client.as_deref().unwrap_or("-");

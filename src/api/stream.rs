@@ -5,12 +5,15 @@
 //! also receives MQTT pushes drops repeats by it. A comment line every 15 s keeps proxies
 //! from closing an idle stream. A client that falls behind gets a `lagged` event with the
 //! number of pushes it missed; the MQTT push remains the durable channel.
+//!
+//! The stream ends within [`RECHECK`] once its token is revoked or expires or its user is
+//! disabled: a leaked token does not keep an open stream.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Extension;
+use axum::extract::{Extension, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use tokio_stream::StreamExt;
@@ -18,24 +21,48 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::AppState;
-use super::auth::AuthUser;
+use super::auth::{AuthUser, TokenId};
 use crate::hub::PushHub;
+use crate::store::{Store, tokens};
+
+/// How often an open stream re-checks its token.
+pub const RECHECK: Duration = Duration::from_secs(1);
 
 /// The stream route, to mount under `/api/v1` behind the API's authentication.
 pub fn routes(hub: PushHub) -> Router<AppState> {
     Router::new().route(
         "/reactions/stream",
-        get(move |Extension(user): Extension<AuthUser>| {
-            let hub = hub.clone();
-            async move { stream(&hub, user) }
-        }),
+        get(
+            move |State(state): State<AppState>,
+                  Extension(user): Extension<AuthUser>,
+                  Extension(token): Extension<TokenId>| {
+                let hub = hub.clone();
+                async move { stream(&hub, user, until_refused(state.store, token)) }
+            },
+        ),
     )
 }
 
-fn stream(
+/// Completes once the token is no longer active (a database error keeps the stream).
+async fn until_refused(store: Store, token: TokenId) {
+    let mut tick = tokio::time::interval(RECHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (store, id) = (store.clone(), token.0.clone());
+        let active =
+            tokio::task::spawn_blocking(move || tokens::is_active(&*store.connect()?, &id)).await;
+        if let Ok(Ok(false)) = active {
+            return;
+        }
+    }
+}
+
+fn stream<F: std::future::Future<Output = ()> + Send + 'static>(
     hub: &PushHub,
     user: AuthUser,
-) -> Sse<impl tokio_stream::Stream<Item = Result<Event, Infallible>> + use<>> {
+    refused: F,
+) -> Sse<impl tokio_stream::Stream<Item = Result<Event, Infallible>> + use<F>> {
     let events = BroadcastStream::new(hub.subscribe()).filter_map(move |item| match item {
         Ok(push) if push.user_id == user.id => {
             let mut event = Event::default().event("reaction").data(&*push.payload);
@@ -52,5 +79,6 @@ fn stream(
             Some(Ok(Event::default().event("lagged").data(n.to_string())))
         }
     });
+    let events = futures_util::StreamExt::take_until(events, refused);
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

@@ -125,6 +125,18 @@ pub fn check(conn: &Connection, presented: &str) -> Result<Option<Authenticated>
     Ok(None)
 }
 
+/// True while the token `public_id` is neither revoked nor expired and its user is not
+/// disabled (for connections authenticated earlier, such as the reaction stream).
+pub fn is_active(conn: &Connection, public_id: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM api_tokens t JOIN users u ON u.id = t.user_id
+           WHERE t.public_id = ?1 AND t.revoked_at IS NULL
+             AND (t.expires_at IS NULL OR t.expires_at > ?2) AND NOT u.disabled)",
+        params![public_id, now_text()],
+        |r| r.get(0),
+    )?)
+}
+
 /// Records that the token `public_id` was used now (`last_used_at`).
 pub fn touch(conn: &Connection, public_id: &str) -> Result<(), StoreError> {
     conn.execute(
