@@ -448,7 +448,8 @@ mod cli_accounts {
     pub(super) fn users(cmd: UsersCommand, db: &Path) -> anyhow::Result<()> {
         let store = Store::migrate(db)?;
         match cmd {
-            UsersCommand::Add { .. } => unreachable!("handled by the caller"),
+            // Needs the defaults applied by the caller.
+            UsersCommand::Add { .. } => anyhow::bail!("users add is handled by the caller"),
             UsersCommand::List => {
                 println!("id\tparent\tlogin\tstate\tpermissions");
                 for u in store.read(|tx| users::list(tx))? {
@@ -475,7 +476,9 @@ mod cli_accounts {
     pub(super) fn tokens(cmd: TokensCommand, db: &Path) -> anyhow::Result<()> {
         let store = Store::migrate(db)?;
         match cmd {
-            TokensCommand::Create { .. } => unreachable!("handled by the caller"),
+            TokensCommand::Create { .. } => {
+                anyhow::bail!("tokens create is handled by the caller")
+            }
             TokensCommand::List { user } => {
                 println!("public_id\tuser\tcreated\tlast_used\texpires\tstate");
                 let now = scriptd::store::now_text();
