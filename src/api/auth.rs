@@ -151,7 +151,10 @@ pub async fn require_token(
     }
     let refused = |state: &AppState| match state.guard.failed(ip) {
         Some(retry) => {
-            tracing::warn!(client = %ip, "too many failed authentications; address blocked");
+            // Once per block (a flood past the limiter's capacity is not logged per request).
+            if state.guard.blocked(ip).is_some() {
+                tracing::warn!(client = %ip, "too many failed authentications; address blocked");
+            }
             ApiError::TooManyAttempts(retry).into_response()
         }
         None => ApiError::Unauthenticated.into_response(),
