@@ -57,6 +57,11 @@ impl PushHub {
         self.closed.clone().cancelled_owned()
     }
 
+    /// True once [`PushHub::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
     /// Number of current subscribers.
     pub fn subscribers(&self) -> usize {
         self.tx.receiver_count()

@@ -25,7 +25,7 @@
 //! build streams the rows into an [`IndexBuilder`] and never holds every rule at once; after
 //! the swap the allocator's free pages go back to the system.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -234,6 +234,8 @@ pub struct Snapshot {
     pub invalid: BTreeMap<i64, FieldErrors>,
     /// Every user's parent, for sub-user expansion.
     pub parents: HashMap<i64, Option<i64>>,
+    /// Users disabled by `scriptd users disable`: they get no deliveries.
+    pub disabled: HashSet<i64>,
     /// The event catalog by id.
     pub events: HashMap<i64, Event>,
     /// Counts rebuilds: a higher generation is a newer snapshot.
@@ -251,6 +253,7 @@ impl Snapshot {
             scripts: Scripts::default(),
             invalid: BTreeMap::new(),
             parents: HashMap::new(),
+            disabled: HashSet::new(),
             events: HashMap::new(),
             generation: 0,
             source: None,
@@ -263,14 +266,19 @@ impl Snapshot {
     }
 
     /// The users a script's reaction goes to: its users, plus every sub-user below them
-    /// for the client-side reactions (`show-camera-sidebar`, `show-camera`, `sound`).
+    /// for the client-side reactions (`show-camera-sidebar`, `show-camera`, `sound`);
+    /// disabled users left out (their sub-users still get theirs).
     pub fn recipients(&self, script: &ScriptRecord) -> Vec<i64> {
-        match script.reaction.name.as_str() {
+        let mut users = match script.reaction.name.as_str() {
             "show-camera-sidebar" | "show-camera" | "sound" => {
                 self.descendants(self.scripts.users(script))
             }
             _ => self.scripts.users(script).to_vec(),
+        };
+        if !self.disabled.is_empty() {
+            users.retain(|u| !self.disabled.contains(u));
         }
+        users
     }
 }
 
@@ -507,11 +515,12 @@ fn build(
     previous: &ScheduleIndex,
 ) -> Result<Snapshot, StoreError> {
     let mut invalid = BTreeMap::new();
-    let (lookups, parents, records, index, source) = store.read(|tx| {
+    let (lookups, parents, disabled, records, index, source) = store.read(|tx| {
         // The file cannot be switched while this read's connection is open.
         let source = (store.epoch(), data_version(tx)?);
         let lookups = Lookups::load(tx)?;
         let parents = users::parents(tx)?;
+        let disabled = users::disabled_ids(tx)?;
         let ctx = lookups.context(timezone);
         // Sized once: growing by doubling would hold up to twice the records for a moment.
         let rows: i64 = tx.query_row("SELECT COUNT(*) FROM scripts", [], |r| r.get(0))?;
@@ -566,13 +575,14 @@ fn build(
             }
             Ok(())
         })?;
-        Ok((lookups, parents, records, index, source))
+        Ok((lookups, parents, disabled, records, index, source))
     })?;
     Ok(Snapshot {
         index: index.finish(),
         scripts: records.finish(),
         invalid,
         parents,
+        disabled,
         events: lookups.events,
         generation,
         source: Some(source),

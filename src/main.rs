@@ -65,9 +65,18 @@ enum UsersCommand {
         /// Explicit id (default: the next free one).
         #[arg(long)]
         id: Option<i64>,
-        /// Permission to grant, by name (repeatable).
+        /// Permission to grant, by name (repeatable); exactly these are granted. Without
+        /// any: scripts.view and scripts.manage.
         #[arg(long = "permission", value_name = "NAME")]
         permissions: Vec<String>,
+    },
+    /// One line per user: id, parent, login, state, permissions.
+    List,
+    /// Disable a user: its tokens are refused and it gets no more pushes, at once (also
+    /// by a running daemon).
+    Disable {
+        /// The user id.
+        id: i64,
     },
 }
 
@@ -78,6 +87,26 @@ enum TokensCommand {
         /// The user the token authenticates as.
         #[arg(long)]
         user: i64,
+        /// Lifetime, e.g. 90d, 12h, 30m (units s, m, h, d, w); default: until revoked.
+        #[arg(long, value_name = "DURATION", value_parser = scriptd::store::tokens::parse_lifetime)]
+        expires_in: Option<std::time::Duration>,
+    },
+    /// One line per token: public id, user, created, last used, expires, state (never
+    /// the secret).
+    List {
+        /// Only the tokens of this user.
+        #[arg(long)]
+        user: Option<i64>,
+    },
+    /// Revoke a token by its public id, or every token of a user (`--user ID`); the
+    /// running daemon refuses it at once.
+    Revoke {
+        /// The token's public id (the part before the dot).
+        #[arg(required_unless_present = "user", conflicts_with = "user")]
+        public_id: Option<String>,
+        /// Revoke every token of this user.
+        #[arg(long)]
+        user: Option<i64>,
     },
 }
 
@@ -94,6 +123,9 @@ enum ScriptsCommand {
     Import {
         /// A JSON array of scripts in the API shape.
         file: PathBuf,
+        /// Owner of the scripts whose object has no `owner_id`.
+        #[arg(long, value_name = "ID")]
+        owner: Option<i64>,
     },
 }
 
@@ -226,8 +258,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("database {} is up to date", db_path.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Users(UsersCommand::Add { login, name, parent, id, permissions }) => {
+        Command::Users(UsersCommand::Add { login, name, parent, id, mut permissions }) => {
             let settings = load_settings(cli.config.as_deref())?;
+            if permissions.is_empty() {
+                permissions = vec!["scripts.view".to_owned(), "scripts.manage".to_owned()];
+            }
             let new =
                 scriptd::store::users::NewUser { id, login, name, parent_id: parent, permissions };
             let id = scriptd::store::Store::migrate(&settings.database.path)?
@@ -235,11 +270,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{id}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tokens(TokensCommand::Create { user }) => {
+        Command::Users(cmd) => {
+            let settings = load_settings(cli.config.as_deref())?;
+            cli_accounts::users(cmd, &settings.database.path)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tokens(TokensCommand::Create { user, expires_in }) => {
             let settings = load_settings(cli.config.as_deref())?;
             let token = scriptd::store::Store::migrate(&settings.database.path)?
-                .write(|tx| scriptd::store::tokens::create(tx, user))?;
+                .write(|tx| scriptd::store::tokens::create_expiring(tx, user, expires_in))?;
             println!("{}", token.expose());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tokens(cmd) => {
+            let settings = load_settings(cli.config.as_deref())?;
+            cli_accounts::tokens(cmd, &settings.database.path)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Scripts(cmd) => {
@@ -370,12 +415,12 @@ fn scripts_command(cmd: ScriptsCommand, db_path: &Path, tz: chrono_tz::Tz) -> an
                 None => println!("{text}"),
             }
         }
-        ScriptsCommand::Import { file } => {
+        ScriptsCommand::Import { file, owner } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let doc: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not valid JSON", file.display()))?;
-            match transfer::import(&store, tz, &doc) {
+            match transfer::import(&store, tz, &doc, owner) {
                 Ok(ids) => println!("imported {} scripts", ids.len()),
                 Err(StoreError::Invalid(errors)) => {
                     println!("{}", errors.to_body());
@@ -386,4 +431,88 @@ fn scripts_command(cmd: ScriptsCommand, db_path: &Path, tz: chrono_tz::Tz) -> an
         }
     }
     Ok(())
+}
+
+/// `scriptd users list|disable` and `scriptd tokens list|revoke`.
+mod cli_accounts {
+    use std::path::Path;
+
+    use scriptd::store::{Store, tokens, users};
+
+    use super::{TokensCommand, UsersCommand};
+
+    fn or_dash(v: Option<&str>) -> &str {
+        v.unwrap_or("-")
+    }
+
+    pub(super) fn users(cmd: UsersCommand, db: &Path) -> anyhow::Result<()> {
+        let store = Store::migrate(db)?;
+        match cmd {
+            // Needs the defaults applied by the caller.
+            UsersCommand::Add { .. } => anyhow::bail!("users add is handled by the caller"),
+            UsersCommand::List => {
+                println!("id\tparent\tlogin\tstate\tpermissions");
+                for u in store.read(|tx| users::list(tx))? {
+                    let permissions: Vec<&str> =
+                        u.permissions.iter().map(|p| p.name.as_str()).collect();
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        u.id,
+                        u.parent_id.map_or("-".to_owned(), |p| p.to_string()),
+                        u.login,
+                        if u.disabled { "disabled" } else { "active" },
+                        if permissions.is_empty() { "-".to_owned() } else { permissions.join(",") }
+                    );
+                }
+            }
+            UsersCommand::Disable { id } => {
+                store.write(|tx| users::disable(tx, id))?;
+                println!("user {id} disabled");
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn tokens(cmd: TokensCommand, db: &Path) -> anyhow::Result<()> {
+        let store = Store::migrate(db)?;
+        match cmd {
+            TokensCommand::Create { .. } => {
+                anyhow::bail!("tokens create is handled by the caller")
+            }
+            TokensCommand::List { user } => {
+                println!("public_id\tuser\tcreated\tlast_used\texpires\tstate");
+                let now = scriptd::store::now_text();
+                for t in store.read(|tx| tokens::list(tx, user))? {
+                    let state = if t.revoked_at.is_some() {
+                        "revoked"
+                    } else if t.expires_at.as_deref().is_some_and(|e| e <= now.as_str()) {
+                        "expired"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}",
+                        t.public_id,
+                        t.user_id,
+                        t.created_at,
+                        or_dash(t.last_used_at.as_deref()),
+                        or_dash(t.expires_at.as_deref()),
+                        state
+                    );
+                }
+            }
+            TokensCommand::Revoke { public_id, user } => match (public_id, user) {
+                (Some(public_id), _) => {
+                    store.write(|tx| tokens::revoke(tx, &public_id))?;
+                    println!("token {public_id} revoked");
+                }
+                (None, Some(user)) => {
+                    let n = store.write(|tx| tokens::revoke_user(tx, user))?;
+                    println!("{n} tokens of user {user} revoked");
+                }
+                (None, None) => anyhow::bail!("give a token's public id or --user ID"),
+            },
+        }
+        Ok(())
+    }
 }

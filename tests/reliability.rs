@@ -315,7 +315,7 @@ async fn a_held_write_lock_delays_but_loses_nothing() {
     }
     let r = reqwest::Client::new()
         .post(d.url("/scripts"))
-        .bearer_auth(&d.token)
+        .bearer_auth(&d.token_4)
         .json(&script("during lock", SOUND, FACE, &[4], all_day()))
         .send()
         .await
@@ -356,7 +356,8 @@ async fn a_replaced_database_file_is_reopened_and_loses_nothing() {
     const BEFORE_MOVE: usize = 500;
     let broker = Mosquitto::start().await;
     let (d, app) = setup(&broker, DaemonOptions::default()).await;
-    let all_id = d.get("/scripts").await["data"][0]["id"].as_i64().expect("script id");
+    let all_id =
+        d.get_as(&d.token_4, "/scripts").await["data"][0]["id"].as_i64().expect("script id");
     let op = PersistentSubscriber::connect(
         broker.port(),
         &format!("op-{}", d.api_port),

@@ -82,7 +82,12 @@ fn operator_commands_round_trip() {
         .to_string(),
     )
     .unwrap();
-    assert_eq!(ok(d, &["scripts", "import", "in.json"]), "imported 2 scripts");
+    // New scripts need an owner: from the file, else --owner.
+    let o = scriptd(d, &["scripts", "import", "in.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let body: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(body["errors"]["0.owner_id"].is_array(), "{body}");
+    assert_eq!(ok(d, &["scripts", "import", "in.json", "--owner", "1"]), "imported 2 scripts");
     let list = ok(d, &["scripts", "list"]);
     assert_eq!(list.lines().count(), 2, "{list}");
     assert!(
@@ -99,6 +104,8 @@ fn operator_commands_round_trip() {
     assert_eq!(exported.as_array().unwrap().len(), 2);
     assert_eq!(exported[0]["users"][0]["login"], "boss@mail.com");
     assert_eq!(exported[1]["extra"]["secret"], "s3cret");
+    assert_eq!(exported[0]["owner_id"], 1);
+    assert_eq!(exported[0]["cameras"], json!([4]));
     exported[0]["title"] = json!("gate 2");
     std::fs::write(d.join("out.json"), exported.to_string()).unwrap();
     assert_eq!(ok(d, &["scripts", "import", "out.json"]), "imported 2 scripts");
@@ -120,7 +127,7 @@ fn operator_commands_round_trip() {
         .to_string(),
     )
     .unwrap();
-    let o = scriptd(d, &["scripts", "import", "in.json"]);
+    let o = scriptd(d, &["scripts", "import", "in.json", "--owner", "1"]);
     assert_eq!(o.status.code(), Some(1));
     let body: Value = serde_json::from_str(&stdout(&o)).unwrap();
     let mut keys: Vec<&String> = body["errors"].as_object().unwrap().keys().collect();

@@ -26,11 +26,13 @@ async fn within(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Durat
 }
 
 fn insert_script(conn: &Connection, title: &str, status: &str, timetable: &str, user: i64) -> i64 {
-    // Like the sqlite3 shell: no foreign key enforcement.
+    // Like the sqlite3 shell: no foreign key enforcement. Owned by user 1, the API's
+    // caller (a row without owner_id is shown to no API caller).
     conn.pragma_update(None, "foreign_keys", false).unwrap();
     conn.execute(
-        "INSERT INTO scripts (title, event_id, reaction_id, status, cameras, timetable, extra)
-         VALUES (?1, 5, 2, ?2, NULL, ?3, '{}')",
+        "INSERT INTO scripts (title, event_id, reaction_id, status, cameras, timetable, extra,
+                              owner_id)
+         VALUES (?1, 5, 2, ?2, NULL, ?3, '{}', 1)",
         params![title, status, timetable],
     )
     .unwrap();

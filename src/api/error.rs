@@ -13,6 +13,10 @@ use crate::validation::FieldErrors;
 pub enum ApiError {
     /// 401 `{"message": "Unauthenticated."}`.
     Unauthenticated,
+    /// 403 `{"message": "This action is unauthorized."}`: a permission is missing.
+    Forbidden,
+    /// 429 with `Retry-After`: too many failed authentications from this address.
+    TooManyAttempts(std::time::Duration),
     /// 422 with the field errors.
     Validation(FieldErrors),
     /// 404.
@@ -60,6 +64,20 @@ impl IntoResponse for ApiError {
             ApiError::Unauthenticated => {
                 (StatusCode::UNAUTHORIZED, Json(json!({"message": "Unauthenticated."})))
                     .into_response()
+            }
+            ApiError::Forbidden => {
+                (StatusCode::FORBIDDEN, Json(json!({"message": "This action is unauthorized."})))
+                    .into_response()
+            }
+            ApiError::TooManyAttempts(retry) => {
+                let mut r = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({"message": "Too many failed authentication attempts."})),
+                )
+                    .into_response();
+                let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                r
             }
             ApiError::Validation(errors) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, Json(errors.to_body())).into_response()

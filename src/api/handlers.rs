@@ -4,6 +4,11 @@
 //! transaction that validates against the catalogs and users it reads, so a check and the
 //! write it guards cannot be separated by another writer. After a write the live snapshot
 //! is rebuilt before the answer goes out.
+//!
+//! Authorization ([`Caller`]): the permission first (403), then ownership: a script whose
+//! owner is outside the caller's reach is answered exactly like a missing one (404), and
+//! the `users` of a body must lie in the reach (422 on `users.N`, the same answer as for a
+//! user that does not exist, so ids of other accounts are not revealed).
 
 use std::collections::HashMap;
 
@@ -16,12 +21,13 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::AppState;
-use super::auth::AuthUser;
+use super::auth::Caller;
 use super::error::ApiError;
 use super::view::Viewer;
 use crate::script::{Lookups, validate};
 use crate::store::{StoreError, catalog, deliveries, scripts};
 use crate::validation::FieldErrors;
+use rusqlite::Connection;
 
 /// Default and largest page sizes of `GET /scripts`.
 pub const PER_PAGE_DEFAULT: u64 = 15;
@@ -95,6 +101,22 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await?
 }
 
+/// The catalogs, and as "existing users" only those in the caller's reach.
+fn lookups_for(conn: &Connection, caller: &Caller) -> Result<Lookups, StoreError> {
+    let mut lookups = Lookups::load(conn)?;
+    lookups.users.retain(|u| caller.reaches(*u));
+    Ok(lookups)
+}
+
+/// The script `id` when the caller may see it; `None` when it is missing or not theirs.
+fn owned_script(
+    conn: &Connection,
+    caller: &Caller,
+    id: i64,
+) -> Result<Option<scripts::StoredScript>, StoreError> {
+    Ok(scripts::get(conn, id)?.filter(|s| caller.owns(s)))
+}
+
 async fn reload_after_write(state: &AppState) {
     if let Err(e) = state.live.reload().await {
         tracing::error!(error = %e, "reloading scripts after an API write failed; the watcher will retry");
@@ -104,20 +126,21 @@ async fn reload_after_write(state: &AppState) {
 /// `POST /scripts`: 201 with the created script.
 pub async fn create(
     State(state): State<AppState>,
-    Extension(caller): Extension<AuthUser>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require_manage()?;
     let body = json_object(&headers, body)?;
     let (store, tz) = (state.store.clone(), state.live.timezone());
     let view = blocking(move || {
         Ok(store.write(|tx| {
-            let lookups = Lookups::load(tx)?;
+            let lookups = lookups_for(tx, &caller)?;
             let valid = validate(&body, &lookups.context(tz)).map_err(StoreError::Invalid)?;
-            let id = scripts::insert(tx, None, &valid.input)?;
+            let id = scripts::insert_owned(tx, None, Some(caller.user_id), &valid.input)?;
             let stored = scripts::get(tx, id)?
                 .ok_or_else(|| StoreError::NotFound(format!("script {id}")))?;
-            Viewer::new(tx, &lookups, tz).for_caller(caller.id).script(&stored)
+            Viewer::new(tx, &lookups, tz).for_caller(caller.user_id).script(&stored)
         })?)
     })
     .await?;
@@ -128,9 +151,10 @@ pub async fn create(
 /// `GET /scripts?page=&per_page=`: `{"data": [...], "meta": {...}}`.
 pub async fn list(
     State(state): State<AppState>,
-    Extension(caller): Extension<AuthUser>,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require_view()?;
     let mut errors = FieldErrors::new();
     let page = positive(&query, "page", 1).map_err(|e| merge_into(&mut errors, e)).unwrap_or(1);
     let per_page = positive(&query, "per_page", PER_PAGE_DEFAULT)
@@ -145,8 +169,8 @@ pub async fn list(
         Ok(store.read(|tx| {
             let lookups = Lookups::load(tx)?;
             let offset = (page - 1).saturating_mul(per_page);
-            let (rows, total) = scripts::page(tx, offset, per_page)?;
-            let mut viewer = Viewer::new(tx, &lookups, tz).for_caller(caller.id);
+            let (rows, total) = scripts::page_owned_by(tx, &caller.reach, offset, per_page)?;
+            let mut viewer = Viewer::new(tx, &lookups, tz).for_caller(caller.user_id);
             let data = rows.iter().map(|s| viewer.script(s)).collect::<Result<Vec<_>, _>>()?;
             let last_page = total.div_ceil(per_page).max(1);
             Ok(json!({
@@ -168,16 +192,19 @@ fn merge_into(errors: &mut FieldErrors, e: ApiError) {
 /// `GET /scripts/{id}`.
 pub async fn show(
     State(state): State<AppState>,
-    Extension(caller): Extension<AuthUser>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require_view()?;
     let id = script_id(&raw)?;
     let (store, tz) = (state.store.clone(), state.live.timezone());
     let view = blocking(move || {
         let view = store.read(|tx| {
             let lookups = Lookups::load(tx)?;
-            match scripts::get(tx, id)? {
-                Some(s) => Viewer::new(tx, &lookups, tz).for_caller(caller.id).script(&s).map(Some),
+            match owned_script(tx, &caller, id)? {
+                Some(s) => {
+                    Viewer::new(tx, &lookups, tz).for_caller(caller.user_id).script(&s).map(Some)
+                }
                 None => Ok(None),
             }
         })?;
@@ -190,16 +217,17 @@ pub async fn show(
 /// `PUT /scripts/{id}`: replaces every field; validated like `POST`.
 pub async fn replace(
     State(state): State<AppState>,
-    Extension(caller): Extension<AuthUser>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require_manage()?;
     let id = script_id(&raw)?;
     let mut body = json_object(&headers, body)?;
-    // Responses do not show `cameras` (the seed's object has no such key), so a client
-    // that PUTs back what it read must not widen the script to every camera by accident:
-    // a PUT without `cameras` keeps the stored filter; `"cameras": null` clears it.
+    // A PUT without `cameras` keeps the stored filter (clients written against the seed's
+    // object, which has no `cameras`, must not widen a script to every camera by
+    // accident); `"cameras": null` clears it.
     update(state, caller, id, move |current| {
         if !body.contains_key("cameras")
             && let Some(c) = current.get("cameras")
@@ -231,11 +259,12 @@ fn keep_masked_secrets(body: &mut Map<String, Value>, current: &Map<String, Valu
 /// `PATCH /scripts/{id}`: changes only the fields given; the merged script must be valid.
 pub async fn patch(
     State(state): State<AppState>,
-    Extension(caller): Extension<AuthUser>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require_manage()?;
     let id = script_id(&raw)?;
     let changes = json_object(&headers, body)?;
     update(state, caller, id, move |current| {
@@ -253,14 +282,14 @@ pub async fn patch(
 
 async fn update(
     state: AppState,
-    caller: AuthUser,
+    caller: Caller,
     id: i64,
     new_body: impl FnOnce(&Map<String, Value>) -> Map<String, Value> + Send + 'static,
 ) -> Result<Json<Value>, ApiError> {
     let (store, tz) = (state.store.clone(), state.live.timezone());
     let view = blocking(move || {
         let view = store.write(|tx| {
-            let Some(current) = scripts::get(tx, id)? else { return Ok(None) };
+            let Some(current) = owned_script(tx, &caller, id)? else { return Ok(None) };
             let body = new_body(&current.body);
             // A PATCH that leaves an undecodable column alone still has to fix it.
             let mut unfixed = FieldErrors::new();
@@ -274,12 +303,12 @@ async fn update(
             if !unfixed.is_empty() {
                 return Err(StoreError::Invalid(unfixed));
             }
-            let lookups = Lookups::load(tx)?;
+            let lookups = lookups_for(tx, &caller)?;
             let valid = validate(&body, &lookups.context(tz)).map_err(StoreError::Invalid)?;
             scripts::update(tx, id, &valid.input)?;
             let stored = scripts::get(tx, id)?
                 .ok_or_else(|| StoreError::NotFound(format!("script {id}")))?;
-            Viewer::new(tx, &lookups, tz).for_caller(caller.id).script(&stored).map(Some)
+            Viewer::new(tx, &lookups, tz).for_caller(caller.user_id).script(&stored).map(Some)
         })?;
         view.ok_or(ApiError::NotFound("Script"))
     })
@@ -291,11 +320,21 @@ async fn update(
 /// `DELETE /scripts/{id}`: 204.
 pub async fn destroy(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require_manage()?;
     let id = script_id(&raw)?;
     let store = state.store.clone();
-    let deleted = blocking(move || Ok(store.write(|tx| scripts::delete(tx, id))?)).await?;
+    let deleted = blocking(move || {
+        Ok(store.write(|tx| {
+            if owned_script(tx, &caller, id)?.is_none() {
+                return Ok(false);
+            }
+            scripts::delete(tx, id)
+        })?)
+    })
+    .await?;
     if !deleted {
         return Err(ApiError::NotFound("Script"));
     }
@@ -318,19 +357,29 @@ pub async fn reactions(State(state): State<AppState>) -> Result<Json<Value>, Api
 }
 
 /// `GET /scripts/{id}/deliveries?limit=`: the most recent deliveries, newest first. A
-/// deleted script's deliveries are still shown; 404 only when neither exists.
+/// deleted script's deliveries are still shown to the account that owned it; 404 when the
+/// script is not the caller's (or neither it nor any delivery of it exists).
 pub async fn script_deliveries(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require_view()?;
     let id = script_id(&raw)?;
     let limit = positive(&query, "limit", u64::from(DELIVERIES_DEFAULT))?
         .min(u64::from(DELIVERIES_MAX)) as u32;
     let store = state.store.clone();
     let list = blocking(move || {
         let found = store.read(|tx| {
-            if scripts::get(tx, id)?.is_none() && !deliveries::any_for(tx, id)? {
+            let visible = match scripts::get(tx, id)? {
+                Some(s) => caller.owns(&s),
+                None => {
+                    caller.reaches_owner(scripts::deleted_owner(tx, id)?)
+                        && deliveries::any_for(tx, id)?
+                }
+            };
+            if !visible {
                 return Ok(None);
             }
             deliveries::recent(tx, id, limit).map(Some)

@@ -8,11 +8,14 @@
 
 pub mod auth;
 pub mod error;
+pub mod guard;
 pub mod handlers;
 pub mod stream;
 pub mod view;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -32,12 +35,14 @@ pub struct AppState {
     pub store: Store,
     /// The live snapshot, rebuilt after every write.
     pub live: Live,
+    /// Failed-authentication limiter and token-use throttle.
+    pub guard: Arc<guard::AuthGuard>,
 }
 
 impl AppState {
     /// State over a store and its live snapshot.
     pub fn new(store: Store, live: Live) -> AppState {
-        AppState { store, live }
+        AppState { store, live, guard: Arc::new(guard::AuthGuard::new()) }
     }
 }
 
@@ -74,11 +79,15 @@ pub async fn serve(
     serve_router(listener, router(state), shutdown).await
 }
 
-/// Like [`serve`] for a router the caller extended (extra routes, layers).
+/// Like [`serve`] for a router the caller extended (extra routes, layers). Requests carry
+/// the peer's address (`ConnectInfo<SocketAddr>`), which the authentication limiter counts
+/// failures by.
 pub async fn serve_router(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -9,12 +9,15 @@
 //! When the daemon stops ([`PushHub::close`]) every stream ends with one event named
 //! `shutdown` and the response closes, so an open browser never holds up SIGTERM; an
 //! `EventSource` reconnects on its own once the daemon is back.
+//!
+//! The stream ends within [`RECHECK`] once its token is revoked or expires or its user is
+//! disabled: a leaked token does not keep an open stream.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Extension;
+use axum::extract::{Extension, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use tokio_stream::StreamExt;
@@ -22,24 +25,48 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::AppState;
-use super::auth::AuthUser;
+use super::auth::{AuthUser, TokenId};
 use crate::hub::PushHub;
+use crate::store::{Store, tokens};
+
+/// How often an open stream re-checks its token.
+pub const RECHECK: Duration = Duration::from_secs(1);
 
 /// The stream route, to mount under `/api/v1` behind the API's authentication.
 pub fn routes(hub: PushHub) -> Router<AppState> {
     Router::new().route(
         "/reactions/stream",
-        get(move |Extension(user): Extension<AuthUser>| {
-            let hub = hub.clone();
-            async move { stream(&hub, user) }
-        }),
+        get(
+            move |State(state): State<AppState>,
+                  Extension(user): Extension<AuthUser>,
+                  Extension(token): Extension<TokenId>| {
+                let hub = hub.clone();
+                async move { stream(&hub, user, until_refused(state.store, token)) }
+            },
+        ),
     )
 }
 
-fn stream(
+/// Completes once the token is no longer active (a database error keeps the stream).
+async fn until_refused(store: Store, token: TokenId) {
+    let mut tick = tokio::time::interval(RECHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (store, id) = (store.clone(), token.0.clone());
+        let active =
+            tokio::task::spawn_blocking(move || tokens::is_active(&*store.connect()?, &id)).await;
+        if let Ok(Ok(false)) = active {
+            return;
+        }
+    }
+}
+
+fn stream<F: std::future::Future<Output = ()> + Send + 'static>(
     hub: &PushHub,
     user: AuthUser,
-) -> Sse<impl tokio_stream::Stream<Item = Result<Event, Infallible>> + use<>> {
+    refused: F,
+) -> Sse<impl tokio_stream::Stream<Item = Result<Event, Infallible>> + use<F>> {
     let events = BroadcastStream::new(hub.subscribe()).filter_map(move |item| match item {
         Ok(push) if push.user_id == user.id => {
             let mut event = Event::default().event("reaction").data(&*push.payload);
@@ -56,9 +83,14 @@ fn stream(
             Some(Ok(Event::default().event("lagged").data(n.to_string())))
         }
     });
-    let end = futures_util::stream::once(async {
-        Ok(Event::default().event("shutdown").data("the daemon is stopping"))
+    let events = futures_util::StreamExt::take_until(events, refused);
+    let events = futures_util::StreamExt::take_until(events, hub.closed());
+    // The last event says why the stream ends when the daemon is stopping; a refused token
+    // just ends it.
+    let hub = hub.clone();
+    let end = futures_util::stream::once(async move { hub.is_closed() }).filter_map(|closed| {
+        closed.then(|| Ok(Event::default().event("shutdown").data("the daemon is stopping")))
     });
-    let events = futures_util::StreamExt::take_until(events, hub.closed()).chain(end);
+    let events = events.chain(end);
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

@@ -71,8 +71,9 @@ impl<'a> Viewer<'a> {
     }
 
     /// The seed's script object, key for key: id, title, schedule, timetable, status,
-    /// created_at, updated_at, users, event, reaction, extra; plus `invalid` with the field
-    /// errors only when the stored row does not validate.
+    /// created_at, updated_at, users, event, reaction, extra; plus `cameras` (as stored:
+    /// `null` or the list) and `owner_id`, and `invalid` with the field errors only when
+    /// the stored row does not validate.
     pub fn script(&mut self, s: &StoredScript) -> Result<Value, StoreError> {
         let body = &s.body;
         let get = |k: &str| body.get(k).cloned().unwrap_or(Value::Null);
@@ -127,6 +128,8 @@ impl<'a> Viewer<'a> {
         out.insert("event".into(), event);
         out.insert("reaction".into(), reaction);
         out.insert("extra".into(), extra);
+        out.insert("cameras".into(), get("cameras"));
+        out.insert("owner_id".into(), s.owner_id.map_or(Value::Null, Value::from));
         let errors = self.errors(s);
         if !errors.is_empty() {
             out.insert("invalid".into(), json!(errors));
@@ -134,14 +137,10 @@ impl<'a> Viewer<'a> {
         Ok(Value::Object(out))
     }
 
-    /// [`Viewer::script`] plus `cameras`: the shape of `scripts export` files, which must
-    /// carry everything an import needs.
+    /// The shape of `scripts export` files: [`Viewer::script`], which carries everything
+    /// an import needs (`cameras`, `owner_id`).
     pub fn script_for_export(&mut self, s: &StoredScript) -> Result<Value, StoreError> {
-        let mut v = self.script(s)?;
-        if let Value::Object(out) = &mut v {
-            out.insert("cameras".into(), s.body.get("cameras").cloned().unwrap_or(Value::Null));
-        }
-        Ok(v)
+        self.script(s)
     }
 
     fn errors(&self, s: &StoredScript) -> FieldErrors {

@@ -149,8 +149,44 @@ CREATE TRIGGER scripts_version_script_users_delete AFTER DELETE ON script_users
 BEGIN UPDATE scripts_version SET version = version + 1; END;
 "#;
 
+/// Version 4: accounts. Scripts get an owner (existing rows: the root of the tree of their
+/// first listed user, following `parent_id` at most 64 levels so a hand-made cycle ends);
+/// users can be disabled; tokens can expire, be revoked, and remember when they were last
+/// used. Users without any permission get `scripts.view` and `scripts.manage`, so an
+/// upgrade locks nobody out now that permissions are enforced. A deleted script leaves its
+/// owner in `deleted_scripts`, so its deliveries stay visible to that account only.
+const V4: &str = r#"
+ALTER TABLE scripts ADD COLUMN owner_id INTEGER;
+CREATE INDEX scripts_by_owner ON scripts(owner_id, id);
+UPDATE scripts SET owner_id = (
+  WITH RECURSIVE chain(id, parent_id, depth) AS (
+    SELECT u.id, u.parent_id, 0 FROM users u
+     WHERE u.id = (SELECT su.user_id FROM script_users su WHERE su.script_id = scripts.id
+                   ORDER BY su.position, su.user_id LIMIT 1)
+    UNION ALL
+    SELECT u.id, u.parent_id, c.depth + 1 FROM users u JOIN chain c ON u.id = c.parent_id
+     WHERE c.depth < 64)
+  SELECT id FROM chain ORDER BY depth DESC LIMIT 1);
+CREATE TABLE deleted_scripts (
+  id INTEGER PRIMARY KEY,
+  owner_id INTEGER,
+  deleted_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%S', 'now'))
+);
+ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE api_tokens ADD COLUMN expires_at TEXT;
+ALTER TABLE api_tokens ADD COLUMN revoked_at TEXT;
+ALTER TABLE api_tokens ADD COLUMN last_used_at TEXT;
+CREATE INDEX api_tokens_by_user ON api_tokens(user_id);
+INSERT OR IGNORE INTO permissions (id, name, display_name) VALUES
+  (240, 'scripts.manage', 'Manage events and reactions'),
+  (241, 'scripts.view', 'View events and reactions');
+INSERT OR IGNORE INTO user_permissions (user_id, permission_id)
+  SELECT u.id, p.id FROM users u JOIN permissions p ON p.name IN ('scripts.view', 'scripts.manage')
+   WHERE NOT EXISTS (SELECT 1 FROM user_permissions up WHERE up.user_id = u.id);
+"#;
+
 /// Every migration, oldest first. Append only; never edit a released entry.
-const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3)];
+const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3), M::up(V4)];
 
 /// The schema version this binary writes and understands.
 pub fn latest_version() -> usize {
@@ -187,5 +223,52 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         assert!(Migrations::from_slice(MIGRATIONS).validate().is_ok());
+    }
+
+    #[test]
+    fn version_4_gives_existing_scripts_the_root_of_their_first_user_and_keeps_users_in() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        Migrations::from_slice(MIGRATIONS).to_version(&mut conn, 3).unwrap();
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             INSERT INTO permissions (id, name, display_name) VALUES (242, 'cameras.view', 'C');
+             INSERT INTO users (id, login, name, parent_id) VALUES
+               (1, 'a', 'A', NULL), (2, 'b', 'B', 1), (3, 'c', 'C', 2), (4, 'd', 'D', NULL),
+               (5, 'e', 'E', 6), (6, 'f', 'F', 5);
+             INSERT INTO user_permissions VALUES (4, 242);
+             INSERT INTO scripts (id, title, event_id, reaction_id, timetable) VALUES
+               (1, 's', 1, 1, '{}'), (2, 's', 1, 1, '{}'), (3, 's', 1, 1, '{}'),
+               (4, 's', 1, 1, '{}');
+             INSERT INTO script_users (script_id, user_id, position) VALUES
+               (1, 4, 1), (1, 3, 0), (2, 4, 0), (3, 5, 0);",
+        )
+        .unwrap();
+        to_latest(&mut conn).unwrap();
+        let owners: Vec<(i64, Option<i64>)> = conn
+            .prepare("SELECT id, owner_id FROM scripts ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // 1: first user 3 → root 1; 2: user 4; 3: a cycle ends after 64 steps; 4: no user.
+        assert_eq!(owners, [(1, Some(1)), (2, Some(4)), (3, Some(5)), (4, None)]);
+        let granted: Vec<(i64, String)> = conn
+            .prepare(
+                "SELECT up.user_id, p.name FROM user_permissions up
+                 JOIN permissions p ON p.id = up.permission_id ORDER BY up.user_id, p.id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(granted.iter().filter(|(u, _)| *u == 1).count(), 2, "{granted:?}");
+        assert_eq!(
+            granted.iter().filter(|(u, _)| *u == 4).collect::<Vec<_>>(),
+            [&(4, "cameras.view".to_owned())],
+            "a user with a permission keeps exactly it"
+        );
+        assert_eq!(granted.len(), 5 * 2 + 1);
     }
 }

@@ -27,20 +27,23 @@ pub struct StoredScript {
     pub updated_at: String,
     /// JSON columns whose text is not JSON, by field.
     pub decode_errors: FieldErrors,
+    /// The owning user (`None`: a row without owner, visible to operator tooling only).
+    pub owner_id: Option<i64>,
 }
 
 impl std::fmt::Debug for StoredScript {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoredScript")
             .field("id", &self.id)
+            .field("owner_id", &self.owner_id)
             .field("title", &self.body.get("title"))
             .field("decode_errors", &self.decode_errors)
             .finish_non_exhaustive()
     }
 }
 
-const COLUMNS: &str =
-    "id, title, event_id, reaction_id, status, cameras, timetable, extra, created_at, updated_at";
+const COLUMNS: &str = "id, title, event_id, reaction_id, status, cameras, timetable, extra, \
+                       created_at, updated_at, owner_id";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredScript> {
     let mut body = Map::new();
@@ -68,6 +71,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredScript> {
         created_at: text(r, 8)?,
         updated_at: text(r, 9)?,
         decode_errors,
+        owner_id: r.get::<_, Option<i64>>(10).ok().flatten(),
     })
 }
 
@@ -133,6 +137,40 @@ pub fn page(
     Ok((out, u64::try_from(total).unwrap_or(0)))
 }
 
+/// A page of the scripts owned by one of `owners` (a caller's reach), by id, and their
+/// total count; scripts of other owners are neither listed nor counted.
+pub fn page_owned_by(
+    conn: &Connection,
+    owners: &[i64],
+    offset: u64,
+    limit: u64,
+) -> Result<(Vec<StoredScript>, u64), StoreError> {
+    let owners = Value::from(owners.to_vec()).to_string();
+    let total: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM scripts WHERE owner_id IN (SELECT value FROM json_each(?1))",
+        [&owners],
+        |r| r.get(0),
+    )?;
+    let mut out = Vec::new();
+    each_row(
+        conn,
+        &format!(
+            "SELECT {COLUMNS} FROM scripts WHERE owner_id IN (SELECT value FROM json_each(?3))
+             ORDER BY id LIMIT ?1 OFFSET ?2"
+        ),
+        params![
+            i64::try_from(limit).unwrap_or(i64::MAX),
+            i64::try_from(offset).unwrap_or(i64::MAX),
+            owners
+        ],
+        |s| {
+            out.push(s);
+            Ok(())
+        },
+    )?;
+    Ok((out, u64::try_from(total).unwrap_or(0)))
+}
+
 /// Calls `f` with every script, by id, one row at a time (the snapshot build uses this so
 /// the rows' JSON is never all in memory at once).
 pub fn for_each(
@@ -162,13 +200,24 @@ fn write_users(conn: &Connection, id: i64, users: &[i64]) -> Result<(), StoreErr
     Ok(())
 }
 
-/// Inserts a script and returns its id (`id` given only by import, which keeps ids).
+/// Inserts a script without owner and returns its id; see [`insert_owned`].
 pub fn insert(conn: &Connection, id: Option<i64>, input: &ScriptInput) -> Result<i64, StoreError> {
+    insert_owned(conn, id, None, input)
+}
+
+/// Inserts a script owned by `owner_id` and returns its id (`id` given only by import,
+/// which keeps ids).
+pub fn insert_owned(
+    conn: &Connection,
+    id: Option<i64>,
+    owner_id: Option<i64>,
+    input: &ScriptInput,
+) -> Result<i64, StoreError> {
     let now = now_text();
     conn.execute(
         "INSERT INTO scripts (id, title, event_id, reaction_id, status, cameras, timetable, extra,
-                              created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                              created_at, updated_at, owner_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
         params![
             id,
             input.title,
@@ -178,12 +227,32 @@ pub fn insert(conn: &Connection, id: Option<i64>, input: &ScriptInput) -> Result
             cameras_json(input),
             input.timetable.to_string(),
             Value::Object(input.extra.clone()).to_string(),
-            now
+            now,
+            owner_id
         ],
     )?;
     let id = conn.last_insert_rowid();
+    // A new script with the id of a deleted one does not inherit its deliveries' owner.
+    conn.execute("DELETE FROM deleted_scripts WHERE id = ?1", [id])?;
     write_users(conn, id, &input.users)?;
     Ok(id)
+}
+
+/// Gives script `id` to `owner_id`.
+pub fn set_owner(conn: &Connection, id: i64, owner_id: i64) -> Result<(), StoreError> {
+    conn.execute("UPDATE scripts SET owner_id = ?2 WHERE id = ?1", params![id, owner_id])?;
+    Ok(())
+}
+
+/// The owner a script had when it was deleted (its deliveries are shown to that account),
+/// or `None`.
+pub fn deleted_owner(conn: &Connection, id: i64) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .query_row("SELECT owner_id FROM deleted_scripts WHERE id = ?1", [id], |r| {
+            r.get::<_, Option<i64>>(0)
+        })
+        .optional()?
+        .flatten())
 }
 
 /// Replaces a script's fields; false when it does not exist.
@@ -211,7 +280,13 @@ pub fn update(conn: &Connection, id: i64, input: &ScriptInput) -> Result<bool, S
     Ok(true)
 }
 
-/// Deletes a script; false when it did not exist.
+/// Deletes a script, remembering its owner in `deleted_scripts`; false when it did not
+/// exist.
 pub fn delete(conn: &Connection, id: i64) -> Result<bool, StoreError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO deleted_scripts (id, owner_id, deleted_at)
+         SELECT id, owner_id, ?2 FROM scripts WHERE id = ?1",
+        params![id, now_text()],
+    )?;
     Ok(conn.execute("DELETE FROM scripts WHERE id = ?1", [id])? > 0)
 }

@@ -1,6 +1,12 @@
 //! API tokens. A token is `{public_id}.{secret}`: the public id (not secret) finds the row,
 //! and only the SHA-256 digest of the whole token is stored. Checking compares fixed-size
 //! digests in constant time, so response timing says nothing about the secret part.
+//!
+//! A token stops working when it is revoked (`revoked_at`), when it expires (`expires_at`)
+//! or when its user is disabled; [`authenticate`] reads all three from the database on every
+//! call, so a change made by `scriptd tokens revoke` in another process counts at once.
+//! `last_used_at` is written by [`touch`], which the API calls at most once a minute per
+//! token.
 
 use rand::RngCore;
 use rusqlite::{Connection, params};
@@ -19,8 +25,35 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Creates a token for `user_id` and returns it; it cannot be recovered later.
+/// Creates a token for `user_id` that never expires; see [`create_expiring`].
 pub fn create(conn: &Connection, user_id: i64) -> Result<Secret, StoreError> {
+    create_expiring(conn, user_id, None)
+}
+
+/// Creates a token for `user_id`, valid for `lifetime` from now (`None`: until revoked),
+/// and returns it; it cannot be recovered later.
+pub fn create_expiring(
+    conn: &Connection,
+    user_id: i64,
+    lifetime: Option<std::time::Duration>,
+) -> Result<Secret, StoreError> {
+    let expires_at = match lifetime {
+        None => None,
+        Some(d) => {
+            let d = chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| chrono::Utc::now().checked_add_signed(d));
+            match d {
+                Some(t) => Some(t.format("%Y-%m-%d %H:%M:%S").to_string()),
+                None => {
+                    return Err(StoreError::Invalid(crate::validation::FieldErrors::single(
+                        "expires_in",
+                        "is too long",
+                    )));
+                }
+            }
+        }
+    };
     if !users::exists(conn, user_id)? {
         return Err(StoreError::NotFound(format!("user {user_id}")));
     }
@@ -32,9 +65,9 @@ pub fn create(conn: &Connection, user_id: i64) -> Result<Secret, StoreError> {
     let public_id = hex::encode(public);
     let token = format!("{public_id}.{}", hex::encode(secret));
     conn.execute(
-        "INSERT INTO api_tokens (public_id, user_id, token_sha256, created_at)
-         VALUES (?1, ?2, ?3, ?4)",
-        params![public_id, user_id, digest(&token).as_slice(), now_text()],
+        "INSERT INTO api_tokens (public_id, user_id, token_sha256, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![public_id, user_id, digest(&token).as_slice(), now_text(), expires_at],
     )?;
     conn.execute(
         "UPDATE users SET access_token_id = ?1, updated_at = ?2 WHERE id = ?3",
@@ -43,8 +76,23 @@ pub fn create(conn: &Connection, user_id: i64) -> Result<Secret, StoreError> {
     Ok(Secret::new(token))
 }
 
-/// The user a presented token belongs to, or `None` for a malformed or unknown token.
+/// A token that [`authenticate`] accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The user the token belongs to.
+    pub user_id: i64,
+    /// The token's public id (not secret).
+    pub public_id: String,
+}
+
+/// The user a presented token belongs to, or `None` for a malformed, unknown, revoked or
+/// expired token, or one whose user is disabled.
 pub fn authenticate(conn: &Connection, presented: &str) -> Result<Option<i64>, StoreError> {
+    Ok(check(conn, presented)?.map(|a| a.user_id))
+}
+
+/// Like [`authenticate`], with the token's public id.
+pub fn check(conn: &Connection, presented: &str) -> Result<Option<Authenticated>, StoreError> {
     let Some((public_id, rest)) = presented.split_once('.') else { return Ok(None) };
     if public_id.is_empty()
         || rest.is_empty()
@@ -54,10 +102,13 @@ pub fn authenticate(conn: &Connection, presented: &str) -> Result<Option<i64>, S
         return Ok(None);
     }
     let presented_digest = digest(presented);
-    let mut stmt =
-        conn.prepare_cached("SELECT user_id, token_sha256 FROM api_tokens WHERE public_id = ?1")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT t.user_id, t.token_sha256 FROM api_tokens t JOIN users u ON u.id = t.user_id
+         WHERE t.public_id = ?1 AND t.revoked_at IS NULL
+           AND (t.expires_at IS NULL OR t.expires_at > ?2) AND NOT u.disabled",
+    )?;
     // Read without trusting the column types: a hand-edited row is just not a match.
-    let rows = stmt.query_map([public_id], |r| {
+    let rows = stmt.query_map(params![public_id, now_text()], |r| {
         Ok((r.get::<_, rusqlite::types::Value>(0)?, r.get::<_, rusqlite::types::Value>(1)?))
     })?;
     for row in rows {
@@ -68,8 +119,140 @@ pub fn authenticate(conn: &Connection, presented: &str) -> Result<Option<i64>, S
         if stored.len() == presented_digest.len()
             && bool::from(stored.as_slice().ct_eq(presented_digest.as_slice()))
         {
-            return Ok(Some(user_id));
+            return Ok(Some(Authenticated { user_id, public_id: public_id.to_owned() }));
         }
     }
     Ok(None)
+}
+
+/// True while the token `public_id` is neither revoked nor expired and its user is not
+/// disabled (for connections authenticated earlier, such as the reaction stream).
+pub fn is_active(conn: &Connection, public_id: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM api_tokens t JOIN users u ON u.id = t.user_id
+           WHERE t.public_id = ?1 AND t.revoked_at IS NULL
+             AND (t.expires_at IS NULL OR t.expires_at > ?2) AND NOT u.disabled)",
+        params![public_id, now_text()],
+        |r| r.get(0),
+    )?)
+}
+
+/// Records that the token `public_id` was used now (`last_used_at`).
+pub fn touch(conn: &Connection, public_id: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE api_tokens SET last_used_at = ?2 WHERE public_id = ?1",
+        params![public_id, now_text()],
+    )?;
+    Ok(())
+}
+
+/// One token as `scriptd tokens list` shows it (never the secret or its digest).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenInfo {
+    /// Public id.
+    pub public_id: String,
+    /// Owner.
+    pub user_id: i64,
+    /// `YYYY-MM-DD HH:MM:SS` UTC.
+    pub created_at: String,
+    /// When it was last used, to the minute; `None`: never.
+    pub last_used_at: Option<String>,
+    /// When it stops working; `None`: never.
+    pub expires_at: Option<String>,
+    /// When it was revoked.
+    pub revoked_at: Option<String>,
+}
+
+/// Every token (of `user_id` when given), oldest first.
+pub fn list(conn: &Connection, user_id: Option<i64>) -> Result<Vec<TokenInfo>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT public_id, user_id, created_at, last_used_at, expires_at, revoked_at
+         FROM api_tokens WHERE ?1 IS NULL OR user_id = ?1 ORDER BY id",
+    )?;
+    let opt = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<Option<String>> {
+        Ok(match r.get::<_, rusqlite::types::Value>(i)? {
+            rusqlite::types::Value::Null => None,
+            _ => Some(super::catalog::text(r, i)?),
+        })
+    };
+    let rows = stmt.query_map([user_id], |r| {
+        Ok(TokenInfo {
+            public_id: super::catalog::text(r, 0)?,
+            user_id: r.get::<_, i64>(1).unwrap_or(0),
+            created_at: super::catalog::text(r, 2)?,
+            last_used_at: opt(r, 3)?,
+            expires_at: opt(r, 4)?,
+            revoked_at: opt(r, 5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Revokes the token `public_id`; [`StoreError::NotFound`] when there is none. Revoking a
+/// revoked token keeps its first `revoked_at`.
+pub fn revoke(conn: &Connection, public_id: &str) -> Result<(), StoreError> {
+    let found: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM api_tokens WHERE public_id = ?1)",
+        [public_id],
+        |r| r.get(0),
+    )?;
+    if !found {
+        return Err(StoreError::NotFound(format!("token {public_id}")));
+    }
+    conn.execute(
+        "UPDATE api_tokens SET revoked_at = ?2 WHERE public_id = ?1 AND revoked_at IS NULL",
+        params![public_id, now_text()],
+    )?;
+    Ok(())
+}
+
+/// Revokes every token of `user_id`; returns how many were still active.
+pub fn revoke_user(conn: &Connection, user_id: i64) -> Result<usize, StoreError> {
+    if !users::exists(conn, user_id)? {
+        return Err(StoreError::NotFound(format!("user {user_id}")));
+    }
+    Ok(conn.execute(
+        "UPDATE api_tokens SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
+        params![user_id, now_text()],
+    )?)
+}
+
+/// Parses a token lifetime for `--expires-in`: a positive whole number followed by `s`,
+/// `m`, `h`, `d` or `w` (`90d`, `12h`).
+pub fn parse_lifetime(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?} is not a duration like 90d, 12h, 30m"))?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("{text:?}: the unit must be one of s, m, h, d, w (e.g. 90d)")),
+    };
+    n.checked_mul(unit_secs)
+        .filter(|s| *s <= 100 * 365 * 86_400)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is longer than 100 years"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_parse_with_a_unit() {
+        assert_eq!(parse_lifetime("90d"), Ok(std::time::Duration::from_secs(90 * 86_400)));
+        assert_eq!(parse_lifetime("2s"), Ok(std::time::Duration::from_secs(2)));
+        assert_eq!(parse_lifetime("1w"), Ok(std::time::Duration::from_secs(7 * 86_400)));
+        for bad in ["", "d", "0d", "90", "90x", "-1d", "1.5d", "99999999999999999999d", "200000w"] {
+            assert!(parse_lifetime(bad).is_err(), "{bad}");
+        }
+    }
 }

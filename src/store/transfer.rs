@@ -6,6 +6,10 @@
 //! script exactly like the API, and writes all of them in one transaction or none: an
 //! object with an `id` replaces that script (or is created with that id), one without is
 //! added. Scripts not in the file are left alone.
+//!
+//! Owners: an object's `owner_id` (an existing user) wins; else the `--owner` given to the
+//! command; else a replaced script keeps its owner. A new script without either is an
+//! error on `{index}.owner_id`.
 
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
@@ -70,9 +74,15 @@ fn to_body(obj: &Map<String, Value>) -> Map<String, Value> {
     body
 }
 
-/// Imports `document` (see the module documentation); returns the ids written. Errors are
-/// keyed `{index}.{field}` (e.g. `2.timetable.days.0.from`).
-pub fn import(store: &Store, timezone: Tz, document: &Value) -> Result<Vec<i64>, StoreError> {
+/// Imports `document` (see the module documentation), giving scripts without an
+/// `owner_id` to `default_owner`; returns the ids written. Errors are keyed
+/// `{index}.{field}` (e.g. `2.timetable.days.0.from`).
+pub fn import(
+    store: &Store,
+    timezone: Tz,
+    document: &Value,
+    default_owner: Option<i64>,
+) -> Result<Vec<i64>, StoreError> {
     let items = match document {
         Value::Array(items) => items,
         Value::Object(o) => match o.get("data") {
@@ -97,6 +107,11 @@ pub fn import(store: &Store, timezone: Tz, document: &Value) -> Result<Vec<i64>,
         let mut errors = FieldErrors::new();
         let mut valid = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        if let Some(owner) = default_owner
+            && !lookups.users.contains(&owner)
+        {
+            errors.add("owner", format!("user {owner} does not exist"));
+        }
         for (i, item) in items.iter().enumerate() {
             let Value::Object(obj) = item else {
                 errors.add(i.to_string(), "must be a script object");
@@ -118,8 +133,29 @@ pub fn import(store: &Store, timezone: Tz, document: &Value) -> Result<Vec<i64>,
                 errors.add(format!("{i}.id"), format!("script {id} appears more than once"));
                 continue;
             }
+            let owner = match obj.get("owner_id") {
+                None | Some(Value::Null) => default_owner,
+                Some(v) => match v.as_i64().filter(|n| lookups.users.contains(n)) {
+                    Some(n) => Some(n),
+                    None => {
+                        errors.add(format!("{i}.owner_id"), "must be the id of an existing user");
+                        continue;
+                    }
+                },
+            };
+            let exists = match id {
+                Some(id) => scripts::get(tx, id)?.is_some(),
+                None => false,
+            };
+            if owner.is_none() && !exists {
+                errors.add(
+                    format!("{i}.owner_id"),
+                    "is required for a new script: give owner_id in the file or --owner ID",
+                );
+                continue;
+            }
             match validate(&to_body(obj), &ctx) {
-                Ok(v) => valid.push((id, v.input)),
+                Ok(v) => valid.push((id, owner, v.input)),
                 Err(e) => {
                     for path in e.paths() {
                         for reason in e.get(path).unwrap_or_default() {
@@ -133,11 +169,14 @@ pub fn import(store: &Store, timezone: Tz, document: &Value) -> Result<Vec<i64>,
             return Err(StoreError::Invalid(errors));
         }
         let mut ids = Vec::with_capacity(valid.len());
-        for (id, input) in valid {
+        for (id, owner, input) in valid {
             let written = match id {
                 Some(id) if scripts::update(tx, id, &input)? => id,
-                other => scripts::insert(tx, other, &input)?,
+                other => scripts::insert_owned(tx, other, owner, &input)?,
             };
+            if let Some(owner) = owner {
+                scripts::set_owner(tx, written, owner)?;
+            }
             ids.push(written);
         }
         Ok(ids)

@@ -44,6 +44,10 @@ pub struct User {
     pub access_token_id: Option<String>,
     /// Whether the user may change their password.
     pub can_update_password: bool,
+    /// Disabled by `scriptd users disable`: its tokens are refused and it gets no pushes.
+    /// Not part of the API's user object.
+    #[serde(skip)]
+    pub disabled: bool,
 }
 
 /// What `scriptd users add` takes.
@@ -139,11 +143,67 @@ pub fn parents(conn: &Connection) -> Result<HashMap<i64, Option<i64>>, StoreErro
     Ok(rows)
 }
 
+/// The reach of `user_id`: the user and every user below it (`parent_id` chains, any
+/// depth), ascending. Cycles in hand-edited data end the walk; an unknown id reaches only
+/// itself.
+pub fn reach(conn: &Connection, user_id: i64) -> Result<Vec<i64>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "WITH RECURSIVE reach(id) AS (
+           SELECT ?1 UNION SELECT u.id FROM users u JOIN reach r ON u.parent_id = r.id)
+         SELECT id FROM reach ORDER BY id",
+    )?;
+    let ids = stmt.query_map([user_id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    Ok(ids)
+}
+
+/// The names of the permissions granted to `user_id`.
+pub fn permission_names(conn: &Connection, user_id: i64) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT p.name FROM user_permissions up JOIN permissions p ON p.id = up.permission_id
+         WHERE up.user_id = ?1 ORDER BY p.id",
+    )?;
+    let names = stmt.query_map([user_id], |r| text(r, 0))?.collect::<Result<_, _>>()?;
+    Ok(names)
+}
+
+/// The ids of the disabled users.
+pub fn disabled_ids(conn: &Connection) -> Result<HashSet<i64>, StoreError> {
+    let mut stmt = conn.prepare("SELECT id FROM users WHERE disabled")?;
+    let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    Ok(ids)
+}
+
+/// Disables a user: its tokens are refused from now on and it gets no more pushes (the
+/// running daemon notices within a second). [`StoreError::NotFound`] when there is none.
+pub fn disable(conn: &Connection, id: i64) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE users SET disabled = 1, updated_at = ?2 WHERE id = ?1",
+        params![id, now_text()],
+    )?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("user {id}")));
+    }
+    Ok(())
+}
+
+/// Every user with permissions, by id (`scriptd users list`).
+pub fn list(conn: &Connection) -> Result<Vec<User>, StoreError> {
+    let mut stmt = conn.prepare("SELECT id FROM users ORDER BY id")?;
+    let ids: Vec<i64> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(u) = get(conn, id)? {
+            out.push(u);
+        }
+    }
+    Ok(out)
+}
+
 /// One user with permissions, or `None`.
 pub fn get(conn: &Connection, id: i64) -> Result<Option<User>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT id, login, name, parent_id, created_at, updated_at, online_request_interval,
-                access_token_id, can_update_password
+                access_token_id, can_update_password, disabled
          FROM users WHERE id = ?1",
     )?;
     let user = stmt
@@ -159,6 +219,7 @@ pub fn get(conn: &Connection, id: i64) -> Result<Option<User>, StoreError> {
                 online_request_interval: r.get::<_, i64>(6).unwrap_or(100),
                 access_token_id: r.get::<_, Option<String>>(7).ok().flatten(),
                 can_update_password: truthy(r, 8)?,
+                disabled: truthy(r, 9)?,
             })
         })
         .optional()?;

@@ -34,7 +34,11 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub api_port: u16,
     pub mqtt_port: u16,
+    /// A token of user 1.
     pub token: String,
+    /// A token of user 4 (scripts are owned by their creator, and user 4 is in another
+    /// account than user 1: [`Daemon::create_script`] uses this token for scripts of 4).
+    pub token_4: String,
     options: DaemonOptions,
     starts: usize,
 }
@@ -103,12 +107,15 @@ level = "info,scriptd=debug"
             cli(&config, &args);
         }
         let token = cli(&config, &["tokens", "create", "--user", "1"]);
-        let mut d = Daemon { child: None, dir, api_port, mqtt_port, token, options, starts: 0 };
+        let token_4 = cli(&config, &["tokens", "create", "--user", "4"]);
+        let mut d =
+            Daemon { child: None, dir, api_port, mqtt_port, token, token_4, options, starts: 0 };
         d.spawn().await;
         d
     }
 
-    fn config_dir(&self) -> PathBuf {
+    /// The configuration folder (for running operator commands against this daemon).
+    pub fn config_dir(&self) -> PathBuf {
         self.dir.path().join("config")
     }
 
@@ -211,11 +218,19 @@ level = "info,scriptd=debug"
         format!("http://127.0.0.1:{}/api/v1{path}", self.api_port)
     }
 
-    /// POST /scripts with the token; returns the created script (asserts 201).
+    /// Runs an operator command (`scriptd --config DIR args…`) against this daemon's
+    /// database; asserts success and returns its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(&self.config_dir(), args)
+    }
+
+    /// POST /scripts with the token of user 1 (of user 4 when the body's first user is
+    /// 4); returns the created script (asserts 201).
     pub async fn create_script(&self, body: &Value) -> Value {
+        let token = if body["users"][0] == 4 { &self.token_4 } else { &self.token };
         let r = reqwest::Client::new()
             .post(self.url("/scripts"))
-            .bearer_auth(&self.token)
+            .bearer_auth(token)
             .header("X-Client", "web")
             .json(body)
             .send()
@@ -237,11 +252,16 @@ level = "info,scriptd=debug"
             .expect("metrics text")
     }
 
-    /// GET with the token.
+    /// GET with the token of user 1.
     pub async fn get(&self, path: &str) -> Value {
+        self.get_as(&self.token, path).await
+    }
+
+    /// GET with `token`.
+    pub async fn get_as(&self, token: &str, path: &str) -> Value {
         reqwest::Client::new()
             .get(self.url(path))
-            .bearer_auth(&self.token)
+            .bearer_auth(token)
             .send()
             .await
             .expect("GET")
