@@ -114,13 +114,15 @@ pub enum Reason {
     BadData,
     /// The event is not in the catalog (found by the matching stage, not by [`decode`]).
     UnknownEvent,
+    /// The payload is larger than `events.max_payload_bytes` (checked before [`decode`]).
+    TooLarge,
     /// Older than `events.max_age_seconds` when received (see [`is_stale`]).
     Stale,
 }
 
 impl Reason {
     /// Every reason, in a fixed order.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::NotUtf8,
         Reason::NotJson,
         Reason::NotObject,
@@ -134,6 +136,7 @@ impl Reason {
         Reason::BadSnapshotUrl,
         Reason::BadData,
         Reason::UnknownEvent,
+        Reason::TooLarge,
         Reason::Stale,
     ];
 
@@ -153,6 +156,7 @@ impl Reason {
             Reason::BadSnapshotUrl => "bad_snapshot_url",
             Reason::BadData => "bad_data",
             Reason::UnknownEvent => "unknown_event",
+            Reason::TooLarge => "too_large",
             Reason::Stale => "stale",
         }
     }

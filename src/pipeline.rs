@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::dispatch::telegram::{local_time, message_text};
-use crate::dispatch::{PushParts, delivery_id, push_payload};
+use crate::dispatch::{self, PushParts, delivery_id, push_payload};
 use crate::index::Matches;
 use crate::live::{Live, ScriptRecord, Snapshot};
 use crate::occurrence::{self, EventRef, Occurrence, Reason, Rejected, RejectionLog};
@@ -142,6 +142,15 @@ impl Intake {
         out: &mut Vec<NewDelivery>,
     ) -> Outcome {
         self.meters.received.increment(1);
+        let max_payload = self.settings.load().events.max_payload_bytes;
+        if payload.len() as u64 > max_payload {
+            let what = format!(
+                "{} bytes, more than events.max_payload_bytes ({max_payload})",
+                payload.len()
+            );
+            self.rejections.record(topic, &Rejected::new(Reason::TooLarge, what));
+            return Outcome::Rejected(Reason::TooLarge);
+        }
         let occ = match occurrence::decode(topic, payload, now) {
             Ok(o) => o,
             Err(rejected) => {
@@ -170,10 +179,15 @@ impl Intake {
         let before = out.len();
         let scripts = self.matches.positions.len();
         let occurred_at = occ.occurred_at_rfc3339();
+        let shared = Shared {
+            occ: &occ,
+            occurred_at: &occurred_at,
+            data: dispatch::bounded_data(occ.data.as_ref(), payload.len()),
+        };
         for &p in &self.matches.positions {
             let script_id = snap.index.script_id(p);
             if let Some(script) = snap.scripts.get(&script_id) {
-                plan_script(snap, script, &event, &occ, &occurred_at, self.timezone, out);
+                plan_script(snap, script, &event, &shared, self.timezone, out);
             }
         }
         if scripts > 0 {
@@ -224,16 +238,25 @@ impl Intake {
     }
 }
 
+/// What the deliveries of one occurrence share, computed once per occurrence.
+struct Shared<'a> {
+    occ: &'a Occurrence,
+    /// `occurred_at` as RFC 3339.
+    occurred_at: &'a str,
+    /// The `data` pushes carry, and whether it was left out for its size.
+    data: (Option<&'a serde_json::Value>, bool),
+}
+
 /// The deliveries of one matched script for one occurrence.
 fn plan_script(
     snap: &Snapshot,
     script: &ScriptRecord,
     event: &Event,
-    occ: &Occurrence,
-    occurred_at: &str,
+    shared: &Shared<'_>,
     tz: chrono_tz::Tz,
     out: &mut Vec<NewDelivery>,
 ) {
+    let Shared { occ, occurred_at, data: (data, data_truncated) } = *shared;
     let reaction = script.reaction.name.as_str();
     let payload_for = |id: &str| {
         push_payload(&PushParts {
@@ -248,7 +271,8 @@ fn plan_script(
             occurrence_id: &occ.id,
             camera_id: occ.camera_id,
             occurred_at,
-            data: occ.data.as_ref(),
+            data,
+            data_truncated,
             snapshot_url: occ.snapshot_url.as_deref(),
         })
         .to_string()
@@ -285,7 +309,7 @@ fn plan_script(
                 &event.description,
                 occ.camera_id,
                 &local_time(occ.occurred_at_utc(), tz),
-                occ.data.as_ref(),
+                data,
             );
             let target = Target::Telegram {
                 bot_token: token.clone(),

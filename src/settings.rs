@@ -39,6 +39,13 @@ pub const CONFIG_DIR_ENV: &str = "SCRIPTD_CONFIG_DIR";
 /// The configuration directory used when nothing else names one and `./config` is absent.
 pub const SYSTEM_CONFIG_DIR: &str = "/etc/scriptd";
 
+/// Default of `events.max_payload_bytes`: 256 KiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 256 * 1024;
+/// Smallest accepted `events.max_payload_bytes`.
+pub const MIN_MAX_PAYLOAD_BYTES: u64 = 1024;
+/// The largest packet MQTT can carry (its remaining-length field's maximum).
+pub const MAX_MQTT_PACKET_BYTES: u64 = 268_435_455;
+
 /// The whole configuration of the daemon. See `config/default.toml` for every key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -148,6 +155,9 @@ pub struct WebhookSettings {
 pub struct EventsSettings {
     /// Occurrences older than this when received are dropped as stale; 0 = never.
     pub max_age_seconds: u64,
+    /// Larger occurrence payloads are rejected (`too_large`) and acknowledged, never
+    /// matched (1 KiB – 256 MiB; default 256 KiB).
+    pub max_payload_bytes: u64,
 }
 
 /// `[delivery]`: the outbox and its workers.
@@ -312,7 +322,7 @@ impl Default for WebhookSettings {
 
 impl Default for EventsSettings {
     fn default() -> Self {
-        Self { max_age_seconds: 300 }
+        Self { max_age_seconds: 300, max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES }
     }
 }
 
@@ -863,6 +873,13 @@ impl Settings {
         if m.inflight == 0 {
             bad("mqtt.inflight", "must be 1–65535 (got 0)".into());
         }
+        let e = &self.events;
+        if !(MIN_MAX_PAYLOAD_BYTES..=MAX_MQTT_PACKET_BYTES).contains(&e.max_payload_bytes) {
+            bad(
+                "events.max_payload_bytes",
+                range_msg("1024–268435455", e.max_payload_bytes),
+            );
+        }
         if self.api.bind.port() == 0 {
             bad("api.bind", format!("needs a port 1–65535 (got {})", self.api.bind));
         }
@@ -1183,7 +1200,7 @@ mod tests {
                 per_group_per_minute: 5,
             },
             webhook: WebhookSettings { timeout_seconds: 1 },
-            events: EventsSettings { max_age_seconds: 1 },
+            events: EventsSettings { max_age_seconds: 1, ..EventsSettings::default() },
             delivery: DeliverySettings {
                 max_in_flight: 1,
                 max_attempts: 2,

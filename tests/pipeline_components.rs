@@ -73,6 +73,7 @@ async fn occurrence_to_push(port: u16) {
         occurrence_id: &occ.id,
         camera_id: occ.camera_id,
         data: occ.data.as_ref(),
+        data_truncated: false,
         snapshot_url: occ.snapshot_url.as_deref(),
     });
     within(10, "push", pusher.push(42, &payload)).await.unwrap();

@@ -95,16 +95,55 @@ pub struct PushParts<'a> {
     pub camera_id: i64,
     /// `occurred_at` as received: RFC 3339 with the sender's offset.
     pub occurred_at: &'a str,
-    /// The occurrence's `data`, passed through.
+    /// The occurrence's `data`, passed through (`None` when it had none or when it was
+    /// larger than [`MAX_PUSH_DATA_BYTES`]; see [`bounded_data`]).
     pub data: Option<&'a Value>,
+    /// True when the occurrence's `data` was left out for its size: the push then carries
+    /// `"data": null, "data_truncated": true`.
+    pub data_truncated: bool,
     /// The occurrence's `snapshot_url`, passed through.
     pub snapshot_url: Option<&'a str>,
+}
+
+/// Most bytes of an occurrence's `data` (as JSON) a push, a webhook body or the reaction
+/// stream carries (64 KiB). Larger `data` is left out of every delivery (the occurrence
+/// still fires): one analytics message with an embedded image must not be copied into
+/// every push to every recipient.
+pub const MAX_PUSH_DATA_BYTES: usize = 64 * 1024;
+
+/// `data` if its JSON is at most [`MAX_PUSH_DATA_BYTES`], and whether it was left out.
+/// `payload_len` (the whole occurrence's size) bounds the JSON's size, so the common small
+/// occurrence is not serialized to find out.
+pub fn bounded_data(data: Option<&Value>, payload_len: usize) -> (Option<&Value>, bool) {
+    match data {
+        None => (None, false),
+        Some(d) if payload_len <= MAX_PUSH_DATA_BYTES => (Some(d), false),
+        Some(d) => {
+            let mut counter = ByteCounter(0);
+            let fits = serde_json::to_writer(&mut counter, d).is_ok()
+                && counter.0 <= MAX_PUSH_DATA_BYTES;
+            if fits { (Some(d), false) } else { (None, true) }
+        }
+    }
+}
+
+/// Counts the bytes written to it (the JSON size without building the text).
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The push payload of CONTRACT §5. `data` and `snapshot_url` are always present, `null`
 /// when the occurrence had none, so clients see one shape.
 pub fn push_payload(p: &PushParts<'_>) -> Value {
-    json!({
+    let mut v = json!({
         "reaction": p.reaction,
         "delivery_id": p.delivery_id,
         "script": {"id": p.script_id, "title": p.script_title},
@@ -119,7 +158,11 @@ pub fn push_payload(p: &PushParts<'_>) -> Value {
         "occurred_at": p.occurred_at,
         "data": p.data,
         "snapshot_url": p.snapshot_url,
-    })
+    });
+    if p.data_truncated {
+        v["data_truncated"] = Value::Bool(true);
+    }
+    v
 }
 
 /// The delivery id of CONTRACT §5: `{occurrence_id}:{script_id}:{recipient}`, where the
@@ -177,6 +220,7 @@ mod tests {
             camera_id: 17,
             occurred_at: "2026-11-27T16:30:05+05:00",
             data: Some(&data),
+            data_truncated: false,
             snapshot_url: Some("https://vms.local/snapshots/abc.jpg"),
         });
         let expected: Value = serde_json::from_str(
@@ -212,10 +256,42 @@ mod tests {
             camera_id: 3,
             occurred_at: "2026-11-27T11:30:05+00:00",
             data: None,
+            data_truncated: false,
             snapshot_url: None,
         });
         assert_eq!(v["data"], Value::Null);
         assert_eq!(v["snapshot_url"], Value::Null);
+        assert!(v.get("data_truncated").is_none(), "the flag appears only when set");
+    }
+
+    #[test]
+    fn data_over_the_bound_is_left_out_with_a_flag() {
+        let small = json!({"plate": "A123BC"});
+        assert_eq!(bounded_data(Some(&small), 100), (Some(&small), false));
+        assert_eq!(bounded_data(None, 10_000_000), (None, false));
+        // A large payload whose data is small (e.g. a long snapshot URL) keeps its data.
+        assert_eq!(bounded_data(Some(&small), 10_000_000), (Some(&small), false));
+        let exact = json!("x".repeat(MAX_PUSH_DATA_BYTES - 2)); // 2 quotes: exactly 64 KiB
+        assert_eq!(bounded_data(Some(&exact), 10_000_000), (Some(&exact), false));
+        let big = json!({"image": "x".repeat(MAX_PUSH_DATA_BYTES)});
+        assert_eq!(bounded_data(Some(&big), 10_000_000), (None, true));
+        let v = push_payload(&PushParts {
+            reaction: "sound",
+            delivery_id: "o:1:2",
+            script_id: 1,
+            script_title: "t",
+            event_id: 1,
+            event_name: "n",
+            event_description: "d",
+            event_color: "#000000",
+            occurrence_id: "o",
+            camera_id: 3,
+            occurred_at: "2026-11-27T11:30:05+00:00",
+            data: None,
+            data_truncated: true,
+            snapshot_url: None,
+        });
+        assert_eq!((&v["data"], &v["data_truncated"]), (&Value::Null, &Value::Bool(true)));
     }
 
     #[test]

@@ -64,10 +64,17 @@ use crate::secret::Secret;
 /// Default capacity of the channel between the poll task and the pipeline.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
 
-/// Largest MQTT packet the source and the pusher accept or send (8 MiB). A message above
-/// it breaks the connection and is redelivered on every reconnect, so the broker's own
-/// limit (Mosquitto `message_size_limit`, rumqttd 1 MiB) should be lower.
+/// Largest MQTT packet the pusher sends (8 MiB; pushes carry at most
+/// [`crate::dispatch::MAX_PUSH_DATA_BYTES`] of `data`, so they stay far below it).
 pub const MAX_PACKET_SIZE: usize = 8 * 1024 * 1024;
+
+/// Largest MQTT packet a connection accepts: the protocol's own maximum (256 MiB), so no
+/// message, however large, can break the connection. rumqttc fails the connection on a
+/// larger incoming packet, and since the broker keeps an unacknowledged QoS 1 message for
+/// our session it would send it again after every reconnect: one oversized message would
+/// stop ingestion for good. The size limit that matters is applied after reading
+/// (`events.max_payload_bytes`, reason `too_large`, acknowledged so it never comes back).
+pub const MAX_INCOMING_PACKET_SIZE: usize = crate::settings::MAX_MQTT_PACKET_BYTES as usize;
 
 /// Messages waiting for room in the pipeline channel beyond which QoS 0 messages are
 /// dropped (QoS 1 messages are bounded by the broker's flow control and always kept).
@@ -120,8 +127,8 @@ impl MqttConnectOptions {
         o.set_keep_alive(self.keep_alive.max(Duration::from_secs(1)));
         o.set_clean_session(clean_session);
         // rumqttc defaults to 10 KiB incoming; a larger message would fail the connection
-        // and come back forever. Brokers should cap messages below this (rumqttd: 1 MiB).
-        o.set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE);
+        // and come back forever (see MAX_INCOMING_PACKET_SIZE).
+        o.set_max_packet_size(MAX_INCOMING_PACKET_SIZE, MAX_PACKET_SIZE);
         if let Some(user) = &self.username {
             let pass = self.password.as_ref().map(|p| p.expose().to_owned()).unwrap_or_default();
             o.set_credentials(user.clone(), pass);

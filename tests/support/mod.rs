@@ -63,9 +63,14 @@ pub struct TestClient {
 impl TestClient {
     /// Connects to 127.0.0.1:`port` as `client_id` and waits for the CONNACK.
     pub async fn connect(port: u16, client_id: &str) -> Self {
+        Self::connect_with_max_packet(port, client_id, 1 << 20).await
+    }
+
+    /// [`TestClient::connect`] that sends and receives packets up to `max_packet` bytes.
+    pub async fn connect_with_max_packet(port: u16, client_id: &str, max_packet: usize) -> Self {
         let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(5));
-        o.set_max_packet_size(1 << 20, 1 << 20);
+        o.set_max_packet_size(max_packet, max_packet);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 10_000);
         let (tx, received) = tokio::sync::mpsc::unbounded_channel();
         let (sub_tx, subacks) = tokio::sync::mpsc::unbounded_channel();
