@@ -875,10 +875,7 @@ impl Settings {
         }
         let e = &self.events;
         if !(MIN_MAX_PAYLOAD_BYTES..=MAX_MQTT_PACKET_BYTES).contains(&e.max_payload_bytes) {
-            bad(
-                "events.max_payload_bytes",
-                range_msg("1024–268435455", e.max_payload_bytes),
-            );
+            bad("events.max_payload_bytes", range_msg("1024–268435455", e.max_payload_bytes));
         }
         if self.api.bind.port() == 0 {
             bad("api.bind", format!("needs a port 1–65535 (got {})", self.api.bind));

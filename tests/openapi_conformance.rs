@@ -130,6 +130,7 @@ async fn every_route_answers_as_the_openapi_file_says() {
         case(Method::GET, "/api/v1/reactions", None),
         Case { token: false, ..case(Method::GET, "/api/v1/reactions", None) },
         case(Method::GET, "/healthz", None),
+        case(Method::GET, "/livez", None),
         case(Method::GET, "/metrics", None),
         case(Method::DELETE, "/api/v1/scripts/999", None),
         case(Method::DELETE, &format!("/api/v1/scripts/{sid}"), None),

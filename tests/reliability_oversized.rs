@@ -66,8 +66,7 @@ async fn oversized_occurrences_are_rejected_and_never_stall_ingestion() {
         ..DaemonOptions::default()
     };
     let mut d = Daemon::start(opts).await;
-    let all_day =
-        json!({"days": [{"type": "same_every_day", "from": "00:00Z", "to": "23:59Z", "breaks": []}]});
+    let all_day = json!({"days": [{"type": "same_every_day", "from": "00:00Z", "to": "23:59Z", "breaks": []}]});
     d.create_script(&script("pop-up", SIDEBAR, FACE, &[1], all_day)).await;
     let mut app = TestClient::connect(broker.port(), "app-oversized").await;
     app.subscribe("vms/users/1/reactions").await;

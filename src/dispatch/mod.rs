@@ -120,8 +120,8 @@ pub fn bounded_data(data: Option<&Value>, payload_len: usize) -> (Option<&Value>
         Some(d) if payload_len <= MAX_PUSH_DATA_BYTES => (Some(d), false),
         Some(d) => {
             let mut counter = ByteCounter(0);
-            let fits = serde_json::to_writer(&mut counter, d).is_ok()
-                && counter.0 <= MAX_PUSH_DATA_BYTES;
+            let fits =
+                serde_json::to_writer(&mut counter, d).is_ok() && counter.0 <= MAX_PUSH_DATA_BYTES;
             if fits { (Some(d), false) } else { (None, true) }
         }
     }
