@@ -224,6 +224,10 @@ pub async fn start(
     connect.keep_alive = settings.mqtt.keep_alive();
     (connect.backoff_min, connect.backoff_max) = settings.mqtt.reconnect_backoff();
     connect.inflight = settings.mqtt.inflight;
+    connect.protocol = match settings.mqtt.protocol {
+        crate::settings::MqttProtocol::V5 => crate::source::link::Protocol::V5,
+        crate::settings::MqttProtocol::V311 => crate::source::link::Protocol::V311,
+    };
 
     // One registry: a component the watchdog sees stalled is down in /healthz too.
     let watchdog = health.watchdog().clone();
@@ -261,6 +265,7 @@ pub async fn start(
     health.set_up(health::DISPATCHERS);
 
     let mut source_options = SourceOptions::new(connect, &settings.mqtt.events_topic);
+    source_options.max_payload_bytes = settings.events.max_payload_bytes;
     source_options.channel_capacity = pipeline::BATCH_MAX * 4;
     // The poll loop turns at least once per keep-alive (a ping) even when idle, and on every
     // reconnect attempt, so a broker outage is not a hang; a stuck loop is.

@@ -111,6 +111,41 @@ pub struct MqttSettings {
     pub reconnect_max_ms: u64,
     /// Most QoS 1 publishes awaiting their PUBACK at once.
     pub inflight: u16,
+    /// MQTT version of the events connection: `"5"` (the broker is told the largest packet
+    /// the daemon accepts) or `"3.1.1"` (required with the embedded broker).
+    pub protocol: MqttProtocol,
+}
+
+/// `mqtt.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MqttProtocol {
+    /// MQTT 5.
+    #[default]
+    V5,
+    /// MQTT 3.1.1.
+    V311,
+}
+
+impl Serialize for MqttProtocol {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(match self {
+            MqttProtocol::V5 => "5",
+            MqttProtocol::V311 => "3.1.1",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for MqttProtocol {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        match name.as_str() {
+            "5" | "5.0" => Ok(MqttProtocol::V5),
+            "3.1.1" => Ok(MqttProtocol::V311),
+            _ => {
+                Err(serde::de::Error::custom(format!("must be \"5\" or \"3.1.1\" (got {name:?})")))
+            }
+        }
+    }
 }
 
 /// `[api]`: the HTTP API.
@@ -291,6 +326,7 @@ impl Default for MqttSettings {
             reconnect_min_ms: 200,
             reconnect_max_ms: 3_000,
             inflight: 1000,
+            protocol: MqttProtocol::V5,
         }
     }
 }
@@ -870,6 +906,14 @@ impl Settings {
                 ),
             );
         }
+        if m.embedded_broker && m.protocol == MqttProtocol::V5 {
+            bad(
+                "mqtt.protocol",
+                "the embedded broker speaks MQTT 3.1.1: set mqtt.protocol = \"3.1.1\" with \
+                 mqtt.embedded_broker = true"
+                    .into(),
+            );
+        }
         if m.inflight == 0 {
             bad("mqtt.inflight", "must be 1–65535 (got 0)".into());
         }
@@ -1186,6 +1230,7 @@ mod tests {
                 reconnect_min_ms: 1,
                 reconnect_max_ms: 2,
                 inflight: 3,
+                protocol: MqttProtocol::V311,
             },
             api: ApiSettings { bind: SocketAddr::from(([127, 0, 0, 1], 9)) },
             telegram: TelegramSettings {

@@ -1,8 +1,13 @@
 //! One oversized occurrence must never stop ingestion: against a real Mosquitto with its
 //! default configuration (no `message_size_limit`), a 9 MB and a 300 KB occurrence between
-//! ordinary ones are rejected as `too_large` and acknowledged, the ordinary ones are pushed
-//! within 5 s, the events connection never breaks, and a restart finds nothing stuck. An
-//! occurrence under the limit whose `data` is over the push bound fires without its data.
+//! ordinary ones never fire, the ordinary ones are pushed within 5 s, the events connection
+//! never breaks, and a restart finds nothing stuck. An occurrence under the limit whose
+//! `data` is over the push bound fires without its data. Both protocols:
+//!
+//! - MQTT 3.1.1: both large ones are read and rejected as `too_large` (and acknowledged);
+//! - MQTT 5: the daemon announced a Maximum Packet Size of 256 KiB + 70 KiB, so Mosquitto
+//!   never sends the 9 MB one (it drops it for this client); the 300 KB one fits the packet
+//!   limit and is rejected as `too_large`.
 
 mod support;
 
@@ -58,11 +63,24 @@ async fn pushes_for(app: &mut TestClient, want: &[&str], secs: u64) -> Vec<Value
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_occurrences_are_rejected_and_never_stall_ingestion() {
+async fn mqtt_3_1_1_reads_and_rejects_oversized_occurrences() {
+    scenario("3.1.1", 2.0, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_5_has_the_broker_keep_oversized_packets_away() {
+    scenario("5", 1.0, 0.0).await;
+}
+
+/// `too_large`: how many rejections the first burst and the restart should count.
+async fn scenario(protocol: &str, too_large: f64, too_large_after_restart: f64) {
     let broker = Mosquitto::start().await;
     let opts = DaemonOptions {
         external_broker: Some(broker.port()),
-        env: vec![("SCRIPTD__EVENTS__MAX_AGE_SECONDS".into(), "0".into())],
+        env: vec![
+            ("SCRIPTD__EVENTS__MAX_AGE_SECONDS".into(), "0".into()),
+            ("SCRIPTD__MQTT__PROTOCOL".into(), protocol.into()),
+        ],
         ..DaemonOptions::default()
     };
     let mut d = Daemon::start(opts).await;
@@ -93,19 +111,26 @@ async fn oversized_occurrences_are_rejected_and_never_stall_ingestion() {
             assert!(p.get("data_truncated").is_none(), "{p}");
         }
     }
-    let after = within(5, "both rejections counted", async {
+    let after = within(5, "the rejections counted", async {
         loop {
             let m = d.metrics().await;
-            if metric(&m, TOO_LARGE) >= 2.0 {
+            if metric(&m, TOO_LARGE) >= too_large {
                 return m;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
-    assert_eq!(metric(&after, TOO_LARGE), 2.0, "{after}");
+    assert_eq!(metric(&after, TOO_LARGE), too_large, "{after}");
     assert_eq!(metric(&after, RECONNECTS), metric(&before, RECONNECTS), "no reconnect loop");
     assert!(d.log().contains("too_large"), "the rejection is logged with its reason");
+    // Mosquitto names each client's protocol (p2 = 3.1.1, p5 = 5) and logs the packets it
+    // kept from a client that announced a smaller Maximum Packet Size.
+    let log = broker.log();
+    let v5 = protocol == "5";
+    let tag = format!("as scriptd-test-{} ({}, c0", d.api_port, if v5 { "p5" } else { "p2" });
+    assert!(log.contains(&tag), "the events connection speaks MQTT {protocol}:\n{log}");
+    assert_eq!(log.contains("Dropping too large outgoing PUBLISH"), v5, "{log}");
 
     // A restart finds nothing stuck: the oversized ones were acknowledged and never come back,
     // and one more oversized occurrence arriving while the daemon is down is rejected too.
@@ -119,13 +144,13 @@ async fn oversized_occurrences_are_rejected_and_never_stall_ingestion() {
     let restarted = within(5, "the rejection after the restart counted", async {
         loop {
             let m = d.metrics().await;
-            if metric(&m, TOO_LARGE) >= 1.0 {
+            if metric(&m, TOO_LARGE) >= too_large_after_restart {
                 return m;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
-    assert_eq!(metric(&restarted, TOO_LARGE), 1.0, "only the new one: {restarted}");
+    assert_eq!(metric(&restarted, TOO_LARGE), too_large_after_restart, "{restarted}");
     assert_eq!(metric(&restarted, RECONNECTS), 0.0, "{restarted}");
 }

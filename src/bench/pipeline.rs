@@ -441,11 +441,13 @@ async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, S
 
     // The daemon.
     let config_dir = dir.path().join("config");
+    // rumqttd (the bench's embedded broker) speaks 3.1.1; an external broker gets MQTT 5,
+    // the daemon's default.
+    let protocol = if opts.broker == BrokerChoice::Embedded { "3.1.1" } else { "5" };
     write_daemon_config(
         &config_dir,
         dir.path(),
-        &host,
-        port,
+        (&host, port, protocol),
         &prefix,
         &run_id,
         &opts.daemon_config,
@@ -755,8 +757,7 @@ fn prepare_database(
 fn write_daemon_config(
     config_dir: &Path,
     data_dir: &Path,
-    host: &str,
-    port: u16,
+    (host, port, protocol): (&str, u16, &str),
     prefix: &str,
     run_id: &str,
     extra: &str,
@@ -778,6 +779,7 @@ client_id = "scriptd-bench-{run_id}"
 events_topic = "{prefix}/events/#"
 push_topic_prefix = "{prefix}/users"
 embedded_broker = false
+protocol = "{protocol}"
 
 [api]
 bind = "127.0.0.1:{api_port}"

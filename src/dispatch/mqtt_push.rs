@@ -109,7 +109,13 @@ impl MqttPusher {
         let (state_tx, connected) = watch::channel(false);
         let waiters = Arc::new(Mutex::new(Waiters::default()));
         let conn = ConnState::new("push", state_tx, connect);
-        let stop = Stop::new(client.clone(), shutdown);
+        let disconnect = client.clone();
+        let stop = Stop::new(
+            move || {
+                let _ = disconnect.try_disconnect();
+            },
+            shutdown,
+        );
         let task = tokio::spawn(run(eventloop, waiters.clone(), conn, stop));
         MqttPusher {
             client,

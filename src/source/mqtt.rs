@@ -54,11 +54,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use rand::Rng;
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{Event, EventLoop, MqttOptions, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::link::{Ev, Link, Loop, Protocol};
 use crate::secret::Secret;
 
 /// Default capacity of the channel between the poll task and the pipeline.
@@ -102,6 +104,9 @@ pub struct MqttConnectOptions {
     /// Most QoS 1 publishes awaiting their PUBACK at once on a publishing connection (the
     /// pusher; `mqtt.inflight`).
     pub inflight: u16,
+    /// The MQTT version of the events connection (`mqtt.protocol`). The push connection
+    /// always speaks 3.1.1: it only publishes and reads acknowledgements.
+    pub protocol: Protocol,
 }
 
 impl MqttConnectOptions {
@@ -118,6 +123,7 @@ impl MqttConnectOptions {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             inflight: 100,
+            protocol: Protocol::default(),
         }
     }
 
@@ -150,6 +156,9 @@ pub struct SourceOptions {
     /// Beaten on every turn of the poll loop (packets in and out, keep-alive pings,
     /// connection errors), so the systemd watchdog stops only when the loop itself hangs.
     pub progress: Option<crate::systemd::Progress>,
+    /// `events.max_payload_bytes`: with MQTT 5 the broker is told not to send larger
+    /// packets (see [`super::link`]).
+    pub max_payload_bytes: u64,
 }
 
 impl SourceOptions {
@@ -160,31 +169,32 @@ impl SourceOptions {
             topic: topic.into(),
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             progress: None,
+            max_payload_bytes: crate::settings::DEFAULT_MAX_PAYLOAD_BYTES,
         }
     }
 }
 
 /// A message payload; cheap to clone (reference-counted bytes), dereferences to `[u8]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Payload(Publish);
+pub struct Payload(Bytes);
 
 impl Payload {
     /// Wraps bytes (for tests and benchmarks that feed the pipeline without a broker).
     pub fn from_vec(bytes: Vec<u8>) -> Self {
-        Payload(Publish::new(String::new(), QoS::AtMostOnce, bytes))
+        Payload(Bytes::from(bytes))
     }
 }
 
 impl Deref for Payload {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.0.payload
+        &self.0
     }
 }
 
 impl AsRef<[u8]> for Payload {
     fn as_ref(&self) -> &[u8] {
-        &self.0.payload
+        &self.0
     }
 }
 
@@ -205,7 +215,7 @@ pub struct Incoming {
 /// leaves the message unacknowledged: the broker sends it again after the next reconnect.
 #[derive(Debug)]
 pub struct AckToken {
-    client: AsyncClient,
+    client: Link,
     pkid: u16,
     qos: QoS,
     generation: u64,
@@ -231,9 +241,7 @@ impl AckToken {
             );
             return Ok(());
         }
-        let mut p = Publish::new(String::new(), self.qos, Vec::new());
-        p.pkid = self.pkid;
-        self.client.ack(&p).await.map_err(|_| AckError)
+        self.client.ack(self.pkid, self.qos).await.map_err(|_| AckError)
     }
 }
 
@@ -255,10 +263,13 @@ impl MqttSource {
     ) -> (MqttSource, mpsc::Receiver<Incoming>) {
         let capacity = options.channel_capacity.max(1);
         let (tx, rx) = mpsc::channel(capacity);
-        let mut mqtt = options.connect.mqtt_options(&options.connect.client_id, false);
-        mqtt.set_manual_acks(true);
         // Enough room for every possible outstanding PUBACK (see the module docs).
-        let (client, eventloop) = AsyncClient::new(mqtt, u16::MAX as usize + capacity);
+        let (client, eventloop) = Link::new(
+            &options.connect,
+            &options.connect.client_id,
+            options.max_payload_bytes,
+            u16::MAX as usize + capacity,
+        );
         let (state_tx, connected) = watch::channel(false);
         let (sub_tx, subscribed) = watch::channel(false);
         let acks_written = Arc::new(AtomicU64::new(0));
@@ -309,8 +320,8 @@ struct Links {
 
 async fn run(
     options: SourceOptions,
-    client: AsyncClient,
-    mut eventloop: EventLoop,
+    client: Link,
+    mut eventloop: Loop,
     tx: mpsc::Sender<Incoming>,
     links: Links,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -320,7 +331,8 @@ async fn run(
     let buffered = Arc::new(AtomicUsize::new(0));
     let (fwd_tx, forwarder) = spawn_forwarder(tx, buffered.clone());
     let mut conn = ConnState::new("events", state_tx, &options.connect);
-    let mut stop = Stop::new(client.clone(), shutdown);
+    let disconnect = client.clone();
+    let mut stop = Stop::new(move || disconnect.try_disconnect(), shutdown);
     // Handles registered once; the per-message macros would look them up every time.
     let buffered_gauge = metrics::gauge!("scriptd_mqtt_receive_buffered");
     let acks_counter = metrics::counter!("scriptd_mqtt_acks_total");
@@ -329,18 +341,14 @@ async fn run(
             progress.beat();
         }
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            Ok(Ev::ConnAck { session_present }) => {
                 generation.fetch_add(1, Ordering::AcqRel);
-                conn.up(ack.session_present);
-                if let Err(e) = client.try_subscribe(options.topic.clone(), QoS::AtLeastOnce) {
+                conn.up(session_present);
+                if let Err(e) = client.try_subscribe(&options.topic) {
                     tracing::error!(topic = %options.topic, error = %e, "cannot subscribe");
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let refused = ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+            Ok(Ev::SubAck { refused }) => {
                 if refused {
                     tracing::error!(topic = %options.topic, "the broker refused the subscription");
                 } else {
@@ -348,12 +356,11 @@ async fn run(
                 }
                 sub_tx.send_replace(!refused);
             }
-            Ok(Event::Incoming(Packet::Publish(mut p))) => {
+            Ok(Ev::Publish(p)) => {
                 if stop.requested() {
                     // Not handed over, not acknowledged: redelivered on the next start.
                     continue;
                 }
-                let topic = std::mem::take(&mut p.topic);
                 let incoming = Incoming {
                     ack: AckToken {
                         client: client.clone(),
@@ -363,8 +370,8 @@ async fn run(
                         current: generation.clone(),
                     },
                     dup: p.dup,
-                    topic,
-                    payload: Payload(p),
+                    topic: p.topic,
+                    payload: Payload(p.payload),
                 };
                 let waiting = buffered.fetch_add(1, Ordering::Relaxed) + 1;
                 if incoming.ack.qos == QoS::AtMostOnce && waiting > MAX_BUFFERED {
@@ -378,7 +385,7 @@ async fn run(
                     break;
                 }
             }
-            Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => {
+            Ok(Ev::PubAckWritten) => {
                 acks_written.fetch_add(1, Ordering::Relaxed);
                 acks_counter.increment(1);
             }
@@ -436,15 +443,58 @@ pub(crate) struct Stop {
     task: JoinHandle<()>,
 }
 
+/// An MQTT event loop [`Stop`] can drive: rumqttc's 3.1.1 one, or the source's [`Loop`].
+pub(crate) trait PollLoop {
+    /// One event.
+    type Event;
+    /// A connection failure.
+    type Error: std::fmt::Display;
+    /// True while connected (polling must then not be cancelled).
+    fn is_connected(&self) -> bool;
+    /// The next event.
+    fn next(&mut self) -> impl Future<Output = Result<Self::Event, Self::Error>> + Send;
+    /// True for "our DISCONNECT was written".
+    fn is_disconnect(event: &Self::Event) -> bool;
+}
+
+impl PollLoop for EventLoop {
+    type Event = Event;
+    type Error = rumqttc::ConnectionError;
+    fn is_connected(&self) -> bool {
+        self.network.is_some()
+    }
+    fn next(&mut self) -> impl Future<Output = Result<Event, rumqttc::ConnectionError>> + Send {
+        self.poll()
+    }
+    fn is_disconnect(event: &Event) -> bool {
+        matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect))
+    }
+}
+
+impl PollLoop for Loop {
+    type Event = Ev;
+    type Error = super::link::LinkError;
+    fn is_connected(&self) -> bool {
+        Loop::is_connected(self)
+    }
+    fn next(&mut self) -> impl Future<Output = Result<Ev, Self::Error>> + Send {
+        self.poll()
+    }
+    fn is_disconnect(event: &Ev) -> bool {
+        matches!(event, Ev::DisconnectWritten)
+    }
+}
+
 impl Stop {
+    /// Calls `disconnect` (queue a DISCONNECT) once `shutdown` completes.
     pub(crate) fn new(
-        client: AsyncClient,
+        disconnect: impl FnOnce() + Send + 'static,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Self {
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             shutdown.await;
-            let _ = client.try_disconnect();
+            disconnect();
             tx.send_replace(true);
         });
         Self { rx, deadline: None, task }
@@ -467,7 +517,11 @@ impl Stop {
 
     /// After a connection error: records the drop and waits out the reconnect backoff.
     /// Returns false when shutdown was requested (before or during the wait): end the loop.
-    pub(crate) async fn back_off(&mut self, conn: &mut ConnState, e: &ConnectionError) -> bool {
+    pub(crate) async fn back_off(
+        &mut self,
+        conn: &mut ConnState,
+        e: &(dyn std::fmt::Display + Sync),
+    ) -> bool {
         if self.requested() {
             return false;
         }
@@ -481,32 +535,34 @@ impl Stop {
     }
 
     /// The next event, or `None` when the loop should end.
-    pub(crate) async fn poll(
+    pub(crate) async fn poll<L: PollLoop>(
         &mut self,
-        eventloop: &mut EventLoop,
-    ) -> Option<Result<Event, ConnectionError>> {
+        eventloop: &mut L,
+    ) -> Option<Result<L::Event, L::Error>> {
         let event = if self.requested() {
-            eventloop.network.as_ref()?;
+            if !eventloop.is_connected() {
+                return None;
+            }
             let deadline = self.deadline?;
-            tokio::time::timeout_at(deadline, eventloop.poll()).await.ok()?
-        } else if eventloop.network.is_none() {
+            tokio::time::timeout_at(deadline, eventloop.next()).await.ok()?
+        } else if !eventloop.is_connected() {
             tokio::select! {
                 biased;
                 _ = self.wait() => return None,
-                event = eventloop.poll() => event,
+                event = eventloop.next() => event,
             }
         } else {
-            eventloop.poll().await
+            eventloop.next().await
         };
         match event {
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+            Ok(ev) if L::is_disconnect(&ev) => {
                 // The broker closes the connection once it has processed everything we
                 // sent; returning earlier lets a quick restart of the same session race
                 // our last acknowledgements (Mosquitto drops the old connection's unread
                 // packets when the new one takes over).
                 let deadline =
                     self.deadline.unwrap_or_else(|| tokio::time::Instant::now() + STOP_GRACE);
-                while let Ok(Ok(_)) = tokio::time::timeout_at(deadline, eventloop.poll()).await {}
+                while let Ok(Ok(_)) = tokio::time::timeout_at(deadline, eventloop.next()).await {}
                 None
             }
             other => Some(other),
@@ -568,7 +624,7 @@ impl ConnState {
         self.tx.send_replace(true);
     }
 
-    pub(crate) fn down(&mut self, e: &ConnectionError) {
+    pub(crate) fn down(&mut self, e: &(dyn std::fmt::Display + Sync)) {
         let was_up = self.tx.send_replace(false);
         metrics::gauge!("scriptd_mqtt_connected", "connection" => self.label).set(0.0);
         self.failures += 1;

@@ -78,6 +78,7 @@ host = "127.0.0.1"
 port = {mqtt_port}
 client_id = "scriptd-test-{api_port}"
 embedded_broker = {embedded}
+protocol = "{protocol}"
 reconnect_min_ms = 50
 [api]
 bind = "127.0.0.1:{api_port}"
@@ -87,6 +88,7 @@ level = "info,scriptd=debug"
 "#,
             db = dir.path().join("scriptd.db").display(),
             embedded = options.external_broker.is_none(),
+            protocol = if options.external_broker.is_none() { "3.1.1" } else { "5" },
             extra = options.extra_toml,
         );
         std::fs::write(config.join("default.toml"), toml).expect("write config");
