@@ -167,7 +167,7 @@ pub async fn start(
             Store::migrate(&db).map(|s| s.with_busy_timeout(busy).with_synchronous(sync))
         })
         .await
-        .map_err(|e| store_err(StoreError::Migration(e.to_string())))?
+        .map_err(|e| store_err(StoreError::TaskFailed(e.to_string())))?
         .map_err(store_err)?
     };
     let timezone = settings.timezone.tz();
@@ -175,7 +175,7 @@ pub async fn start(
         let store = store.clone();
         tokio::task::spawn_blocking(move || Live::new(store, timezone))
             .await
-            .map_err(|e| store_err(StoreError::Migration(e.to_string())))?
+            .map_err(|e| store_err(StoreError::TaskFailed(e.to_string())))?
             .map_err(store_err)?
     };
     health.set_up(health::STORE);

@@ -30,7 +30,7 @@
 //! | `Ok` | `sent` |
 //! | [`SendError::Permanent`], an unreadable row | `failed` with the reason |
 //! | [`SendError::Retryable`] | attempts + 1, retried after the policy's exponential delay ±20 % jitter, at least the peer's `after`; `failed` "gave up after N attempts: …" once `max_attempts` (≠ 0) is reached |
-//! | the Telegram rate limiter said "not now" without a request | not an attempt: only `next_attempt_at` moves |
+//! | [`SendError::NotYet`] (the Telegram rate limiter, no request made) | not an attempt: only `next_attempt_at` moves |
 //!
 //! Rows of one lane (one Telegram chat) go one at a time in enqueue order: while the head
 //! waits for its retry, the rest of the lane waits too; other lanes do not.
@@ -78,8 +78,6 @@ use crate::store::{Conn, Store, StoreError, now_ms};
 use crate::systemd::Progress;
 use crate::telemetry;
 
-/// The reason text of the Telegram limiter's "not now" (no request was made).
-const TELEGRAM_LIMITER_REASON: &str = "Telegram rate limit of this bot or chat reached";
 /// Finished rows deleted per retention transaction.
 pub const PRUNE_BATCH: usize = 1000;
 /// How often the retention sweep runs.
@@ -338,7 +336,7 @@ async fn with_db_owned<V: Send + 'static, T: Send + 'static>(
         (value, r)
     })
     .await
-    .map_err(|e| StoreError::Migration(format!("database task failed: {e}")))
+    .map_err(|e| StoreError::TaskFailed(format!("dispatcher task: {e}")))
 }
 
 /// Runs a blocking database call on the dispatcher's connection.
@@ -354,7 +352,7 @@ async fn with_db<T: Send + 'static>(
     .await
     {
         Ok(r) => r,
-        Err(e) => Err(StoreError::Migration(format!("database task failed: {e}"))),
+        Err(e) => Err(StoreError::TaskFailed(format!("dispatcher task: {e}"))),
     }
 }
 
@@ -509,7 +507,7 @@ impl Loop {
         let store = self.store.clone();
         let opened = tokio::task::spawn_blocking(move || store.connect())
             .await
-            .unwrap_or_else(|e| Err(StoreError::Migration(format!("connect task failed: {e}"))));
+            .unwrap_or_else(|e| Err(StoreError::TaskFailed(format!("connect task: {e}"))));
         let db = match opened {
             Ok(conn) => {
                 self.epoch = conn.epoch();
@@ -891,11 +889,10 @@ fn outcome(
     match result {
         Ok(()) => Recorded::Sent,
         Err(SendError::Permanent { reason }) => Recorded::Failed { reason },
-        Err(SendError::Retryable { reason, after }) => {
-            if reason == TELEGRAM_LIMITER_REASON {
-                let wait = after.unwrap_or(Duration::from_secs(1));
-                return Recorded::Deferred { next_attempt_at: now_ms + millis(wait) };
-            }
+        Err(SendError::NotYet { after, .. }) => {
+            Recorded::Deferred { next_attempt_at: now_ms + millis(after) }
+        }
+        Err(SendError::Retryable { reason, after, .. }) => {
             let attempts = attempts_before.saturating_add(1);
             if policy.exhausted(attempts) {
                 return Recorded::Failed {
@@ -963,7 +960,7 @@ mod tests {
 
     #[test]
     fn the_telegram_limiter_defers_without_an_attempt() {
-        let e = SendError::retry_after(TELEGRAM_LIMITER_REASON, Duration::from_secs(7));
+        let e = SendError::not_yet("rate limit", Duration::from_secs(7));
         assert_eq!(outcome(Err(e), 5, &policy(1), 1), Recorded::Deferred { next_attempt_at: 7001 });
     }
 }
