@@ -245,10 +245,9 @@ pub async fn start(
             ),
         },
         DispatcherConfig {
-            max_in_flight: settings.delivery.max_in_flight as usize,
-            shutdown_deadline: settings.delivery.shutdown_deadline(),
-            poll_interval: Duration::from_secs(1),
             progress: Some(beat_for("dispatcher")),
+            health: Some(health.clone()),
+            ..DispatcherConfig::from_settings(&settings.delivery)
         },
         live_settings.clone(),
         stop_intake.wait(),

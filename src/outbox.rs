@@ -144,6 +144,59 @@ impl Target {
     }
 }
 
+/// The delivery channels; each has its own in-flight budget in the dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// [`Target::Push`], and every row whose target is neither Telegram nor webhook (rows
+    /// without or with an unreadable target are attempted, and failed, here).
+    Push,
+    /// [`Target::Telegram`].
+    Telegram,
+    /// [`Target::Webhook`].
+    Webhook,
+}
+
+impl Channel {
+    /// Every channel, in index order.
+    pub const ALL: [Channel; 3] = [Channel::Push, Channel::Telegram, Channel::Webhook];
+
+    /// `push`, `telegram` or `webhook` (as [`Target::kind`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Push => "push",
+            Channel::Telegram => "telegram",
+            Channel::Webhook => "webhook",
+        }
+    }
+
+    /// 0, 1, 2: for arrays indexed by channel.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The channel of a claimed row's target (an unreadable target counts as push).
+    pub fn of(target: &Result<Target, String>) -> Channel {
+        match target {
+            Ok(Target::Telegram { .. }) => Channel::Telegram,
+            Ok(Target::Webhook { .. }) => Channel::Webhook,
+            _ => Channel::Push,
+        }
+    }
+
+    /// The SQL condition on `d.target` selecting this channel's rows. The stored JSON
+    /// starts with its `kind` tag ([`Target::to_json`]).
+    fn condition(self) -> &'static str {
+        match self {
+            Channel::Telegram => "d.target LIKE '{\"kind\":\"telegram\"%'",
+            Channel::Webhook => "d.target LIKE '{\"kind\":\"webhook\"%'",
+            Channel::Push => {
+                "(d.target IS NULL OR NOT (d.target LIKE '{\"kind\":\"telegram\"%' \
+                 OR d.target LIKE '{\"kind\":\"webhook\"%'))"
+            }
+        }
+    }
+}
+
 /// One delivery to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDelivery {
@@ -432,17 +485,37 @@ fn target_of(target: SqlValue, reaction: &str, recipient: &str) -> Result<Target
 /// returned only when it is its lane's head (no older pending row in the lane), so a lane
 /// waiting for a retry blocks itself and nothing else.
 pub fn due(conn: &Conn, now_ms: i64, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+    due_where(conn, "1", now_ms, limit)
+}
+
+/// [`due`] for one [`Channel`]'s rows only, so a channel's backlog cannot hide another's
+/// due rows behind the limit.
+pub fn due_in(
+    conn: &Conn,
+    channel: Channel,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<Claimed>, StoreError> {
+    due_where(conn, channel.condition(), now_ms, limit)
+}
+
+fn due_where(
+    conn: &Conn,
+    condition: &str,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<Claimed>, StoreError> {
     let epoch = conn.epoch();
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT d.rowid, d.id, d.reaction, d.lane, d.attempts, d.payload, d.target, d.recipient
          FROM deliveries d
-         WHERE d.state = 'pending' AND d.next_attempt_at <= ?1
+         WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 AND {condition}
            AND (d.lane = '' OR NOT EXISTS (
                 SELECT 1 FROM deliveries e
                 WHERE e.state = 'pending' AND e.lane = d.lane AND e.rowid < d.rowid))
          ORDER BY d.next_attempt_at, d.rowid
-         LIMIT ?2",
-    )?;
+         LIMIT ?2"
+    ))?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = stmt.query_map(params![now_ms, limit], |r| {
         let reaction = lossy_text(r.get(2)?);

@@ -68,11 +68,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::SendError;
+use super::bulkhead::{Admit, Bulkheads, Change, Limits, TargetKey, Verdict};
 use super::mqtt_push::MqttPusher;
 use super::telegram::{RateLimits, TelegramSender};
 use super::webhook::WebhookSender;
 use crate::hub::PushHub;
-use crate::outbox::{self, Carried, Claimed, Recorded, RowRef, Target};
+use crate::health::{self, Health};
+use crate::outbox::{self, Carried, Channel, Claimed, Recorded, RowRef, Target};
 use crate::settings::{LiveSettings, RetryPolicy, TelegramSettings};
 use crate::store::{Conn, Store, StoreError, now_ms};
 use crate::systemd::Progress;
@@ -89,6 +91,9 @@ const GAUGES_EVERY: Duration = Duration::from_secs(2);
 const ATTEMPT_DEADLINE: Duration = Duration::from_secs(120);
 /// Jitter applied to retry delays: ±20 %.
 const JITTER: f64 = 0.2;
+/// Due rows read per channel beyond its attempts in flight and free slots, so rows of a
+/// target that has no free share do not hide other targets' rows of the same channel.
+const SCAN_EXTRA: usize = 256;
 
 /// The channels the dispatcher delivers through. Telegram is built by the dispatcher from
 /// `LiveSettings::telegram` (and rebuilt when SIGHUP changes it).
@@ -105,8 +110,9 @@ pub struct Senders {
 /// How the dispatcher runs (fixed at start).
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
-    /// Deliveries attempted at once (`delivery.max_in_flight`); at least 1.
-    pub max_in_flight: usize,
+    /// Deliveries attempted at once: in total (`delivery.max_in_flight`), per channel, per
+    /// target; and the circuit breaker (see [`super::bulkhead`]).
+    pub limits: Limits,
     /// On shutdown, how long attempts in flight may take to finish.
     pub shutdown_deadline: Duration,
     /// The longest the dispatcher sleeps without looking at the outbox (a safety net for
@@ -114,26 +120,49 @@ pub struct DispatcherConfig {
     pub poll_interval: Duration,
     /// Beaten every loop iteration, also when idle.
     pub progress: Option<Progress>,
+    /// Where open circuit breakers are shown (component [`health::DISPATCHERS`],
+    /// degraded while any is open).
+    pub health: Option<Health>,
 }
 
 impl DispatcherConfig {
-    /// `max_in_flight` and `shutdown_deadline` as given, a 1 s poll interval, no heartbeat.
+    /// One budget of `max_in_flight` shared by every channel and target
+    /// ([`Limits::shared`], no circuit breaker), `shutdown_deadline` as given, a 1 s poll
+    /// interval, no heartbeat, no health.
     pub fn new(max_in_flight: usize, shutdown_deadline: Duration) -> Self {
         Self {
-            max_in_flight,
+            limits: Limits::shared(max_in_flight),
             shutdown_deadline,
             poll_interval: Duration::from_secs(1),
             progress: None,
+            health: None,
         }
     }
 
-    /// `delivery.max_in_flight` and `delivery.shutdown_deadline_seconds`, a 1 s poll
-    /// interval, no heartbeat.
+    /// The bulkheads of `[delivery]`: `max_in_flight` in total, the channel budgets of
+    /// [`DeliverySettings::budgets`](crate::settings::DeliverySettings::budgets) (settings
+    /// that do not validate fall back to one shared budget), `per_target_max_in_flight`
+    /// (0: half the channel's budget), the breaker keys, `shutdown_deadline_seconds`; a
+    /// 1 s poll interval, no heartbeat, no health.
     pub fn from_settings(delivery: &crate::settings::DeliverySettings) -> Self {
-        Self::new(
-            usize::try_from(delivery.max_in_flight).unwrap_or(usize::MAX),
-            delivery.shutdown_deadline(),
-        )
+        let total = usize::try_from(delivery.max_in_flight).unwrap_or(usize::MAX).max(1);
+        let mut config = Self::new(total, delivery.shutdown_deadline());
+        if let Ok(b) = delivery.budgets() {
+            let channel = [b.push, b.telegram, b.webhook].map(|v| v as usize);
+            let per_target = channel.map(|c| match delivery.per_target_max_in_flight {
+                0 => c.div_ceil(2),
+                n => n as usize,
+            });
+            config.limits = Limits {
+                total,
+                channel,
+                // Pushes have one target (the broker): the whole channel.
+                per_target: [channel[0], per_target[1], per_target[2]],
+                breaker_after: delivery.breaker_after_timeouts,
+                probe: delivery.breaker_probe(),
+            };
+        }
+        config
     }
 }
 
@@ -211,6 +240,7 @@ impl Dispatcher {
         let stats = Arc::new(Stats::default());
         let (done_tx, done) = watch::channel(false);
         let store_handoff = store.handoff().clone();
+        let bulk = Bulkheads::new(config.limits.clone());
         let state = Loop {
             store,
             conn: None,
@@ -226,6 +256,7 @@ impl Dispatcher {
             in_flight: HashSet::new(),
             in_flight_ids: HashSet::new(),
             busy_lanes: HashSet::new(),
+            bulk,
             tasks: JoinSet::new(),
             task_rows: HashMap::new(),
             finished: Vec::new(),
@@ -234,7 +265,7 @@ impl Dispatcher {
             next_gauges: Instant::now(),
             next_prune: Instant::now(),
             handoff: store_handoff,
-            backlog: true,
+            backlog: [true; 3],
             last_query: Instant::now(),
         };
         tokio::spawn(async move {
@@ -253,6 +284,8 @@ struct Slot {
     id: String,
     lane: String,
     reaction: String,
+    channel: Channel,
+    target: Option<TargetKey>,
 }
 
 impl Slot {
@@ -263,14 +296,20 @@ impl Slot {
             id: row.id.clone(),
             lane: row.lane.clone(),
             reaction: row.reaction.clone(),
+            channel: Channel::of(&row.target),
+            target: TargetKey::of(row),
         }
     }
 }
 
-/// One finished attempt, waiting to be recorded.
+/// One finished attempt (or a deferral without attempt), waiting to be recorded.
 struct Finished {
     slot: Slot,
     recorded: Recorded,
+    /// What the breaker learns from it.
+    verdict: Verdict,
+    /// It held a slot of the bulkheads (false: deferred by an open breaker).
+    attempted: bool,
 }
 
 type Db = Arc<Mutex<Conn>>;
@@ -304,6 +343,8 @@ struct Loop {
     in_flight_ids: HashSet<String>,
     /// Non-empty lanes with a delivery in flight.
     busy_lanes: HashSet<String>,
+    /// In-flight budgets and circuit breakers.
+    bulk: Bulkheads,
     tasks: JoinSet<Finished>,
     /// Which row each running attempt belongs to (to free a panicked attempt's slot).
     task_rows: HashMap<tokio::task::Id, Slot>,
@@ -316,9 +357,10 @@ struct Loop {
     next_prune: Instant,
     /// Rows committed through this store handle, handed over in memory.
     handoff: Arc<outbox::Handoff>,
-    /// Due rows may be in the database that were not handed over (start-up, retries,
-    /// a full hand-over, another writer, the poll interval passed): query the outbox.
-    backlog: bool,
+    /// Per channel: due rows may be in the database that were not handed over (start-up,
+    /// retries, a full hand-over, another writer, the poll interval passed, rows that
+    /// found no free slot): query the outbox.
+    backlog: [bool; 3],
     /// When the outbox was last queried and found caught up.
     last_query: Instant,
 }
@@ -358,7 +400,6 @@ async fn with_db<T: Send + 'static>(
 
 impl Loop {
     async fn run(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let max = self.config.max_in_flight.max(1);
         let poll = self.config.poll_interval.max(Duration::from_millis(10));
         tokio::pin!(shutdown);
         let mut wake = Instant::now();
@@ -375,17 +416,17 @@ impl Loop {
                 () = self.notify.notified() => {
                     // Rows written through another store handle are only in the database.
                     if self.handoff.is_empty() {
-                        self.backlog = true;
+                        self.set_backlog();
                     }
                 }
-                () = tokio::time::sleep_until(sleep_until) => self.backlog = true,
+                () = tokio::time::sleep_until(sleep_until) => self.set_backlog(),
             }
             while let Some(joined) = self.tasks.try_join_next_with_id() {
                 self.take(joined);
             }
             // Handed-over rows go out before the outcomes are recorded: fewer steps
             // between the intake's commit and the send.
-            self.start_handed_over(max);
+            self.start_handed_over();
             if self.db().await.is_none() {
                 wake = Instant::now() + self.trouble_pause();
                 continue;
@@ -395,11 +436,10 @@ impl Loop {
                 continue;
             }
             self.housekeeping().await;
-            if self.backlog || self.handoff.db_only() {
-                wake =
-                    self.claim(max).await.unwrap_or_else(|| Instant::now() + self.trouble_pause());
+            if self.backlog.iter().any(|b| *b) || self.handoff.db_only() {
+                wake = self.claim().await.unwrap_or_else(|| Instant::now() + self.trouble_pause());
             } else {
-                self.start_handed_over(max);
+                self.start_handed_over();
                 // The safety-net query still runs every `poll`, also under steady traffic.
                 wake = self.last_query + poll;
             }
@@ -410,21 +450,80 @@ impl Loop {
         }
     }
 
-    /// Starts handed-over rows in the free slots, unless only a query can be trusted now.
-    fn start_handed_over(&mut self, max: usize) {
-        if self.backlog {
+    /// Starts handed-over rows in the free slots of their channels. A row of a channel
+    /// that only a query can be trusted for now, or that finds no free slot, is dropped
+    /// from the hand-over: it is in the database, and its channel is marked for a query.
+    fn start_handed_over(&mut self) {
+        if self.backlog.iter().all(|b| *b) || self.handoff.is_empty() {
             return;
         }
-        let free = max.saturating_sub(self.in_flight.len());
-        if free == 0 {
-            return;
-        }
-        for row in self.handoff.take(free) {
-            if !self.is_in_flight(&row) {
-                self.start(row);
+        let now = Instant::now();
+        for row in self.handoff.take(usize::MAX) {
+            let channel = Channel::of(&row.target);
+            if self.backlog[channel.index()] || self.is_in_flight(&row) {
+                continue;
+            }
+            match self.bulk.admit(channel, TargetKey::of(&row).as_ref(), now) {
+                Admit::Start => self.start(row),
+                Admit::Wait | Admit::Defer(_) => self.backlog[channel.index()] = true,
             }
         }
-        self.stats.in_flight.store(self.in_flight.len(), Ordering::Relaxed);
+        self.publish_in_flight();
+    }
+
+    /// Every channel needs a query.
+    fn set_backlog(&mut self) {
+        self.backlog = [true; 3];
+    }
+
+    fn publish_in_flight(&self) {
+        self.stats.in_flight.store(self.bulk.total(), Ordering::Relaxed);
+        for channel in Channel::ALL {
+            metrics::gauge!(telemetry::DELIVERIES_IN_FLIGHT,
+                telemetry::LABEL_CHANNEL => channel.name())
+            .set(self.bulk.in_flight(channel) as f64);
+        }
+    }
+
+    /// Logs a breaker change and shows the open breakers in health and metrics.
+    fn breaker_changed(&mut self, change: Change) {
+        match &change {
+            Change::Opened(t) => tracing::warn!(
+                target_name = t.name(),
+                after = self.config.limits.breaker_after,
+                probe_every = ?self.config.limits.probe,
+                "delivery target keeps not answering; backed off (circuit breaker open)"
+            ),
+            Change::Closed(t) => {
+                tracing::info!(target_name = t.name(), "delivery target answers again; breaker closed")
+            }
+        }
+        let open = self.bulk.open();
+        let mut parts = Vec::new();
+        for channel in Channel::ALL {
+            let targets = &open[channel.index()];
+            metrics::gauge!(telemetry::BREAKERS_OPEN, telemetry::LABEL_CHANNEL => channel.name())
+                .set(targets.len() as f64);
+            if !targets.is_empty() {
+                let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+                parts.push(format!("{}: {}", channel.name(), names.join(", ")));
+            }
+        }
+        if let Change::Opened(t) = &change {
+            let channel = if t.name().starts_with("bot ") { "telegram" } else { "webhook" };
+            metrics::counter!(telemetry::BREAKER_OPENED, telemetry::LABEL_CHANNEL => channel)
+                .increment(1);
+        }
+        if let Some(h) = &self.config.health {
+            if parts.is_empty() {
+                h.set_up(health::DISPATCHERS);
+            } else {
+                h.set_degraded(
+                    health::DISPATCHERS,
+                    format!("targets backed off (circuit breaker open): {}", parts.join("; ")),
+                );
+            }
+        }
     }
 
     fn beat(&self) {
@@ -437,6 +536,11 @@ impl Loop {
         match joined {
             Ok((id, f)) => {
                 self.task_rows.remove(&id);
+                if let Some(change) =
+                    self.bulk.finished(f.slot.target.as_ref(), f.verdict, Instant::now())
+                {
+                    self.breaker_changed(change);
+                }
                 self.finished.push(f);
             }
             Err(e) => {
@@ -453,7 +557,13 @@ impl Loop {
                     reason: "internal error: the attempt panicked".into(),
                     next_attempt_at: now_ms() + 60_000,
                 };
-                self.finished.push(Finished { slot, recorded });
+                let _ = self.bulk.finished(slot.target.as_ref(), Verdict::NotAttempted, Instant::now());
+                self.finished.push(Finished {
+                    slot,
+                    recorded,
+                    verdict: Verdict::NotAttempted,
+                    attempted: true,
+                });
             }
         }
     }
@@ -474,7 +584,7 @@ impl Loop {
     }
 
     fn db_failed(&mut self, what: &str, e: &StoreError) {
-        self.backlog = true;
+        self.set_backlog();
         if self.db_trouble.is_none() {
             tracing::warn!(error = %e, what, "outbox database call failed; retrying with backoff");
         }
@@ -541,7 +651,7 @@ impl Loop {
                     return None;
                 }
             }
-            self.backlog = true;
+            self.set_backlog();
         }
         Some(db)
     }
@@ -575,7 +685,7 @@ impl Loop {
             }
         }
         self.conn = None;
-        self.backlog = true;
+        self.set_backlog();
         true
     }
 
@@ -608,26 +718,26 @@ impl Loop {
                     if !f.slot.lane.is_empty() {
                         self.busy_lanes.remove(&f.slot.lane);
                     }
+                    if f.attempted {
+                        self.bulk.release(f.slot.channel, f.slot.target.as_ref());
+                    }
+                    if matches!(f.recorded, Recorded::Retry { .. } | Recorded::Deferred { .. }) {
+                        // Its next attempt is only in the database.
+                        self.backlog[f.slot.channel.index()] = true;
+                    }
                     let (outcome, counter) = match f.recorded {
                         Recorded::Sent => (telemetry::OUTCOME_DELIVERED, &self.stats.sent),
                         Recorded::Failed { .. } => (telemetry::OUTCOME_FAILED, &self.stats.failed),
                         Recorded::Retry { .. } => (telemetry::OUTCOME_RETRY, &self.stats.retried),
-                        Recorded::Deferred { .. } => {
-                            self.backlog = true;
-                            continue;
-                        }
+                        Recorded::Deferred { .. } => continue,
                     };
-                    if matches!(f.recorded, Recorded::Retry { .. }) {
-                        // Its next attempt is only in the database.
-                        self.backlog = true;
-                    }
                     counter.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(telemetry::DELIVERIES,
                         telemetry::LABEL_REACTION => f.slot.reaction,
                         telemetry::LABEL_OUTCOME => outcome)
                     .increment(1);
                 }
-                self.stats.in_flight.store(self.in_flight.len(), Ordering::Relaxed);
+                self.publish_in_flight();
                 true
             }
             Err(e) => {
@@ -637,48 +747,72 @@ impl Loop {
         }
     }
 
-    /// Claims due rows and spawns their attempts. Returns when to look again (`None`: the
-    /// database failed).
-    async fn claim(&mut self, max: usize) -> Option<Instant> {
-        let free = max.saturating_sub(self.in_flight.len());
+    /// Claims due rows of every channel with a free slot and spawns their attempts (see
+    /// [`super::bulkhead`]). Returns when to look again (`None`: the database failed).
+    async fn claim(&mut self) -> Option<Instant> {
         let far = Instant::now() + Duration::from_secs(3600);
-        if free == 0 {
+        let asks: Vec<(Channel, usize)> = Channel::ALL
+            .into_iter()
+            .filter(|c| self.bulk.free(*c) > 0)
+            .map(|c| (c, self.bulk.free(c) + self.bulk.in_flight(c) + SCAN_EXTRA))
+            .collect();
+        if asks.is_empty() {
             return Some(far); // an attempt finishing wakes the loop
         }
         let db = self.db().await?;
-        let limit = free + self.in_flight.len();
         let now = now_ms();
         let handoff = self.handoff.clone();
-        let rows = match with_db(&db, move |c| handoff.query(|| outbox::due(c, now, limit))).await {
-            Ok(rows) => rows,
+        let asked = asks.clone();
+        let found = with_db(&db, move |c| {
+            handoff.query(|| {
+                asked
+                    .iter()
+                    .map(|(channel, limit)| outbox::due_in(c, *channel, now, *limit))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+        })
+        .await;
+        let found = match found {
+            Ok(found) => found,
             Err(e) => {
                 self.db_failed("claim", &e);
                 return None;
             }
         };
-        let full = rows.len() >= limit;
-        let mut started = 0;
-        for row in rows {
-            if started >= free {
-                break;
+        // The query dropped the hand-over: channels not asked must query next time.
+        self.set_backlog();
+        let mut deferred = false;
+        let at = Instant::now();
+        for ((channel, limit), rows) in asks.into_iter().zip(found) {
+            let full = rows.len() >= limit;
+            let mut waiting = false;
+            for row in rows {
+                if self.is_in_flight(&row)
+                    || (!row.lane.is_empty() && self.busy_lanes.contains(&row.lane))
+                {
+                    continue;
+                }
+                let target = TargetKey::of(&row);
+                match self.bulk.admit(channel, target.as_ref(), at) {
+                    Admit::Start => self.start(row),
+                    Admit::Wait => waiting = true,
+                    Admit::Defer(wait) => {
+                        self.defer(row, wait);
+                        deferred = true;
+                    }
+                }
             }
-            if self.is_in_flight(&row)
-                || (!row.lane.is_empty() && self.busy_lanes.contains(&row.lane))
-            {
-                continue;
-            }
-            self.start(row);
-            started += 1;
+            // Caught up: rows committed from now on are handed over.
+            self.backlog[channel.index()] = full || waiting;
         }
-        self.stats.in_flight.store(self.in_flight.len(), Ordering::Relaxed);
-        if full || started >= free {
-            self.backlog = true;
-            return Some(Instant::now()); // more may be due: look again right away
+        self.publish_in_flight();
+        if deferred {
+            return Some(Instant::now()); // record the deferrals, then look again
         }
-        // Everything due is running; rows committed from now on are handed over.
-        self.backlog = false;
-        self.last_query = Instant::now();
-        // Everything due is running: sleep until the next retry is due.
+        if !self.backlog.iter().any(|b| *b) {
+            self.last_query = Instant::now();
+        }
+        // Sleep until the next retry is due (or an attempt finishes).
         let next = match with_db(&db, move |c| outbox::next_due_after(c, now)).await {
             Ok(next) => next,
             Err(e) => {
@@ -691,6 +825,22 @@ impl Loop {
             let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
             Instant::now() + Duration::from_millis(wait)
         }))
+    }
+
+    /// A row of a target whose breaker is open: its next attempt moves `wait` ahead
+    /// without an attempt (recorded with the next outcomes).
+    fn defer(&mut self, row: Claimed, wait: Duration) {
+        self.in_flight.insert((row.epoch, row.rowid));
+        self.in_flight_ids.insert(row.id.clone());
+        if !row.lane.is_empty() {
+            self.busy_lanes.insert(row.lane.clone());
+        }
+        self.finished.push(Finished {
+            slot: Slot::of(&row),
+            recorded: Recorded::Deferred { next_attempt_at: now_ms() + millis(wait) },
+            verdict: Verdict::NotAttempted,
+            attempted: false,
+        });
     }
 
     fn telegram(&mut self) -> Result<Arc<TelegramSender>, SendError> {
@@ -725,6 +875,8 @@ impl Loop {
     }
 
     fn start(&mut self, row: Claimed) {
+        let task_row = Slot::of(&row);
+        self.bulk.start(task_row.channel, task_row.target.as_ref());
         self.in_flight.insert((row.epoch, row.rowid));
         self.in_flight_ids.insert(row.id.clone());
         if !row.lane.is_empty() {
@@ -739,22 +891,27 @@ impl Loop {
             let live = self.live.load();
             (live.retry, live.webhook.timeout())
         };
-        let task_row = Slot::of(&row);
         let handle = self.tasks.spawn(async move {
             let result =
                 match tokio::time::timeout(ATTEMPT_DEADLINE, attempt(&row, &senders, telegram, webhook_timeout))
                     .await
                 {
                     Ok(r) => r,
-                    Err(_) => Err(SendError::retryable(format!(
+                    Err(_) => Err(SendError::no_answer(format!(
                         "the attempt took longer than {ATTEMPT_DEADLINE:?}"
                     ))),
                 };
+            let verdict = match &result {
+                Ok(()) | Err(SendError::Permanent { .. }) => Verdict::Answered,
+                Err(SendError::Retryable { no_answer: true, .. }) => Verdict::NoAnswer,
+                Err(SendError::Retryable { .. }) => Verdict::Answered,
+                Err(SendError::NotYet { .. }) => Verdict::NotAttempted,
+            };
             let recorded = outcome(result, row.attempts, &policy, now_ms());
             if let Recorded::Failed { reason } = &recorded {
                 tracing::warn!(delivery = %shown_id(&row), reaction = %row.reaction, reason = %reason, "delivery failed");
             }
-            Finished { slot: Slot::of(&row), recorded }
+            Finished { slot: Slot::of(&row), recorded, verdict, attempted: true }
         });
         self.task_rows.insert(handle.id(), task_row);
     }
