@@ -318,7 +318,7 @@ impl OutboxWriter {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut added = 0;
         let mut fresh = Vec::new();
-        let mut db_only = false;
+        let mut laned = false;
         {
             let mut stmt = tx.prepare_cached(INSERT)?;
             for (i, d) in deliveries.iter().enumerate() {
@@ -339,7 +339,7 @@ impl OutboxWriter {
                         fresh.push((tx.last_insert_rowid(), i));
                     } else {
                         // Lanes keep their order through the query only.
-                        db_only = true;
+                        laned = true;
                     }
                 }
             }
@@ -353,7 +353,7 @@ impl OutboxWriter {
             return Err(StoreError::Replaced);
         }
         tx.commit()?;
-        queue.db_only |= db_only;
+        queue.laned |= laned;
         queue.push(fresh.into_iter().map(|(rowid, i)| {
             let d = &deliveries[i];
             Claimed {
@@ -387,6 +387,8 @@ pub struct Handoff {
 pub struct Fresh {
     rows: VecDeque<Claimed>,
     db_only: bool,
+    /// Rows with a lane were committed (Telegram: only a query keeps their order).
+    laned: bool,
 }
 
 impl Fresh {
@@ -420,7 +422,38 @@ impl Handoff {
 
     /// Whether rows were committed that were not handed over (only a query finds them).
     pub fn db_only(&self) -> bool {
-        self.lock().db_only
+        let q = self.lock();
+        q.db_only || q.laned
+    }
+
+    /// Per [`Channel`] (by index): whether rows of it were committed that were not handed
+    /// over. Rows with a lane are Telegram's; a full hand-over concerns every channel.
+    pub fn db_only_channels(&self) -> [bool; 3] {
+        let q = self.lock();
+        let mut out = [q.db_only; 3];
+        out[Channel::Telegram.index()] |= q.laned;
+        out
+    }
+
+    /// [`Self::query`] for a query that reads only the rows of `channels`: the handed-over
+    /// rows of the other channels stay for [`Self::take`].
+    pub fn query_channels<T>(
+        &self,
+        channels: &[Channel],
+        query: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut q = self.lock();
+        let out = query()?;
+        if Channel::ALL.iter().all(|c| channels.contains(c)) {
+            q.rows.clear();
+            q.db_only = false;
+        } else {
+            q.rows.retain(|r| !channels.contains(&Channel::of(&r.target)));
+        }
+        if channels.contains(&Channel::Telegram) {
+            q.laned = false;
+        }
+        Ok(out)
     }
 
     /// Runs `query` (a read of the outbox) with writers held back, then forgets what was
@@ -430,6 +463,7 @@ impl Handoff {
         let out = query()?;
         q.rows.clear();
         q.db_only = false;
+        q.laned = false;
         Ok(out)
     }
 }

@@ -437,6 +437,10 @@ impl Loop {
             }
             self.housekeeping().await;
             if self.backlog.iter().any(|b| *b) || self.handoff.db_only() {
+                let db_only = self.handoff.db_only_channels();
+                for (b, d) in self.backlog.iter_mut().zip(db_only) {
+                    *b |= d;
+                }
                 wake = self.claim().await.unwrap_or_else(|| Instant::now() + self.trouble_pause());
             } else {
                 self.start_handed_over();
@@ -753,7 +757,7 @@ impl Loop {
         let far = Instant::now() + Duration::from_secs(3600);
         let asks: Vec<(Channel, usize)> = Channel::ALL
             .into_iter()
-            .filter(|c| self.bulk.free(*c) > 0)
+            .filter(|c| self.backlog[c.index()] && self.bulk.free(*c) > 0)
             .map(|c| (c, self.bulk.free(c) + self.bulk.in_flight(c) + SCAN_EXTRA))
             .collect();
         if asks.is_empty() {
@@ -763,8 +767,9 @@ impl Loop {
         let now = now_ms();
         let handoff = self.handoff.clone();
         let asked = asks.clone();
+        let channels: Vec<Channel> = asks.iter().map(|(c, _)| *c).collect();
         let found = with_db(&db, move |c| {
-            handoff.query(|| {
+            handoff.query_channels(&channels, || {
                 asked
                     .iter()
                     .map(|(channel, limit)| outbox::due_in(c, *channel, now, *limit))
@@ -779,8 +784,7 @@ impl Loop {
                 return None;
             }
         };
-        // The query dropped the hand-over: channels not asked must query next time.
-        self.set_backlog();
+        // Handed-over rows of the channels asked were dropped: the query has them.
         let mut deferred = false;
         let at = Instant::now();
         for ((channel, limit), rows) in asks.into_iter().zip(found) {
