@@ -492,7 +492,11 @@ impl DeliverySettings {
             }
         }
         let to_u32 = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
-        Ok(ChannelBudgets { push: to_u32(out[0]), telegram: to_u32(out[1]), webhook: to_u32(out[2]) })
+        Ok(ChannelBudgets {
+            push: to_u32(out[0]),
+            telegram: to_u32(out[1]),
+            webhook: to_u32(out[2]),
+        })
     }
 }
 
@@ -1023,10 +1027,10 @@ impl Settings {
                 bad(key, range_msg("0–10000", v));
             }
         }
-        if (1..=10_000).contains(&d.max_in_flight) {
-            if let Err((key, why)) = d.budgets() {
-                bad(key, why);
-            }
+        if (1..=10_000).contains(&d.max_in_flight)
+            && let Err((key, why)) = d.budgets()
+        {
+            bad(key, why);
         }
         if d.breaker_after_timeouts > 1000 {
             bad("delivery.breaker_after_timeouts", range_msg("0–1000", d.breaker_after_timeouts));

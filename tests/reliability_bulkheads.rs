@@ -85,7 +85,9 @@ async fn every_push_in_time(broker: &Mosquitto, app: &mut TestClient, name: &str
 }
 
 async fn healthz(d: &Daemon) -> (u16, Value) {
-    let r = reqwest::get(format!("http://127.0.0.1:{}/healthz", d.api_port)).await.expect("GET /healthz");
+    let r = reqwest::get(format!("http://127.0.0.1:{}/healthz", d.api_port))
+        .await
+        .expect("GET /healthz");
     let code = r.status().as_u16();
     (code, r.json().await.expect("healthz JSON"))
 }

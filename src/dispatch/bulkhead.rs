@@ -156,7 +156,12 @@ impl Bulkheads {
         for (i, t) in limits.per_target.iter_mut().enumerate() {
             *t = (*t).clamp(1, limits.channel[i]);
         }
-        Bulkheads { limits, in_flight: [0; 3], per_target: HashMap::new(), breakers: HashMap::new() }
+        Bulkheads {
+            limits,
+            in_flight: [0; 3],
+            per_target: HashMap::new(),
+            breakers: HashMap::new(),
+        }
     }
 
     /// Attempts in flight, all channels.

@@ -72,8 +72,8 @@ use super::bulkhead::{Admit, Bulkheads, Change, Limits, TargetKey, Verdict};
 use super::mqtt_push::MqttPusher;
 use super::telegram::{RateLimits, TelegramSender};
 use super::webhook::WebhookSender;
-use crate::hub::PushHub;
 use crate::health::{self, Health};
+use crate::hub::PushHub;
 use crate::outbox::{self, Carried, Channel, Claimed, Recorded, RowRef, Target};
 use crate::settings::{LiveSettings, RetryPolicy, TelegramSettings};
 use crate::store::{Conn, Store, StoreError, now_ms};
@@ -499,7 +499,10 @@ impl Loop {
                 "delivery target keeps not answering; backed off (circuit breaker open)"
             ),
             Change::Closed(t) => {
-                tracing::info!(target_name = t.name(), "delivery target answers again; breaker closed")
+                tracing::info!(
+                    target_name = t.name(),
+                    "delivery target answers again; breaker closed"
+                )
             }
         }
         let open = self.bulk.open();
@@ -561,7 +564,8 @@ impl Loop {
                     reason: "internal error: the attempt panicked".into(),
                     next_attempt_at: now_ms() + 60_000,
                 };
-                let _ = self.bulk.finished(slot.target.as_ref(), Verdict::NotAttempted, Instant::now());
+                let _ =
+                    self.bulk.finished(slot.target.as_ref(), Verdict::NotAttempted, Instant::now());
                 self.finished.push(Finished {
                     slot,
                     recorded,
