@@ -12,6 +12,7 @@
 //! [`push_payload`] builds the JSON object of CONTRACT §5 that MQTT pushes, the SSE stream
 //! and webhooks carry.
 
+mod attempt;
 pub mod bulkhead;
 pub mod mqtt_push;
 pub mod telegram;

@@ -6,9 +6,10 @@
 //!
 //! 1. records the outcomes of finished attempts in one transaction (sent, failed, retry),
 //!    and only then frees their in-flight slots,
-//! 2. claims due rows (a lane's head only, see [`crate::outbox::due`]) up to
-//!    `max_in_flight` attempts at once, skipping rows already in flight and lanes that have
-//!    an attempt in flight, and spawns one task per attempt,
+//! 2. claims due rows per channel (a lane's head only, see [`crate::outbox::due_in`]) within
+//!    the bulkheads of [`super::bulkhead`] (budgets per channel and per target, circuit
+//!    breakers), skipping rows already in flight and lanes that have an attempt in flight,
+//!    deferring rows of a backed-off target, and spawns one task per attempt,
 //! 3. sleeps until an attempt finishes, [`DispatcherHandle::notify`] is called, the next
 //!    retry is due, or `poll_interval` passes.
 //!
@@ -19,8 +20,13 @@
 //! intake handed over, before recording outcomes, so a fresh push waits for no query and
 //! no transaction.
 //!
+//! Queries are per channel with the channel's own limit, so one channel's backlog never
+//! hides another's due rows; a query of some channels leaves the other channels' handed-over
+//! rows in the hand-over.
+//!
 //! A delivery counts as in flight from its claim until its new state is committed, so after
-//! a crash at most `max_in_flight` deliveries can repeat (CONTRACT §5). The database calls
+//! a crash at most `max_in_flight` deliveries (the sum of the channel budgets) can repeat
+//! (CONTRACT §5). The database calls
 //! are blocking and run on tokio's blocking pool, one at a time.
 //!
 //! # Outcomes
@@ -62,12 +68,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rand::Rng;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::SendError;
+use super::attempt::{attempt, millis, outcome, shown_id};
 use super::bulkhead::{Admit, Bulkheads, Change, Limits, TargetKey, Verdict};
 use super::mqtt_push::MqttPusher;
 use super::telegram::{RateLimits, TelegramSender};
@@ -75,7 +81,7 @@ use super::webhook::WebhookSender;
 use crate::health::{self, Health};
 use crate::hub::PushHub;
 use crate::outbox::{self, Carried, Channel, Claimed, Recorded, RowRef, Target};
-use crate::settings::{LiveSettings, RetryPolicy, TelegramSettings};
+use crate::settings::{LiveSettings, TelegramSettings};
 use crate::store::{Conn, Store, StoreError, now_ms};
 use crate::systemd::Progress;
 use crate::telemetry;
@@ -89,8 +95,6 @@ const GAUGES_EVERY: Duration = Duration::from_secs(2);
 /// An attempt that takes longer than this is abandoned as retryable (the senders have
 /// their own, shorter, timeouts; this is the safety net).
 const ATTEMPT_DEADLINE: Duration = Duration::from_secs(120);
-/// Jitter applied to retry delays: ±20 %.
-const JITTER: f64 = 0.2;
 /// Due rows read per channel beyond its attempts in flight and free slots, so rows of a
 /// target that has no free share do not hide other targets' rows of the same channel.
 const SCAN_EXTRA: usize = 256;
@@ -999,133 +1003,5 @@ impl Loop {
                 "could not record some outcomes before the deadline; they stay pending"
             );
         }
-    }
-}
-
-/// The delivery id for a log line; a webhook's id holds its URL (credentials may be in its
-/// query), so webhooks show the row number instead.
-fn shown_id(row: &Claimed) -> String {
-    match &row.target {
-        Ok(Target::Webhook { .. }) => format!("rowid {}", row.rowid),
-        _ if row.reaction == "webhook" => format!("rowid {}", row.rowid),
-        _ => row.id.clone(),
-    }
-}
-
-/// One attempt of one claimed row.
-async fn attempt(
-    row: &Claimed,
-    senders: &Senders,
-    telegram: Option<Result<Arc<TelegramSender>, SendError>>,
-    webhook_timeout: Duration,
-) -> Result<(), SendError> {
-    let target = row.target.as_ref().map_err(|e| SendError::permanent(e.clone()))?;
-    match target {
-        Target::Push { user_id } => {
-            if serde_json::from_str::<serde::de::IgnoredAny>(&row.payload).is_err() {
-                return Err(SendError::permanent("the delivery's payload is not JSON"));
-            }
-            let Some(pusher) = &senders.push else {
-                return Err(SendError::retryable("no MQTT connection"));
-            };
-            pusher.publish(pusher.topic(*user_id), row.payload.as_bytes().to_vec()).await?;
-            senders.hub.publish(*user_id, &row.payload);
-            Ok(())
-        }
-        Target::Telegram { bot_token, chat_id, text, photo_url } => {
-            let sender = telegram.unwrap_or_else(|| Err(SendError::retryable("no Telegram")))?;
-            sender.send(bot_token, chat_id, text, photo_url.as_deref()).await
-        }
-        Target::Webhook { url, secret } => {
-            let payload: serde_json::Value = serde_json::from_str(&row.payload)
-                .map_err(|_| SendError::permanent("the delivery's payload is not JSON"))?;
-            senders.webhook.send(url, secret.as_ref(), &payload, webhook_timeout).await
-        }
-    }
-}
-
-/// What to record after an attempt: see the module documentation.
-fn outcome(
-    result: Result<(), SendError>,
-    attempts_before: u32,
-    policy: &RetryPolicy,
-    now_ms: i64,
-) -> Recorded {
-    match result {
-        Ok(()) => Recorded::Sent,
-        Err(SendError::Permanent { reason }) => Recorded::Failed { reason },
-        Err(SendError::NotYet { after, .. }) => {
-            Recorded::Deferred { next_attempt_at: now_ms + millis(after) }
-        }
-        Err(SendError::Retryable { reason, after, .. }) => {
-            let attempts = attempts_before.saturating_add(1);
-            if policy.exhausted(attempts) {
-                return Recorded::Failed {
-                    reason: format!("gave up after {attempts} attempts: {reason}"),
-                };
-            }
-            let factor = rand::rng().random_range((1.0 - JITTER)..=(1.0 + JITTER));
-            let mut delay = policy.delay(attempts).mul_f64(factor);
-            if let Some(after) = after {
-                delay = delay.max(after);
-            }
-            Recorded::Retry { reason, next_attempt_at: now_ms + millis(delay) }
-        }
-    }
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy(max_attempts: u32) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts,
-            backoff_initial: Duration::from_millis(1000),
-            backoff_max: Duration::from_secs(60),
-        }
-    }
-
-    #[test]
-    fn ok_is_sent_and_permanent_is_failed() {
-        assert_eq!(outcome(Ok(()), 0, &policy(0), 0), Recorded::Sent);
-        assert_eq!(
-            outcome(Err(SendError::permanent("chat not found")), 0, &policy(0), 0),
-            Recorded::Failed { reason: "chat not found".into() }
-        );
-    }
-
-    #[test]
-    fn retries_back_off_with_jitter_and_honour_after() {
-        for _ in 0..100 {
-            match outcome(Err(SendError::retryable("down")), 2, &policy(0), 0) {
-                // Third attempt failed: 1 s * 2^2 = 4 s ± 20 %.
-                Recorded::Retry { next_attempt_at, .. } => {
-                    assert!((3200..=4800).contains(&next_attempt_at), "{next_attempt_at}")
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-        let r =
-            outcome(Err(SendError::retry_after("429", Duration::from_secs(30))), 0, &policy(0), 5);
-        assert_eq!(r, Recorded::Retry { reason: "429".into(), next_attempt_at: 30_005 });
-    }
-
-    #[test]
-    fn exhausted_retries_fail_with_the_count() {
-        assert_eq!(
-            outcome(Err(SendError::retryable("down")), 2, &policy(3), 0),
-            Recorded::Failed { reason: "gave up after 3 attempts: down".into() }
-        );
-    }
-
-    #[test]
-    fn the_telegram_limiter_defers_without_an_attempt() {
-        let e = SendError::not_yet("rate limit", Duration::from_secs(7));
-        assert_eq!(outcome(Err(e), 5, &policy(1), 1), Recorded::Deferred { next_attempt_at: 7001 });
     }
 }
