@@ -171,7 +171,7 @@ pub async fn start(
             Store::migrate(&db).map(|s| s.with_busy_timeout(busy).with_synchronous(sync))
         })
         .await
-        .map_err(|e| store_err(StoreError::Migration(e.to_string())))?
+        .map_err(|e| store_err(StoreError::TaskFailed(e.to_string())))?
         .map_err(store_err)?
     };
     let timezone = settings.timezone.tz();
@@ -179,7 +179,7 @@ pub async fn start(
         let store = store.clone();
         tokio::task::spawn_blocking(move || Live::new(store, timezone))
             .await
-            .map_err(|e| store_err(StoreError::Migration(e.to_string())))?
+            .map_err(|e| store_err(StoreError::TaskFailed(e.to_string())))?
             .map_err(store_err)?
     };
     health.set_up(health::STORE);
@@ -254,10 +254,9 @@ pub async fn start(
             ),
         },
         DispatcherConfig {
-            max_in_flight: settings.delivery.max_in_flight as usize,
-            shutdown_deadline: settings.delivery.shutdown_deadline(),
-            poll_interval: Duration::from_secs(1),
             progress: Some(beat_for(health::DISPATCHERS)),
+            health: Some(health.clone()),
+            ..DispatcherConfig::from_settings(&settings.delivery)
         },
         live_settings.clone(),
         stop_intake.wait(),

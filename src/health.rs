@@ -52,6 +52,12 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=ut
 pub enum ComponentState {
     /// Working.
     Up,
+    /// Working, but part of it is held back, and why (e.g. delivery targets backed off by
+    /// their circuit breaker). Counts as up: `/healthz` answers 200 with status `degraded`.
+    Degraded {
+        /// What is held back.
+        reason: String,
+    },
     /// Not working, and why (for the operator; never a secret).
     Down {
         /// E.g. "connection refused", "starting".
@@ -60,9 +66,9 @@ pub enum ComponentState {
 }
 
 impl ComponentState {
-    /// True for [`ComponentState::Up`].
+    /// True for [`ComponentState::Up`] and [`ComponentState::Degraded`].
     pub fn is_up(&self) -> bool {
-        matches!(self, ComponentState::Up)
+        matches!(self, ComponentState::Up | ComponentState::Degraded { .. })
     }
 }
 
@@ -77,7 +83,7 @@ pub struct Health {
 /// The body of `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HealthReport {
-    /// `ok` or `unavailable`.
+    /// `ok`, `degraded` (every component up, some degraded) or `unavailable`.
     pub status: &'static str,
     /// The components that are down, when any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -120,6 +126,11 @@ impl Health {
         self.set(component, ComponentState::Up);
     }
 
+    /// Marks a component degraded (up, with a reason).
+    pub fn set_degraded(&self, component: &str, reason: impl Into<String>) {
+        self.set(component, ComponentState::Degraded { reason: reason.into() });
+    }
+
     /// Marks a component down with a reason.
     pub fn set_down(&self, component: &str, reason: impl Into<String>) {
         self.set(component, ComponentState::Down { reason: reason.into() });
@@ -145,7 +156,12 @@ impl Health {
         }
         let failing: Vec<String> =
             components.iter().filter(|(_, s)| !s.is_up()).map(|(n, _)| n.clone()).collect();
-        let status = if failing.is_empty() { "ok" } else { "unavailable" };
+        let degraded = components.values().any(|s| matches!(s, ComponentState::Degraded { .. }));
+        let status = match (failing.is_empty(), degraded) {
+            (false, _) => "unavailable",
+            (true, true) => "degraded",
+            (true, false) => "ok",
+        };
         HealthReport { status, failing, components }
     }
 }

@@ -396,7 +396,7 @@ impl Live {
         let live = self.clone();
         tokio::task::spawn_blocking(move || live.reload_blocking())
             .await
-            .map_err(|e| StoreError::Migration(format!("reload task failed: {e}")))?
+            .map_err(|e| StoreError::TaskFailed(format!("reload task: {e}")))?
     }
 
     /// Watches the database file for changes made by other programs until `shutdown`

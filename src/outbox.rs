@@ -144,6 +144,59 @@ impl Target {
     }
 }
 
+/// The delivery channels; each has its own in-flight budget in the dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// [`Target::Push`], and every row whose target is neither Telegram nor webhook (rows
+    /// without or with an unreadable target are attempted, and failed, here).
+    Push,
+    /// [`Target::Telegram`].
+    Telegram,
+    /// [`Target::Webhook`].
+    Webhook,
+}
+
+impl Channel {
+    /// Every channel, in index order.
+    pub const ALL: [Channel; 3] = [Channel::Push, Channel::Telegram, Channel::Webhook];
+
+    /// `push`, `telegram` or `webhook` (as [`Target::kind`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Push => "push",
+            Channel::Telegram => "telegram",
+            Channel::Webhook => "webhook",
+        }
+    }
+
+    /// 0, 1, 2: for arrays indexed by channel.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The channel of a claimed row's target (an unreadable target counts as push).
+    pub fn of(target: &Result<Target, String>) -> Channel {
+        match target {
+            Ok(Target::Telegram { .. }) => Channel::Telegram,
+            Ok(Target::Webhook { .. }) => Channel::Webhook,
+            _ => Channel::Push,
+        }
+    }
+
+    /// The SQL condition on `d.target` selecting this channel's rows. The stored JSON
+    /// starts with its `kind` tag ([`Target::to_json`]).
+    fn condition(self) -> &'static str {
+        match self {
+            Channel::Telegram => "d.target LIKE '{\"kind\":\"telegram\"%'",
+            Channel::Webhook => "d.target LIKE '{\"kind\":\"webhook\"%'",
+            Channel::Push => {
+                "(d.target IS NULL OR NOT (d.target LIKE '{\"kind\":\"telegram\"%' \
+                 OR d.target LIKE '{\"kind\":\"webhook\"%'))"
+            }
+        }
+    }
+}
+
 /// One delivery to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDelivery {
@@ -265,7 +318,7 @@ impl OutboxWriter {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut added = 0;
         let mut fresh = Vec::new();
-        let mut db_only = false;
+        let mut laned = false;
         {
             let mut stmt = tx.prepare_cached(INSERT)?;
             for (i, d) in deliveries.iter().enumerate() {
@@ -286,7 +339,7 @@ impl OutboxWriter {
                         fresh.push((tx.last_insert_rowid(), i));
                     } else {
                         // Lanes keep their order through the query only.
-                        db_only = true;
+                        laned = true;
                     }
                 }
             }
@@ -300,7 +353,7 @@ impl OutboxWriter {
             return Err(StoreError::Replaced);
         }
         tx.commit()?;
-        queue.db_only |= db_only;
+        queue.laned |= laned;
         queue.push(fresh.into_iter().map(|(rowid, i)| {
             let d = &deliveries[i];
             Claimed {
@@ -334,6 +387,8 @@ pub struct Handoff {
 pub struct Fresh {
     rows: VecDeque<Claimed>,
     db_only: bool,
+    /// Rows with a lane were committed (Telegram: only a query keeps their order).
+    laned: bool,
 }
 
 impl Fresh {
@@ -367,7 +422,38 @@ impl Handoff {
 
     /// Whether rows were committed that were not handed over (only a query finds them).
     pub fn db_only(&self) -> bool {
-        self.lock().db_only
+        let q = self.lock();
+        q.db_only || q.laned
+    }
+
+    /// Per [`Channel`] (by index): whether rows of it were committed that were not handed
+    /// over. Rows with a lane are Telegram's; a full hand-over concerns every channel.
+    pub fn db_only_channels(&self) -> [bool; 3] {
+        let q = self.lock();
+        let mut out = [q.db_only; 3];
+        out[Channel::Telegram.index()] |= q.laned;
+        out
+    }
+
+    /// [`Self::query`] for a query that reads only the rows of `channels`: the handed-over
+    /// rows of the other channels stay for [`Self::take`].
+    pub fn query_channels<T>(
+        &self,
+        channels: &[Channel],
+        query: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut q = self.lock();
+        let out = query()?;
+        if Channel::ALL.iter().all(|c| channels.contains(c)) {
+            q.rows.clear();
+            q.db_only = false;
+        } else {
+            q.rows.retain(|r| !channels.contains(&Channel::of(&r.target)));
+        }
+        if channels.contains(&Channel::Telegram) {
+            q.laned = false;
+        }
+        Ok(out)
     }
 
     /// Runs `query` (a read of the outbox) with writers held back, then forgets what was
@@ -377,6 +463,7 @@ impl Handoff {
         let out = query()?;
         q.rows.clear();
         q.db_only = false;
+        q.laned = false;
         Ok(out)
     }
 }
@@ -432,17 +519,37 @@ fn target_of(target: SqlValue, reaction: &str, recipient: &str) -> Result<Target
 /// returned only when it is its lane's head (no older pending row in the lane), so a lane
 /// waiting for a retry blocks itself and nothing else.
 pub fn due(conn: &Conn, now_ms: i64, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+    due_where(conn, "1", now_ms, limit)
+}
+
+/// [`due`] for one [`Channel`]'s rows only, so a channel's backlog cannot hide another's
+/// due rows behind the limit.
+pub fn due_in(
+    conn: &Conn,
+    channel: Channel,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<Claimed>, StoreError> {
+    due_where(conn, channel.condition(), now_ms, limit)
+}
+
+fn due_where(
+    conn: &Conn,
+    condition: &str,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<Claimed>, StoreError> {
     let epoch = conn.epoch();
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT d.rowid, d.id, d.reaction, d.lane, d.attempts, d.payload, d.target, d.recipient
          FROM deliveries d
-         WHERE d.state = 'pending' AND d.next_attempt_at <= ?1
+         WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 AND {condition}
            AND (d.lane = '' OR NOT EXISTS (
                 SELECT 1 FROM deliveries e
                 WHERE e.state = 'pending' AND e.lane = d.lane AND e.rowid < d.rowid))
          ORDER BY d.next_attempt_at, d.rowid
-         LIMIT ?2",
-    )?;
+         LIMIT ?2"
+    ))?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = stmt.query_map(params![now_ms, limit], |r| {
         let reaction = lossy_text(r.get(2)?);

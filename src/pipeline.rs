@@ -232,7 +232,7 @@ impl Intake {
             (writer, r)
         })
         .await
-        .map_err(|e| StoreError::Migration(format!("outbox writer task failed: {e}")))?;
+        .map_err(|e| StoreError::TaskFailed(format!("outbox writer task: {e}")))?;
         self.writer = Some(writer);
         Ok((outcomes, result?))
     }

@@ -211,6 +211,31 @@ pub struct DeliverySettings {
     pub retention_hours: u64,
     /// On SIGTERM, how long in-flight deliveries may take to finish, in seconds.
     pub shutdown_deadline_seconds: u64,
+    /// MQTT push attempts at once; 0 = a share of `max_in_flight` (see [`Self::budgets`]).
+    pub push_max_in_flight: u32,
+    /// Telegram attempts at once; 0 = a share of `max_in_flight`.
+    pub telegram_max_in_flight: u32,
+    /// Webhook attempts at once; 0 = a share of `max_in_flight`.
+    pub webhook_max_in_flight: u32,
+    /// Attempts at once to one target (webhook URL host, Telegram bot token); 0 = half of
+    /// its channel's budget (at least 1).
+    pub per_target_max_in_flight: u32,
+    /// Consecutive unanswered attempts (timeout, connection failure) after which a target
+    /// is backed off as a whole (its circuit breaker opens); 0 = never.
+    pub breaker_after_timeouts: u32,
+    /// While a target is backed off, one probe attempt per this many seconds.
+    pub breaker_probe_seconds: u64,
+}
+
+/// The in-flight budgets of the three channels, derived by [`DeliverySettings::budgets`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelBudgets {
+    /// MQTT pushes.
+    pub push: u32,
+    /// Telegram messages.
+    pub telegram: u32,
+    /// Webhook POSTs.
+    pub webhook: u32,
 }
 
 /// `[log]`.
@@ -371,6 +396,12 @@ impl Default for DeliverySettings {
             backoff_max_ms: 300_000,
             retention_hours: 168,
             shutdown_deadline_seconds: 10,
+            push_max_in_flight: 0,
+            telegram_max_in_flight: 0,
+            webhook_max_in_flight: 0,
+            per_target_max_in_flight: 0,
+            breaker_after_timeouts: 5,
+            breaker_probe_seconds: 30,
         }
     }
 }
@@ -439,6 +470,79 @@ impl DeliverySettings {
     /// [`Self::shutdown_deadline_seconds`] as a duration.
     pub fn shutdown_deadline(&self) -> Duration {
         Duration::from_secs(self.shutdown_deadline_seconds)
+    }
+
+    /// [`Self::breaker_probe_seconds`] as a duration.
+    pub fn breaker_probe(&self) -> Duration {
+        Duration::from_secs(self.breaker_probe_seconds)
+    }
+
+    /// The per-channel budgets: a channel's own key when set (≠ 0); the channels left unset
+    /// split what `max_in_flight` leaves, 2 : 1 : 1 for push : Telegram : webhook, each at
+    /// least 1. `Err` names the key when the set budgets do not fit in `max_in_flight`.
+    /// Their sum never exceeds `max_in_flight` (the crash bound).
+    pub fn budgets(&self) -> Result<ChannelBudgets, (&'static str, String)> {
+        let keys = [
+            ("delivery.push_max_in_flight", self.push_max_in_flight, 2u64),
+            ("delivery.telegram_max_in_flight", self.telegram_max_in_flight, 1),
+            ("delivery.webhook_max_in_flight", self.webhook_max_in_flight, 1),
+        ];
+        let total = u64::from(self.max_in_flight);
+        let set: u64 = keys.iter().map(|k| u64::from(k.1)).sum();
+        let unset: Vec<_> = keys.iter().filter(|k| k.1 == 0).collect();
+        if set > total {
+            let key = keys.iter().rev().find(|k| k.1 != 0).map_or(keys[0].0, |k| k.0);
+            return Err((
+                key,
+                format!(
+                    "the channel budgets ({set}) exceed delivery.max_in_flight ({total}), \
+                     the bound on deliveries repeated after a crash"
+                ),
+            ));
+        }
+        let left = total - set;
+        if left < unset.len() as u64 {
+            let key = unset.first().map_or(keys[0].0, |k| k.0);
+            return Err((
+                key,
+                format!(
+                    "delivery.max_in_flight ({total}) leaves {left} for the channels without a \
+                     budget of their own; each needs at least 1: set this key or raise \
+                     delivery.max_in_flight"
+                ),
+            ));
+        }
+        let weights: u64 = unset.iter().map(|k| k.2).sum();
+        let mut out = [0u64; 3];
+        let mut given = 0;
+        for (i, k) in keys.iter().enumerate() {
+            if k.1 != 0 {
+                out[i] = u64::from(k.1);
+            } else {
+                out[i] = (left * k.2 / weights.max(1)).max(1);
+                given += out[i];
+            }
+        }
+        // Rounding leftovers go to the first unset channel (push when unset); rounding up
+        // to 1 is taken back from the largest.
+        if let Some(first) = keys.iter().position(|k| k.1 == 0) {
+            if given < left {
+                out[first] += left - given;
+            }
+            while given > left {
+                let Some(big) = (0..3).filter(|i| keys[*i].1 == 0).max_by_key(|i| out[*i]) else {
+                    break;
+                };
+                out[big] -= 1;
+                given -= 1;
+            }
+        }
+        let to_u32 = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        Ok(ChannelBudgets {
+            push: to_u32(out[0]),
+            telegram: to_u32(out[1]),
+            webhook: to_u32(out[2]),
+        })
     }
 }
 
@@ -971,6 +1075,27 @@ impl Settings {
                 range_msg("0–3600", d.shutdown_deadline_seconds),
             );
         }
+        for (key, v) in [
+            ("delivery.push_max_in_flight", d.push_max_in_flight),
+            ("delivery.telegram_max_in_flight", d.telegram_max_in_flight),
+            ("delivery.webhook_max_in_flight", d.webhook_max_in_flight),
+            ("delivery.per_target_max_in_flight", d.per_target_max_in_flight),
+        ] {
+            if v > 10_000 {
+                bad(key, range_msg("0–10000", v));
+            }
+        }
+        if (1..=10_000).contains(&d.max_in_flight)
+            && let Err((key, why)) = d.budgets()
+        {
+            bad(key, why);
+        }
+        if d.breaker_after_timeouts > 1000 {
+            bad("delivery.breaker_after_timeouts", range_msg("0–1000", d.breaker_after_timeouts));
+        }
+        if !(1..=3600).contains(&d.breaker_probe_seconds) {
+            bad("delivery.breaker_probe_seconds", range_msg("1–3600", d.breaker_probe_seconds));
+        }
         if let Err(why) = crate::logging::check_level(&self.log.level) {
             bad("log.level", why);
         }
@@ -1154,6 +1279,34 @@ mod tests {
     }
 
     #[test]
+    fn channel_budgets_split_max_in_flight_unless_set() {
+        let d = |m, p, t, w| DeliverySettings {
+            max_in_flight: m,
+            push_max_in_flight: p,
+            telegram_max_in_flight: t,
+            webhook_max_in_flight: w,
+            ..DeliverySettings::default()
+        };
+        let b = |push, telegram, webhook| Ok(ChannelBudgets { push, telegram, webhook });
+        assert_eq!(d(100, 0, 0, 0).budgets(), b(50, 25, 25));
+        assert_eq!(d(3, 0, 0, 0).budgets(), b(1, 1, 1));
+        let seven = d(7, 0, 0, 0).budgets().unwrap();
+        assert_eq!(seven.push + seven.telegram + seven.webhook, 7);
+        assert_eq!(d(100, 0, 0, 10).budgets(), b(60, 30, 10));
+        assert_eq!(d(100, 10, 20, 30).budgets(), b(10, 20, 30), "all set: the rest stays unused");
+        let (key, why) = d(50, 40, 0, 20).budgets().unwrap_err();
+        assert_eq!(key, "delivery.webhook_max_in_flight");
+        assert!(why.contains("exceed delivery.max_in_flight (50)"), "{why}");
+        let (key, _) = d(2, 0, 0, 0).budgets().unwrap_err();
+        assert_eq!(key, "delivery.push_max_in_flight");
+        let mut s = Settings::default();
+        s.delivery.breaker_probe_seconds = 0;
+        s.delivery.webhook_max_in_flight = 200;
+        let keys: Vec<String> = s.validate().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["delivery.webhook_max_in_flight", "delivery.breaker_probe_seconds"]);
+    }
+
+    #[test]
     fn synchronous_is_normal_or_full() {
         let parse = |text: &str| {
             Config::builder()
@@ -1250,6 +1403,12 @@ mod tests {
                 backoff_max_ms: 4,
                 retention_hours: 5,
                 shutdown_deadline_seconds: 6,
+                push_max_in_flight: 7,
+                telegram_max_in_flight: 8,
+                webhook_max_in_flight: 9,
+                per_target_max_in_flight: 10,
+                breaker_after_timeouts: 11,
+                breaker_probe_seconds: 12,
             },
             log: LogSettings { format: LogFormat::Json, level: "debug".into() },
         }
@@ -1260,7 +1419,7 @@ mod tests {
         let old = Settings::default();
         let new = all_changed();
         let all = old.changed_keys(&new);
-        assert_eq!(all.len(), 1 + 3 + 12 + 1 + 6 + 1 + 1 + 6 + 2, "{all:?}");
+        assert_eq!(all.len(), 1 + 3 + 12 + 1 + 6 + 1 + 1 + 12 + 2, "{all:?}");
         let running = old.with_live_from(&new);
         let applied = old.changed_keys(&running);
         let pending = running.changed_keys(&new);

@@ -56,6 +56,16 @@ pub const SCRIPTS_INVALID: &str = "scriptd_scripts_invalid";
 pub const INDEX_REBUILD: &str = "scriptd_index_rebuild_seconds";
 /// Gauge, label `version`: always 1; tells which build is running.
 pub const BUILD_INFO: &str = "scriptd_build_info";
+/// Gauge, label [`LABEL_CHANNEL`]: delivery attempts in flight in the channel.
+pub const DELIVERIES_IN_FLIGHT: &str = "scriptd_deliveries_in_flight";
+/// Gauge, label [`LABEL_CHANNEL`]: targets of the channel backed off by their circuit
+/// breaker.
+pub const BREAKERS_OPEN: &str = "scriptd_breakers_open";
+/// Counter, label [`LABEL_CHANNEL`]: circuit breakers opened.
+pub const BREAKER_OPENED: &str = "scriptd_breaker_opened_total";
+/// Label of [`DELIVERIES_IN_FLIGHT`], [`BREAKERS_OPEN`], [`BREAKER_OPENED`]: `push`,
+/// `telegram` or `webhook`.
+pub const LABEL_CHANNEL: &str = "channel";
 
 /// Label of [`OCCURRENCES_REJECTED`]: why the payload was dropped.
 pub const LABEL_REASON: &str = "reason";
@@ -169,6 +179,18 @@ pub fn describe() {
     describe_gauge!(SCRIPTS_INVALID, Unit::Count, "Scripts skipped as invalid.");
     describe_histogram!(INDEX_REBUILD, Unit::Seconds, "Time to rebuild the script index.");
     describe_gauge!(BUILD_INFO, "Always 1; the label tells the running version.");
+    describe_gauge!(DELIVERIES_IN_FLIGHT, Unit::Count, "Delivery attempts in flight by channel.");
+    describe_gauge!(
+        BREAKERS_OPEN,
+        Unit::Count,
+        "Delivery targets backed off by their circuit breaker, by channel."
+    );
+    describe_counter!(BREAKER_OPENED, Unit::Count, "Circuit breakers opened, by channel.");
+    for channel in ["push", "telegram", "webhook"] {
+        metrics::gauge!(DELIVERIES_IN_FLIGHT, LABEL_CHANNEL => channel).set(0.0);
+        metrics::gauge!(BREAKERS_OPEN, LABEL_CHANNEL => channel).set(0.0);
+        metrics::counter!(BREAKER_OPENED, LABEL_CHANNEL => channel).increment(0);
+    }
 
     for name in [OCCURRENCES_RECEIVED, OCCURRENCES_MATCHED, OCCURRENCES_STALE] {
         metrics::counter!(name).increment(0);

@@ -6,12 +6,14 @@
 //!
 //! Every sender answers one attempt with `Ok(())` or a [`SendError`] that tells the outbox
 //! what to do next: try again later ([`SendError::Retryable`], optionally not before
-//! `after`), or give up and record the reason ([`SendError::Permanent`]). Retrying,
+//! `after`), wait without counting an attempt ([`SendError::NotYet`]), or give up and record the reason ([`SendError::Permanent`]). Retrying,
 //! backoff and ordering across attempts belong to the outbox, not to the senders.
 //!
 //! [`push_payload`] builds the JSON object of CONTRACT §5 that MQTT pushes, the SSE stream
 //! and webhooks carry.
 
+mod attempt;
+pub mod bulkhead;
 pub mod mqtt_push;
 pub mod telegram;
 pub mod webhook;
@@ -32,6 +34,18 @@ pub enum SendError {
         reason: String,
         /// The peer's requested wait (Telegram `retry_after`, HTTP `Retry-After`).
         after: Option<Duration>,
+        /// The peer did not answer at all (timeout, connection failure): counts towards
+        /// the target's circuit breaker (see [`worker`]); an answer such as a 5xx does not.
+        no_answer: bool,
+    },
+    /// Not attempted: a local rate limit (the Telegram limiter) has no slot for this
+    /// delivery before `after`. No request was made, so it is not counted as an attempt.
+    #[error("not yet: {reason}")]
+    NotYet {
+        /// Which limit, without secrets.
+        reason: String,
+        /// When the limit allows the delivery.
+        after: Duration,
     },
     /// A failure that repeating cannot fix (Telegram 400/401/403, HTTP 4xx): mark failed.
     #[error("permanent: {reason}")]
@@ -44,12 +58,22 @@ pub enum SendError {
 impl SendError {
     /// A retryable error without a requested wait.
     pub fn retryable(reason: impl Into<String>) -> Self {
-        SendError::Retryable { reason: reason.into(), after: None }
+        SendError::Retryable { reason: reason.into(), after: None, no_answer: false }
     }
 
     /// A retryable error with the peer's requested wait.
     pub fn retry_after(reason: impl Into<String>, after: Duration) -> Self {
-        SendError::Retryable { reason: reason.into(), after: Some(after) }
+        SendError::Retryable { reason: reason.into(), after: Some(after), no_answer: false }
+    }
+
+    /// A retryable error because the peer did not answer (timeout, connection failure).
+    pub fn no_answer(reason: impl Into<String>) -> Self {
+        SendError::Retryable { reason: reason.into(), after: None, no_answer: true }
+    }
+
+    /// A local rate limit's "not before `after`"; see [`SendError::NotYet`].
+    pub fn not_yet(reason: impl Into<String>, after: Duration) -> Self {
+        SendError::NotYet { reason: reason.into(), after }
     }
 
     /// A permanent error.
@@ -65,7 +89,9 @@ impl SendError {
     /// The reason text of either variant.
     pub fn reason(&self) -> &str {
         match self {
-            SendError::Retryable { reason, .. } | SendError::Permanent { reason } => reason,
+            SendError::Retryable { reason, .. }
+            | SendError::NotYet { reason, .. }
+            | SendError::Permanent { reason } => reason,
         }
     }
 }

@@ -13,7 +13,7 @@
 //!
 //! The limiter reserves the earliest slot that satisfies all of them and sleeps until then
 //! (tokio timers, no polling). A slot further away than `max_wait` is not waited for: the
-//! send returns [`SendError::Retryable`] with `after`, so an outbox worker is never held for
+//! send returns [`SendError::NotYet`] with `after` (no request made), so an outbox worker is never held for
 //! a minute by a busy group. teloxide's `Throttle` adaptor is not used: it retries 429s
 //! forever and hides the wait from the caller.
 //!
@@ -28,7 +28,8 @@
 //! | Bot API answer | result |
 //! | --- | --- |
 //! | 429 `retry_after: n` | `Retryable { after: n s }`; the chat's next slot moves to now + n |
-//! | network error, timeout (`request_timeout`), 5xx, unparsable answer | `Retryable` |
+//! | network error, timeout (`request_timeout`) | `Retryable`, `no_answer` (counts towards the bot's circuit breaker) |
+//! | 5xx, unparsable answer | `Retryable` |
 //! | 400 (chat not found, ...), 403 (blocked, kicked) | `Permanent` |
 //! | 401 / bad token | `Permanent`; the token is then refused without a request for `bad_token_hold` |
 //! | group migrated to a supergroup | `Permanent`, naming the new chat id |
@@ -69,7 +70,7 @@ pub struct RateLimits {
     pub per_chat_per_minute: u32,
     /// Messages per minute to one group chat (id starting with `-`).
     pub per_group_per_minute: u32,
-    /// The longest the limiter waits inside `send`; beyond it, `Retryable { after }`.
+    /// The longest the limiter waits inside `send`; beyond it, `NotYet { after }`.
     pub max_wait: Duration,
     /// How long a token Telegram rejected (401) is refused without asking again.
     pub bad_token_hold: Duration,
@@ -220,7 +221,7 @@ impl TelegramSender {
             }
         };
         tokio::time::timeout(self.request_timeout, request).await.map_err(|_| {
-            SendError::retryable(format!(
+            SendError::no_answer(format!(
                 "Telegram did not answer within {:?}",
                 self.request_timeout
             ))
@@ -291,7 +292,7 @@ impl TelegramSender {
             }
         }
         if at.duration_since(now) > limits.max_wait {
-            return Err(SendError::retry_after(
+            return Err(SendError::not_yet(
                 "Telegram rate limit of this bot or chat reached",
                 at.duration_since(now),
             ));
@@ -340,7 +341,7 @@ impl TelegramSender {
             RequestError::MigrateToChatId(new_id) => SendError::permanent(format!(
                 "the group was migrated to a supergroup; use chat_id {new_id}"
             )),
-            RequestError::Network(err) => SendError::retryable(format!(
+            RequestError::Network(err) => SendError::no_answer(format!(
                 "Telegram request failed: {}",
                 error_chain(&*err, token)
             )),
@@ -582,10 +583,10 @@ mod tests {
             let _ = s.reserve("tok", "-42", t0).unwrap();
         }
         match s.reserve("tok", "-42", t0) {
-            Err(SendError::Retryable { after: Some(after), .. }) => {
+            Err(SendError::NotYet { after, .. }) => {
                 assert!(after > Duration::from_secs(55), "{after:?}")
             }
-            other => panic!("expected retryable with after, got {other:?}"),
+            other => panic!("expected not yet with after, got {other:?}"),
         }
     }
 

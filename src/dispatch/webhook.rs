@@ -71,7 +71,12 @@ impl WebhookSender {
         let response = request.body(body).send().await.map_err(|e| {
             let e = e.without_url();
             let what = if e.is_timeout() { "timed out" } else { "request failed" };
-            SendError::retryable(format!("webhook {what}: {}", super::error_chain(&e, "")))
+            let reason = format!("webhook {what}: {}", super::error_chain(&e, ""));
+            if e.is_timeout() || e.is_connect() {
+                SendError::no_answer(reason)
+            } else {
+                SendError::retryable(reason)
+            }
         })?;
         classify(response.status(), response.headers().get(RETRY_AFTER))
     }
@@ -112,7 +117,7 @@ fn classify(status: StatusCode, retry_after: Option<&HeaderValue>) -> Result<(),
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    Err(SendError::Retryable { reason, after })
+    Err(SendError::Retryable { reason, after, no_answer: false })
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@
 //!
 //! 1. records the outcomes of finished attempts in one transaction (sent, failed, retry),
 //!    and only then frees their in-flight slots,
-//! 2. claims due rows (a lane's head only, see [`crate::outbox::due`]) up to
-//!    `max_in_flight` attempts at once, skipping rows already in flight and lanes that have
-//!    an attempt in flight, and spawns one task per attempt,
+//! 2. claims due rows per channel (a lane's head only, see [`crate::outbox::due_in`]) within
+//!    the bulkheads of [`super::bulkhead`] (budgets per channel and per target, circuit
+//!    breakers), skipping rows already in flight and lanes that have an attempt in flight,
+//!    deferring rows of a backed-off target, and spawns one task per attempt,
 //! 3. sleeps until an attempt finishes, [`DispatcherHandle::notify`] is called, the next
 //!    retry is due, or `poll_interval` passes.
 //!
@@ -19,8 +20,13 @@
 //! intake handed over, before recording outcomes, so a fresh push waits for no query and
 //! no transaction.
 //!
+//! Queries are per channel with the channel's own limit, so one channel's backlog never
+//! hides another's due rows; a query of some channels leaves the other channels' handed-over
+//! rows in the hand-over.
+//!
 //! A delivery counts as in flight from its claim until its new state is committed, so after
-//! a crash at most `max_in_flight` deliveries can repeat (CONTRACT §5). The database calls
+//! a crash at most `max_in_flight` deliveries (the sum of the channel budgets) can repeat
+//! (CONTRACT §5). The database calls
 //! are blocking and run on tokio's blocking pool, one at a time.
 //!
 //! # Outcomes
@@ -30,7 +36,7 @@
 //! | `Ok` | `sent` |
 //! | [`SendError::Permanent`], an unreadable row | `failed` with the reason |
 //! | [`SendError::Retryable`] | attempts + 1, retried after the policy's exponential delay ±20 % jitter, at least the peer's `after`; `failed` "gave up after N attempts: …" once `max_attempts` (≠ 0) is reached |
-//! | the Telegram rate limiter said "not now" without a request | not an attempt: only `next_attempt_at` moves |
+//! | [`SendError::NotYet`] (the Telegram rate limiter, no request made) | not an attempt: only `next_attempt_at` moves |
 //!
 //! Rows of one lane (one Telegram chat) go one at a time in enqueue order: while the head
 //! waits for its retry, the rest of the lane waits too; other lanes do not.
@@ -62,24 +68,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rand::Rng;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::SendError;
+use super::attempt::{attempt, millis, outcome, shown_id};
+use super::bulkhead::{Admit, Bulkheads, Change, Limits, TargetKey, Verdict};
 use super::mqtt_push::MqttPusher;
 use super::telegram::{RateLimits, TelegramSender};
 use super::webhook::WebhookSender;
+use crate::health::{self, Health};
 use crate::hub::PushHub;
-use crate::outbox::{self, Carried, Claimed, Recorded, RowRef, Target};
-use crate::settings::{LiveSettings, RetryPolicy, TelegramSettings};
+use crate::outbox::{self, Carried, Channel, Claimed, Recorded, RowRef, Target};
+use crate::settings::{LiveSettings, TelegramSettings};
 use crate::store::{Conn, Store, StoreError, now_ms};
 use crate::systemd::Progress;
 use crate::telemetry;
 
-/// The reason text of the Telegram limiter's "not now" (no request was made).
-const TELEGRAM_LIMITER_REASON: &str = "Telegram rate limit of this bot or chat reached";
 /// Finished rows deleted per retention transaction.
 pub const PRUNE_BATCH: usize = 1000;
 /// How often the retention sweep runs.
@@ -89,8 +95,9 @@ const GAUGES_EVERY: Duration = Duration::from_secs(2);
 /// An attempt that takes longer than this is abandoned as retryable (the senders have
 /// their own, shorter, timeouts; this is the safety net).
 const ATTEMPT_DEADLINE: Duration = Duration::from_secs(120);
-/// Jitter applied to retry delays: ±20 %.
-const JITTER: f64 = 0.2;
+/// Due rows read per channel beyond its attempts in flight and free slots, so rows of a
+/// target that has no free share do not hide other targets' rows of the same channel.
+const SCAN_EXTRA: usize = 256;
 
 /// The channels the dispatcher delivers through. Telegram is built by the dispatcher from
 /// `LiveSettings::telegram` (and rebuilt when SIGHUP changes it).
@@ -107,8 +114,9 @@ pub struct Senders {
 /// How the dispatcher runs (fixed at start).
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
-    /// Deliveries attempted at once (`delivery.max_in_flight`); at least 1.
-    pub max_in_flight: usize,
+    /// Deliveries attempted at once: in total (`delivery.max_in_flight`), per channel, per
+    /// target; and the circuit breaker (see [`super::bulkhead`]).
+    pub limits: Limits,
     /// On shutdown, how long attempts in flight may take to finish.
     pub shutdown_deadline: Duration,
     /// The longest the dispatcher sleeps without looking at the outbox (a safety net for
@@ -116,26 +124,49 @@ pub struct DispatcherConfig {
     pub poll_interval: Duration,
     /// Beaten every loop iteration, also when idle.
     pub progress: Option<Progress>,
+    /// Where open circuit breakers are shown (component [`health::DISPATCHERS`],
+    /// degraded while any is open).
+    pub health: Option<Health>,
 }
 
 impl DispatcherConfig {
-    /// `max_in_flight` and `shutdown_deadline` as given, a 1 s poll interval, no heartbeat.
+    /// One budget of `max_in_flight` shared by every channel and target
+    /// ([`Limits::shared`], no circuit breaker), `shutdown_deadline` as given, a 1 s poll
+    /// interval, no heartbeat, no health.
     pub fn new(max_in_flight: usize, shutdown_deadline: Duration) -> Self {
         Self {
-            max_in_flight,
+            limits: Limits::shared(max_in_flight),
             shutdown_deadline,
             poll_interval: Duration::from_secs(1),
             progress: None,
+            health: None,
         }
     }
 
-    /// `delivery.max_in_flight` and `delivery.shutdown_deadline_seconds`, a 1 s poll
-    /// interval, no heartbeat.
+    /// The bulkheads of `[delivery]`: `max_in_flight` in total, the channel budgets of
+    /// [`DeliverySettings::budgets`](crate::settings::DeliverySettings::budgets) (settings
+    /// that do not validate fall back to one shared budget), `per_target_max_in_flight`
+    /// (0: half the channel's budget), the breaker keys, `shutdown_deadline_seconds`; a
+    /// 1 s poll interval, no heartbeat, no health.
     pub fn from_settings(delivery: &crate::settings::DeliverySettings) -> Self {
-        Self::new(
-            usize::try_from(delivery.max_in_flight).unwrap_or(usize::MAX),
-            delivery.shutdown_deadline(),
-        )
+        let total = usize::try_from(delivery.max_in_flight).unwrap_or(usize::MAX).max(1);
+        let mut config = Self::new(total, delivery.shutdown_deadline());
+        if let Ok(b) = delivery.budgets() {
+            let channel = [b.push, b.telegram, b.webhook].map(|v| v as usize);
+            let per_target = channel.map(|c| match delivery.per_target_max_in_flight {
+                0 => c.div_ceil(2),
+                n => n as usize,
+            });
+            config.limits = Limits {
+                total,
+                channel,
+                // Pushes have one target (the broker): the whole channel.
+                per_target: [channel[0], per_target[1], per_target[2]],
+                breaker_after: delivery.breaker_after_timeouts,
+                probe: delivery.breaker_probe(),
+            };
+        }
+        config
     }
 }
 
@@ -213,6 +244,7 @@ impl Dispatcher {
         let stats = Arc::new(Stats::default());
         let (done_tx, done) = watch::channel(false);
         let store_handoff = store.handoff().clone();
+        let bulk = Bulkheads::new(config.limits.clone());
         let state = Loop {
             store,
             conn: None,
@@ -228,6 +260,7 @@ impl Dispatcher {
             in_flight: HashSet::new(),
             in_flight_ids: HashSet::new(),
             busy_lanes: HashSet::new(),
+            bulk,
             tasks: JoinSet::new(),
             task_rows: HashMap::new(),
             finished: Vec::new(),
@@ -236,7 +269,7 @@ impl Dispatcher {
             next_gauges: Instant::now(),
             next_prune: Instant::now(),
             handoff: store_handoff,
-            backlog: true,
+            backlog: [true; 3],
             last_query: Instant::now(),
         };
         tokio::spawn(async move {
@@ -255,6 +288,8 @@ struct Slot {
     id: String,
     lane: String,
     reaction: String,
+    channel: Channel,
+    target: Option<TargetKey>,
 }
 
 impl Slot {
@@ -265,14 +300,20 @@ impl Slot {
             id: row.id.clone(),
             lane: row.lane.clone(),
             reaction: row.reaction.clone(),
+            channel: Channel::of(&row.target),
+            target: TargetKey::of(row),
         }
     }
 }
 
-/// One finished attempt, waiting to be recorded.
+/// One finished attempt (or a deferral without attempt), waiting to be recorded.
 struct Finished {
     slot: Slot,
     recorded: Recorded,
+    /// What the breaker learns from it.
+    verdict: Verdict,
+    /// It held a slot of the bulkheads (false: deferred by an open breaker).
+    attempted: bool,
 }
 
 type Db = Arc<Mutex<Conn>>;
@@ -306,6 +347,8 @@ struct Loop {
     in_flight_ids: HashSet<String>,
     /// Non-empty lanes with a delivery in flight.
     busy_lanes: HashSet<String>,
+    /// In-flight budgets and circuit breakers.
+    bulk: Bulkheads,
     tasks: JoinSet<Finished>,
     /// Which row each running attempt belongs to (to free a panicked attempt's slot).
     task_rows: HashMap<tokio::task::Id, Slot>,
@@ -318,9 +361,10 @@ struct Loop {
     next_prune: Instant,
     /// Rows committed through this store handle, handed over in memory.
     handoff: Arc<outbox::Handoff>,
-    /// Due rows may be in the database that were not handed over (start-up, retries,
-    /// a full hand-over, another writer, the poll interval passed): query the outbox.
-    backlog: bool,
+    /// Per channel: due rows may be in the database that were not handed over (start-up,
+    /// retries, a full hand-over, another writer, the poll interval passed, rows that
+    /// found no free slot): query the outbox.
+    backlog: [bool; 3],
     /// When the outbox was last queried and found caught up.
     last_query: Instant,
 }
@@ -338,7 +382,7 @@ async fn with_db_owned<V: Send + 'static, T: Send + 'static>(
         (value, r)
     })
     .await
-    .map_err(|e| StoreError::Migration(format!("database task failed: {e}")))
+    .map_err(|e| StoreError::TaskFailed(format!("dispatcher task: {e}")))
 }
 
 /// Runs a blocking database call on the dispatcher's connection.
@@ -354,13 +398,12 @@ async fn with_db<T: Send + 'static>(
     .await
     {
         Ok(r) => r,
-        Err(e) => Err(StoreError::Migration(format!("database task failed: {e}"))),
+        Err(e) => Err(StoreError::TaskFailed(format!("dispatcher task: {e}"))),
     }
 }
 
 impl Loop {
     async fn run(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let max = self.config.max_in_flight.max(1);
         let poll = self.config.poll_interval.max(Duration::from_millis(10));
         tokio::pin!(shutdown);
         let mut wake = Instant::now();
@@ -377,17 +420,17 @@ impl Loop {
                 () = self.notify.notified() => {
                     // Rows written through another store handle are only in the database.
                     if self.handoff.is_empty() {
-                        self.backlog = true;
+                        self.set_backlog();
                     }
                 }
-                () = tokio::time::sleep_until(sleep_until) => self.backlog = true,
+                () = tokio::time::sleep_until(sleep_until) => self.set_backlog(),
             }
             while let Some(joined) = self.tasks.try_join_next_with_id() {
                 self.take(joined);
             }
             // Handed-over rows go out before the outcomes are recorded: fewer steps
             // between the intake's commit and the send.
-            self.start_handed_over(max);
+            self.start_handed_over();
             if self.db().await.is_none() {
                 wake = Instant::now() + self.trouble_pause();
                 continue;
@@ -397,11 +440,14 @@ impl Loop {
                 continue;
             }
             self.housekeeping().await;
-            if self.backlog || self.handoff.db_only() {
-                wake =
-                    self.claim(max).await.unwrap_or_else(|| Instant::now() + self.trouble_pause());
+            if self.backlog.iter().any(|b| *b) || self.handoff.db_only() {
+                let db_only = self.handoff.db_only_channels();
+                for (b, d) in self.backlog.iter_mut().zip(db_only) {
+                    *b |= d;
+                }
+                wake = self.claim().await.unwrap_or_else(|| Instant::now() + self.trouble_pause());
             } else {
-                self.start_handed_over(max);
+                self.start_handed_over();
                 // The safety-net query still runs every `poll`, also under steady traffic.
                 wake = self.last_query + poll;
             }
@@ -412,21 +458,83 @@ impl Loop {
         }
     }
 
-    /// Starts handed-over rows in the free slots, unless only a query can be trusted now.
-    fn start_handed_over(&mut self, max: usize) {
-        if self.backlog {
+    /// Starts handed-over rows in the free slots of their channels. A row of a channel
+    /// that only a query can be trusted for now, or that finds no free slot, is dropped
+    /// from the hand-over: it is in the database, and its channel is marked for a query.
+    fn start_handed_over(&mut self) {
+        if self.backlog.iter().all(|b| *b) || self.handoff.is_empty() {
             return;
         }
-        let free = max.saturating_sub(self.in_flight.len());
-        if free == 0 {
-            return;
-        }
-        for row in self.handoff.take(free) {
-            if !self.is_in_flight(&row) {
-                self.start(row);
+        let now = Instant::now();
+        for row in self.handoff.take(usize::MAX) {
+            let channel = Channel::of(&row.target);
+            if self.backlog[channel.index()] || self.is_in_flight(&row) {
+                continue;
+            }
+            match self.bulk.admit(channel, TargetKey::of(&row).as_ref(), now) {
+                Admit::Start => self.start(row),
+                Admit::Wait | Admit::Defer(_) => self.backlog[channel.index()] = true,
             }
         }
-        self.stats.in_flight.store(self.in_flight.len(), Ordering::Relaxed);
+        self.publish_in_flight();
+    }
+
+    /// Every channel needs a query.
+    fn set_backlog(&mut self) {
+        self.backlog = [true; 3];
+    }
+
+    fn publish_in_flight(&self) {
+        self.stats.in_flight.store(self.bulk.total(), Ordering::Relaxed);
+        for channel in Channel::ALL {
+            metrics::gauge!(telemetry::DELIVERIES_IN_FLIGHT,
+                telemetry::LABEL_CHANNEL => channel.name())
+            .set(self.bulk.in_flight(channel) as f64);
+        }
+    }
+
+    /// Logs a breaker change and shows the open breakers in health and metrics.
+    fn breaker_changed(&mut self, change: Change) {
+        match &change {
+            Change::Opened(t) => tracing::warn!(
+                target_name = t.name(),
+                after = self.config.limits.breaker_after,
+                probe_every = ?self.config.limits.probe,
+                "delivery target keeps not answering; backed off (circuit breaker open)"
+            ),
+            Change::Closed(t) => {
+                tracing::info!(
+                    target_name = t.name(),
+                    "delivery target answers again; breaker closed"
+                )
+            }
+        }
+        let open = self.bulk.open();
+        let mut parts = Vec::new();
+        for channel in Channel::ALL {
+            let targets = &open[channel.index()];
+            metrics::gauge!(telemetry::BREAKERS_OPEN, telemetry::LABEL_CHANNEL => channel.name())
+                .set(targets.len() as f64);
+            if !targets.is_empty() {
+                let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+                parts.push(format!("{}: {}", channel.name(), names.join(", ")));
+            }
+        }
+        if let Change::Opened(t) = &change {
+            let channel = if t.name().starts_with("bot ") { "telegram" } else { "webhook" };
+            metrics::counter!(telemetry::BREAKER_OPENED, telemetry::LABEL_CHANNEL => channel)
+                .increment(1);
+        }
+        if let Some(h) = &self.config.health {
+            if parts.is_empty() {
+                h.set_up(health::DISPATCHERS);
+            } else {
+                h.set_degraded(
+                    health::DISPATCHERS,
+                    format!("targets backed off (circuit breaker open): {}", parts.join("; ")),
+                );
+            }
+        }
     }
 
     fn beat(&self) {
@@ -439,6 +547,11 @@ impl Loop {
         match joined {
             Ok((id, f)) => {
                 self.task_rows.remove(&id);
+                if let Some(change) =
+                    self.bulk.finished(f.slot.target.as_ref(), f.verdict, Instant::now())
+                {
+                    self.breaker_changed(change);
+                }
                 self.finished.push(f);
             }
             Err(e) => {
@@ -455,7 +568,14 @@ impl Loop {
                     reason: "internal error: the attempt panicked".into(),
                     next_attempt_at: now_ms() + 60_000,
                 };
-                self.finished.push(Finished { slot, recorded });
+                let _ =
+                    self.bulk.finished(slot.target.as_ref(), Verdict::NotAttempted, Instant::now());
+                self.finished.push(Finished {
+                    slot,
+                    recorded,
+                    verdict: Verdict::NotAttempted,
+                    attempted: true,
+                });
             }
         }
     }
@@ -476,7 +596,7 @@ impl Loop {
     }
 
     fn db_failed(&mut self, what: &str, e: &StoreError) {
-        self.backlog = true;
+        self.set_backlog();
         if self.db_trouble.is_none() {
             tracing::warn!(error = %e, what, "outbox database call failed; retrying with backoff");
         }
@@ -509,7 +629,7 @@ impl Loop {
         let store = self.store.clone();
         let opened = tokio::task::spawn_blocking(move || store.connect())
             .await
-            .unwrap_or_else(|e| Err(StoreError::Migration(format!("connect task failed: {e}"))));
+            .unwrap_or_else(|e| Err(StoreError::TaskFailed(format!("connect task: {e}"))));
         let db = match opened {
             Ok(conn) => {
                 self.epoch = conn.epoch();
@@ -543,7 +663,7 @@ impl Loop {
                     return None;
                 }
             }
-            self.backlog = true;
+            self.set_backlog();
         }
         Some(db)
     }
@@ -577,7 +697,7 @@ impl Loop {
             }
         }
         self.conn = None;
-        self.backlog = true;
+        self.set_backlog();
         true
     }
 
@@ -610,26 +730,26 @@ impl Loop {
                     if !f.slot.lane.is_empty() {
                         self.busy_lanes.remove(&f.slot.lane);
                     }
+                    if f.attempted {
+                        self.bulk.release(f.slot.channel, f.slot.target.as_ref());
+                    }
+                    if matches!(f.recorded, Recorded::Retry { .. } | Recorded::Deferred { .. }) {
+                        // Its next attempt is only in the database.
+                        self.backlog[f.slot.channel.index()] = true;
+                    }
                     let (outcome, counter) = match f.recorded {
                         Recorded::Sent => (telemetry::OUTCOME_DELIVERED, &self.stats.sent),
                         Recorded::Failed { .. } => (telemetry::OUTCOME_FAILED, &self.stats.failed),
                         Recorded::Retry { .. } => (telemetry::OUTCOME_RETRY, &self.stats.retried),
-                        Recorded::Deferred { .. } => {
-                            self.backlog = true;
-                            continue;
-                        }
+                        Recorded::Deferred { .. } => continue,
                     };
-                    if matches!(f.recorded, Recorded::Retry { .. }) {
-                        // Its next attempt is only in the database.
-                        self.backlog = true;
-                    }
                     counter.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(telemetry::DELIVERIES,
                         telemetry::LABEL_REACTION => f.slot.reaction,
                         telemetry::LABEL_OUTCOME => outcome)
                     .increment(1);
                 }
-                self.stats.in_flight.store(self.in_flight.len(), Ordering::Relaxed);
+                self.publish_in_flight();
                 true
             }
             Err(e) => {
@@ -639,48 +759,72 @@ impl Loop {
         }
     }
 
-    /// Claims due rows and spawns their attempts. Returns when to look again (`None`: the
-    /// database failed).
-    async fn claim(&mut self, max: usize) -> Option<Instant> {
-        let free = max.saturating_sub(self.in_flight.len());
+    /// Claims due rows of every channel with a free slot and spawns their attempts (see
+    /// [`super::bulkhead`]). Returns when to look again (`None`: the database failed).
+    async fn claim(&mut self) -> Option<Instant> {
         let far = Instant::now() + Duration::from_secs(3600);
-        if free == 0 {
+        let asks: Vec<(Channel, usize)> = Channel::ALL
+            .into_iter()
+            .filter(|c| self.backlog[c.index()] && self.bulk.free(*c) > 0)
+            .map(|c| (c, self.bulk.free(c) + self.bulk.in_flight(c) + SCAN_EXTRA))
+            .collect();
+        if asks.is_empty() {
             return Some(far); // an attempt finishing wakes the loop
         }
         let db = self.db().await?;
-        let limit = free + self.in_flight.len();
         let now = now_ms();
         let handoff = self.handoff.clone();
-        let rows = match with_db(&db, move |c| handoff.query(|| outbox::due(c, now, limit))).await {
-            Ok(rows) => rows,
+        let asked = asks.clone();
+        let channels: Vec<Channel> = asks.iter().map(|(c, _)| *c).collect();
+        let found = with_db(&db, move |c| {
+            handoff.query_channels(&channels, || {
+                asked
+                    .iter()
+                    .map(|(channel, limit)| outbox::due_in(c, *channel, now, *limit))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+        })
+        .await;
+        let found = match found {
+            Ok(found) => found,
             Err(e) => {
                 self.db_failed("claim", &e);
                 return None;
             }
         };
-        let full = rows.len() >= limit;
-        let mut started = 0;
-        for row in rows {
-            if started >= free {
-                break;
+        // Handed-over rows of the channels asked were dropped: the query has them.
+        let mut deferred = false;
+        let at = Instant::now();
+        for ((channel, limit), rows) in asks.into_iter().zip(found) {
+            let full = rows.len() >= limit;
+            let mut waiting = false;
+            for row in rows {
+                if self.is_in_flight(&row)
+                    || (!row.lane.is_empty() && self.busy_lanes.contains(&row.lane))
+                {
+                    continue;
+                }
+                let target = TargetKey::of(&row);
+                match self.bulk.admit(channel, target.as_ref(), at) {
+                    Admit::Start => self.start(row),
+                    Admit::Wait => waiting = true,
+                    Admit::Defer(wait) => {
+                        self.defer(row, wait);
+                        deferred = true;
+                    }
+                }
             }
-            if self.is_in_flight(&row)
-                || (!row.lane.is_empty() && self.busy_lanes.contains(&row.lane))
-            {
-                continue;
-            }
-            self.start(row);
-            started += 1;
+            // Caught up: rows committed from now on are handed over.
+            self.backlog[channel.index()] = full || waiting;
         }
-        self.stats.in_flight.store(self.in_flight.len(), Ordering::Relaxed);
-        if full || started >= free {
-            self.backlog = true;
-            return Some(Instant::now()); // more may be due: look again right away
+        self.publish_in_flight();
+        if deferred {
+            return Some(Instant::now()); // record the deferrals, then look again
         }
-        // Everything due is running; rows committed from now on are handed over.
-        self.backlog = false;
-        self.last_query = Instant::now();
-        // Everything due is running: sleep until the next retry is due.
+        if !self.backlog.iter().any(|b| *b) {
+            self.last_query = Instant::now();
+        }
+        // Sleep until the next retry is due (or an attempt finishes).
         let next = match with_db(&db, move |c| outbox::next_due_after(c, now)).await {
             Ok(next) => next,
             Err(e) => {
@@ -693,6 +837,22 @@ impl Loop {
             let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
             Instant::now() + Duration::from_millis(wait)
         }))
+    }
+
+    /// A row of a target whose breaker is open: its next attempt moves `wait` ahead
+    /// without an attempt (recorded with the next outcomes).
+    fn defer(&mut self, row: Claimed, wait: Duration) {
+        self.in_flight.insert((row.epoch, row.rowid));
+        self.in_flight_ids.insert(row.id.clone());
+        if !row.lane.is_empty() {
+            self.busy_lanes.insert(row.lane.clone());
+        }
+        self.finished.push(Finished {
+            slot: Slot::of(&row),
+            recorded: Recorded::Deferred { next_attempt_at: now_ms() + millis(wait) },
+            verdict: Verdict::NotAttempted,
+            attempted: false,
+        });
     }
 
     fn telegram(&mut self) -> Result<Arc<TelegramSender>, SendError> {
@@ -727,6 +887,8 @@ impl Loop {
     }
 
     fn start(&mut self, row: Claimed) {
+        let task_row = Slot::of(&row);
+        self.bulk.start(task_row.channel, task_row.target.as_ref());
         self.in_flight.insert((row.epoch, row.rowid));
         self.in_flight_ids.insert(row.id.clone());
         if !row.lane.is_empty() {
@@ -741,22 +903,27 @@ impl Loop {
             let live = self.live.load();
             (live.retry, live.webhook.timeout())
         };
-        let task_row = Slot::of(&row);
         let handle = self.tasks.spawn(async move {
             let result =
                 match tokio::time::timeout(ATTEMPT_DEADLINE, attempt(&row, &senders, telegram, webhook_timeout))
                     .await
                 {
                     Ok(r) => r,
-                    Err(_) => Err(SendError::retryable(format!(
+                    Err(_) => Err(SendError::no_answer(format!(
                         "the attempt took longer than {ATTEMPT_DEADLINE:?}"
                     ))),
                 };
+            let verdict = match &result {
+                Ok(()) | Err(SendError::Permanent { .. }) => Verdict::Answered,
+                Err(SendError::Retryable { no_answer: true, .. }) => Verdict::NoAnswer,
+                Err(SendError::Retryable { .. }) => Verdict::Answered,
+                Err(SendError::NotYet { .. }) => Verdict::NotAttempted,
+            };
             let recorded = outcome(result, row.attempts, &policy, now_ms());
             if let Recorded::Failed { reason } = &recorded {
                 tracing::warn!(delivery = %shown_id(&row), reaction = %row.reaction, reason = %reason, "delivery failed");
             }
-            Finished { slot: Slot::of(&row), recorded }
+            Finished { slot: Slot::of(&row), recorded, verdict, attempted: true }
         });
         self.task_rows.insert(handle.id(), task_row);
     }
@@ -836,134 +1003,5 @@ impl Loop {
                 "could not record some outcomes before the deadline; they stay pending"
             );
         }
-    }
-}
-
-/// The delivery id for a log line; a webhook's id holds its URL (credentials may be in its
-/// query), so webhooks show the row number instead.
-fn shown_id(row: &Claimed) -> String {
-    match &row.target {
-        Ok(Target::Webhook { .. }) => format!("rowid {}", row.rowid),
-        _ if row.reaction == "webhook" => format!("rowid {}", row.rowid),
-        _ => row.id.clone(),
-    }
-}
-
-/// One attempt of one claimed row.
-async fn attempt(
-    row: &Claimed,
-    senders: &Senders,
-    telegram: Option<Result<Arc<TelegramSender>, SendError>>,
-    webhook_timeout: Duration,
-) -> Result<(), SendError> {
-    let target = row.target.as_ref().map_err(|e| SendError::permanent(e.clone()))?;
-    match target {
-        Target::Push { user_id } => {
-            if serde_json::from_str::<serde::de::IgnoredAny>(&row.payload).is_err() {
-                return Err(SendError::permanent("the delivery's payload is not JSON"));
-            }
-            let Some(pusher) = &senders.push else {
-                return Err(SendError::retryable("no MQTT connection"));
-            };
-            pusher.publish(pusher.topic(*user_id), row.payload.as_bytes().to_vec()).await?;
-            senders.hub.publish(*user_id, &row.payload);
-            Ok(())
-        }
-        Target::Telegram { bot_token, chat_id, text, photo_url } => {
-            let sender = telegram.unwrap_or_else(|| Err(SendError::retryable("no Telegram")))?;
-            sender.send(bot_token, chat_id, text, photo_url.as_deref()).await
-        }
-        Target::Webhook { url, secret } => {
-            let payload: serde_json::Value = serde_json::from_str(&row.payload)
-                .map_err(|_| SendError::permanent("the delivery's payload is not JSON"))?;
-            senders.webhook.send(url, secret.as_ref(), &payload, webhook_timeout).await
-        }
-    }
-}
-
-/// What to record after an attempt: see the module documentation.
-fn outcome(
-    result: Result<(), SendError>,
-    attempts_before: u32,
-    policy: &RetryPolicy,
-    now_ms: i64,
-) -> Recorded {
-    match result {
-        Ok(()) => Recorded::Sent,
-        Err(SendError::Permanent { reason }) => Recorded::Failed { reason },
-        Err(SendError::Retryable { reason, after }) => {
-            if reason == TELEGRAM_LIMITER_REASON {
-                let wait = after.unwrap_or(Duration::from_secs(1));
-                return Recorded::Deferred { next_attempt_at: now_ms + millis(wait) };
-            }
-            let attempts = attempts_before.saturating_add(1);
-            if policy.exhausted(attempts) {
-                return Recorded::Failed {
-                    reason: format!("gave up after {attempts} attempts: {reason}"),
-                };
-            }
-            let factor = rand::rng().random_range((1.0 - JITTER)..=(1.0 + JITTER));
-            let mut delay = policy.delay(attempts).mul_f64(factor);
-            if let Some(after) = after {
-                delay = delay.max(after);
-            }
-            Recorded::Retry { reason, next_attempt_at: now_ms + millis(delay) }
-        }
-    }
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy(max_attempts: u32) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts,
-            backoff_initial: Duration::from_millis(1000),
-            backoff_max: Duration::from_secs(60),
-        }
-    }
-
-    #[test]
-    fn ok_is_sent_and_permanent_is_failed() {
-        assert_eq!(outcome(Ok(()), 0, &policy(0), 0), Recorded::Sent);
-        assert_eq!(
-            outcome(Err(SendError::permanent("chat not found")), 0, &policy(0), 0),
-            Recorded::Failed { reason: "chat not found".into() }
-        );
-    }
-
-    #[test]
-    fn retries_back_off_with_jitter_and_honour_after() {
-        for _ in 0..100 {
-            match outcome(Err(SendError::retryable("down")), 2, &policy(0), 0) {
-                // Third attempt failed: 1 s * 2^2 = 4 s ± 20 %.
-                Recorded::Retry { next_attempt_at, .. } => {
-                    assert!((3200..=4800).contains(&next_attempt_at), "{next_attempt_at}")
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-        let r =
-            outcome(Err(SendError::retry_after("429", Duration::from_secs(30))), 0, &policy(0), 5);
-        assert_eq!(r, Recorded::Retry { reason: "429".into(), next_attempt_at: 30_005 });
-    }
-
-    #[test]
-    fn exhausted_retries_fail_with_the_count() {
-        assert_eq!(
-            outcome(Err(SendError::retryable("down")), 2, &policy(3), 0),
-            Recorded::Failed { reason: "gave up after 3 attempts: down".into() }
-        );
-    }
-
-    #[test]
-    fn the_telegram_limiter_defers_without_an_attempt() {
-        let e = SendError::retry_after(TELEGRAM_LIMITER_REASON, Duration::from_secs(7));
-        assert_eq!(outcome(Err(e), 5, &policy(1), 1), Recorded::Deferred { next_attempt_at: 7001 });
     }
 }

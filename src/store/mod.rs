@@ -78,6 +78,10 @@ pub enum StoreError {
          close before opening the new one"
     )]
     Replaced,
+    /// A blocking database task did not complete (it panicked or was cancelled); the
+    /// text says which task. Nothing about the file itself is known to be wrong.
+    #[error("database task failed: {0}")]
+    TaskFailed(String),
     /// Any other SQLite error.
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),

@@ -69,6 +69,10 @@ struct Inner {
     global: Mutex<VecDeque<Answer>>,
     per_chat: Mutex<HashMap<String, VecDeque<Answer>>>,
     recorded: Mutex<Vec<Recorded>>,
+    /// While set, every request is accepted and never answered (nor recorded).
+    hang: std::sync::atomic::AtomicBool,
+    /// Requests left hanging so far.
+    hung: std::sync::atomic::AtomicUsize,
 }
 
 /// The running stub; stops when dropped.
@@ -116,6 +120,17 @@ impl TelegramStub {
             .entry(chat_id.to_owned())
             .or_default()
             .push_back(answer);
+    }
+
+    /// `true`: from now on every request is accepted and never answered (not recorded;
+    /// counted by [`Self::hung`]), like a hung Bot API; `false`: answers again.
+    pub fn hang_all(&self, on: bool) {
+        self.inner.hang.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Requests left without an answer so far.
+    pub fn hung(&self) -> usize {
+        self.inner.hung.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Everything received so far, in arrival order.
@@ -174,6 +189,10 @@ async fn handle(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
+    if inner.hang.load(std::sync::atomic::Ordering::SeqCst) {
+        inner.hung.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::pending::<()>().await;
+    }
     let token = bot.strip_prefix("bot").unwrap_or(&bot).to_owned();
     let content_type = headers
         .get(axum::http::header::CONTENT_TYPE)

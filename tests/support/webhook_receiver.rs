@@ -48,6 +48,10 @@ struct Inner {
     secret: Option<String>,
     statuses: Mutex<VecDeque<u16>>,
     received: Mutex<Vec<Received>>,
+    /// While set, requests are accepted and never answered (nor recorded).
+    hang: std::sync::atomic::AtomicBool,
+    /// Requests left hanging so far.
+    hung: std::sync::atomic::AtomicUsize,
 }
 
 /// The running receiver; stops when dropped.
@@ -88,6 +92,17 @@ impl WebhookReceiver {
         n
     }
 
+    /// `true`: from now on every request is accepted and never answered (not recorded;
+    /// counted by [`Self::hung`]), like a receiver that hangs; `false`: answers again.
+    pub fn hang(&self, on: bool) {
+        self.inner.hang.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Requests left without an answer so far.
+    pub fn hung(&self) -> usize {
+        self.inner.hung.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
         self.inner.received.lock().unwrap().clone()
@@ -123,6 +138,10 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    if inner.hang.load(std::sync::atomic::Ordering::SeqCst) {
+        inner.hung.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::pending::<()>().await;
+    }
     let signature =
         headers.get("x-scriptd-signature").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let signature_valid = match (&inner.secret, &signature) {
