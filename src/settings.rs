@@ -1395,7 +1395,7 @@ mod tests {
                 per_group_per_minute: 5,
             },
             webhook: WebhookSettings { timeout_seconds: 1 },
-            events: EventsSettings { max_age_seconds: 1, ..EventsSettings::default() },
+            events: EventsSettings { max_age_seconds: 1, max_payload_bytes: 2048 },
             delivery: DeliverySettings {
                 max_in_flight: 1,
                 max_attempts: 2,
@@ -1419,7 +1419,7 @@ mod tests {
         let old = Settings::default();
         let new = all_changed();
         let all = old.changed_keys(&new);
-        assert_eq!(all.len(), 1 + 3 + 12 + 1 + 6 + 1 + 1 + 12 + 2, "{all:?}");
+        assert_eq!(all.len(), 1 + 3 + 13 + 1 + 6 + 1 + 2 + 12 + 2, "{all:?}");
         let running = old.with_live_from(&new);
         let applied = old.changed_keys(&running);
         let pending = running.changed_keys(&new);
