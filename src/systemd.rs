@@ -24,7 +24,7 @@
 //! use arc_swap::ArcSwap;
 //! use scriptd::{health, logging, settings::Settings, systemd, telemetry};
 //!
-//! let (settings, sources) = Settings::load(None)?; // print e.lines() and exit 1 on error
+//! let (settings, sources) = Settings::load(None)?; // print e.lines() and exit 78 on error
 //! let log = logging::init(&settings.log)?;
 //! let metrics = telemetry::install()?;
 //! let live = Arc::new(ArcSwap::from_pointee(settings.live_part()));
