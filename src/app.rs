@@ -114,6 +114,9 @@ pub fn http_router(
     api::router_with(state, api::stream::routes(hub)).merge(health::routes(health, metrics))
 }
 
+/// How long open API requests get to finish once the daemon stops.
+const API_DRAIN: Duration = Duration::from_secs(1);
+
 /// A started daemon: every component running. Stop it with [`Running::shutdown`].
 pub struct Running {
     stop_intake: StopTrigger,
@@ -126,6 +129,7 @@ pub struct Running {
     notifier: Notifier,
     api_addr: SocketAddr,
     live: Live,
+    hub: PushHub,
     #[cfg(feature = "embedded-broker")]
     _broker: Option<crate::broker::EmbeddedBroker>,
 }
@@ -323,6 +327,7 @@ pub async fn start(
         notifier,
         api_addr,
         live,
+        hub,
         #[cfg(feature = "embedded-broker")]
         _broker: broker,
     })
@@ -354,8 +359,14 @@ impl Running {
         let _ = self.intake_task.await;
         self.source.join().await;
         self.dispatcher.join().await;
+        // Open reaction streams end first: the API's graceful shutdown waits for them.
+        self.hub.close();
         self.stop_rest.fire();
-        let _ = self.api_task.await;
+        let mut api_task = self.api_task;
+        if tokio::time::timeout(API_DRAIN, &mut api_task).await.is_err() {
+            tracing::warn!(after = ?API_DRAIN, "API requests still open at shutdown; closing them");
+            api_task.abort();
+        }
         if let Ok(pusher) = Arc::try_unwrap(self.pusher) {
             pusher.join().await;
         }

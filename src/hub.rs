@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 /// One delivered push.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,16 +20,20 @@ pub struct PushEvent {
 }
 
 /// Fan-out of delivered pushes; cheap to clone.
+///
+/// [`PushHub::close`] ends every open stream (the daemon is stopping): the API's graceful
+/// shutdown waits for open responses, and a stream would otherwise never end.
 #[derive(Debug, Clone)]
 pub struct PushHub {
     tx: broadcast::Sender<Arc<PushEvent>>,
+    closed: CancellationToken,
 }
 
 impl PushHub {
     /// A hub that keeps up to `capacity` pushes for slow subscribers.
     pub fn new(capacity: usize) -> PushHub {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        PushHub { tx }
+        PushHub { tx, closed: CancellationToken::new() }
     }
 
     /// Hands a delivered push to every current subscriber; never waits.
@@ -40,6 +45,16 @@ impl PushHub {
     /// A new subscription (sees pushes published from now on).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<PushEvent>> {
         self.tx.subscribe()
+    }
+
+    /// Ends every stream, open or opened later (see [`PushHub::closed`]).
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    /// Completes once [`PushHub::close`] was called; streams end their response then.
+    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.closed.clone().cancelled_owned()
     }
 
     /// Number of current subscribers.
@@ -67,5 +82,15 @@ mod tests {
         let e = rx.recv().await.unwrap();
         assert_eq!((e.user_id, &*e.payload), (7, r#"{"reaction":"sound"}"#));
         assert_eq!(hub.subscribers(), 1);
+    }
+
+    #[tokio::test]
+    async fn close_completes_the_closed_future_of_every_clone() {
+        let hub = PushHub::new(8);
+        let before = hub.closed();
+        let other = hub.clone();
+        other.close();
+        tokio::time::timeout(std::time::Duration::from_secs(1), before).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), hub.closed()).await.unwrap();
     }
 }

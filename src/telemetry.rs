@@ -24,8 +24,8 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 pub const OCCURRENCES_RECEIVED: &str = "scriptd_occurrences_received_total";
 /// Counter: occurrences that matched at least one active script.
 pub const OCCURRENCES_MATCHED: &str = "scriptd_occurrences_matched_total";
-/// Counter, label [`LABEL_REASON`]: occurrences dropped as invalid (`invalid_json`,
-/// `missing_field`, `unknown_event`, ...).
+/// Counter, label [`LABEL_REASON`]: occurrences dropped as invalid, by
+/// [`crate::occurrence::Reason`] code (`not_json`, `missing_camera_id`, `unknown_event`, ...).
 pub const OCCURRENCES_REJECTED: &str = "scriptd_occurrences_rejected_total";
 /// Counter: occurrences dropped because they were older than `events.max_age_seconds`.
 pub const OCCURRENCES_STALE: &str = "scriptd_occurrences_stale_total";
@@ -37,10 +37,17 @@ pub const OUTBOX_DEPTH: &str = "scriptd_outbox_depth";
 pub const OUTBOX_OLDEST_PENDING: &str = "scriptd_outbox_oldest_pending_seconds";
 /// Histogram: time to match one occurrence against the script index, in seconds.
 pub const MATCH_DURATION: &str = "scriptd_match_duration_seconds";
-/// Gauge: 1 while connected to the MQTT broker, 0 otherwise.
+/// Gauge, label [`LABEL_CONNECTION`]: 1 while that connection to the MQTT broker is up,
+/// 0 otherwise. There is no unlabelled series, so `scriptd_mqtt_connected == 0` alerts only
+/// on a real connection.
 pub const MQTT_CONNECTED: &str = "scriptd_mqtt_connected";
-/// Counter: MQTT reconnect attempts.
+/// Counter, label [`LABEL_CONNECTION`]: successful reconnections (every connection after the
+/// first one of the process); failed attempts are not counted.
 pub const MQTT_RECONNECTS: &str = "scriptd_mqtt_reconnects_total";
+/// Label of the MQTT metrics: which connection, one of [`MQTT_CONNECTIONS`].
+pub const LABEL_CONNECTION: &str = "connection";
+/// The daemon's MQTT connections: `events` (the source) and `push` (the push sender).
+pub const MQTT_CONNECTIONS: [&str; 2] = ["events", "push"];
 /// Gauge: scripts in the index.
 pub const SCRIPTS_LOADED: &str = "scriptd_scripts_loaded";
 /// Gauge: scripts in the database skipped as invalid.
@@ -118,7 +125,7 @@ pub fn install() -> Result<PrometheusHandle, TelemetryError> {
 }
 
 /// Registers the HELP text and unit of every metric with the current recorder and makes
-/// the unlabelled series exist (at zero). [`install`] calls it; tests with a local recorder
+/// the unlabelled series, and both connections' MQTT series, exist (at zero). [`install`] calls it; tests with a local recorder
 /// call it inside `metrics::with_local_recorder`.
 pub fn describe() {
     describe_counter!(OCCURRENCES_RECEIVED, Unit::Count, "Occurrences received over MQTT.");
@@ -149,20 +156,29 @@ pub fn describe() {
         Unit::Seconds,
         "Time to match one occurrence against the script index."
     );
-    describe_gauge!(MQTT_CONNECTED, "1 while connected to the MQTT broker, else 0.");
-    describe_counter!(MQTT_RECONNECTS, Unit::Count, "MQTT reconnect attempts.");
+    describe_gauge!(
+        MQTT_CONNECTED,
+        "1 while the connection (events, push) to the MQTT broker is up, else 0."
+    );
+    describe_counter!(
+        MQTT_RECONNECTS,
+        Unit::Count,
+        "Successful MQTT reconnections (connections after the first), by connection."
+    );
     describe_gauge!(SCRIPTS_LOADED, Unit::Count, "Scripts in the matching index.");
     describe_gauge!(SCRIPTS_INVALID, Unit::Count, "Scripts skipped as invalid.");
     describe_histogram!(INDEX_REBUILD, Unit::Seconds, "Time to rebuild the script index.");
     describe_gauge!(BUILD_INFO, "Always 1; the label tells the running version.");
 
-    for name in [OCCURRENCES_RECEIVED, OCCURRENCES_MATCHED, OCCURRENCES_STALE, MQTT_RECONNECTS] {
+    for name in [OCCURRENCES_RECEIVED, OCCURRENCES_MATCHED, OCCURRENCES_STALE] {
         metrics::counter!(name).increment(0);
     }
-    for name in
-        [OUTBOX_DEPTH, OUTBOX_OLDEST_PENDING, MQTT_CONNECTED, SCRIPTS_LOADED, SCRIPTS_INVALID]
-    {
+    for name in [OUTBOX_DEPTH, OUTBOX_OLDEST_PENDING, SCRIPTS_LOADED, SCRIPTS_INVALID] {
         metrics::gauge!(name).set(0.0);
+    }
+    for connection in MQTT_CONNECTIONS {
+        metrics::counter!(MQTT_RECONNECTS, LABEL_CONNECTION => connection).increment(0);
+        metrics::gauge!(MQTT_CONNECTED, LABEL_CONNECTION => connection).set(0.0);
     }
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

@@ -72,6 +72,9 @@ async fn logs_have_client_headers_and_no_secrets() {
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(logs.contains("x_client=\"web\"") || logs.contains("x_client=web"), "{logs}");
     assert!(logs.contains("test-device"), "X-UUID is logged");
+    // The request log names the path the client asked for, with its /api/v1 prefix.
+    assert!(logs.contains(&format!("path=\"/api/v1/scripts/{id}\"")), "{logs}");
+    assert!(!logs.contains(&format!("path=\"/scripts/{id}\"")), "{logs}");
     assert!(logs.contains("script_id=41") && logs.contains("field=\"timetable.days\""), "{logs}");
     for secret in ["SECRET-BOT-TOKEN", "WEBHOOK-SECRET", api.token.split_once('.').unwrap().1] {
         assert!(!logs.contains(secret), "{secret} leaked into the logs");

@@ -330,6 +330,46 @@ async fn reaction_stream_carries_the_callers_pushes() {
     assert_eq!(unauth.status(), 401);
 }
 
+/// Open reaction streams never hold up SIGTERM: each ends with a `shutdown` event and the
+/// daemon exits 0 within `delivery.shutdown_deadline_seconds` (10) + 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_open_reaction_streams_exits_promptly() {
+    use futures_util::StreamExt;
+    let mut d = Daemon::start(never_stale()).await;
+    let client = reqwest::Client::new();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let resp = client
+            .get(d.url("/reactions/stream"))
+            .bearer_auth(&d.token)
+            .send()
+            .await
+            .expect("GET stream");
+        assert_eq!(resp.status(), 200);
+        streams.push(tokio::spawn(async move {
+            let mut body = resp.bytes_stream();
+            let mut text = String::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            text
+        }));
+    }
+    // Let the streams be established server-side before the signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let status = d.sigterm(12).await;
+    assert!(status.success(), "exit status {status:?} after SIGTERM with open streams");
+    println!("exit {:?} after SIGTERM with 3 open streams", started.elapsed());
+    for s in streams {
+        let text = within(5, "the stream to end", s).await.expect("stream task");
+        assert!(
+            text.contains("event: shutdown"),
+            "stream ended without the shutdown event: {text:?}"
+        );
+    }
+}
+
 /// SIGHUP applies a valid change live and keeps running on an invalid one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_or_keeps_the_running_config() {

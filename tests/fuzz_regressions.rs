@@ -20,15 +20,19 @@ use scriptd::occurrence::decode;
 use scriptd::script::{ValidationContext, validate};
 use scriptd::timetable::{ParseContext, parse_timetable};
 
-/// The inputs kept for `target`, with their file names.
+/// The inputs kept for `target`, with their file names. A missing or empty folder fails the
+/// test: a replay of nothing would pass whatever the checks say.
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions").join(target);
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
+        panic!("{}: {e} (the kept inputs are part of the repository)", dir.display())
+    });
     let mut out: Vec<(String, Vec<u8>)> = entries
-        .filter_map(Result::ok)
+        .map(|e| e.expect("directory entry"))
         .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
         .collect();
     out.sort();
+    assert!(!out.is_empty(), "{}: no kept inputs", dir.display());
     out
 }
 
@@ -37,6 +41,8 @@ fn decode_occurrence_regressions() {
     for (name, data) in inputs("decode_occurrence") {
         eprintln!("decode_occurrence/{name}");
         check_decode(&data);
+        // Every kept payload was once accepted by mistake: each must stay rejected.
+        assert!(decode("t", &data, Utc::now()).is_err(), "decode_occurrence/{name} is accepted");
     }
 }
 
@@ -52,7 +58,8 @@ fn parse_timetable_regressions() {
 fn validate_script_regressions() {
     for (name, data) in inputs("validate_script") {
         eprintln!("validate_script/{name}");
-        check_validate(&data);
+        // Every kept body was once accepted by mistake: each must stay refused.
+        assert!(!check_validate(&data), "validate_script/{name} is accepted");
     }
 }
 

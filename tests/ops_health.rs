@@ -70,7 +70,8 @@ async fn metrics_are_prometheus_text_with_help_lines_labels_and_buckets() {
             telemetry::LABEL_OUTCOME => telemetry::OUTCOME_DELIVERED
         )
         .increment(2);
-        metrics::gauge!(telemetry::MQTT_CONNECTED).set(1.0);
+        metrics::gauge!(telemetry::MQTT_CONNECTED, telemetry::LABEL_CONNECTION => "events")
+            .set(1.0);
         metrics::histogram!(telemetry::MATCH_DURATION).record(0.000_003);
         metrics::histogram!(telemetry::INDEX_REBUILD).record(0.2);
     });
@@ -88,7 +89,10 @@ async fn metrics_are_prometheus_text_with_help_lines_labels_and_buckets() {
         "scriptd_occurrences_received_total 3",
         "scriptd_occurrences_rejected_total{reason=\"unknown_event\"} 1",
         "scriptd_deliveries_total{reaction=\"telegram-message\",outcome=\"delivered\"} 2",
-        "scriptd_mqtt_connected 1",
+        "scriptd_mqtt_connected{connection=\"events\"} 1",
+        "scriptd_mqtt_connected{connection=\"push\"} 0",
+        "scriptd_mqtt_reconnects_total{connection=\"events\"} 0",
+        "scriptd_mqtt_reconnects_total{connection=\"push\"} 0",
         "# TYPE scriptd_match_duration_seconds histogram",
         "scriptd_match_duration_seconds_bucket{le=\"0.000005\"} 1",
         "scriptd_index_rebuild_seconds_count 1",
@@ -102,12 +106,17 @@ async fn metrics_are_prometheus_text_with_help_lines_labels_and_buckets() {
         telemetry::OCCURRENCES_STALE,
         telemetry::OUTBOX_DEPTH,
         telemetry::OUTBOX_OLDEST_PENDING,
-        telemetry::MQTT_RECONNECTS,
         telemetry::SCRIPTS_LOADED,
         telemetry::SCRIPTS_INVALID,
     ] {
         assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name}:\n{text}");
         assert!(text.contains(&format!("\n{name} 0")), "no zero sample for {name}:\n{text}");
+    }
+    // The MQTT series exist only per connection: an unlabelled one would sit at 0 forever
+    // and fire the documented `scriptd_mqtt_connected == 0` alert.
+    for name in [telemetry::MQTT_CONNECTED, telemetry::MQTT_RECONNECTS] {
+        assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name}:\n{text}");
+        assert!(!text.contains(&format!("\n{name} ")), "an unlabelled {name} series:\n{text}");
     }
 }
 
@@ -115,7 +124,7 @@ async fn metrics_are_prometheus_text_with_help_lines_labels_and_buckets() {
 fn install_is_idempotent() {
     let first = telemetry::install().expect("install");
     let second = telemetry::install().expect("second install returns the same handle");
-    metrics::counter!(telemetry::MQTT_RECONNECTS).increment(1);
-    assert!(first.render().contains("scriptd_mqtt_reconnects_total 1"));
-    assert!(second.render().contains("scriptd_mqtt_reconnects_total 1"));
+    metrics::counter!(telemetry::OCCURRENCES_STALE).increment(1);
+    assert!(first.render().contains("scriptd_occurrences_stale_total 1"));
+    assert!(second.render().contains("scriptd_occurrences_stale_total 1"));
 }

@@ -78,7 +78,12 @@ pub async fn require_token(
         .into_response();
     }
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Under `nest("/api/v1", ..)` the request's URI has the prefix stripped; log the path
+    // the client asked for.
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| req.uri().path().to_owned(), |uri| uri.path().to_owned());
     req.extensions_mut().insert(user);
     let response = next.run(req).await;
     let status = response.status().as_u16();

@@ -5,6 +5,10 @@
 //! also receives MQTT pushes drops repeats by it. A comment line every 15 s keeps proxies
 //! from closing an idle stream. A client that falls behind gets a `lagged` event with the
 //! number of pushes it missed; the MQTT push remains the durable channel.
+//!
+//! When the daemon stops ([`PushHub::close`]) every stream ends with one event named
+//! `shutdown` and the response closes, so an open browser never holds up SIGTERM; an
+//! `EventSource` reconnects on its own once the daemon is back.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -52,5 +56,9 @@ fn stream(
             Some(Ok(Event::default().event("lagged").data(n.to_string())))
         }
     });
+    let end = futures_util::stream::once(async {
+        Ok(Event::default().event("shutdown").data("the daemon is stopping"))
+    });
+    let events = futures_util::StreamExt::take_until(events, hub.closed()).chain(end);
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
