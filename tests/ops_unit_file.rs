@@ -17,6 +17,8 @@ fn the_unit_has_the_required_directives() {
         "ExecReload=/bin/kill -HUP $MAINPID",
         "WatchdogSec=30s",
         "Restart=on-failure",
+        "RestartPreventExitStatus=78",
+        "ExecStart=/usr/bin/scriptd --config /etc/scriptd run",
         "StartLimitIntervalSec=600",
         "StartLimitBurst=5",
         "User=scriptd",
