@@ -56,6 +56,11 @@ pub const SCRIPTS_INVALID: &str = "scriptd_scripts_invalid";
 pub const INDEX_REBUILD: &str = "scriptd_index_rebuild_seconds";
 /// Gauge, label `version`: always 1; tells which build is running.
 pub const BUILD_INFO: &str = "scriptd_build_info";
+/// Gauge: components (MQTT loop, dispatchers) that made no progress within their limit;
+/// while it is above 0 the systemd watchdog gets no pings.
+pub const WATCHDOG_STALLED: &str = "scriptd_watchdog_stalled_components";
+/// Counter: times the watchdog started withholding pings (a stall began).
+pub const WATCHDOG_STALLS: &str = "scriptd_watchdog_stalls_total";
 
 /// Label of [`OCCURRENCES_REJECTED`]: why the payload was dropped.
 pub const LABEL_REASON: &str = "reason";
@@ -169,11 +174,19 @@ pub fn describe() {
     describe_gauge!(SCRIPTS_INVALID, Unit::Count, "Scripts skipped as invalid.");
     describe_histogram!(INDEX_REBUILD, Unit::Seconds, "Time to rebuild the script index.");
     describe_gauge!(BUILD_INFO, "Always 1; the label tells the running version.");
+    describe_gauge!(
+        WATCHDOG_STALLED,
+        Unit::Count,
+        "Components without progress; while above 0 the systemd watchdog gets no pings."
+    );
+    describe_counter!(WATCHDOG_STALLS, Unit::Count, "Stalls that made the watchdog withhold pings.");
 
-    for name in [OCCURRENCES_RECEIVED, OCCURRENCES_MATCHED, OCCURRENCES_STALE] {
+    for name in [OCCURRENCES_RECEIVED, OCCURRENCES_MATCHED, OCCURRENCES_STALE, WATCHDOG_STALLS] {
         metrics::counter!(name).increment(0);
     }
-    for name in [OUTBOX_DEPTH, OUTBOX_OLDEST_PENDING, SCRIPTS_LOADED, SCRIPTS_INVALID] {
+    for name in
+        [OUTBOX_DEPTH, OUTBOX_OLDEST_PENDING, SCRIPTS_LOADED, SCRIPTS_INVALID, WATCHDOG_STALLED]
+    {
         metrics::gauge!(name).set(0.0);
     }
     for connection in MQTT_CONNECTIONS {
