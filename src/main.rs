@@ -346,13 +346,12 @@ fn generate_assets(dir: &Path) -> anyhow::Result<()> {
     for d in [&man, &completions] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
-    let mut cmd = Cli::command();
-    cmd.build();
-    clap_mangen::generate_to(cmd.clone(), &man)
+    // Unbuilt: generate_to leaves out the `help` subcommands and hidden ones itself.
+    clap_mangen::generate_to(Cli::command(), &man)
         .with_context(|| format!("cannot write the man pages to {}", man.display()))?;
     for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish]
     {
-        clap_complete::generate_to(shell, &mut cmd, "scriptd", &completions)
+        clap_complete::generate_to(shell, &mut Cli::command(), "scriptd", &completions)
             .with_context(|| format!("cannot write the completions to {}", completions.display()))?;
     }
     Ok(())
