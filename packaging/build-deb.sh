@@ -13,5 +13,8 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_d
 cargo build --release --locked >&2
 rm -rf "$target_dir/release/assets"
 "$target_dir/release/scriptd" generate-assets "$target_dir/release/assets" >&2
-# cargo-deb prints the path of the package it wrote as its last line.
-cargo deb --no-build | tail -n 1
+# Debian policy: man pages compressed (cargo-deb leaves files under target/release alone).
+gzip -9n "$target_dir"/release/assets/man/*.1
+# cargo-deb prints the path of the package it wrote as its last line. --strip: the release
+# profile keeps line tables for local backtraces; the package ships without them.
+cargo deb --no-build --strip | tail -n 1
