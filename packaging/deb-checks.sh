@@ -162,6 +162,10 @@ check "the journal names the watchdog" sh -c "journalctl -u scriptd -o cat | gre
 
 # What the sandbox looks like from the outside (for the hardening notes in operations.md).
 pid=$(prop MainPID)
+# The last mount of a path is the one the service sees.
+topmost() { awk -v p="$1" '$5==p {o=$6} END {print o}' "/proc/$pid/mountinfo"; }
+check "/ and /etc/scriptd are read-only for the service (ProtectSystem=strict, ReadOnlyPaths=)" \
+  sh -c "case '$(topmost /)' in ro*) ;; *) exit 1;; esac; case '$(topmost /etc/scriptd)' in ro*) ;; *) exit 1;; esac"
 note "PrivateUsers uid_map: $(tr -s ' ' </proc/$pid/uid_map | tr '\n' ';')"
 note "mounts: $(awk '$5=="/"||$5=="/tmp"||$5=="/home"||$5=="/proc"||$5=="/proc/sys"||$5=="/dev"||$5=="/var/lib/scriptd"||$5=="/etc/scriptd" {print $5" "$6" "$NF}' /proc/$pid/mountinfo | sort -u | tr '\n' ';')"
 note "devices: $(ls /proc/$pid/root/dev | tr '\n' ' ')"

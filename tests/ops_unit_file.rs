@@ -24,6 +24,7 @@ fn the_unit_has_the_required_directives() {
         "User=scriptd",
         "StateDirectory=scriptd",
         "ConfigurationDirectory=scriptd",
+        "ReadOnlyPaths=/etc/scriptd",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ProtectHome=yes",
