@@ -352,7 +352,9 @@ fn generate_assets(dir: &Path) -> anyhow::Result<()> {
     for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish]
     {
         clap_complete::generate_to(shell, &mut Cli::command(), "scriptd", &completions)
-            .with_context(|| format!("cannot write the completions to {}", completions.display()))?;
+            .with_context(|| {
+                format!("cannot write the completions to {}", completions.display())
+            })?;
     }
     Ok(())
 }

@@ -179,7 +179,11 @@ pub fn describe() {
         Unit::Count,
         "Components without progress; while above 0 the systemd watchdog gets no pings."
     );
-    describe_counter!(WATCHDOG_STALLS, Unit::Count, "Stalls that made the watchdog withhold pings.");
+    describe_counter!(
+        WATCHDOG_STALLS,
+        Unit::Count,
+        "Stalls that made the watchdog withhold pings."
+    );
 
     for name in [OCCURRENCES_RECEIVED, OCCURRENCES_MATCHED, OCCURRENCES_STALE, WATCHDOG_STALLS] {
         metrics::counter!(name).increment(0);

@@ -33,9 +33,11 @@ fn generate_assets_writes_man_pages_and_completions() {
     assert!(top.starts_with(".ie") || top.contains(".TH scriptd 1"), "roff: {top:.200}");
     assert!(top.contains("check\\-config"), "lists the subcommands");
     let completions = dir.path().join("completions");
-    for (file, needle) in
-        [("scriptd.bash", "check-config"), ("_scriptd", "check-config"), ("scriptd.fish", "check-config")]
-    {
+    for (file, needle) in [
+        ("scriptd.bash", "check-config"),
+        ("_scriptd", "check-config"),
+        ("scriptd.fish", "check-config"),
+    ] {
         let text = std::fs::read_to_string(completions.join(file)).expect(file);
         // (clap_complete also completes the hidden generate-assets; harmless.)
         assert!(text.contains(needle), "{file} lacks {needle}");
@@ -49,8 +51,7 @@ fn the_packaged_configuration_is_valid_with_the_embedded_broker_off() {
     for file in ["default.toml", "local.toml"] {
         std::fs::copy(root.join("packaging/deb").join(file), dir.path().join(file)).expect(file);
     }
-    let out =
-        scriptd().arg("--config").arg(dir.path()).arg("check-config").output().expect("run");
+    let out = scriptd().arg("--config").arg(dir.path()).arg("check-config").output().expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("embedded_broker = false"), "{stdout}");
