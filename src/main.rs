@@ -47,6 +47,12 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write the man pages and shell completions into DIR (used when building the package).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Output folder; `man/` and `completions/` are created in it.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,13 +230,27 @@ fn parse_rfc3339(s: &str) -> Result<DateTime<FixedOffset>, String> {
         .map_err(|e| format!("not an RFC 3339 instant ({e}), e.g. 2026-11-27T16:30:05+05:00"))
 }
 
+/// Exit status of a configuration problem (`EX_CONFIG` of sysexits.h). The unit's
+/// `RestartPreventExitStatus=78` keeps systemd from restarting into the same error; usage
+/// errors stay 2 (clap) and every other failure 1.
+const EX_CONFIG: u8 = 78;
+
+/// A configuration problem: `main` exits with [`EX_CONFIG`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ConfigError(String);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("scriptd: {e:#}");
-            ExitCode::from(1)
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(EX_CONFIG)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }
@@ -354,7 +374,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::GenerateAssets { dir } => {
+            generate_assets(&dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `scriptd generate-assets DIR`: `man/scriptd.1` and one page per subcommand
+/// (`scriptd-run.1`, …), and `completions/` for bash, zsh and fish, all from the same clap
+/// definition the binary parses with, so they cannot drift from it.
+fn generate_assets(dir: &Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    // Unbuilt: generate_to leaves out the `help` subcommands and hidden ones itself.
+    clap_mangen::generate_to(Cli::command(), &man)
+        .with_context(|| format!("cannot write the man pages to {}", man.display()))?;
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish]
+    {
+        clap_complete::generate_to(shell, &mut Cli::command(), "scriptd", &completions)
+            .with_context(|| {
+                format!("cannot write the completions to {}", completions.display())
+            })?;
+    }
+    Ok(())
 }
 
 /// Loads the configuration; on a problem, prints one line per problem and fails.
@@ -373,11 +420,11 @@ fn config_error(e: &scriptd::settings::SettingsError) -> anyhow::Error {
     for line in rest {
         eprintln!("scriptd: {line}");
     }
-    anyhow::anyhow!("{last}")
+    ConfigError(last.to_owned()).into()
 }
 
 /// `scriptd check-config`: the effective configuration as TOML on stdout, or one line per
-/// problem on stderr and exit 1.
+/// problem on stderr and exit 78 (`EX_CONFIG`).
 fn check_config(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
     match Settings::load(dir) {
         Ok((settings, sources)) => {

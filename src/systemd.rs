@@ -24,7 +24,7 @@
 //! use arc_swap::ArcSwap;
 //! use scriptd::{health, logging, settings::Settings, systemd, telemetry};
 //!
-//! let (settings, sources) = Settings::load(None)?; // print e.lines() and exit 1 on error
+//! let (settings, sources) = Settings::load(None)?; // print e.lines() and exit 78 on error
 //! let log = logging::init(&settings.log)?;
 //! let metrics = telemetry::install()?;
 //! let live = Arc::new(ArcSwap::from_pointee(settings.live_part()));
@@ -316,7 +316,8 @@ impl Watchdog {
     }
 
     /// Pings `WATCHDOG=1` every `interval / 2` while no component is stalled, until
-    /// `shutdown` completes. Stalls and recoveries are logged and shown as `STATUS=`.
+    /// `shutdown` completes. Stalls and recoveries are logged and shown as `STATUS=`, and
+    /// counted in `scriptd_watchdog_stalled_components` and `scriptd_watchdog_stalls_total`.
     pub async fn run(
         self,
         notifier: Notifier,
@@ -334,6 +335,7 @@ impl Watchdog {
                 _ = ticker.tick() => {}
             }
             let stalled = self.stalled();
+            metrics::gauge!(crate::telemetry::WATCHDOG_STALLED).set(stalled.len() as f64);
             if stalled.is_empty() {
                 notifier.watchdog();
                 if was_stalled {
@@ -344,6 +346,7 @@ impl Watchdog {
             } else if !was_stalled {
                 let names = stalled.join(", ");
                 tracing::error!(components = %names, "watchdog: no progress, withholding pings");
+                metrics::counter!(crate::telemetry::WATCHDOG_STALLS).increment(1);
                 notifier.status(&format!("stalled: {names}"));
                 was_stalled = true;
             }
@@ -489,6 +492,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn pings_go_out_only_while_every_component_makes_progress() {
+        // A thread-local recorder: the current-thread runtime runs the task on this thread.
+        let recorder = crate::telemetry::builder().expect("builder").build_recorder();
+        let metrics = recorder.handle();
+        let _recorder = metrics::set_default_local_recorder(&recorder);
         let dog = Watchdog::new();
         let worker = dog.register("dispatcher-0", Duration::from_secs(3));
         let (notifier, sent) = Notifier::in_memory();
@@ -513,11 +520,17 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(pings(&sent), at_stall, "no pings while stalled");
         assert!(sent.all().iter().any(|m| m.contains("STATUS=stalled: dispatcher-0")));
+        let text = metrics.render();
+        assert!(text.contains("scriptd_watchdog_stalled_components 1\n"), "{text}");
+        assert!(text.contains("scriptd_watchdog_stalls_total 1\n"), "{text}");
 
         // It recovers: pings resume.
         worker.beat();
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(pings(&sent) > at_stall);
+        let text = metrics.render();
+        assert!(text.contains("scriptd_watchdog_stalled_components 0\n"), "{text}");
+        assert!(text.contains("scriptd_watchdog_stalls_total 1\n"), "{text}");
 
         let _ = stop_tx.send(());
         assert!(task.await.is_ok());

@@ -66,6 +66,11 @@ pub const BREAKER_OPENED: &str = "scriptd_breaker_opened_total";
 /// Label of [`DELIVERIES_IN_FLIGHT`], [`BREAKERS_OPEN`], [`BREAKER_OPENED`]: `push`,
 /// `telegram` or `webhook`.
 pub const LABEL_CHANNEL: &str = "channel";
+/// Gauge: components (MQTT loop, dispatchers) that made no progress within their limit;
+/// while it is above 0 the systemd watchdog gets no pings.
+pub const WATCHDOG_STALLED: &str = "scriptd_watchdog_stalled_components";
+/// Counter: times the watchdog started withholding pings (a stall began).
+pub const WATCHDOG_STALLS: &str = "scriptd_watchdog_stalls_total";
 
 /// Label of [`OCCURRENCES_REJECTED`]: why the payload was dropped.
 pub const LABEL_REASON: &str = "reason";
@@ -191,11 +196,23 @@ pub fn describe() {
         metrics::gauge!(BREAKERS_OPEN, LABEL_CHANNEL => channel).set(0.0);
         metrics::counter!(BREAKER_OPENED, LABEL_CHANNEL => channel).increment(0);
     }
+    describe_gauge!(
+        WATCHDOG_STALLED,
+        Unit::Count,
+        "Components without progress; while above 0 the systemd watchdog gets no pings."
+    );
+    describe_counter!(
+        WATCHDOG_STALLS,
+        Unit::Count,
+        "Stalls that made the watchdog withhold pings."
+    );
 
-    for name in [OCCURRENCES_RECEIVED, OCCURRENCES_MATCHED, OCCURRENCES_STALE] {
+    for name in [OCCURRENCES_RECEIVED, OCCURRENCES_MATCHED, OCCURRENCES_STALE, WATCHDOG_STALLS] {
         metrics::counter!(name).increment(0);
     }
-    for name in [OUTBOX_DEPTH, OUTBOX_OLDEST_PENDING, SCRIPTS_LOADED, SCRIPTS_INVALID] {
+    for name in
+        [OUTBOX_DEPTH, OUTBOX_OLDEST_PENDING, SCRIPTS_LOADED, SCRIPTS_INVALID, WATCHDOG_STALLED]
+    {
         metrics::gauge!(name).set(0.0);
     }
     for connection in MQTT_CONNECTIONS {

@@ -1,4 +1,4 @@
-//! `scriptd check-config` run as a child process: exit codes, masked output, one-line errors.
+//! `scriptd check-config` run as a child process: exit codes (78 for a configuration error), masked output, one-line errors.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -34,12 +34,12 @@ fn a_valid_config_prints_toml_with_the_password_masked_and_exits_0() {
 }
 
 #[test]
-fn an_unknown_key_exits_1_with_one_line_naming_key_and_file() {
+fn an_unknown_key_exits_78_with_one_line_naming_key_and_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("local.toml"), "[delivery]\nmax_in_fligth = 5\n")
         .expect("write");
     let out = check_config(dir.path(), &[]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
     let stderr = text(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("delivery.max_in_fligth"), "{stderr}");
@@ -48,20 +48,20 @@ fn an_unknown_key_exits_1_with_one_line_naming_key_and_file() {
 }
 
 #[test]
-fn a_bad_env_value_exits_1_naming_the_variable() {
+fn a_bad_env_value_exits_78_naming_the_variable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = check_config(dir.path(), &[("SCRIPTD__DELIVERY__MAX_IN_FLIGHT", "0")]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
     let stderr = text(&out.stderr);
     assert!(stderr.contains("delivery.max_in_flight"), "{stderr}");
     assert!(stderr.contains("SCRIPTD__DELIVERY__MAX_IN_FLIGHT"), "{stderr}");
 }
 
 #[test]
-fn a_missing_config_directory_exits_1() {
+fn a_missing_config_directory_exits_78() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = check_config(&dir.path().join("absent"), &[]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
     assert!(text(&out.stderr).contains("does not exist"), "{}", text(&out.stderr));
 }
 
@@ -93,4 +93,34 @@ fn the_output_is_itself_a_valid_config() {
         text(&o.stdout).lines().filter(|l| !l.starts_with("# ")).collect::<Vec<_>>().join("\n")
     };
     assert_eq!(strip(&out), strip(&second));
+}
+
+#[test]
+fn run_with_a_config_error_exits_78_before_starting_anything() {
+    // systemd's RestartPreventExitStatus=78 relies on this: no restart loop on a bad key.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("local.toml"), "[mqtt]\nhots = \"broker\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_scriptd"))
+        .env_clear()
+        .arg("--config")
+        .arg(dir.path())
+        .arg("run")
+        .output()
+        .expect("run scriptd");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("mqtt.hots"), "{stderr}");
+}
+
+#[test]
+fn a_usage_error_stays_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_scriptd"))
+        .env_clear()
+        .arg("--config")
+        .arg(dir.path())
+        .args(["check-config", "--no-such-flag"])
+        .output()
+        .expect("run scriptd");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }

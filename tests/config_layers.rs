@@ -43,9 +43,11 @@ fn the_shipped_default_toml_loads_and_turns_the_embedded_broker_on() {
     let (s, sources) = Settings::load_from(&dir, env(&[])).expect("config/default.toml loads");
     assert!(s.mqtt.embedded_broker);
     assert_eq!(sources.files, vec![dir.join("default.toml")]);
-    // Apart from the embedded broker, default.toml restates the built-in defaults.
+    // Apart from the embedded broker (and the MQTT version it speaks), default.toml
+    // restates the built-in defaults.
     let mut expected = Settings::default();
     expected.mqtt.embedded_broker = true;
+    expected.mqtt.protocol = scriptd::settings::MqttProtocol::V311;
     assert_eq!(s, expected);
 }
 
@@ -84,11 +86,20 @@ fn env_vars_set_nested_keys_secrets_and_the_top_level_timezone() {
             ("SCRIPTD__MQTT__USERNAME", "u"),
             ("SCRIPTD__MQTT__PASSWORD", "007"),
             ("SCRIPTD__MQTT__EMBEDDED_BROKER", "true"),
+            ("SCRIPTD__MQTT__PROTOCOL", "3.1.1"),
             ("SCRIPTD__TIMEZONE", "Asia/Tashkent"),
             ("SCRIPTD__LOG__LEVEL", "debug,scriptd=trace"),
         ]),
     )
     .expect("loads");
+    // The embedded broker speaks 3.1.1 only: MQTT 5 (the default) with it names the key.
+    let err = Settings::load_from(dir.path(), env(&[("SCRIPTD__MQTT__EMBEDDED_BROKER", "true")]))
+        .expect_err("MQTT 5 with the embedded broker");
+    assert!(format!("{err:?}").contains("mqtt.protocol"), "{err:?}");
+    let err = Settings::load_from(dir.path(), env(&[("SCRIPTD__MQTT__PROTOCOL", "4")]))
+        .expect_err("an unknown MQTT version");
+    let err = format!("{err:?}");
+    assert!(err.contains("mqtt.protocol") && err.contains("got \\\"4\\\""), "{err}");
     assert_eq!(s.mqtt.password, Some(Secret::new("007")), "leading zeros kept");
     assert!(s.mqtt.embedded_broker);
     assert_eq!(s.timezone.tz().name(), "Asia/Tashkent");
