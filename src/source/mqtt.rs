@@ -111,7 +111,7 @@ pub struct MqttConnectOptions {
 
 impl MqttConnectOptions {
     /// Options with the defaults: keep alive 30 s, backoff 100 ms … 30 s, no credentials,
-    /// 100 publishes in flight.
+    /// 100 publishes in flight, MQTT 3.1.1.
     pub fn new(host: impl Into<String>, port: u16, client_id: impl Into<String>) -> Self {
         Self {
             host: host.into(),
@@ -123,7 +123,9 @@ impl MqttConnectOptions {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             inflight: 100,
-            protocol: Protocol::default(),
+            // The daemon sets `mqtt.protocol` (default 5); a connection made in code speaks
+            // 3.1.1 unless told otherwise, which every broker understands.
+            protocol: Protocol::V311,
         }
     }
 
