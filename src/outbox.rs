@@ -10,6 +10,8 @@
 //! | `pending` | not delivered yet; attempted again at `next_attempt_at` (unix ms) |
 //! | `sent` | delivered (the peer acknowledged it) |
 //! | `failed` | given up, with the reason in `last_error` |
+//! | `expired` | not done within `delivery.expire_after_seconds` of its channel, never sent (see [`expire`]) |
+//! | `coalesced` | replaced by a Telegram summary, whose `delivery_id` is in `last_error` |
 //!
 //! The row's id is the stable `delivery_id` of CONTRACT §5: `INSERT OR IGNORE` makes a
 //! redelivered occurrence add nothing. Rows with the same non-empty `lane` are attempted one
@@ -488,6 +490,44 @@ pub fn pending_summary(conn: &Connection) -> Result<(u64, Option<i64>), StoreErr
         })?)
 }
 
+/// Marks `expired` every pending row older than its channel's limit in `after` (seconds
+/// since the row was written, which is when its occurrence was received and matched; 0 =
+/// never), so [`due`] never returns it. Returns how many rows expired per channel
+/// (`push`, `telegram`, `webhook`), for the metrics. Run it right before [`due`], in the
+/// same [`Handoff::query`].
+///
+/// An attempt already in flight when its row expires is not stopped: if it succeeds,
+/// [`record`] turns the row `sent` (it was started in time), otherwise it stays `expired`.
+pub fn expire(
+    conn: &Connection,
+    now_ms: i64,
+    after: &crate::settings::ExpireAfter,
+) -> Result<Vec<(&'static str, usize)>, StoreError> {
+    let mut out = Vec::new();
+    for (channel, secs) in
+        [("push", after.push), ("telegram", after.telegram), ("webhook", after.webhook)]
+    {
+        if secs == 0 {
+            continue;
+        }
+        let cutoff = now_ms.saturating_sub(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX));
+        // Rows written before the outbox stored a target are pushes (see `target_of`).
+        let n = conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = 'expired', updated_at = ?3,
+                        last_error = 'expired: not delivered within ' || ?4 || ' s'
+                 WHERE state = 'pending' AND created_at < ?1
+                   AND COALESCE(CASE WHEN json_valid(target) THEN json_extract(target, '$.kind') END,
+                                'push') = ?2",
+            )?
+            .execute(params![cutoff, channel, now_ms, i64::try_from(secs).unwrap_or(i64::MAX)])?;
+        if n > 0 {
+            out.push((channel, n));
+        }
+    }
+    Ok(out)
+}
+
 /// What became of one attempt, as recorded on the row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -542,8 +582,9 @@ pub fn record(
             Recorded::Sent => tx
                 .prepare_cached(&format!(
                     "UPDATE deliveries SET state = 'sent', attempts = attempts + 1,
-                            updated_at = ?2
-                     WHERE {by} = ?1 AND state = 'pending'"
+                            updated_at = ?2,
+                            last_error = CASE WHEN state = 'expired' THEN NULL ELSE last_error END
+                     WHERE {by} = ?1 AND state IN ('pending', 'expired')"
                 ))?
                 .execute(params![key, now_ms])?,
             Recorded::Failed { reason } => tx
@@ -630,7 +671,7 @@ pub fn carry_over(conn: &mut Connection, carried: &Carried) -> Result<usize, Sto
     Ok(added)
 }
 
-/// Deletes up to `limit` finished (`sent` or `failed`) rows last updated before
+/// Deletes up to `limit` finished (`sent`, `failed`, `expired` or `coalesced`) rows last updated before
 /// `cutoff_ms`, in one short transaction. Returns how many were deleted; the caller repeats
 /// while it equals `limit`.
 pub fn prune(conn: &mut Connection, cutoff_ms: i64, limit: usize) -> Result<usize, StoreError> {
@@ -639,7 +680,7 @@ pub fn prune(conn: &mut Connection, cutoff_ms: i64, limit: usize) -> Result<usiz
         .prepare_cached(
             "DELETE FROM deliveries WHERE rowid IN (
             SELECT rowid FROM deliveries
-            WHERE state IN ('sent', 'failed') AND updated_at < ?1 LIMIT ?2)",
+            WHERE state <> 'pending' AND updated_at < ?1 LIMIT ?2)",
         )?
         .execute(params![cutoff_ms, i64::try_from(limit).unwrap_or(i64::MAX)])?;
     tx.commit()?;
@@ -683,5 +724,60 @@ mod tests {
         assert_eq!(target_of(SqlValue::Null, "sound", "7"), Ok(Target::Push { user_id: 7 }));
         assert!(target_of(SqlValue::Null, "webhook", "7").is_err());
         assert!(target_of(SqlValue::Integer(3), "sound", "7").is_err());
+    }
+
+    #[test]
+    fn expiry_ends_old_pending_rows_per_channel_and_a_late_success_still_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::migrate(&dir.path().join("t.db")).unwrap();
+        let mut writer = OutboxWriter::new(&store).unwrap();
+        let row = |id: &str, target: Target| NewDelivery {
+            id: id.into(),
+            occurrence_id: "o".into(),
+            script_id: 1,
+            reaction: "r".into(),
+            recipient: "x".into(),
+            lane: String::new(),
+            payload: "{}".into(),
+            target,
+        };
+        let tg = Target::Telegram {
+            bot_token: Secret::new("1:t"),
+            chat_id: "5".into(),
+            text: "t".into(),
+            photo_url: None,
+        };
+        let hook = Target::Webhook { url: "http://127.0.0.1:1/".into(), secret: None };
+        let t0 = 1_000_000;
+        writer
+            .enqueue(&[row("p", Target::Push { user_id: 1 }), row("t", tg), row("w", hook)], t0)
+            .unwrap();
+        let mut conn = store.connect().unwrap();
+        let after = crate::settings::ExpireAfter { push: 300, telegram: 900, webhook: 0 };
+        // 300 s old: nothing yet (strictly older than the limit expires).
+        assert!(expire(&conn, t0 + 300_000, &after).unwrap().is_empty());
+        assert_eq!(expire(&conn, t0 + 300_001, &after).unwrap(), vec![("push", 1)]);
+        let due_ids = |c: &Conn, now| -> Vec<String> {
+            due(c, now, 10).unwrap().into_iter().map(|r| r.id).collect()
+        };
+        assert_eq!(due_ids(&conn, t0 + 300_001), ["t", "w"]);
+        // Telegram after 900 s; webhooks never.
+        assert_eq!(expire(&conn, t0 + 10_000_000, &after).unwrap(), vec![("telegram", 1)]);
+        assert_eq!(due_ids(&conn, t0 + 10_000_000), ["w"]);
+        let state = |c: &Conn, id: &str| -> String {
+            c.query_row("SELECT state FROM deliveries WHERE id = ?1", [id], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(state(&conn, "p"), "expired");
+        // An attempt started before the expiry that succeeds afterwards is recorded sent.
+        record(&mut conn, &[(RowRef::Id("t".into()), Recorded::Sent)], t0 + 10_000_001).unwrap();
+        assert_eq!(state(&conn, "t"), "sent");
+        // A failure after the expiry leaves it expired.
+        record(
+            &mut conn,
+            &[(RowRef::Id("p".into()), Recorded::Failed { reason: "x".into() })],
+            t0 + 10_000_001,
+        )
+        .unwrap();
+        assert_eq!(state(&conn, "p"), "expired");
     }
 }

@@ -651,8 +651,16 @@ impl Loop {
         let limit = free + self.in_flight.len();
         let now = now_ms();
         let handoff = self.handoff.clone();
-        let rows = match with_db(&db, move |c| handoff.query(|| outbox::due(c, now, limit))).await {
-            Ok(rows) => rows,
+        let expire_after = self.live.load().expire_after;
+        let rows = match with_db(&db, move |c| {
+            handoff.query(|| Ok((outbox::expire(c, now, &expire_after)?, outbox::due(c, now, limit)?)))
+        })
+        .await
+        {
+            Ok((expired, rows)) => {
+                telemetry::count_expired(&expired);
+                rows
+            }
             Err(e) => {
                 self.db_failed("claim", &e);
                 return None;
