@@ -168,6 +168,35 @@ pub struct NewDelivery {
     pub target: Target,
 }
 
+/// A script's firing on a camera, kept as its cooldown state (table `cooldowns`): written
+/// by [`OutboxWriter::enqueue_with_cooldowns`] in the same transaction as the deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fired {
+    /// The script.
+    pub script_id: i64,
+    /// The camera.
+    pub camera_id: i64,
+    /// The firing occurrence's `occurred_at`, unix ms.
+    pub occurred_at_ms: i64,
+    /// The firing occurrence's id (its redelivery is a duplicate, not a suppressed one).
+    pub occurrence_id: String,
+}
+
+/// Every stored cooldown state, for the intake's cache at start.
+pub fn load_cooldowns(conn: &Connection) -> Result<Vec<Fired>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT script_id, camera, fired_at, occurrence_id FROM cooldowns")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Fired {
+            script_id: r.get(0)?,
+            camera_id: lossy_text(r.get(1)?).parse().unwrap_or(0),
+            occurred_at_ms: r.get(2)?,
+            occurrence_id: lossy_text(r.get(3)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Writes deliveries into the outbox over its own connection.
 ///
 /// ```
@@ -232,7 +261,18 @@ impl OutboxWriter {
         deliveries: &[NewDelivery],
         now_ms: i64,
     ) -> Result<usize, StoreError> {
-        if deliveries.is_empty() {
+        self.enqueue_with_cooldowns(deliveries, &[], now_ms)
+    }
+
+    /// [`Self::enqueue`], also storing the cooldown states in `fired` (one row per script
+    /// and camera, replaced) in the same transaction.
+    pub fn enqueue_with_cooldowns(
+        &mut self,
+        deliveries: &[NewDelivery],
+        fired: &[Fired],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        if deliveries.is_empty() && fired.is_empty() {
             return Ok(0);
         }
         self.release_replaced_file();
@@ -242,7 +282,7 @@ impl OutboxWriter {
         };
         let epoch = conn.epoch();
         let staleness = conn.staleness();
-        let result = Self::write(conn, &self.handoff, &staleness, epoch, deliveries, now_ms);
+        let result = Self::write(conn, &self.handoff, &staleness, epoch, deliveries, fired, now_ms);
         if matches!(result, Err(StoreError::Replaced)) {
             self.conn = None;
         }
@@ -262,9 +302,26 @@ impl OutboxWriter {
         staleness: &Staleness,
         epoch: u64,
         deliveries: &[NewDelivery],
+        fired: &[Fired],
         now_ms: i64,
     ) -> Result<usize, StoreError> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if !fired.is_empty() {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO cooldowns (script_id, camera, fired_at, occurrence_id)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (script_id, camera) DO UPDATE
+                 SET fired_at = excluded.fired_at, occurrence_id = excluded.occurrence_id",
+            )?;
+            for f in fired {
+                stmt.execute(params![
+                    f.script_id,
+                    f.camera_id.to_string(),
+                    f.occurred_at_ms,
+                    f.occurrence_id
+                ])?;
+            }
+        }
         let mut added = 0;
         let mut fresh = Vec::new();
         let mut db_only = false;
@@ -510,7 +567,8 @@ pub fn expire(
         if secs == 0 {
             continue;
         }
-        let cutoff = now_ms.saturating_sub(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX));
+        let cutoff =
+            now_ms.saturating_sub(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX));
         // Rows written before the outbox stored a target are pushes (see `target_of`).
         let n = conn
             .prepare_cached(

@@ -653,7 +653,8 @@ impl Loop {
         let handoff = self.handoff.clone();
         let expire_after = self.live.load().expire_after;
         let rows = match with_db(&db, move |c| {
-            handoff.query(|| Ok((outbox::expire(c, now, &expire_after)?, outbox::due(c, now, limit)?)))
+            handoff
+                .query(|| Ok((outbox::expire(c, now, &expire_after)?, outbox::due(c, now, limit)?)))
         })
         .await
         {
