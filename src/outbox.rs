@@ -586,6 +586,94 @@ pub fn expire(
     Ok(out)
 }
 
+/// Telegram coalescing, run on a Telegram row about to be attempted (`head`, its lane's
+/// head): when the lane (one bot and chat) holds more pending rows of the same script, they
+/// end `coalesced` with `coalesced_into` = the head's delivery id, and the head's text
+/// becomes a summary of itself and every row coalesced into it so far (title, count,
+/// cameras, first and last time, read from the rows' payloads). One transaction: after a
+/// crash either nothing changed or the head is a pending summary, so nothing is lost or
+/// sent twice. `head.target` is updated. Returns how many rows were coalesced now.
+pub fn coalesce(
+    conn: &mut Connection,
+    head: &mut Claimed,
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    let Ok(Target::Telegram { bot_token, chat_id, .. }) = &head.target else {
+        return Ok(0);
+    };
+    if head.lane.is_empty() {
+        return Ok(0);
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let script: Option<i64> = tx
+        .query_row(
+            "SELECT script_id FROM deliveries WHERE id = ?1 AND state = 'pending'",
+            [&head.id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(script) = script else { return Ok(0) };
+    let n = tx
+        .prepare_cached(
+            "UPDATE deliveries SET state = 'coalesced', coalesced_into = ?1, updated_at = ?2
+             WHERE state = 'pending' AND lane = ?3 AND script_id = ?4 AND id <> ?1
+               AND rowid > (SELECT rowid FROM deliveries WHERE id = ?1)",
+        )?
+        .execute(params![head.id, now_ms, head.lane, script])?;
+    if n == 0 {
+        return Ok(0);
+    }
+    let payloads: Vec<String> = tx
+        .prepare_cached(
+            "SELECT payload FROM deliveries WHERE id = ?1
+             UNION ALL
+             SELECT payload FROM (SELECT payload FROM deliveries
+                                  WHERE state = 'coalesced' AND coalesced_into = ?1 ORDER BY rowid)",
+        )?
+        .query_map([&head.id], |r| Ok(lossy_text(r.get(0)?)))?
+        .collect::<Result<_, _>>()?;
+    let text = summary_of(&payloads);
+    let target = Target::Telegram {
+        bot_token: bot_token.clone(),
+        chat_id: chat_id.clone(),
+        text,
+        photo_url: None,
+    };
+    tx.prepare_cached("UPDATE deliveries SET target = ?2, updated_at = ?3 WHERE id = ?1")?
+        .execute(params![head.id, target.to_json(), now_ms])?;
+    tx.commit()?;
+    head.target = Ok(target);
+    Ok(n)
+}
+
+/// The summary text of the payloads of coalesced deliveries (CONTRACT §5 push payloads).
+fn summary_of(payloads: &[String]) -> String {
+    let mut title = String::new();
+    let mut cameras: Vec<i64> = Vec::new();
+    let mut times: Vec<String> = Vec::new();
+    for p in payloads {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(p) else { continue };
+        if title.is_empty() {
+            title =
+                v.pointer("/script/title").and_then(|t| t.as_str()).unwrap_or_default().to_owned();
+        }
+        if let Some(c) = v.get("camera_id").and_then(|c| c.as_i64()) {
+            if !cameras.contains(&c) {
+                cameras.push(c);
+            }
+        }
+        if let Some(t) = v.get("occurred_at").and_then(|t| t.as_str()) {
+            times.push(t.to_owned());
+        }
+    }
+    times.sort_by_key(|t| {
+        chrono::DateTime::parse_from_rfc3339(t).map(|d| d.timestamp_millis()).unwrap_or(0)
+    });
+    let first = times.first().cloned().unwrap_or_default();
+    let last = times.last().cloned().unwrap_or_default();
+    crate::dispatch::telegram::summary_text(&title, payloads.len(), &cameras, &first, &last)
+}
+
 /// What became of one attempt, as recorded on the row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -837,5 +925,73 @@ mod tests {
         )
         .unwrap();
         assert_eq!(state(&conn, "p"), "expired");
+    }
+
+    #[test]
+    fn coalescing_replaces_a_chats_queued_messages_of_one_script_with_a_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::migrate(&dir.path().join("t.db")).unwrap();
+        let mut writer = OutboxWriter::new(&store).unwrap();
+        let tg = |id: &str, script: i64, camera: i64, at: &str| NewDelivery {
+            id: id.into(),
+            occurrence_id: id.into(),
+            script_id: script,
+            reaction: "telegram-message".into(),
+            recipient: "5".into(),
+            lane: "tg:x:5".into(),
+            payload: serde_json::json!({
+                "script": {"id": script, "title": format!("Line {script}")},
+                "camera_id": camera,
+                "occurred_at": at,
+            })
+            .to_string(),
+            target: Target::Telegram {
+                bot_token: Secret::new("1:t"),
+                chat_id: "5".into(),
+                text: id.into(),
+                photo_url: None,
+            },
+        };
+        writer
+            .enqueue(
+                &[
+                    tg("a", 1, 7, "2026-01-01T10:00:00Z"),
+                    tg("b", 1, 8, "2026-01-01T10:00:01Z"),
+                    tg("c", 2, 7, "2026-01-01T10:00:02Z"),
+                    tg("d", 1, 7, "2026-01-01T10:00:03Z"),
+                ],
+                1,
+            )
+            .unwrap();
+        let mut conn = store.connect().unwrap();
+        let mut head = due(&conn, 10, 10).unwrap().remove(0);
+        assert_eq!(head.id, "a");
+        assert_eq!(coalesce(&mut conn, &mut head, 10).unwrap(), 2);
+        let Ok(Target::Telegram { text, .. }) = &head.target else { panic!("not telegram") };
+        assert_eq!(
+            text,
+            "Line 1\n3 occurrences\nCameras: 7, 8\nFirst: 2026-01-01T10:00:00Z\nLast: 2026-01-01T10:00:03Z"
+        );
+        let rows: Vec<(String, String, Option<String>)> = conn
+            .prepare("SELECT id, state, coalesced_into FROM deliveries ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let a = Some("a".to_owned());
+        assert_eq!(
+            rows,
+            [
+                ("a".into(), "pending".into(), None),
+                ("b".into(), "coalesced".into(), a.clone()),
+                ("c".into(), "pending".into(), None),
+                ("d".into(), "coalesced".into(), a),
+            ]
+        );
+        // The stored head is the summary (a crash before the attempt sends the summary).
+        assert_eq!(due(&conn, 10, 10).unwrap()[0].target, head.target);
+        // Nothing more to coalesce: the head is unchanged.
+        assert_eq!(coalesce(&mut conn, &mut head, 11).unwrap(), 0);
     }
 }

@@ -652,9 +652,17 @@ impl Loop {
         let now = now_ms();
         let handoff = self.handoff.clone();
         let expire_after = self.live.load().expire_after;
+        // A lane's head in flight is not rewritten under its attempt.
+        let busy = self.busy_lanes.clone();
         let rows = match with_db(&db, move |c| {
-            handoff
-                .query(|| Ok((outbox::expire(c, now, &expire_after)?, outbox::due(c, now, limit)?)))
+            handoff.query(|| {
+                let expired = outbox::expire(c, now, &expire_after)?;
+                let mut rows = outbox::due(c, now, limit)?;
+                for row in rows.iter_mut().filter(|r| !busy.contains(&r.lane)) {
+                    outbox::coalesce(c, row, now)?;
+                }
+                Ok((expired, rows))
+            })
         })
         .await
         {

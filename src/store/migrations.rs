@@ -154,7 +154,8 @@ BEGIN UPDATE scripts_version SET version = version + 1; END;
 /// cannot change a CHECK, so the table is rebuilt with the same columns, rowids and
 /// indexes); the cooldown state, one row per script and camera holding the `occurred_at`
 /// (unix ms) and id of the last occurrence that fired, written in the intake's outbox
-/// transaction; and an index for the expiry sweep over pending rows.
+/// transaction; `coalesced_into`, the summary's delivery id of a `coalesced` row; and an
+/// index for the expiry sweep over pending rows.
 const V4: &str = r#"
 CREATE TABLE deliveries_v4 (
   id TEXT PRIMARY KEY,
@@ -170,7 +171,8 @@ CREATE TABLE deliveries_v4 (
   last_error TEXT,
   created_at INTEGER NOT NULL,
   updated_at INTEGER NOT NULL,
-  target TEXT
+  target TEXT,
+  coalesced_into TEXT
 );
 INSERT INTO deliveries_v4 (rowid, id, occurrence_id, script_id, reaction, recipient, lane,
     payload, state, attempts, next_attempt_at, last_error, created_at, updated_at, target)
