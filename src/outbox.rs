@@ -570,14 +570,23 @@ pub fn expire(
         let cutoff =
             now_ms.saturating_sub(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX));
         // Rows written before the outbox stored a target are pushes (see `target_of`).
+        const OF_CHANNEL: &str = "state = 'pending' AND created_at < ?1
+            AND COALESCE(CASE WHEN json_valid(target) THEN json_extract(target, '$.kind') END,
+                         'push') = ?2";
+        // Read first: the usual answer is "none", and a read needs no write lock (another
+        // writer holding it must not stop the dispatcher).
+        let any: bool = conn
+            .prepare_cached(&format!("SELECT EXISTS(SELECT 1 FROM deliveries WHERE {OF_CHANNEL})"))?
+            .query_row(params![cutoff, channel], |r| r.get(0))?;
+        if !any {
+            continue;
+        }
         let n = conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "UPDATE deliveries SET state = 'expired', updated_at = ?3,
                         last_error = 'expired: not delivered within ' || ?4 || ' s'
-                 WHERE state = 'pending' AND created_at < ?1
-                   AND COALESCE(CASE WHEN json_valid(target) THEN json_extract(target, '$.kind') END,
-                                'push') = ?2",
-            )?
+                 WHERE {OF_CHANNEL}"
+            ))?
             .execute(params![cutoff, channel, now_ms, i64::try_from(secs).unwrap_or(i64::MAX)])?;
         if n > 0 {
             out.push((channel, n));
@@ -602,6 +611,17 @@ pub fn coalesce(
         return Ok(0);
     };
     if head.lane.is_empty() {
+        return Ok(0);
+    }
+    // Read first: usually there is nothing to coalesce, and a read needs no write lock.
+    let more: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM deliveries d JOIN deliveries h ON h.id = ?1
+             WHERE d.state = 'pending' AND d.lane = ?2 AND d.script_id = h.script_id
+               AND d.rowid > h.rowid)",
+        )?
+        .query_row(params![head.id, head.lane], |r| r.get(0))?;
+    if !more {
         return Ok(0);
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
