@@ -677,10 +677,10 @@ fn summary_of(payloads: &[String]) -> String {
             title =
                 v.pointer("/script/title").and_then(|t| t.as_str()).unwrap_or_default().to_owned();
         }
-        if let Some(c) = v.get("camera_id").and_then(|c| c.as_i64()) {
-            if !cameras.contains(&c) {
-                cameras.push(c);
-            }
+        if let Some(c) = v.get("camera_id").and_then(|c| c.as_i64())
+            && !cameras.contains(&c)
+        {
+            cameras.push(c);
         }
         if let Some(t) = v.get("occurred_at").and_then(|t| t.as_str()) {
             times.push(t.to_owned());
