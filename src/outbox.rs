@@ -601,7 +601,9 @@ pub fn expire(
 /// becomes a summary of itself and every row coalesced into it so far (title, count,
 /// cameras, first and last time, read from the rows' payloads). One transaction: after a
 /// crash either nothing changed or the head is a pending summary, so nothing is lost or
-/// sent twice. `head.target` is updated. Returns how many rows were coalesced now.
+/// sent twice. `head.target` is updated, and the head's `created_at` becomes the newest
+/// coalesced row's (the summary expires with its newest occurrence, see [`expire`]).
+/// Returns how many rows were coalesced now.
 pub fn coalesce(
     conn: &mut Connection,
     head: &mut Claimed,
@@ -659,8 +661,14 @@ pub fn coalesce(
         text,
         photo_url: None,
     };
-    tx.prepare_cached("UPDATE deliveries SET target = ?2, updated_at = ?3 WHERE id = ?1")?
-        .execute(params![head.id, target.to_json(), now_ms])?;
+    // The summary reports the newest occurrence: it expires with it, not with the oldest.
+    tx.prepare_cached(
+        "UPDATE deliveries SET target = ?2, updated_at = ?3,
+                created_at = MAX(created_at, (SELECT MAX(created_at) FROM deliveries
+                                              WHERE state = 'coalesced' AND coalesced_into = ?1))
+         WHERE id = ?1",
+    )?
+    .execute(params![head.id, target.to_json(), now_ms])?;
     tx.commit()?;
     head.target = Ok(target);
     Ok(n)

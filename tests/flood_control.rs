@@ -11,7 +11,7 @@ use serde_json::json;
 use support::TestClient;
 use support::daemon::{Daemon, DaemonOptions, occurrence, script};
 use support::mosquitto::Mosquitto;
-use support::telegram_stub::TelegramStub;
+use support::telegram_stub::{Answer, TelegramStub};
 
 const TELEGRAM: i64 = 1;
 const LINE: i64 = 5;
@@ -163,6 +163,59 @@ async fn the_cooldown_holds_per_camera_across_a_restart_and_a_replay() {
     let metrics = d.metrics().await;
     assert!(
         metrics.contains("scriptd_occurrences_suppressed_total{reason=\"cooldown\"}"),
+        "{metrics}"
+    );
+}
+
+/// The Bot API down (every request to the chat answered 500) while the pushes' broker is
+/// up, with `delivery.expire_after_seconds.telegram` scaled from 900 s down to 6 s: the
+/// delivery older than that when the API returns ends `expired` and is never sent, the
+/// younger one is sent. Same dispatcher code paths as 900 s, only shorter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telegram_deliveries_older_than_their_expiry_are_never_sent_late() {
+    let broker = Mosquitto::start().await;
+    let stub = TelegramStub::start().await;
+    let mut opts = options(&broker, &stub);
+    opts.env.extend([
+        ("SCRIPTD__DELIVERY__EXPIRE_AFTER_SECONDS__TELEGRAM".to_owned(), "6".to_owned()),
+        ("SCRIPTD__DELIVERY__BACKOFF_MAX_MS".to_owned(), "500".to_owned()),
+    ]);
+    let d = Daemon::start(opts).await;
+    let mut body = script("zone", TELEGRAM, LINE, &[1], all_day());
+    body["extra"] = json!({"bot_token": "123456:down", "chat_id": "79"});
+    let id = d.create_script(&body).await["id"].as_i64().expect("script id");
+    for _ in 0..200 {
+        stub.answer_for_chat("79", Answer::ServerError);
+    }
+    let vms = TestClient::connect(broker.port(), "vms-down").await;
+    vms.publish("vms/analytics/events/1", occurrence("old", LINE, 7, &at(0))).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    vms.publish("vms/analytics/events/1", occurrence("young", LINE, 8, &at(60))).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The API is back.
+    stub.clear_answers();
+    let mut ok = Vec::new();
+    for _ in 0..100 {
+        ok = stub.recorded().into_iter().filter(|r| r.answer == Answer::Ok).collect();
+        if !ok.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ok: Vec<String> = stub
+        .recorded()
+        .into_iter()
+        .filter(|r| r.answer == Answer::Ok)
+        .map(|r| r.text.unwrap_or_default())
+        .collect();
+    assert_eq!(ok.len(), 1, "{ok:?}");
+    assert!(ok[0].contains("Camera: 8"), "the young one is sent: {ok:?}");
+    let s = states(&d, id);
+    assert_eq!((s.get("expired"), s.get("sent")), (Some(&1), Some(&1)), "{s:?}");
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains("scriptd_deliveries_expired_total{channel=\"telegram\"} 1"),
         "{metrics}"
     );
 }
