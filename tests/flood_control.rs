@@ -105,6 +105,9 @@ async fn a_burst_to_one_chat_is_coalesced_to_its_rate() {
     assert_eq!(finished.keys().cloned().collect::<Vec<_>>(), ["coalesced", "sent"], "{finished:?}");
     assert_eq!(finished.values().sum::<usize>(), 100);
     assert_eq!(finished["sent"], stub.recorded().len());
+    let metrics = d.metrics().await;
+    let line = format!("scriptd_deliveries_coalesced_total {}", finished["coalesced"]);
+    assert!(metrics.contains(&line), "{line} not in {metrics}");
 }
 
 /// `cooldown_seconds = 10`, occurrences every 0.5 s for 25 s on cameras 7 and 8: three

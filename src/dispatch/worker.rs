@@ -658,16 +658,18 @@ impl Loop {
             handoff.query(|| {
                 let expired = outbox::expire(c, now, &expire_after)?;
                 let mut rows = outbox::due(c, now, limit)?;
+                let mut coalesced = 0;
                 for row in rows.iter_mut().filter(|r| !busy.contains(&r.lane)) {
-                    outbox::coalesce(c, row, now)?;
+                    coalesced += outbox::coalesce(c, row, now)?;
                 }
-                Ok((expired, rows))
+                Ok((expired, coalesced, rows))
             })
         })
         .await
         {
-            Ok((expired, rows)) => {
+            Ok((expired, coalesced, rows)) => {
                 telemetry::count_expired(&expired);
+                metrics::counter!(telemetry::DELIVERIES_COALESCED).increment(coalesced as u64);
                 rows
             }
             Err(e) => {
