@@ -1163,6 +1163,7 @@ impl Settings {
         s.delivery.backoff_initial_ms = newer.delivery.backoff_initial_ms;
         s.delivery.backoff_max_ms = newer.delivery.backoff_max_ms;
         s.delivery.retention_hours = newer.delivery.retention_hours;
+        s.delivery.expire_after_seconds = newer.delivery.expire_after_seconds;
         s
     }
 
@@ -1186,6 +1187,12 @@ impl Settings {
                 for (k, v) in fields {
                     match v {
                         serde_json::Value::Null => out.push_str(&format!("# {k} is unset\n")),
+                        // A sub-table of scalars (`delivery.expire_after_seconds`): inline.
+                        serde_json::Value::Object(sub) => {
+                            let inner: Vec<String> =
+                                sub.iter().map(|(sk, sv)| format!("{sk} = {sv}")).collect();
+                            out.push_str(&format!("{k} = {{ {} }}\n", inner.join(", ")));
+                        }
                         // JSON scalars and strings are valid TOML scalars and basic strings.
                         _ => out.push_str(&format!("{k} = {v}\n")),
                     }
@@ -1457,7 +1464,7 @@ mod tests {
         let old = Settings::default();
         let new = all_changed();
         let all = old.changed_keys(&new);
-        assert_eq!(all.len(), 1 + 3 + 13 + 1 + 6 + 1 + 2 + 12 + 2, "{all:?}");
+        assert_eq!(all.len(), 1 + 3 + 13 + 1 + 6 + 1 + 2 + 12 + 3 + 2, "{all:?}");
         let running = old.with_live_from(&new);
         let applied = old.changed_keys(&running);
         let pending = running.changed_keys(&new);

@@ -34,6 +34,8 @@ pub const DELIVERIES: &str = "scriptd_deliveries_total";
 /// Counter: deliveries that ended `expired` (not done within
 /// `delivery.expire_after_seconds`), by [`LABEL_CHANNEL`].
 pub const DELIVERIES_EXPIRED: &str = "scriptd_deliveries_expired_total";
+/// Counter: Telegram deliveries that ended `coalesced` (replaced by a summary).
+pub const DELIVERIES_COALESCED: &str = "scriptd_deliveries_coalesced_total";
 /// Counter: occurrences of a script on a camera that produced no delivery, by
 /// [`LABEL_REASON`] (`cooldown`).
 pub const OCCURRENCES_SUPPRESSED: &str = "scriptd_occurrences_suppressed_total";
@@ -174,6 +176,11 @@ pub fn describe() {
         "Deliveries expired unsent (delivery.expire_after_seconds), by channel."
     );
     describe_counter!(
+        DELIVERIES_COALESCED,
+        Unit::Count,
+        "Telegram deliveries replaced by a summary message."
+    );
+    describe_counter!(
         OCCURRENCES_SUPPRESSED,
         Unit::Count,
         "Script firings suppressed, by reason (cooldown)."
@@ -242,6 +249,7 @@ pub fn describe() {
         metrics::counter!(DELIVERIES_EXPIRED, LABEL_CHANNEL => channel).increment(0);
     }
     metrics::counter!(OCCURRENCES_SUPPRESSED, LABEL_REASON => REASON_COOLDOWN).increment(0);
+    metrics::counter!(DELIVERIES_COALESCED).increment(0);
 }
 
 /// Counts deliveries expired per channel, as returned by [`crate::outbox::expire`].

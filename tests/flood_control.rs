@@ -105,6 +105,9 @@ async fn a_burst_to_one_chat_is_coalesced_to_its_rate() {
     assert_eq!(finished.keys().cloned().collect::<Vec<_>>(), ["coalesced", "sent"], "{finished:?}");
     assert_eq!(finished.values().sum::<usize>(), 100);
     assert_eq!(finished["sent"], stub.recorded().len());
+    let metrics = d.metrics().await;
+    let line = format!("scriptd_deliveries_coalesced_total {}", finished["coalesced"]);
+    assert!(metrics.contains(&line), "{line} not in {metrics}");
 }
 
 /// `cooldown_seconds = 10`, occurrences every 0.5 s for 25 s on cameras 7 and 8: three
@@ -194,10 +197,8 @@ async fn telegram_deliveries_older_than_their_expiry_are_never_sent_late() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     // The API is back.
     stub.clear_answers();
-    let mut ok = Vec::new();
     for _ in 0..100 {
-        ok = stub.recorded().into_iter().filter(|r| r.answer == Answer::Ok).collect();
-        if !ok.is_empty() {
+        if stub.recorded().iter().any(|r| r.answer == Answer::Ok) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

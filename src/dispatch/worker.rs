@@ -786,16 +786,18 @@ impl Loop {
                     .iter()
                     .map(|(channel, limit)| outbox::due_in(c, *channel, now, *limit))
                     .collect::<Result<Vec<_>, _>>()?;
+                let mut coalesced = 0;
                 for row in found.iter_mut().flatten().filter(|r| !busy.contains(&r.lane)) {
-                    outbox::coalesce(c, row, now)?;
+                    coalesced += outbox::coalesce(c, row, now)?;
                 }
-                Ok((expired, found))
+                Ok((expired, coalesced, found))
             })
         })
         .await;
         let found = match found {
-            Ok((expired, found)) => {
+            Ok((expired, coalesced, found)) => {
                 telemetry::count_expired(&expired);
+                metrics::counter!(telemetry::DELIVERIES_COALESCED).increment(coalesced as u64);
                 found
             }
             Err(e) => {
