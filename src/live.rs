@@ -58,6 +58,9 @@ pub struct Extra {
     pub url: Option<String>,
     /// Webhook signing secret (`webhook`).
     pub secret: Option<Secret>,
+    /// Seconds after a firing on a camera during which the script stays silent on that
+    /// camera (any reaction); 0 = no cooldown.
+    pub cooldown_seconds: u32,
 }
 
 impl Extra {
@@ -67,6 +70,7 @@ impl Extra {
             && self.chat_id.is_none()
             && self.url.is_none()
             && self.secret.is_none()
+            && self.cooldown_seconds == 0
     }
 }
 
@@ -503,6 +507,11 @@ fn extra_of(extra: &serde_json::Map<String, Value>) -> Extra {
         chat_id: text("chat_id"),
         url: text("url"),
         secret: text("secret").map(Secret::new),
+        cooldown_seconds: extra
+            .get("cooldown_seconds")
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0),
     }
 }
 

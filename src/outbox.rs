@@ -10,6 +10,8 @@
 //! | `pending` | not delivered yet; attempted again at `next_attempt_at` (unix ms) |
 //! | `sent` | delivered (the peer acknowledged it) |
 //! | `failed` | given up, with the reason in `last_error` |
+//! | `expired` | not done within `delivery.expire_after_seconds` of its channel, never sent (see [`expire`]) |
+//! | `coalesced` | replaced by a Telegram summary, whose `delivery_id` is in `last_error` |
 //!
 //! The row's id is the stable `delivery_id` of CONTRACT §5: `INSERT OR IGNORE` makes a
 //! redelivered occurrence add nothing. Rows with the same non-empty `lane` are attempted one
@@ -219,6 +221,35 @@ pub struct NewDelivery {
     pub target: Target,
 }
 
+/// A script's firing on a camera, kept as its cooldown state (table `cooldowns`): written
+/// by [`OutboxWriter::enqueue_with_cooldowns`] in the same transaction as the deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fired {
+    /// The script.
+    pub script_id: i64,
+    /// The camera.
+    pub camera_id: i64,
+    /// The firing occurrence's `occurred_at`, unix ms.
+    pub occurred_at_ms: i64,
+    /// The firing occurrence's id (its redelivery is a duplicate, not a suppressed one).
+    pub occurrence_id: String,
+}
+
+/// Every stored cooldown state, for the intake's cache at start.
+pub fn load_cooldowns(conn: &Connection) -> Result<Vec<Fired>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT script_id, camera, fired_at, occurrence_id FROM cooldowns")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Fired {
+            script_id: r.get(0)?,
+            camera_id: lossy_text(r.get(1)?).parse().unwrap_or(0),
+            occurred_at_ms: r.get(2)?,
+            occurrence_id: lossy_text(r.get(3)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Writes deliveries into the outbox over its own connection.
 ///
 /// ```
@@ -283,7 +314,18 @@ impl OutboxWriter {
         deliveries: &[NewDelivery],
         now_ms: i64,
     ) -> Result<usize, StoreError> {
-        if deliveries.is_empty() {
+        self.enqueue_with_cooldowns(deliveries, &[], now_ms)
+    }
+
+    /// [`Self::enqueue`], also storing the cooldown states in `fired` (one row per script
+    /// and camera, replaced) in the same transaction.
+    pub fn enqueue_with_cooldowns(
+        &mut self,
+        deliveries: &[NewDelivery],
+        fired: &[Fired],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        if deliveries.is_empty() && fired.is_empty() {
             return Ok(0);
         }
         self.release_replaced_file();
@@ -293,7 +335,7 @@ impl OutboxWriter {
         };
         let epoch = conn.epoch();
         let staleness = conn.staleness();
-        let result = Self::write(conn, &self.handoff, &staleness, epoch, deliveries, now_ms);
+        let result = Self::write(conn, &self.handoff, &staleness, epoch, deliveries, fired, now_ms);
         if matches!(result, Err(StoreError::Replaced)) {
             self.conn = None;
         }
@@ -313,9 +355,26 @@ impl OutboxWriter {
         staleness: &Staleness,
         epoch: u64,
         deliveries: &[NewDelivery],
+        fired: &[Fired],
         now_ms: i64,
     ) -> Result<usize, StoreError> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if !fired.is_empty() {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO cooldowns (script_id, camera, fired_at, occurrence_id)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (script_id, camera) DO UPDATE
+                 SET fired_at = excluded.fired_at, occurrence_id = excluded.occurrence_id",
+            )?;
+            for f in fired {
+                stmt.execute(params![
+                    f.script_id,
+                    f.camera_id.to_string(),
+                    f.occurred_at_ms,
+                    f.occurrence_id
+                ])?;
+            }
+        }
         let mut added = 0;
         let mut fresh = Vec::new();
         let mut laned = false;
@@ -595,6 +654,161 @@ pub fn pending_summary(conn: &Connection) -> Result<(u64, Option<i64>), StoreErr
         })?)
 }
 
+/// Marks `expired` every pending row older than its channel's limit in `after` (seconds
+/// since the row was written, which is when its occurrence was received and matched; 0 =
+/// never), so [`due`] never returns it. Returns how many rows expired per channel
+/// (`push`, `telegram`, `webhook`), for the metrics. Run it right before [`due`], in the
+/// same [`Handoff::query`].
+///
+/// An attempt already in flight when its row expires is not stopped: if it succeeds,
+/// [`record`] turns the row `sent` (it was started in time), otherwise it stays `expired`.
+pub fn expire(
+    conn: &Connection,
+    now_ms: i64,
+    after: &crate::settings::ExpireAfter,
+) -> Result<Vec<(&'static str, usize)>, StoreError> {
+    let mut out = Vec::new();
+    for (channel, secs) in
+        [("push", after.push), ("telegram", after.telegram), ("webhook", after.webhook)]
+    {
+        if secs == 0 {
+            continue;
+        }
+        let cutoff =
+            now_ms.saturating_sub(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX));
+        // Rows written before the outbox stored a target are pushes (see `target_of`).
+        const OF_CHANNEL: &str = "state = 'pending' AND created_at < ?1
+            AND COALESCE(CASE WHEN json_valid(target) THEN json_extract(target, '$.kind') END,
+                         'push') = ?2";
+        // Read first: the usual answer is "none", and a read needs no write lock (another
+        // writer holding it must not stop the dispatcher).
+        let any: bool = conn
+            .prepare_cached(&format!("SELECT EXISTS(SELECT 1 FROM deliveries WHERE {OF_CHANNEL})"))?
+            .query_row(params![cutoff, channel], |r| r.get(0))?;
+        if !any {
+            continue;
+        }
+        let n = conn
+            .prepare_cached(&format!(
+                "UPDATE deliveries SET state = 'expired', updated_at = ?3,
+                        last_error = 'expired: not delivered within ' || ?4 || ' s'
+                 WHERE {OF_CHANNEL}"
+            ))?
+            .execute(params![cutoff, channel, now_ms, i64::try_from(secs).unwrap_or(i64::MAX)])?;
+        if n > 0 {
+            out.push((channel, n));
+        }
+    }
+    Ok(out)
+}
+
+/// Telegram coalescing, run on a Telegram row about to be attempted (`head`, its lane's
+/// head): when the lane (one bot and chat) holds more pending rows of the same script, they
+/// end `coalesced` with `coalesced_into` = the head's delivery id, and the head's text
+/// becomes a summary of itself and every row coalesced into it so far (title, count,
+/// cameras, first and last time, read from the rows' payloads). One transaction: after a
+/// crash either nothing changed or the head is a pending summary, so nothing is lost or
+/// sent twice. `head.target` is updated, and the head's `created_at` becomes the newest
+/// coalesced row's (the summary expires with its newest occurrence, see [`expire`]).
+/// Returns how many rows were coalesced now.
+pub fn coalesce(
+    conn: &mut Connection,
+    head: &mut Claimed,
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    let Ok(Target::Telegram { bot_token, chat_id, .. }) = &head.target else {
+        return Ok(0);
+    };
+    if head.lane.is_empty() {
+        return Ok(0);
+    }
+    // Read first: usually there is nothing to coalesce, and a read needs no write lock.
+    let more: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM deliveries d JOIN deliveries h ON h.id = ?1
+             WHERE d.state = 'pending' AND d.lane = ?2 AND d.script_id = h.script_id
+               AND d.rowid > h.rowid)",
+        )?
+        .query_row(params![head.id, head.lane], |r| r.get(0))?;
+    if !more {
+        return Ok(0);
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let script: Option<i64> = tx
+        .query_row(
+            "SELECT script_id FROM deliveries WHERE id = ?1 AND state = 'pending'",
+            [&head.id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(script) = script else { return Ok(0) };
+    let n = tx
+        .prepare_cached(
+            "UPDATE deliveries SET state = 'coalesced', coalesced_into = ?1, updated_at = ?2
+             WHERE state = 'pending' AND lane = ?3 AND script_id = ?4 AND id <> ?1
+               AND rowid > (SELECT rowid FROM deliveries WHERE id = ?1)",
+        )?
+        .execute(params![head.id, now_ms, head.lane, script])?;
+    if n == 0 {
+        return Ok(0);
+    }
+    let payloads: Vec<String> = tx
+        .prepare_cached(
+            "SELECT payload FROM deliveries WHERE id = ?1
+             UNION ALL
+             SELECT payload FROM (SELECT payload FROM deliveries
+                                  WHERE state = 'coalesced' AND coalesced_into = ?1 ORDER BY rowid)",
+        )?
+        .query_map([&head.id], |r| Ok(lossy_text(r.get(0)?)))?
+        .collect::<Result<_, _>>()?;
+    let text = summary_of(&payloads);
+    let target = Target::Telegram {
+        bot_token: bot_token.clone(),
+        chat_id: chat_id.clone(),
+        text,
+        photo_url: None,
+    };
+    // The summary reports the newest occurrence: it expires with it, not with the oldest.
+    tx.prepare_cached(
+        "UPDATE deliveries SET target = ?2, updated_at = ?3,
+                created_at = MAX(created_at, (SELECT MAX(created_at) FROM deliveries
+                                              WHERE state = 'coalesced' AND coalesced_into = ?1))
+         WHERE id = ?1",
+    )?
+    .execute(params![head.id, target.to_json(), now_ms])?;
+    tx.commit()?;
+    head.target = Ok(target);
+    Ok(n)
+}
+
+/// The summary text of the payloads of coalesced deliveries (CONTRACT §5 push payloads).
+fn summary_of(payloads: &[String]) -> String {
+    let mut title = String::new();
+    let mut cameras: Vec<i64> = Vec::new();
+    let mut times: Vec<String> = Vec::new();
+    for p in payloads {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(p) else { continue };
+        if title.is_empty() {
+            title =
+                v.pointer("/script/title").and_then(|t| t.as_str()).unwrap_or_default().to_owned();
+        }
+        if let Some(c) = v.get("camera_id").and_then(|c| c.as_i64())
+            && !cameras.contains(&c)
+        {
+            cameras.push(c);
+        }
+        if let Some(t) = v.get("occurred_at").and_then(|t| t.as_str()) {
+            times.push(t.to_owned());
+        }
+    }
+    times.sort_by_key(|t| {
+        chrono::DateTime::parse_from_rfc3339(t).map(|d| d.timestamp_millis()).unwrap_or(0)
+    });
+    let first = times.first().cloned().unwrap_or_default();
+    let last = times.last().cloned().unwrap_or_default();
+    crate::dispatch::telegram::summary_text(&title, payloads.len(), &cameras, &first, &last)
+}
+
 /// What became of one attempt, as recorded on the row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -649,8 +863,9 @@ pub fn record(
             Recorded::Sent => tx
                 .prepare_cached(&format!(
                     "UPDATE deliveries SET state = 'sent', attempts = attempts + 1,
-                            updated_at = ?2
-                     WHERE {by} = ?1 AND state = 'pending'"
+                            updated_at = ?2,
+                            last_error = CASE WHEN state = 'expired' THEN NULL ELSE last_error END
+                     WHERE {by} = ?1 AND state IN ('pending', 'expired')"
                 ))?
                 .execute(params![key, now_ms])?,
             Recorded::Failed { reason } => tx
@@ -737,7 +952,7 @@ pub fn carry_over(conn: &mut Connection, carried: &Carried) -> Result<usize, Sto
     Ok(added)
 }
 
-/// Deletes up to `limit` finished (`sent` or `failed`) rows last updated before
+/// Deletes up to `limit` finished (`sent`, `failed`, `expired` or `coalesced`) rows last updated before
 /// `cutoff_ms`, in one short transaction. Returns how many were deleted; the caller repeats
 /// while it equals `limit`.
 pub fn prune(conn: &mut Connection, cutoff_ms: i64, limit: usize) -> Result<usize, StoreError> {
@@ -746,7 +961,7 @@ pub fn prune(conn: &mut Connection, cutoff_ms: i64, limit: usize) -> Result<usiz
         .prepare_cached(
             "DELETE FROM deliveries WHERE rowid IN (
             SELECT rowid FROM deliveries
-            WHERE state IN ('sent', 'failed') AND updated_at < ?1 LIMIT ?2)",
+            WHERE state <> 'pending' AND updated_at < ?1 LIMIT ?2)",
         )?
         .execute(params![cutoff_ms, i64::try_from(limit).unwrap_or(i64::MAX)])?;
     tx.commit()?;
@@ -790,5 +1005,128 @@ mod tests {
         assert_eq!(target_of(SqlValue::Null, "sound", "7"), Ok(Target::Push { user_id: 7 }));
         assert!(target_of(SqlValue::Null, "webhook", "7").is_err());
         assert!(target_of(SqlValue::Integer(3), "sound", "7").is_err());
+    }
+
+    #[test]
+    fn expiry_ends_old_pending_rows_per_channel_and_a_late_success_still_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::migrate(&dir.path().join("t.db")).unwrap();
+        let mut writer = OutboxWriter::new(&store).unwrap();
+        let row = |id: &str, target: Target| NewDelivery {
+            id: id.into(),
+            occurrence_id: "o".into(),
+            script_id: 1,
+            reaction: "r".into(),
+            recipient: "x".into(),
+            lane: String::new(),
+            payload: "{}".into(),
+            target,
+        };
+        let tg = Target::Telegram {
+            bot_token: Secret::new("1:t"),
+            chat_id: "5".into(),
+            text: "t".into(),
+            photo_url: None,
+        };
+        let hook = Target::Webhook { url: "http://127.0.0.1:1/".into(), secret: None };
+        let t0 = 1_000_000;
+        writer
+            .enqueue(&[row("p", Target::Push { user_id: 1 }), row("t", tg), row("w", hook)], t0)
+            .unwrap();
+        let mut conn = store.connect().unwrap();
+        let after = crate::settings::ExpireAfter { push: 300, telegram: 900, webhook: 0 };
+        // 300 s old: nothing yet (strictly older than the limit expires).
+        assert!(expire(&conn, t0 + 300_000, &after).unwrap().is_empty());
+        assert_eq!(expire(&conn, t0 + 300_001, &after).unwrap(), vec![("push", 1)]);
+        let due_ids = |c: &Conn, now| -> Vec<String> {
+            due(c, now, 10).unwrap().into_iter().map(|r| r.id).collect()
+        };
+        assert_eq!(due_ids(&conn, t0 + 300_001), ["t", "w"]);
+        // Telegram after 900 s; webhooks never.
+        assert_eq!(expire(&conn, t0 + 10_000_000, &after).unwrap(), vec![("telegram", 1)]);
+        assert_eq!(due_ids(&conn, t0 + 10_000_000), ["w"]);
+        let state = |c: &Conn, id: &str| -> String {
+            c.query_row("SELECT state FROM deliveries WHERE id = ?1", [id], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(state(&conn, "p"), "expired");
+        // An attempt started before the expiry that succeeds afterwards is recorded sent.
+        record(&mut conn, &[(RowRef::Id("t".into()), Recorded::Sent)], t0 + 10_000_001).unwrap();
+        assert_eq!(state(&conn, "t"), "sent");
+        // A failure after the expiry leaves it expired.
+        record(
+            &mut conn,
+            &[(RowRef::Id("p".into()), Recorded::Failed { reason: "x".into() })],
+            t0 + 10_000_001,
+        )
+        .unwrap();
+        assert_eq!(state(&conn, "p"), "expired");
+    }
+
+    #[test]
+    fn coalescing_replaces_a_chats_queued_messages_of_one_script_with_a_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::migrate(&dir.path().join("t.db")).unwrap();
+        let mut writer = OutboxWriter::new(&store).unwrap();
+        let tg = |id: &str, script: i64, camera: i64, at: &str| NewDelivery {
+            id: id.into(),
+            occurrence_id: id.into(),
+            script_id: script,
+            reaction: "telegram-message".into(),
+            recipient: "5".into(),
+            lane: "tg:x:5".into(),
+            payload: serde_json::json!({
+                "script": {"id": script, "title": format!("Line {script}")},
+                "camera_id": camera,
+                "occurred_at": at,
+            })
+            .to_string(),
+            target: Target::Telegram {
+                bot_token: Secret::new("1:t"),
+                chat_id: "5".into(),
+                text: id.into(),
+                photo_url: None,
+            },
+        };
+        writer
+            .enqueue(
+                &[
+                    tg("a", 1, 7, "2026-01-01T10:00:00Z"),
+                    tg("b", 1, 8, "2026-01-01T10:00:01Z"),
+                    tg("c", 2, 7, "2026-01-01T10:00:02Z"),
+                    tg("d", 1, 7, "2026-01-01T10:00:03Z"),
+                ],
+                1,
+            )
+            .unwrap();
+        let mut conn = store.connect().unwrap();
+        let mut head = due(&conn, 10, 10).unwrap().remove(0);
+        assert_eq!(head.id, "a");
+        assert_eq!(coalesce(&mut conn, &mut head, 10).unwrap(), 2);
+        let Ok(Target::Telegram { text, .. }) = &head.target else { panic!("not telegram") };
+        assert_eq!(
+            text,
+            "Line 1\n3 occurrences\nCameras: 7, 8\nFirst: 2026-01-01T10:00:00Z\nLast: 2026-01-01T10:00:03Z"
+        );
+        let rows: Vec<(String, String, Option<String>)> = conn
+            .prepare("SELECT id, state, coalesced_into FROM deliveries ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let a = Some("a".to_owned());
+        assert_eq!(
+            rows,
+            [
+                ("a".into(), "pending".into(), None),
+                ("b".into(), "coalesced".into(), a.clone()),
+                ("c".into(), "pending".into(), None),
+                ("d".into(), "coalesced".into(), a),
+            ]
+        );
+        // The stored head is the summary (a crash before the attempt sends the summary).
+        assert_eq!(due(&conn, 10, 10).unwrap()[0].target, head.target);
+        // Nothing more to coalesce: the head is unchanged.
+        assert_eq!(coalesce(&mut conn, &mut head, 11).unwrap(), 0);
     }
 }

@@ -30,7 +30,7 @@ use crate::dispatch::{self, PushParts, delivery_id, push_payload};
 use crate::index::Matches;
 use crate::live::{Live, ScriptRecord, Snapshot};
 use crate::occurrence::{self, EventRef, Occurrence, Reason, Rejected, RejectionLog};
-use crate::outbox::{NewDelivery, OutboxWriter, Target};
+use crate::outbox::{Fired, NewDelivery, OutboxWriter, Target};
 use crate::settings::LiveSettings;
 use crate::source::mqtt::Incoming;
 use crate::store::{Store, StoreError, catalog::Event};
@@ -73,6 +73,11 @@ pub struct Intake {
     names: Option<EventNames>,
     matches: Matches,
     meters: Meters,
+    /// Cooldown state per (script, camera): the last firing's `occurred_at` (unix ms) and
+    /// occurrence id; loaded from the database at start, written with each batch.
+    cooldowns: HashMap<(i64, i64), (i64, String)>,
+    /// Firings of the batch being planned, written with its deliveries.
+    fired: Vec<Fired>,
 }
 
 /// Metric handles, registered once (a `metrics::counter!` per message is a registry
@@ -81,6 +86,7 @@ struct Meters {
     received: metrics::Counter,
     stale: metrics::Counter,
     matched: metrics::Counter,
+    suppressed: metrics::Counter,
     match_duration: metrics::Histogram,
 }
 
@@ -90,6 +96,8 @@ impl Meters {
             received: metrics::counter!(telemetry::OCCURRENCES_RECEIVED),
             stale: metrics::counter!(telemetry::OCCURRENCES_STALE),
             matched: metrics::counter!(telemetry::OCCURRENCES_MATCHED),
+            suppressed: metrics::counter!(telemetry::OCCURRENCES_SUPPRESSED,
+                telemetry::LABEL_REASON => telemetry::REASON_COOLDOWN),
             match_duration: metrics::histogram!(telemetry::MATCH_DURATION),
         }
     }
@@ -104,6 +112,10 @@ impl Intake {
         rejections: Arc<RejectionLog>,
     ) -> Result<Intake, StoreError> {
         let writer = OutboxWriter::new(&store)?;
+        let cooldowns = crate::outbox::load_cooldowns(&*store.connect()?)?
+            .into_iter()
+            .map(|f| ((f.script_id, f.camera_id), (f.occurred_at_ms, f.occurrence_id)))
+            .collect();
         let timezone = live.timezone();
         Ok(Intake {
             live,
@@ -115,6 +127,8 @@ impl Intake {
             names: None,
             matches: Matches::new(),
             meters: Meters::new(),
+            cooldowns,
+            fired: Vec::new(),
         })
     }
 
@@ -187,6 +201,25 @@ impl Intake {
         for &p in &self.matches.positions {
             let script_id = snap.index.script_id(p);
             if let Some(script) = snap.scripts.get(&script_id) {
+                let cooldown = script.extra.cooldown_seconds;
+                if cooldown > 0 {
+                    let at_ms = occ.occurred_at_utc().timestamp_millis();
+                    let key = (script_id, occ.camera_id);
+                    let last = self.cooldowns.get(&key);
+                    if in_cooldown(last, at_ms, &occ.id, cooldown) {
+                        self.meters.suppressed.increment(1);
+                        continue;
+                    }
+                    if last.is_none_or(|(_, id)| *id != occ.id) {
+                        self.cooldowns.insert(key, (at_ms, occ.id.clone()));
+                        self.fired.push(Fired {
+                            script_id,
+                            camera_id: occ.camera_id,
+                            occurred_at_ms: at_ms,
+                            occurrence_id: occ.id.clone(),
+                        });
+                    }
+                }
                 plan_script(snap, script, &event, &shared, self.timezone, out);
             }
         }
@@ -215,11 +248,13 @@ impl Intake {
     ) -> Result<(Vec<Outcome>, usize), StoreError> {
         let snap = self.live.load();
         let mut deliveries = Vec::new();
+        self.fired.clear();
         let outcomes: Vec<Outcome> = batch
             .iter()
             .map(|(topic, payload)| self.plan(&snap, topic, payload, now, &mut deliveries))
             .collect();
-        if deliveries.is_empty() {
+        let fired = std::mem::take(&mut self.fired);
+        if deliveries.is_empty() && fired.is_empty() {
             return Ok((outcomes, 0));
         }
         let mut writer = match self.writer.take() {
@@ -228,7 +263,7 @@ impl Intake {
         };
         let now_ms = now.timestamp_millis();
         let (writer, result) = tokio::task::spawn_blocking(move || {
-            let r = writer.enqueue(&deliveries, now_ms);
+            let r = writer.enqueue_with_cooldowns(&deliveries, &fired, now_ms);
             (writer, r)
         })
         .await
@@ -245,6 +280,24 @@ struct Shared<'a> {
     occurred_at: &'a str,
     /// The `data` pushes carry, and whether it was left out for its size.
     data: (Option<&'a serde_json::Value>, bool),
+}
+
+/// Whether a script's occurrence `occurrence_id` at `at_ms` (its `occurred_at`, unix ms)
+/// on a camera is silenced by the script's last firing there, `last` (`occurred_at` and
+/// id): it lies less than `cooldown_seconds` after it. The firing occurrence itself,
+/// redelivered, is not silenced (the outbox ignores it as a duplicate), so replaying a
+/// stream with the same ids repeats the same decisions.
+pub fn in_cooldown(
+    last: Option<&(i64, String)>,
+    at_ms: i64,
+    occurrence_id: &str,
+    cooldown_seconds: u32,
+) -> bool {
+    last.is_some_and(|(fired_ms, id)| {
+        id != occurrence_id
+            && at_ms >= *fired_ms
+            && at_ms - fired_ms < i64::from(cooldown_seconds) * 1000
+    })
 }
 
 /// The deliveries of one matched script for one occurrence.
@@ -391,5 +444,57 @@ pub async fn run(
             let _ = m.ack.ack().await;
         }
         beat();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a stream of (id, occurred_at ms) through the decision, as the intake does,
+    /// starting from `state`; returns the ids that fired.
+    fn fire(
+        state: &mut Option<(i64, String)>,
+        stream: &[(String, i64)],
+        cooldown: u32,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for (id, at) in stream {
+            if in_cooldown(state.as_ref(), *at, id, cooldown) {
+                continue;
+            }
+            *state = Some((*at, id.clone()));
+            out.push(id.clone());
+        }
+        out
+    }
+
+    #[test]
+    fn cooldown_fires_once_per_window_and_a_replay_fires_the_same_ids() {
+        // Every 0.5 s for 25 s, cooldown 10 s: fires at 0, 10 and 20 s.
+        let stream: Vec<(String, i64)> = (0..50).map(|i| (format!("o{i}"), i * 500)).collect();
+        let mut state = None;
+        let first = fire(&mut state, &stream, 10);
+        assert_eq!(first, ["o0", "o20", "o40"]);
+        // Replayed after a restart (state kept): the same ids fire again, which the outbox
+        // ignores as duplicates, so nothing new is sent.
+        assert_eq!(fire(&mut state, &stream, 10), first);
+        // A restart mid-stream keeps the state: the rest fires as before.
+        let mut state = None;
+        let head = fire(&mut state, &stream[..25], 10);
+        let tail = fire(&mut state, &stream[25..], 10);
+        assert_eq!([head, tail].concat(), first);
+        // No cooldown: nothing is silenced.
+        assert_eq!(fire(&mut None, &stream, 0).len(), 50);
+    }
+
+    #[test]
+    fn the_firing_occurrence_redelivered_is_not_silenced() {
+        let last = (1_000, "a".to_owned());
+        assert!(!in_cooldown(Some(&last), 1_000, "a", 10));
+        assert!(in_cooldown(Some(&last), 1_000, "b", 10));
+        assert!(in_cooldown(Some(&last), 10_999, "b", 10));
+        assert!(!in_cooldown(Some(&last), 11_000, "b", 10));
+        assert!(!in_cooldown(None, 1_000, "b", 10));
     }
 }

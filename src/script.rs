@@ -316,7 +316,18 @@ fn validate_users(
     ok.then_some(out)
 }
 
+/// Longest `extra.cooldown_seconds`: one day.
+pub const COOLDOWN_MAX: u64 = 86_400;
+
 fn validate_extra(reaction: &str, extra: &Map<String, Value>, errors: &mut FieldErrors) {
+    match extra.get("cooldown_seconds") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= COOLDOWN_MAX) => {}
+        Some(_) => errors.add(
+            "extra.cooldown_seconds",
+            "The extra.cooldown_seconds must be an integer between 0 and 86400.",
+        ),
+    }
     match reaction {
         TELEGRAM => {
             match extra.get("bot_token") {

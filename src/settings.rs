@@ -225,6 +225,29 @@ pub struct DeliverySettings {
     pub breaker_after_timeouts: u32,
     /// While a target is backed off, one probe attempt per this many seconds.
     pub breaker_probe_seconds: u64,
+    /// `[delivery.expire_after_seconds]`: per channel, how long after its occurrence was
+    /// received a delivery may still be sent.
+    pub expire_after_seconds: ExpireAfter,
+}
+
+/// `[delivery.expire_after_seconds]`: per channel, the age (seconds since the occurrence was
+/// received, i.e. since the delivery row was written) after which a delivery not yet done
+/// ends `expired` instead of being sent late; 0 = never expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpireAfter {
+    /// MQTT pushes to the client apps (a pop-up minutes late is noise); default 300.
+    pub push: u64,
+    /// Telegram messages; default 900.
+    pub telegram: u64,
+    /// Webhooks (a peer system may want every event); default 0 = never.
+    pub webhook: u64,
+}
+
+impl Default for ExpireAfter {
+    fn default() -> Self {
+        Self { push: 300, telegram: 900, webhook: 0 }
+    }
 }
 
 /// The in-flight budgets of the three channels, derived by [`DeliverySettings::budgets`].
@@ -402,6 +425,7 @@ impl Default for DeliverySettings {
             per_target_max_in_flight: 0,
             breaker_after_timeouts: 5,
             breaker_probe_seconds: 30,
+            expire_after_seconds: ExpireAfter::default(),
         }
     }
 }
@@ -587,6 +611,8 @@ pub struct LiveSettings {
     pub retention: Duration,
     /// `[events]`.
     pub events: EventsSettings,
+    /// `[delivery.expire_after_seconds]`.
+    pub expire_after: ExpireAfter,
 }
 
 /// Keys (or whole sections, ending in `.`) that [`LiveSettings`] carries.
@@ -599,6 +625,7 @@ const LIVE_KEYS: &[&str] = &[
     "delivery.backoff_initial_ms",
     "delivery.backoff_max_ms",
     "delivery.retention_hours",
+    "delivery.expire_after_seconds.",
 ];
 
 /// True when a change of `key` applies on SIGHUP without a restart.
@@ -1066,6 +1093,15 @@ impl Settings {
                 ),
             );
         }
+        for (key, v) in [
+            ("delivery.expire_after_seconds.push", d.expire_after_seconds.push),
+            ("delivery.expire_after_seconds.telegram", d.expire_after_seconds.telegram),
+            ("delivery.expire_after_seconds.webhook", d.expire_after_seconds.webhook),
+        ] {
+            if v > 30 * 86_400 {
+                bad(key, range_msg("0–2592000", v));
+            }
+        }
         if d.retention_hours == 0 {
             bad("delivery.retention_hours", "must be at least 1".into());
         }
@@ -1110,6 +1146,7 @@ impl Settings {
             webhook: self.webhook.clone(),
             retry: self.delivery.retry_policy(),
             retention: self.delivery.retention(),
+            expire_after: self.delivery.expire_after_seconds,
             events: self.events.clone(),
         }
     }
@@ -1126,6 +1163,7 @@ impl Settings {
         s.delivery.backoff_initial_ms = newer.delivery.backoff_initial_ms;
         s.delivery.backoff_max_ms = newer.delivery.backoff_max_ms;
         s.delivery.retention_hours = newer.delivery.retention_hours;
+        s.delivery.expire_after_seconds = newer.delivery.expire_after_seconds;
         s
     }
 
@@ -1149,6 +1187,12 @@ impl Settings {
                 for (k, v) in fields {
                     match v {
                         serde_json::Value::Null => out.push_str(&format!("# {k} is unset\n")),
+                        // A sub-table of scalars (`delivery.expire_after_seconds`): inline.
+                        serde_json::Value::Object(sub) => {
+                            let inner: Vec<String> =
+                                sub.iter().map(|(sk, sv)| format!("{sk} = {sv}")).collect();
+                            out.push_str(&format!("{k} = {{ {} }}\n", inner.join(", ")));
+                        }
                         // JSON scalars and strings are valid TOML scalars and basic strings.
                         _ => out.push_str(&format!("{k} = {v}\n")),
                     }
@@ -1409,6 +1453,7 @@ mod tests {
                 per_target_max_in_flight: 10,
                 breaker_after_timeouts: 11,
                 breaker_probe_seconds: 12,
+                expire_after_seconds: ExpireAfter { push: 7, telegram: 8, webhook: 9 },
             },
             log: LogSettings { format: LogFormat::Json, level: "debug".into() },
         }
@@ -1419,7 +1464,7 @@ mod tests {
         let old = Settings::default();
         let new = all_changed();
         let all = old.changed_keys(&new);
-        assert_eq!(all.len(), 1 + 3 + 13 + 1 + 6 + 1 + 2 + 12 + 2, "{all:?}");
+        assert_eq!(all.len(), 1 + 3 + 13 + 1 + 6 + 1 + 2 + 12 + 3 + 2, "{all:?}");
         let running = old.with_live_from(&new);
         let applied = old.changed_keys(&running);
         let pending = running.changed_keys(&new);

@@ -31,6 +31,16 @@ pub const OCCURRENCES_REJECTED: &str = "scriptd_occurrences_rejected_total";
 pub const OCCURRENCES_STALE: &str = "scriptd_occurrences_stale_total";
 /// Counter, labels [`LABEL_REACTION`] and [`LABEL_OUTCOME`]: delivery attempts.
 pub const DELIVERIES: &str = "scriptd_deliveries_total";
+/// Counter: deliveries that ended `expired` (not done within
+/// `delivery.expire_after_seconds`), by [`LABEL_CHANNEL`].
+pub const DELIVERIES_EXPIRED: &str = "scriptd_deliveries_expired_total";
+/// Counter: Telegram deliveries that ended `coalesced` (replaced by a summary).
+pub const DELIVERIES_COALESCED: &str = "scriptd_deliveries_coalesced_total";
+/// Counter: occurrences of a script on a camera that produced no delivery, by
+/// [`LABEL_REASON`] (`cooldown`).
+pub const OCCURRENCES_SUPPRESSED: &str = "scriptd_occurrences_suppressed_total";
+/// Reason of [`OCCURRENCES_SUPPRESSED`]: within the script's `extra.cooldown_seconds`.
+pub const REASON_COOLDOWN: &str = "cooldown";
 /// Gauge: deliveries in the outbox not yet delivered or failed.
 pub const OUTBOX_DEPTH: &str = "scriptd_outbox_depth";
 /// Gauge: age of the oldest pending delivery, in seconds (0 when none).
@@ -63,8 +73,8 @@ pub const DELIVERIES_IN_FLIGHT: &str = "scriptd_deliveries_in_flight";
 pub const BREAKERS_OPEN: &str = "scriptd_breakers_open";
 /// Counter, label [`LABEL_CHANNEL`]: circuit breakers opened.
 pub const BREAKER_OPENED: &str = "scriptd_breaker_opened_total";
-/// Label of [`DELIVERIES_IN_FLIGHT`], [`BREAKERS_OPEN`], [`BREAKER_OPENED`]: `push`,
-/// `telegram` or `webhook`.
+/// Label of [`DELIVERIES_IN_FLIGHT`], [`BREAKERS_OPEN`], [`BREAKER_OPENED`] and
+/// [`DELIVERIES_EXPIRED`]: `push`, `telegram` or `webhook`.
 pub const LABEL_CHANNEL: &str = "channel";
 /// Gauge: components (MQTT loop, dispatchers) that made no progress within their limit;
 /// while it is above 0 the systemd watchdog gets no pings.
@@ -160,6 +170,21 @@ pub fn describe() {
         "Occurrences dropped as older than events.max_age_seconds."
     );
     describe_counter!(DELIVERIES, Unit::Count, "Delivery attempts by reaction and outcome.");
+    describe_counter!(
+        DELIVERIES_EXPIRED,
+        Unit::Count,
+        "Deliveries expired unsent (delivery.expire_after_seconds), by channel."
+    );
+    describe_counter!(
+        DELIVERIES_COALESCED,
+        Unit::Count,
+        "Telegram deliveries replaced by a summary message."
+    );
+    describe_counter!(
+        OCCURRENCES_SUPPRESSED,
+        Unit::Count,
+        "Script firings suppressed, by reason (cooldown)."
+    );
     describe_gauge!(OUTBOX_DEPTH, Unit::Count, "Deliveries pending in the outbox.");
     describe_gauge!(
         OUTBOX_OLDEST_PENDING,
@@ -220,6 +245,18 @@ pub fn describe() {
         metrics::gauge!(MQTT_CONNECTED, LABEL_CONNECTION => connection).set(0.0);
     }
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for channel in ["push", "telegram", "webhook"] {
+        metrics::counter!(DELIVERIES_EXPIRED, LABEL_CHANNEL => channel).increment(0);
+    }
+    metrics::counter!(OCCURRENCES_SUPPRESSED, LABEL_REASON => REASON_COOLDOWN).increment(0);
+    metrics::counter!(DELIVERIES_COALESCED).increment(0);
+}
+
+/// Counts deliveries expired per channel, as returned by [`crate::outbox::expire`].
+pub fn count_expired(expired: &[(&'static str, usize)]) {
+    for &(channel, n) in expired {
+        metrics::counter!(DELIVERIES_EXPIRED, LABEL_CHANNEL => channel).increment(n as u64);
+    }
 }
 
 /// Runs the recorder's upkeep (drains histogram buffers) every `period` until `shutdown`.

@@ -320,6 +320,7 @@ async fn deliveries_are_listed_newest_first_with_a_limit() {
         keys(&list[0]),
         [
             "attempts",
+            "coalesced_into",
             "created_at",
             "id",
             "last_error",

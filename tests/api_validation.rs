@@ -104,6 +104,30 @@ async fn invalid_bodies_are_422_with_the_exact_keys() {
             &["extra.chat_id"],
         ),
         (
+            "cooldown too long",
+            seed_with(set(
+                "extra",
+                json!({"chat_id": "c", "bot_token": "t", "cooldown_seconds": 86_401}),
+            )),
+            &["extra.cooldown_seconds"],
+        ),
+        (
+            "cooldown negative",
+            seed_with(set(
+                "extra",
+                json!({"chat_id": "c", "bot_token": "t", "cooldown_seconds": -1}),
+            )),
+            &["extra.cooldown_seconds"],
+        ),
+        (
+            "cooldown text",
+            seed_with(set(
+                "extra",
+                json!({"chat_id": "c", "bot_token": "t", "cooldown_seconds": "10"}),
+            )),
+            &["extra.cooldown_seconds"],
+        ),
+        (
             "webhook without url",
             seed_with(|b| {
                 b["reaction_id"] = json!(5);

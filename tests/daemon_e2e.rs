@@ -180,6 +180,8 @@ async fn telegram_and_webhook_end_to_end() {
             occurrence(&format!("t{i}"), FACE, 7, &format!("2026-11-27T10:00:0{i}Z")),
         )
         .await;
+        // One at a time: messages of one script queued together for a chat are coalesced.
+        stub.wait_for(i + 1, Duration::from_secs(20)).await;
     }
     let sent = stub.wait_for(3, Duration::from_secs(20)).await;
     assert_eq!(sent.len(), 3);

@@ -112,7 +112,9 @@ fn telegram(i: usize, token: &str, chat: &str) -> NewDelivery {
         payload: payload(&id, "telegram-message"),
         id,
         occurrence_id: format!("occ-{i}"),
-        script_id: 2,
+        // One script per message: a chat's queued messages of one script are coalesced
+        // (see `outbox::coalesce`); these tests are about order and retries.
+        script_id: 100 + i64::try_from(i).unwrap_or(0),
         reaction: "telegram-message".into(),
         recipient: chat.into(),
         lane: format!("tg:{}:{chat}", token.len()),

@@ -406,6 +406,22 @@ fn append_data(text: &mut String, fields: &serde_json::Map<String, serde_json::V
     }
 }
 
+/// The text of a Telegram summary replacing `count` queued messages of one script:
+/// the title, the count, the cameras (as given, in order) and the first and last time.
+pub fn summary_text(
+    script_title: &str,
+    count: usize,
+    cameras: &[i64],
+    first: &str,
+    last: &str,
+) -> String {
+    let cameras: Vec<String> = cameras.iter().map(i64::to_string).collect();
+    format!(
+        "{script_title}\n{count} occurrences\nCameras: {}\nFirst: {first}\nLast: {last}",
+        cameras.join(", ")
+    )
+}
+
 /// `at` in `tz` as `YYYY-MM-DD HH:MM:SS ZONE` (zone abbreviation or offset), for
 /// [`message_text`].
 pub fn local_time(at: chrono::DateTime<chrono::Utc>, tz: chrono_tz::Tz) -> String {

@@ -776,17 +776,30 @@ impl Loop {
         let handoff = self.handoff.clone();
         let asked = asks.clone();
         let channels: Vec<Channel> = asks.iter().map(|(c, _)| *c).collect();
+        let expire_after = self.live.load().expire_after;
+        // A lane's head in flight is not rewritten under its attempt.
+        let busy = self.busy_lanes.clone();
         let found = with_db(&db, move |c| {
             handoff.query_channels(&channels, || {
-                asked
+                let expired = outbox::expire(c, now, &expire_after)?;
+                let mut found = asked
                     .iter()
                     .map(|(channel, limit)| outbox::due_in(c, *channel, now, *limit))
-                    .collect::<Result<Vec<_>, _>>()
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut coalesced = 0;
+                for row in found.iter_mut().flatten().filter(|r| !busy.contains(&r.lane)) {
+                    coalesced += outbox::coalesce(c, row, now)?;
+                }
+                Ok((expired, coalesced, found))
             })
         })
         .await;
         let found = match found {
-            Ok(found) => found,
+            Ok((expired, coalesced, found)) => {
+                telemetry::count_expired(&expired);
+                metrics::counter!(telemetry::DELIVERIES_COALESCED).increment(coalesced as u64);
+                found
+            }
             Err(e) => {
                 self.db_failed("claim", &e);
                 return None;

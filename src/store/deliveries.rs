@@ -17,12 +17,14 @@ pub struct DeliveryView {
     pub recipient: String,
     /// Reaction name.
     pub reaction: String,
-    /// `pending`, `sent` or `failed`.
+    /// `pending`, `sent`, `failed`, `expired` or `coalesced`.
     pub state: String,
     /// Attempts made so far.
     pub attempts: i64,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
+    /// For a `coalesced` delivery: the `delivery_id` of the Telegram summary that replaced it.
+    pub coalesced_into: Option<String>,
     /// `YYYY-MM-DD HH:MM:SS` UTC.
     pub created_at: String,
     /// `YYYY-MM-DD HH:MM:SS` UTC.
@@ -43,7 +45,7 @@ pub fn recent(
 ) -> Result<Vec<DeliveryView>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT id, occurrence_id, recipient, reaction, state, attempts, last_error,
-                created_at, updated_at
+                created_at, updated_at, coalesced_into
          FROM deliveries WHERE script_id = ?1
          ORDER BY created_at DESC, id DESC LIMIT ?2",
     )?;
@@ -58,6 +60,7 @@ pub fn recent(
             last_error: r.get::<_, Option<String>>(6).ok().flatten(),
             created_at: ms_text(r.get::<_, i64>(7).unwrap_or(0)),
             updated_at: ms_text(r.get::<_, i64>(8).unwrap_or(0)),
+            coalesced_into: r.get::<_, Option<String>>(9).ok().flatten(),
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

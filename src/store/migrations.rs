@@ -186,7 +186,51 @@ INSERT OR IGNORE INTO user_permissions (user_id, permission_id)
 "#;
 
 /// Every migration, oldest first. Append only; never edit a released entry.
-const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3), M::up(V4)];
+/// Migration 5 (flood control): the outbox's states `expired` and `coalesced` (SQLite
+/// cannot change a CHECK, so the table is rebuilt with the same columns, rowids and
+/// indexes); the cooldown state, one row per script and camera holding the `occurred_at`
+/// (unix ms) and id of the last occurrence that fired, written in the intake's outbox
+/// transaction; `coalesced_into`, the summary's delivery id of a `coalesced` row; and an
+/// index for the expiry sweep over pending rows.
+const V5: &str = r#"
+CREATE TABLE deliveries_v5 (
+  id TEXT PRIMARY KEY,
+  occurrence_id TEXT NOT NULL,
+  script_id INTEGER NOT NULL,
+  reaction TEXT NOT NULL,
+  recipient TEXT NOT NULL,
+  lane TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('pending','sent','failed','expired','coalesced')),
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_attempt_at INTEGER NOT NULL,
+  last_error TEXT,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  target TEXT,
+  coalesced_into TEXT
+);
+INSERT INTO deliveries_v5 (rowid, id, occurrence_id, script_id, reaction, recipient, lane,
+    payload, state, attempts, next_attempt_at, last_error, created_at, updated_at, target)
+  SELECT rowid, id, occurrence_id, script_id, reaction, recipient, lane, payload, state,
+    attempts, next_attempt_at, last_error, created_at, updated_at, target FROM deliveries;
+DROP TABLE deliveries;
+ALTER TABLE deliveries_v5 RENAME TO deliveries;
+CREATE INDEX deliveries_pending ON deliveries(next_attempt_at) WHERE state = 'pending';
+CREATE INDEX deliveries_by_script ON deliveries(script_id, created_at);
+CREATE INDEX deliveries_pending_lane ON deliveries(lane) WHERE state = 'pending';
+CREATE INDEX deliveries_finished ON deliveries(updated_at) WHERE state <> 'pending';
+CREATE TABLE cooldowns (
+  script_id INTEGER NOT NULL,
+  camera TEXT NOT NULL,
+  fired_at INTEGER NOT NULL,
+  occurrence_id TEXT NOT NULL,
+  PRIMARY KEY (script_id, camera)
+) WITHOUT ROWID;
+CREATE INDEX deliveries_pending_age ON deliveries(created_at) WHERE state = 'pending';
+"#;
+
+const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)];
 
 /// The schema version this binary writes and understands.
 pub fn latest_version() -> usize {
