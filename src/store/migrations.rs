@@ -230,7 +230,35 @@ CREATE TABLE cooldowns (
 CREATE INDEX deliveries_pending_age ON deliveries(created_at) WHERE state = 'pending';
 "#;
 
-const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)];
+/// Migration 6 (snoozes): a snooze silences one script's deliveries for occurrences whose
+/// `occurred_at` (unix ms) falls in `[starts_at, until)`, either for its creator's own pushes
+/// (`scope` `me`) or for everybody (`script`), optionally on one camera. `snoozes_version` is
+/// bumped by triggers on every change so the daemon reloads its small snooze cache without
+/// rebuilding the script index (which watches `scripts_version` only).
+const V6: &str = r#"
+CREATE TABLE snoozes (
+  id INTEGER PRIMARY KEY,
+  script_id INTEGER NOT NULL,
+  scope TEXT NOT NULL CHECK (scope IN ('me', 'script')),
+  user_id INTEGER NOT NULL,
+  camera_id TEXT,
+  starts_at INTEGER NOT NULL,
+  until INTEGER NOT NULL
+);
+CREATE INDEX snoozes_by_script ON snoozes(script_id, id);
+CREATE INDEX snoozes_by_until ON snoozes(until);
+CREATE TABLE snoozes_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+INSERT INTO snoozes_version (id, version) VALUES (1, 0);
+CREATE TRIGGER snoozes_version_insert AFTER INSERT ON snoozes
+BEGIN UPDATE snoozes_version SET version = version + 1; END;
+CREATE TRIGGER snoozes_version_update AFTER UPDATE ON snoozes
+BEGIN UPDATE snoozes_version SET version = version + 1; END;
+CREATE TRIGGER snoozes_version_delete AFTER DELETE ON snoozes
+BEGIN UPDATE snoozes_version SET version = version + 1; END;
+"#;
+
+const MIGRATIONS: &[M<'static>] =
+    &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5), M::up(V6)];
 
 /// The schema version this binary writes and understands.
 pub fn latest_version() -> usize {

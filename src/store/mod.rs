@@ -10,7 +10,7 @@
 //! Calls are blocking: async callers wrap them in `tokio::task::spawn_blocking`.
 //!
 //! Layout: [`migrations`] (the versioned schema), [`catalog`] (events, reactions and the
-//! default set), [`users`], [`tokens`], [`scripts`], [`deliveries`]; `file` counts the
+//! default set), [`users`], [`tokens`], [`scripts`], [`deliveries`], [`snoozes`]; `file` counts the
 //! connections per file so a database file replaced under the daemon is switched to
 //! safely (see [`Conn`]).
 
@@ -19,6 +19,7 @@ pub mod deliveries;
 mod file;
 pub mod migrations;
 pub mod scripts;
+pub mod snoozes;
 pub mod tokens;
 pub mod transfer;
 pub mod users;
