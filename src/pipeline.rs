@@ -33,6 +33,7 @@ use crate::occurrence::{self, EventRef, Occurrence, Reason, Rejected, RejectionL
 use crate::outbox::{Fired, NewDelivery, OutboxWriter, Target};
 use crate::settings::LiveSettings;
 use crate::source::mqtt::Incoming;
+use crate::store::snoozes::{self, RecipientDecision, SnoozeSet};
 use crate::store::{Store, StoreError, catalog::Event};
 use crate::telemetry;
 
@@ -78,7 +79,16 @@ pub struct Intake {
     cooldowns: HashMap<(i64, i64), (i64, String)>,
     /// Firings of the batch being planned, written with its deliveries.
     fired: Vec<Fired>,
+    /// The active snoozes, reloaded when `snoozes_version` moves (checked at most every
+    /// [`SNOOZE_CHECK`] while occurrences arrive), apart from the script index.
+    snoozes: SnoozeSet,
+    /// When `snoozes_version` was last compared.
+    snoozes_checked: Option<Instant>,
 }
+
+/// How often the intake compares `snoozes_version`, so an API or CLI snooze change applies
+/// well within a second.
+const SNOOZE_CHECK: Duration = Duration::from_millis(250);
 
 /// Metric handles, registered once (a `metrics::counter!` per message is a registry
 /// lookup).
@@ -87,6 +97,7 @@ struct Meters {
     stale: metrics::Counter,
     matched: metrics::Counter,
     suppressed: metrics::Counter,
+    snoozed: metrics::Counter,
     match_duration: metrics::Histogram,
 }
 
@@ -98,6 +109,8 @@ impl Meters {
             matched: metrics::counter!(telemetry::OCCURRENCES_MATCHED),
             suppressed: metrics::counter!(telemetry::OCCURRENCES_SUPPRESSED,
                 telemetry::LABEL_REASON => telemetry::REASON_COOLDOWN),
+            snoozed: metrics::counter!(telemetry::OCCURRENCES_SUPPRESSED,
+                telemetry::LABEL_REASON => telemetry::REASON_SNOOZE),
             match_duration: metrics::histogram!(telemetry::MATCH_DURATION),
         }
     }
@@ -129,7 +142,29 @@ impl Intake {
             meters: Meters::new(),
             cooldowns,
             fired: Vec::new(),
+            snoozes: SnoozeSet::default(),
+            snoozes_checked: None,
         })
+    }
+
+    /// Reloads the snooze cache when `snoozes_version` moved; at most every
+    /// [`SNOOZE_CHECK`]. A read error keeps the previous cache (logged).
+    fn refresh_snoozes(&mut self) {
+        if self.snoozes_checked.is_some_and(|t| t.elapsed() < SNOOZE_CHECK) {
+            return;
+        }
+        self.snoozes_checked = Some(Instant::now());
+        let result = self.store.connect().and_then(|conn| {
+            if snoozes::version(&conn)? == self.snoozes.version {
+                return Ok(None);
+            }
+            SnoozeSet::load(&conn, crate::store::now_ms()).map(Some)
+        });
+        match result {
+            Ok(Some(set)) => self.snoozes = set,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read snoozes; keeping the previous ones"),
+        }
     }
 
     fn resolve(&mut self, snap: &Snapshot, event: &EventRef) -> Option<Event> {
@@ -186,6 +221,7 @@ impl Intake {
             tracing::debug!(occurrence = %occ.id, occurred_at = %occ.occurred_at, "stale occurrence dropped");
             return Outcome::Stale;
         }
+        self.refresh_snoozes();
         let started = Instant::now();
         let t = occ.occurred_at_utc().timestamp();
         snap.index.matches_into(event.id, occ.camera_id, t, &mut self.matches);
@@ -220,7 +256,11 @@ impl Intake {
                         });
                     }
                 }
-                plan_script(snap, script, &event, &shared, self.timezone, out);
+                let at_ms = occ.occurred_at_utc().timestamp_millis();
+                let gate = Gate { snoozes: &self.snoozes, at_ms };
+                if plan_script(snap, script, &event, &shared, &gate, self.timezone, out) {
+                    self.meters.snoozed.increment(1);
+                }
             }
         }
         if scripts > 0 {
@@ -300,15 +340,57 @@ pub fn in_cooldown(
     })
 }
 
-/// The deliveries of one matched script for one occurrence.
+/// What decides, per recipient of a matched script, whether a delivery is made: the
+/// snoozes at the occurrence's `occurred_at` (disabled users are already left out by
+/// [`Snapshot::recipients`]).
+pub struct Gate<'a> {
+    /// The active snoozes.
+    pub snoozes: &'a SnoozeSet,
+    /// The occurrence's `occurred_at`, unix ms.
+    pub at_ms: i64,
+}
+
+impl Gate<'_> {
+    /// The shared rule ([`snoozes::decide`]) for one recipient of `script` on `camera`:
+    /// a user id for pushes, `None` for Telegram and webhooks.
+    pub fn decide(
+        &self,
+        snap: &Snapshot,
+        script_id: i64,
+        recipient: Option<i64>,
+        camera: i64,
+    ) -> RecipientDecision {
+        let disabled = recipient.is_some_and(|u| snap.disabled.contains(&u));
+        let camera = camera.to_string();
+        snoozes::decide(self.snoozes, script_id, recipient, disabled, &camera, self.at_ms)
+    }
+}
+
+/// The deliveries of one matched script for one occurrence; true when a snooze silenced
+/// at least one of them.
 fn plan_script(
     snap: &Snapshot,
     script: &ScriptRecord,
     event: &Event,
     shared: &Shared<'_>,
+    gate: &Gate<'_>,
     tz: chrono_tz::Tz,
     out: &mut Vec<NewDelivery>,
-) {
+) -> bool {
+    let mut snoozed = false;
+    let mut allowed = |recipient: Option<i64>| match gate.decide(
+        snap,
+        script.id,
+        recipient,
+        shared.occ.camera_id,
+    ) {
+        RecipientDecision::Delivers => true,
+        RecipientDecision::SnoozedUntil(_) => {
+            snoozed = true;
+            false
+        }
+        RecipientDecision::UserDisabled => false,
+    };
     let Shared { occ, occurred_at, data: (data, data_truncated) } = *shared;
     let reaction = script.reaction.name.as_str();
     let payload_for = |id: &str| {
@@ -353,8 +435,11 @@ fn plan_script(
                     script = script.id,
                     "telegram script without bot_token or chat_id; nothing sent"
                 );
-                return;
+                return false;
             };
+            if !allowed(None) {
+                return snoozed;
+            }
             let hash = Sha256::digest(token.expose().as_bytes());
             let lane = format!("tg:{}:{chat}", hex::encode(&hash[..8]));
             let text = message_text(
@@ -375,17 +460,23 @@ fn plan_script(
         "webhook" => {
             let Some(url) = &script.extra.url else {
                 tracing::warn!(script = script.id, "webhook script without url; nothing sent");
-                return;
+                return false;
             };
+            if !allowed(None) {
+                return snoozed;
+            }
             let target = Target::Webhook { url: url.clone(), secret: script.extra.secret.clone() };
             push(url.clone(), &"webhook", String::new(), target);
         }
         _ => {
             for user in snap.recipients(script) {
-                push(user.to_string(), &user, String::new(), Target::Push { user_id: user });
+                if allowed(Some(user)) {
+                    push(user.to_string(), &user, String::new(), Target::Push { user_id: user });
+                }
             }
         }
     }
+    snoozed
 }
 
 /// Runs the intake until the channel closes: batches, writes, then acknowledges. A database

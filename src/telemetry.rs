@@ -41,6 +41,9 @@ pub const DELIVERIES_COALESCED: &str = "scriptd_deliveries_coalesced_total";
 pub const OCCURRENCES_SUPPRESSED: &str = "scriptd_occurrences_suppressed_total";
 /// Reason of [`OCCURRENCES_SUPPRESSED`]: within the script's `extra.cooldown_seconds`.
 pub const REASON_COOLDOWN: &str = "cooldown";
+/// Reason of [`OCCURRENCES_SUPPRESSED`]: a snooze silenced at least one of the script's
+/// deliveries for the occurrence (counted once per occurrence and script).
+pub const REASON_SNOOZE: &str = "snooze";
 /// Gauge: deliveries in the outbox not yet delivered or failed.
 pub const OUTBOX_DEPTH: &str = "scriptd_outbox_depth";
 /// Gauge: age of the oldest pending delivery, in seconds (0 when none).
@@ -183,7 +186,7 @@ pub fn describe() {
     describe_counter!(
         OCCURRENCES_SUPPRESSED,
         Unit::Count,
-        "Script firings suppressed, by reason (cooldown)."
+        "Script firings suppressed, by reason (cooldown, snooze)."
     );
     describe_gauge!(OUTBOX_DEPTH, Unit::Count, "Deliveries pending in the outbox.");
     describe_gauge!(
@@ -249,6 +252,7 @@ pub fn describe() {
         metrics::counter!(DELIVERIES_EXPIRED, LABEL_CHANNEL => channel).increment(0);
     }
     metrics::counter!(OCCURRENCES_SUPPRESSED, LABEL_REASON => REASON_COOLDOWN).increment(0);
+    metrics::counter!(OCCURRENCES_SUPPRESSED, LABEL_REASON => REASON_SNOOZE).increment(0);
     metrics::counter!(DELIVERIES_COALESCED).increment(0);
 }
 
