@@ -43,7 +43,7 @@ const FIELDS: [&str; 8] =
     ["title", "event_id", "reaction_id", "status", "cameras", "users", "timetable", "extra"];
 
 /// The request body as a JSON object, or a 422 that says why not (413 when too large).
-fn json_object(
+pub(super) fn json_object(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Map<String, Value>, ApiError> {
@@ -79,7 +79,7 @@ fn json_object(
 }
 
 /// A script id from the path; anything that is not a positive integer is simply not found.
-fn script_id(raw: &str) -> Result<i64, ApiError> {
+pub(super) fn script_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or(ApiError::NotFound("Script"))
 }
 
@@ -95,7 +95,7 @@ fn positive(query: &HashMap<String, String>, key: &str, default: u64) -> Result<
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await?
@@ -109,7 +109,7 @@ fn lookups_for(conn: &Connection, caller: &Caller) -> Result<Lookups, StoreError
 }
 
 /// The script `id` when the caller may see it; `None` when it is missing or not theirs.
-fn owned_script(
+pub(super) fn owned_script(
     conn: &Connection,
     caller: &Caller,
     id: i64,

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod error;
 pub mod guard;
 pub mod handlers;
+pub mod snoozes;
 pub mod stream;
 pub mod view;
 
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::get;
+use axum::routing::{delete, get};
 
 use crate::live::Live;
 use crate::store::Store;
@@ -63,6 +64,8 @@ pub fn router_with(state: AppState, extra_v1: Router<AppState>) -> Router {
         .route("/scripts/{id}/deliveries", get(h::script_deliveries))
         .route("/events", get(h::events))
         .route("/reactions", get(h::reactions))
+        .route("/scripts/{id}/snoozes", get(snoozes::list).post(snoozes::create))
+        .route("/scripts/{id}/snoozes/{snooze_id}", delete(snoozes::destroy))
         .merge(extra_v1)
         .fallback(h::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
