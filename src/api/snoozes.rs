@@ -18,8 +18,8 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::handlers::{blocking, json_object, owned_script, script_id};
-use crate::store::snoozes::{self, NewSnooze, Scope, Snooze};
 use crate::store::now_ms;
+use crate::store::snoozes::{self, NewSnooze, Scope, Snooze};
 use crate::validation::FieldErrors;
 
 /// The longest snooze `minutes` accepts: one week.
