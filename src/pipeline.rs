@@ -84,7 +84,12 @@ pub struct Intake {
     snoozes: SnoozeSet,
     /// When `snoozes_version` was last compared.
     snoozes_checked: Option<Instant>,
+    /// When expired snoozes were last deleted.
+    snoozes_purged: Option<Instant>,
 }
+
+/// How often the intake deletes snoozes that have ended (they already apply to nothing).
+const SNOOZE_PURGE: Duration = Duration::from_secs(60);
 
 /// How often the intake compares `snoozes_version`, so an API or CLI snooze change applies
 /// well within a second.
@@ -144,6 +149,7 @@ impl Intake {
             fired: Vec::new(),
             snoozes: SnoozeSet::default(),
             snoozes_checked: None,
+            snoozes_purged: None,
         })
     }
 
@@ -154,7 +160,15 @@ impl Intake {
             return;
         }
         self.snoozes_checked = Some(Instant::now());
+        let purge = self.snoozes_purged.is_none_or(|t| t.elapsed() >= SNOOZE_PURGE);
         let result = self.store.connect().and_then(|conn| {
+            if purge {
+                self.snoozes_purged = Some(Instant::now());
+                let gone = snoozes::purge_expired(&conn, crate::store::now_ms())?;
+                if gone > 0 {
+                    tracing::debug!(snoozes = gone, "expired snoozes deleted");
+                }
+            }
             if snoozes::version(&conn)? == self.snoozes.version {
                 return Ok(None);
             }
