@@ -44,6 +44,9 @@ enum Command {
     /// Timetable tools for operators.
     #[command(subcommand)]
     Timetable(TimetableCommand),
+    /// Snoozes (made through the API).
+    #[command(subcommand)]
+    Snooze(SnoozeCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -133,6 +136,12 @@ enum ScriptsCommand {
         #[arg(long, value_name = "ID")]
         owner: Option<i64>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnoozeCommand {
+    /// Print the snoozes that have not ended, one line each.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -310,6 +319,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scripts(cmd) => {
             let settings = load_settings(cli.config.as_deref())?;
             scripts_command(cmd, &settings.database.path, settings.timezone.tz())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snooze(SnoozeCommand::List) => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let now = scriptd::store::now_ms();
+            let list = scriptd::store::Store::migrate(&settings.database.path)?
+                .read(|tx| scriptd::store::snoozes::list_active(tx, now))?;
+            for s in list {
+                let until = chrono::DateTime::from_timestamp_millis(s.until)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default();
+                let camera = s.camera_id.as_deref().unwrap_or("any");
+                println!(
+                    "snooze {}: script {} scope {} by user {} camera {camera} until {until}",
+                    s.id,
+                    s.script_id,
+                    s.scope.as_str(),
+                    s.user_id
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Timetable(TimetableCommand::Check(args)) => {

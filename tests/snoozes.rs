@@ -82,6 +82,11 @@ async fn a_me_snooze_silences_only_the_caller_on_its_camera_until_deleted() {
     let (_, listed) = call(&d, Method::GET, &path, &d.token, None).await;
     assert_eq!(listed["data"][0]["scope"], "me", "{listed}");
     assert_eq!(listed["data"][0]["camera_id"], 3, "{listed}");
+    let cli = d.cli(&["snooze", "list"]);
+    assert!(
+        cli.contains(&format!("snooze {snooze_id}: script {id} scope me by user 1 camera 3 until")),
+        "{cli}"
+    );
 
     // Live within a second of the change.
     tokio::time::sleep(Duration::from_millis(1000)).await;
