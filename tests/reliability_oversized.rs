@@ -45,6 +45,20 @@ fn metric(text: &str, series: &str) -> f64 {
 const TOO_LARGE: &str = "scriptd_occurrences_rejected_total{reason=\"too_large\"}";
 const RECONNECTS: &str = "scriptd_mqtt_reconnects_total{connection=\"events\"}";
 
+/// The metrics text once `too_large` has counted at least `n` (at most 5 s).
+async fn too_large_reaches(d: &Daemon, n: f64) -> String {
+    within(5, "the too_large rejections counted", async {
+        loop {
+            let m = d.metrics().await;
+            if metric(&m, TOO_LARGE) >= n {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
 /// Collects pushes for user 1 until every id in `want` arrived (at most `secs`), and returns
 /// every push received meanwhile by occurrence id.
 async fn pushes_for(app: &mut TestClient, want: &[&str], secs: u64) -> Vec<Value> {
@@ -111,16 +125,7 @@ async fn scenario(protocol: &str, too_large: f64, too_large_after_restart: f64) 
             assert!(p.get("data_truncated").is_none(), "{p}");
         }
     }
-    let after = within(5, "the rejections counted", async {
-        loop {
-            let m = d.metrics().await;
-            if metric(&m, TOO_LARGE) >= too_large {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let after = too_large_reaches(&d, too_large).await;
     assert_eq!(metric(&after, TOO_LARGE), too_large, "{after}");
     assert_eq!(metric(&after, RECONNECTS), metric(&before, RECONNECTS), "no reconnect loop");
     assert!(d.log().contains("too_large"), "the rejection is logged with its reason");
@@ -141,16 +146,7 @@ async fn scenario(protocol: &str, too_large: f64, too_large_after_restart: f64) 
     vms.publish(TOPIC, occurrence("ok-5", 10)).await;
     let pushes = pushes_for(&mut app, &["ok-4", "ok-5"], 10).await;
     assert!(pushes.iter().all(|p| p["occurrence_id"] != "huge-while-down"));
-    let restarted = within(5, "the rejection after the restart counted", async {
-        loop {
-            let m = d.metrics().await;
-            if metric(&m, TOO_LARGE) >= too_large_after_restart {
-                return m;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let restarted = too_large_reaches(&d, too_large_after_restart).await;
     assert_eq!(metric(&restarted, TOO_LARGE), too_large_after_restart, "{restarted}");
     assert_eq!(metric(&restarted, RECONNECTS), 0.0, "{restarted}");
 }

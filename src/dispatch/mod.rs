@@ -267,9 +267,9 @@ mod tests {
         assert_eq!(delivery_id("7f1d2c9e-...", 1, 42), "7f1d2c9e-...:1:42");
     }
 
-    #[test]
-    fn absent_data_and_snapshot_are_null() {
-        let v = push_payload(&PushParts {
+    /// A push of a `sound` script without data or snapshot.
+    fn bare_parts(data_truncated: bool) -> PushParts<'static> {
+        PushParts {
             reaction: "sound",
             delivery_id: "o:1:2",
             script_id: 1,
@@ -282,9 +282,14 @@ mod tests {
             camera_id: 3,
             occurred_at: "2026-11-27T11:30:05+00:00",
             data: None,
-            data_truncated: false,
+            data_truncated,
             snapshot_url: None,
-        });
+        }
+    }
+
+    #[test]
+    fn absent_data_and_snapshot_are_null() {
+        let v = push_payload(&bare_parts(false));
         assert_eq!(v["data"], Value::Null);
         assert_eq!(v["snapshot_url"], Value::Null);
         assert!(v.get("data_truncated").is_none(), "the flag appears only when set");
@@ -301,22 +306,7 @@ mod tests {
         assert_eq!(bounded_data(Some(&exact), 10_000_000), (Some(&exact), false));
         let big = json!({"image": "x".repeat(MAX_PUSH_DATA_BYTES)});
         assert_eq!(bounded_data(Some(&big), 10_000_000), (None, true));
-        let v = push_payload(&PushParts {
-            reaction: "sound",
-            delivery_id: "o:1:2",
-            script_id: 1,
-            script_title: "t",
-            event_id: 1,
-            event_name: "n",
-            event_description: "d",
-            event_color: "#000000",
-            occurrence_id: "o",
-            camera_id: 3,
-            occurred_at: "2026-11-27T11:30:05+00:00",
-            data: None,
-            data_truncated: true,
-            snapshot_url: None,
-        });
+        let v = push_payload(&bare_parts(true));
         assert_eq!((&v["data"], &v["data_truncated"]), (&Value::Null, &Value::Bool(true)));
     }
 
