@@ -285,12 +285,8 @@ async fn sigkill_and_downtime_lose_nothing() {
     assert_eq!(String::from_utf8_lossy(&integrity.stdout).trim(), "ok");
 }
 
-/// The server-sent-event stream carries the caller's pushes (and only theirs).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reaction_stream_carries_the_callers_pushes() {
-    use futures_util::StreamExt;
-    let d = Daemon::start(never_stale()).await;
-    d.create_script(&script("stream", SIDEBAR, FACE, &[1, 2], all_day())).await;
+/// Opens user 1's reaction stream (200 asserted).
+async fn open_stream(d: &Daemon) -> reqwest::Response {
     let resp = reqwest::Client::new()
         .get(d.url("/reactions/stream"))
         .bearer_auth(&d.token)
@@ -298,6 +294,16 @@ async fn reaction_stream_carries_the_callers_pushes() {
         .await
         .expect("GET stream");
     assert_eq!(resp.status(), 200);
+    resp
+}
+
+/// The server-sent-event stream carries the caller's pushes (and only theirs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaction_stream_carries_the_callers_pushes() {
+    use futures_util::StreamExt;
+    let d = Daemon::start(never_stale()).await;
+    d.create_script(&script("stream", SIDEBAR, FACE, &[1, 2], all_day())).await;
+    let resp = open_stream(&d).await;
     assert!(
         resp.headers()
             .get("content-type")
@@ -339,16 +345,9 @@ async fn reaction_stream_carries_the_callers_pushes() {
 async fn sigterm_with_open_reaction_streams_exits_promptly() {
     use futures_util::StreamExt;
     let mut d = Daemon::start(never_stale()).await;
-    let client = reqwest::Client::new();
     let mut streams = Vec::new();
     for _ in 0..3 {
-        let resp = client
-            .get(d.url("/reactions/stream"))
-            .bearer_auth(&d.token)
-            .send()
-            .await
-            .expect("GET stream");
-        assert_eq!(resp.status(), 200);
+        let resp = open_stream(&d).await;
         streams.push(tokio::spawn(async move {
             let mut body = resp.bytes_stream();
             let mut text = String::new();
