@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::daemon::{Daemon, DaemonOptions, script};
+use support::daemon::{Daemon, DaemonOptions, call_from, script};
 use support::{TestClient, within};
 
 const SIDEBAR: i64 = 2;
@@ -21,30 +21,6 @@ const FACE: i64 = 1;
 
 fn all_day() -> Value {
     json!({"days": [{"type": "same_every_day", "from": "00:00", "to": "23:59"}]})
-}
-
-/// Sends a request with `token` (none when empty) from the default client; returns the
-/// status, the `Retry-After` header and the JSON body (or Null).
-async fn call_from(
-    client: &reqwest::Client,
-    d: &Daemon,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<&Value>,
-) -> (u16, Option<String>, Value) {
-    let mut rb = client.request(method, d.url(path)).header("X-Client", "ios-cctv");
-    if !token.is_empty() {
-        rb = rb.bearer_auth(token);
-    }
-    if let Some(b) = body {
-        rb = rb.json(b);
-    }
-    let res = rb.send().await.expect("request");
-    let status = res.status().as_u16();
-    let retry = res.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let text = res.text().await.expect("body");
-    (status, retry, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 async fn call(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::TestClient;
-use support::daemon::{Daemon, DaemonOptions, script};
+use support::daemon::{Daemon, DaemonOptions, call_from, script};
 
 const SIDEBAR: i64 = 2;
 const FACE: i64 = 1;
@@ -24,14 +24,8 @@ async fn call(
     token: &str,
     body: Option<&Value>,
 ) -> (u16, Value) {
-    let mut rb = reqwest::Client::new().request(method, d.url(path)).bearer_auth(token);
-    if let Some(b) = body {
-        rb = rb.json(b);
-    }
-    let res = rb.send().await.expect("request");
-    let status = res.status().as_u16();
-    let text = res.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    let (status, _, v) = call_from(&reqwest::Client::new(), d, method, path, token, body).await;
+    (status, v)
 }
 
 fn occurrence(id: &str, camera: i64) -> Vec<u8> {

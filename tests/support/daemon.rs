@@ -305,3 +305,27 @@ pub fn occurrence(id: &str, event_id: i64, camera_id: i64, occurred_at: &str) ->
         .to_string()
         .into_bytes()
 }
+
+/// Sends a request with `token` (none when empty) from `client`; returns the status, the
+/// `Retry-After` header and the JSON body (or Null).
+pub async fn call_from(
+    client: &reqwest::Client,
+    d: &Daemon,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> (u16, Option<String>, Value) {
+    let mut rb = client.request(method, d.url(path)).header("X-Client", "ios-cctv");
+    if !token.is_empty() {
+        rb = rb.bearer_auth(token);
+    }
+    if let Some(b) = body {
+        rb = rb.json(b);
+    }
+    let res = rb.send().await.expect("request");
+    let status = res.status().as_u16();
+    let retry = res.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let text = res.text().await.expect("body");
+    (status, retry, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
