@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::daemon::{Daemon, DaemonOptions, call_from, script};
+use support::daemon::{Daemon, DaemonOptions, call, call_from, script};
 use support::{TestClient, within};
 
 const SIDEBAR: i64 = 2;
@@ -21,17 +21,6 @@ const FACE: i64 = 1;
 
 fn all_day() -> Value {
     json!({"days": [{"type": "same_every_day", "from": "00:00", "to": "23:59"}]})
-}
-
-async fn call(
-    d: &Daemon,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let (status, _, v) = call_from(&reqwest::Client::new(), d, method, path, token, body).await;
-    (status, v)
 }
 
 async fn create_as(d: &Daemon, token: &str, body: &Value) -> i64 {

@@ -10,23 +10,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::TestClient;
-use support::daemon::{Daemon, DaemonOptions, call_from, script};
+use support::daemon::{Daemon, DaemonOptions, call, script};
 
 const SIDEBAR: i64 = 2;
 const FACE: i64 = 1;
-
-async fn call(
-    d: &Daemon,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let (status, _, v) = call_from(&reqwest::Client::new(), d, method, path, token, body).await;
-    (status, v)
-}
 
 fn occurrence(id: &str, camera: i64) -> Vec<u8> {
     json!({"id": id, "event_id": FACE, "camera_id": camera, "occurred_at": chrono::Utc::now().to_rfc3339()})

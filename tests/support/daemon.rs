@@ -329,3 +329,15 @@ pub async fn call_from(
     let text = res.text().await.expect("body");
     (status, retry, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
+
+/// [`call_from`] with a new client: the status and the JSON body.
+pub async fn call(
+    d: &Daemon,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let (status, _, v) = call_from(&reqwest::Client::new(), d, method, path, token, body).await;
+    (status, v)
+}
