@@ -632,6 +632,47 @@ fn due_where(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// What one claim of the dispatcher found: the rows expired now per channel, how many rows
+/// were coalesced into a Telegram summary, and the due rows per channel asked.
+pub type ClaimFound = (Vec<(&'static str, usize)>, usize, Vec<Vec<Claimed>>);
+
+/// One claim of the dispatcher: expires the old pending rows of the `asked` channels, reads
+/// their due rows (up to each channel's limit) under the hand-over's lock, and coalesces
+/// the Telegram rows found whose lane is not in `busy` (a lane's head in flight is not
+/// rewritten under its attempt).
+///
+/// The writes (expiry, coalescing) run **outside** the hand-over's lock: a writer holds
+/// SQLite's write lock while it waits for that lock to commit and hand over, so a write
+/// under the lock would wait for the writer and the writer for it, until the busy timeout
+/// broke the tie (both stalled for seconds). Under the lock only reads run, which never wait
+/// for a writer (WAL). Expiry first is safe: a handed-over row of an asked channel is
+/// dropped by the query, so an expired one is never started from the hand-over.
+pub fn claim_rows(
+    conn: &mut Conn,
+    handoff: &Handoff,
+    asked: &[(Channel, usize)],
+    now_ms: i64,
+    expire_after: &crate::settings::ExpireAfter,
+    busy: &std::collections::HashSet<String>,
+) -> Result<ClaimFound, StoreError> {
+    let is_asked = |c: Channel| asked.iter().any(|(a, _)| *a == c);
+    let only_asked = crate::settings::ExpireAfter {
+        push: if is_asked(Channel::Push) { expire_after.push } else { 0 },
+        telegram: if is_asked(Channel::Telegram) { expire_after.telegram } else { 0 },
+        webhook: if is_asked(Channel::Webhook) { expire_after.webhook } else { 0 },
+    };
+    let expired = expire(conn, now_ms, &only_asked)?;
+    let channels: Vec<Channel> = asked.iter().map(|(c, _)| *c).collect();
+    let mut found: Vec<Vec<Claimed>> = handoff.query_channels(&channels, || {
+        asked.iter().map(|(channel, limit)| due_in(&*conn, *channel, now_ms, *limit)).collect()
+    })?;
+    let mut coalesced = 0;
+    for row in found.iter_mut().flatten().filter(|r| !busy.contains(&r.lane)) {
+        coalesced += coalesce(conn, row, now_ms)?;
+    }
+    Ok((expired, coalesced, found))
+}
+
 /// The earliest `next_attempt_at` after `now_ms` among pending rows, if any.
 pub fn next_due_after(conn: &Connection, now_ms: i64) -> Result<Option<i64>, StoreError> {
     Ok(conn
@@ -1128,5 +1169,67 @@ mod tests {
         assert_eq!(due(&conn, 10, 10).unwrap()[0].target, head.target);
         // Nothing more to coalesce: the head is unchanged.
         assert_eq!(coalesce(&mut conn, &mut head, 11).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_claim_never_waits_for_the_write_lock_while_holding_the_hand_over() {
+        // A writer holds SQLite's write lock, then needs the hand-over's lock to commit (as
+        // `OutboxWriter::write` does). A claim that has to coalesce runs meanwhile: it may
+        // wait for the write lock, but not while holding the hand-over's lock.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::migrate(&dir.path().join("t.db"))
+            .unwrap()
+            .with_busy_timeout(std::time::Duration::from_secs(3));
+        let mut writer = OutboxWriter::new(&store).unwrap();
+        let tg = |id: &str| NewDelivery {
+            id: id.into(),
+            occurrence_id: id.into(),
+            script_id: 1,
+            reaction: "telegram-message".into(),
+            recipient: "5".into(),
+            lane: "tg:x:5".into(),
+            payload: "{}".into(),
+            target: Target::Telegram {
+                bot_token: Secret::new("1:t"),
+                chat_id: "5".into(),
+                text: id.into(),
+                photo_url: None,
+            },
+        };
+        writer.enqueue(&[tg("a"), tg("b")], now_ms_for_test()).unwrap();
+        let mut holder = store.connect().unwrap();
+        let write_lock = holder.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
+        let claim = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut conn = store.connect().unwrap();
+                claim_rows(
+                    &mut conn,
+                    store.handoff(),
+                    &[(Channel::Telegram, 10)],
+                    now_ms_for_test(),
+                    &crate::settings::ExpireAfter::default(),
+                    &std::collections::HashSet::new(),
+                )
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (got, rx) = std::sync::mpsc::channel();
+        let handoff = store.handoff().clone();
+        std::thread::spawn(move || {
+            let _queue = handoff.lock();
+            got.send(()).ok();
+        });
+        let committed = rx.recv_timeout(std::time::Duration::from_secs(1)).is_ok();
+        write_lock.commit().unwrap();
+        let claimed = claim.join().unwrap();
+        assert!(committed, "the claim held the hand-over's lock while waiting to write");
+        let (_, coalesced, found) = claimed.unwrap();
+        assert_eq!(coalesced, 1);
+        assert_eq!(found[0].len(), 1);
+    }
+
+    fn now_ms_for_test() -> i64 {
+        chrono::Utc::now().timestamp_millis()
     }
 }

@@ -171,12 +171,13 @@ async fn a_hung_webhook_receiver_delays_no_push_and_loses_nothing() {
     assert_eq!(metric(&m, "scriptd_breakers_open{channel=\"webhook\"}"), Some(0.0), "{m}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_bot_api_delays_no_push() {
-    let _serial = SERIAL.lock().await;
-    let broker = Mosquitto::start().await;
-    let stub = TelegramStub::start().await;
-    stub.hang_all(true);
+/// The daemon with a camera pop-up script and two Telegram scripts (two chats of one bot)
+/// on the same event, the Bot API at `stub`, and the operator's app subscribed.
+async fn popup_and_two_chats(
+    broker: &Mosquitto,
+    stub: &TelegramStub,
+    app_id: &str,
+) -> (Daemon, TestClient) {
     let d = Daemon::start(DaemonOptions {
         external_broker: Some(broker.port()),
         env: env(&[("SCRIPTD__TELEGRAM__API_URL", &stub.api_url())]),
@@ -184,15 +185,25 @@ async fn a_hung_bot_api_delays_no_push() {
     })
     .await;
     d.create_script(&script("popup", SIDEBAR, FACE, &[1], all_day())).await;
-    // Two chats of one bot: two Telegram attempts hang at once (one per chat: a chat's
-    // messages go one at a time).
+    // Two chats of one bot: two Telegram attempts at once (a chat's messages go one at a
+    // time, so the rest of each chat's messages wait, to be coalesced).
     for chat in 0..2 {
         let mut s = script(&format!("tg {chat}"), TELEGRAM, FACE, &[1], all_day());
         s["extra"] = json!({"bot_token": "111:AAA", "chat_id": format!("{}", 500 + chat)});
         d.create_script(&s).await;
     }
-    let mut app = TestClient::connect(broker.port(), "operator-app-tg").await;
+    let mut app = TestClient::connect(broker.port(), app_id).await;
     app.subscribe("vms/users/1/reactions").await;
+    (d, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_bot_api_delays_no_push() {
+    let _serial = SERIAL.lock().await;
+    let broker = Mosquitto::start().await;
+    let stub = TelegramStub::start().await;
+    stub.hang_all(true);
+    let (d, mut app) = popup_and_two_chats(&broker, &stub, "operator-app-tg").await;
 
     every_push_in_time(&broker, &mut app, "Bot API hangs").await;
 
@@ -208,4 +219,33 @@ async fn a_hung_bot_api_delays_no_push() {
     stub.hang_all(false);
     stub.wait_for(2, Duration::from_secs(60)).await;
     wait_health(&d, "up", "ok", 30).await;
+}
+
+/// A working Bot API: each chat's queue is rate-limited, so the Telegram channel keeps
+/// coalescing (writing) while the pushes flow. Its writes must never stall the intake
+/// (they once waited for the intake's write lock while holding the hand-over's lock: every
+/// push stalled for the busy timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_telegram_channel_delays_no_push() {
+    let _serial = SERIAL.lock().await;
+    let broker = Mosquitto::start().await;
+    let stub = TelegramStub::start().await;
+    let (d, mut app) = popup_and_two_chats(&broker, &stub, "operator-app-tg-busy").await;
+
+    every_push_in_time(&broker, &mut app, "Telegram busy").await;
+
+    // Both chats got messages, and the queued rest ended coalesced into summaries.
+    stub.wait_for(2, Duration::from_secs(30)).await;
+    let coalesced = within(30, "coalesced deliveries counted", async {
+        loop {
+            let m = d.metrics().await;
+            if let Some(n) = metric(&m, "scriptd_deliveries_coalesced_total").filter(|n| *n > 0.0) {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(coalesced >= 1.0);
+    assert!(!d.log().contains("database is busy"), "the outbox stalled on its own lock");
 }

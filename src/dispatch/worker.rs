@@ -775,23 +775,11 @@ impl Loop {
         let now = now_ms();
         let handoff = self.handoff.clone();
         let asked = asks.clone();
-        let channels: Vec<Channel> = asks.iter().map(|(c, _)| *c).collect();
         let expire_after = self.live.load().expire_after;
         // A lane's head in flight is not rewritten under its attempt.
         let busy = self.busy_lanes.clone();
         let found = with_db(&db, move |c| {
-            handoff.query_channels(&channels, || {
-                let expired = outbox::expire(c, now, &expire_after)?;
-                let mut found = asked
-                    .iter()
-                    .map(|(channel, limit)| outbox::due_in(c, *channel, now, *limit))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let mut coalesced = 0;
-                for row in found.iter_mut().flatten().filter(|r| !busy.contains(&r.lane)) {
-                    coalesced += outbox::coalesce(c, row, now)?;
-                }
-                Ok((expired, coalesced, found))
-            })
+            outbox::claim_rows(c, &handoff, &asked, now, &expire_after, &busy)
         })
         .await;
         let found = match found {
