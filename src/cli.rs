@@ -1,4 +1,4 @@
-//! Operator commands that need no daemon: `timetable check`.
+//! Operator commands that need no daemon: `timetable check`, `explain`.
 
 use std::io::Read;
 use std::path::Path;
@@ -63,6 +63,38 @@ pub fn timetable_check(
             CheckOutput { stdout, exit_code: 0 }
         }
     }
+}
+
+/// `scriptd explain`: one line per script of `event` (an id or a name) for an occurrence
+/// on `camera` at `at`, every owner included, from the database's scripts, cooldowns and
+/// snoozes (see [`crate::explain`]).
+pub fn explain(
+    store: crate::store::Store,
+    timezone: chrono_tz::Tz,
+    event: &str,
+    camera: i64,
+    at: DateTime<chrono::Utc>,
+) -> anyhow::Result<Vec<String>> {
+    use crate::explain::{Question, State};
+    if camera <= 0 {
+        anyhow::bail!("--camera must be a positive integer, not {camera}");
+    }
+    let live = crate::live::Live::new(store.clone(), timezone)?;
+    live.reload_blocking()?;
+    let snap = live.load();
+    let event_id = match event.parse::<i64>() {
+        Ok(id) if snap.events.contains_key(&id) => id,
+        _ => match snap.events.values().find(|e| e.name == event) {
+            Some(e) => e.id,
+            None => anyhow::bail!("--event {event:?} is not an event id or name of the catalog"),
+        },
+    };
+    let q = Question { event_id, camera_id: camera, at, occurrence_id: None };
+    let verdicts = store.read(|tx| {
+        let state = State::load(tx, at.timestamp_millis())?;
+        crate::explain::explain(tx, &snap, timezone, &state, &q, |_| true)
+    })?;
+    Ok(verdicts.iter().map(|v| v.to_line()).collect())
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod dispatch;
+pub mod explain;
 pub mod health;
 pub mod hub;
 pub mod index;

@@ -271,14 +271,19 @@ impl Snapshot {
 
     /// The users a script's reaction goes to: its users, plus every sub-user below them
     /// for the client-side reactions (`show-camera-sidebar`, `show-camera`, `sound`);
-    /// disabled users left out (their sub-users still get theirs).
-    pub fn recipients(&self, script: &ScriptRecord) -> Vec<i64> {
-        let mut users = match script.reaction.name.as_str() {
+    /// disabled users included (the intake's gate leaves them out, explain names them).
+    pub fn audience(&self, script: &ScriptRecord) -> Vec<i64> {
+        match script.reaction.name.as_str() {
             "show-camera-sidebar" | "show-camera" | "sound" => {
                 self.descendants(self.scripts.users(script))
             }
             _ => self.scripts.users(script).to_vec(),
-        };
+        }
+    }
+
+    /// [`Self::audience`] without the disabled users (their sub-users still get theirs).
+    pub fn recipients(&self, script: &ScriptRecord) -> Vec<i64> {
+        let mut users = self.audience(script);
         if !self.disabled.is_empty() {
             users.retain(|u| !self.disabled.contains(u));
         }

@@ -44,6 +44,9 @@ enum Command {
     /// Timetable tools for operators.
     #[command(subcommand)]
     Timetable(TimetableCommand),
+    /// Why an occurrence would fire each script of its event or not: one line per script
+    /// (the daemon's index and rules, read from the database).
+    Explain(ExplainArgs),
     /// Snoozes (made through the API).
     #[command(subcommand)]
     Snooze(SnoozeCommand),
@@ -136,6 +139,19 @@ enum ScriptsCommand {
         #[arg(long, value_name = "ID")]
         owner: Option<i64>,
     },
+}
+
+#[derive(Args, Debug)]
+struct ExplainArgs {
+    /// The event: its id or its name.
+    #[arg(long, value_name = "E")]
+    event: String,
+    /// The camera id.
+    #[arg(long, value_name = "C")]
+    camera: i64,
+    /// The occurrence's `occurred_at`, RFC 3339 (default: now).
+    #[arg(long, value_name = "T", value_parser = parse_rfc3339)]
+    at: Option<DateTime<FixedOffset>>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -319,6 +335,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scripts(cmd) => {
             let settings = load_settings(cli.config.as_deref())?;
             scripts_command(cmd, &settings.database.path, settings.timezone.tz())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain(args) => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let store = scriptd::store::Store::migrate(&settings.database.path)?;
+            let at = args.at.map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
+            let lines = cli::explain(store, settings.timezone.tz(), &args.event, args.camera, at)?;
+            for line in lines {
+                println!("{line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Snooze(SnoozeCommand::List) => {

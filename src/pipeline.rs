@@ -88,8 +88,12 @@ pub struct Intake {
     snoozes_purged: Option<Instant>,
 }
 
-/// How often the intake deletes snoozes that have ended (they already apply to nothing).
+/// How often the intake deletes snoozes that ended longer ago than an accepted occurrence
+/// can be old (they can apply to nothing any more).
 const SNOOZE_PURGE: Duration = Duration::from_secs(60);
+
+/// How long an ended snooze is kept when `events.max_age_seconds` is 0 (no age limit).
+const SNOOZE_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// How often the intake compares `snoozes_version`, so an API or CLI snooze change applies
 /// well within a second.
@@ -155,16 +159,23 @@ impl Intake {
 
     /// Reloads the snooze cache when `snoozes_version` moved; at most every
     /// [`SNOOZE_CHECK`]. A read error keeps the previous cache (logged).
-    fn refresh_snoozes(&mut self) {
+    ///
+    /// A snooze applies by `occurred_at`, so it is kept while an occurrence it covers can
+    /// still be accepted: until `events.max_age_seconds` after it ended (a day when that is
+    /// 0 = no limit); then it is deleted.
+    fn refresh_snoozes(&mut self, now: DateTime<Utc>) {
         if self.snoozes_checked.is_some_and(|t| t.elapsed() < SNOOZE_CHECK) {
             return;
         }
         self.snoozes_checked = Some(Instant::now());
+        let max_age = self.settings.load().events.max_age_seconds;
+        let keep = if max_age == 0 { SNOOZE_KEEP } else { Duration::from_secs(max_age) };
+        let horizon = now.timestamp_millis() - i64::try_from(keep.as_millis()).unwrap_or(0);
         let purge = self.snoozes_purged.is_none_or(|t| t.elapsed() >= SNOOZE_PURGE);
         let result = self.store.connect().and_then(|conn| {
             if purge {
                 self.snoozes_purged = Some(Instant::now());
-                let gone = snoozes::purge_expired(&conn, crate::store::now_ms())?;
+                let gone = snoozes::purge_expired(&conn, horizon)?;
                 if gone > 0 {
                     tracing::debug!(snoozes = gone, "expired snoozes deleted");
                 }
@@ -172,7 +183,7 @@ impl Intake {
             if snoozes::version(&conn)? == self.snoozes.version {
                 return Ok(None);
             }
-            SnoozeSet::load(&conn, crate::store::now_ms()).map(Some)
+            SnoozeSet::load(&conn, horizon).map(Some)
         });
         match result {
             Ok(Some(set)) => self.snoozes = set,
@@ -235,7 +246,7 @@ impl Intake {
             tracing::debug!(occurrence = %occ.id, occurred_at = %occ.occurred_at, "stale occurrence dropped");
             return Outcome::Stale;
         }
-        self.refresh_snoozes();
+        self.refresh_snoozes(now);
         let started = Instant::now();
         let t = occ.occurred_at_utc().timestamp();
         snap.index.matches_into(event.id, occ.camera_id, t, &mut self.matches);
@@ -354,9 +365,9 @@ pub fn in_cooldown(
     })
 }
 
-/// What decides, per recipient of a matched script, whether a delivery is made: the
-/// snoozes at the occurrence's `occurred_at` (disabled users are already left out by
-/// [`Snapshot::recipients`]).
+/// What decides, per recipient of a matched script ([`recipients_of`]), whether a delivery
+/// is made: disabled accounts get nothing, then the snoozes at the occurrence's
+/// `occurred_at` apply.
 pub struct Gate<'a> {
     /// The active snoozes.
     pub snoozes: &'a SnoozeSet,
@@ -380,6 +391,56 @@ impl Gate<'_> {
     }
 }
 
+/// Who one delivery of a matched script goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient<'a> {
+    /// A user's client apps (a push), disabled users included: the [`Gate`] leaves them out.
+    User(i64),
+    /// A Telegram chat, with the script's bot token.
+    Chat { chat_id: &'a str, bot_token: &'a crate::secret::Secret },
+    /// A webhook URL.
+    Url(&'a str),
+}
+
+impl Recipient<'_> {
+    /// The user id the snooze and account rules look at (`None` for chats and URLs).
+    pub fn user(&self) -> Option<i64> {
+        match self {
+            Recipient::User(u) => Some(*u),
+            Recipient::Chat { .. } | Recipient::Url(_) => None,
+        }
+    }
+}
+
+/// Everybody a matched script's reaction goes to: the chat of a Telegram script, the URL of a
+/// webhook script, otherwise its users (plus their sub-users for the client-side reactions),
+/// disabled users included. A hand-edited row without its chat, token or URL has nobody
+/// (logged). The intake and explain both ask this, then the [`Gate`].
+pub fn recipients_of<'a>(snap: &Snapshot, script: &'a ScriptRecord) -> Vec<Recipient<'a>> {
+    match script.reaction.name.as_str() {
+        "telegram-message" => {
+            let (Some(bot_token), Some(chat_id)) = (&script.extra.bot_token, &script.extra.chat_id)
+            else {
+                // Validation requires both; a hand-edited row without them is skipped loudly.
+                tracing::warn!(
+                    script = script.id,
+                    "telegram script without bot_token or chat_id; nothing sent"
+                );
+                return Vec::new();
+            };
+            vec![Recipient::Chat { chat_id, bot_token }]
+        }
+        "webhook" => match &script.extra.url {
+            Some(url) => vec![Recipient::Url(url)],
+            None => {
+                tracing::warn!(script = script.id, "webhook script without url; nothing sent");
+                Vec::new()
+            }
+        },
+        _ => snap.audience(script).into_iter().map(Recipient::User).collect(),
+    }
+}
+
 /// The deliveries of one matched script for one occurrence; true when a snooze silenced
 /// at least one of them.
 fn plan_script(
@@ -391,20 +452,6 @@ fn plan_script(
     tz: chrono_tz::Tz,
     out: &mut Vec<NewDelivery>,
 ) -> bool {
-    let mut snoozed = false;
-    let mut allowed = |recipient: Option<i64>| match gate.decide(
-        snap,
-        script.id,
-        recipient,
-        shared.occ.camera_id,
-    ) {
-        RecipientDecision::Delivers => true,
-        RecipientDecision::SnoozedUntil(_) => {
-            snoozed = true;
-            false
-        }
-        RecipientDecision::UserDisabled => false,
-    };
     let Shared { occ, occurred_at, data: (data, data_truncated) } = *shared;
     let reaction = script.reaction.name.as_str();
     let payload_for = |id: &str| {
@@ -441,52 +488,42 @@ fn plan_script(
                 target,
             });
         };
-    match reaction {
-        "telegram-message" => {
-            let (Some(token), Some(chat)) = (&script.extra.bot_token, &script.extra.chat_id) else {
-                // Validation requires both; a hand-edited row without them is skipped loudly.
-                tracing::warn!(
-                    script = script.id,
-                    "telegram script without bot_token or chat_id; nothing sent"
+    let mut snoozed = false;
+    for recipient in recipients_of(snap, script) {
+        match gate.decide(snap, script.id, recipient.user(), occ.camera_id) {
+            RecipientDecision::Delivers => {}
+            RecipientDecision::SnoozedUntil(_) => {
+                snoozed = true;
+                continue;
+            }
+            RecipientDecision::UserDisabled => continue,
+        }
+        match recipient {
+            Recipient::Chat { chat_id, bot_token } => {
+                let hash = Sha256::digest(bot_token.expose().as_bytes());
+                let lane = format!("tg:{}:{chat_id}", hex::encode(&hash[..8]));
+                let text = message_text(
+                    &script.title,
+                    &event.description,
+                    occ.camera_id,
+                    &local_time(occ.occurred_at_utc(), tz),
+                    data,
                 );
-                return false;
-            };
-            if !allowed(None) {
-                return snoozed;
+                let target = Target::Telegram {
+                    bot_token: bot_token.clone(),
+                    chat_id: chat_id.to_owned(),
+                    text,
+                    photo_url: occ.snapshot_url.clone(),
+                };
+                push(chat_id.to_owned(), &chat_id, lane, target);
             }
-            let hash = Sha256::digest(token.expose().as_bytes());
-            let lane = format!("tg:{}:{chat}", hex::encode(&hash[..8]));
-            let text = message_text(
-                &script.title,
-                &event.description,
-                occ.camera_id,
-                &local_time(occ.occurred_at_utc(), tz),
-                data,
-            );
-            let target = Target::Telegram {
-                bot_token: token.clone(),
-                chat_id: chat.clone(),
-                text,
-                photo_url: occ.snapshot_url.clone(),
-            };
-            push(chat.clone(), chat, lane, target);
-        }
-        "webhook" => {
-            let Some(url) = &script.extra.url else {
-                tracing::warn!(script = script.id, "webhook script without url; nothing sent");
-                return false;
-            };
-            if !allowed(None) {
-                return snoozed;
+            Recipient::Url(url) => {
+                let target =
+                    Target::Webhook { url: url.to_owned(), secret: script.extra.secret.clone() };
+                push(url.to_owned(), &"webhook", String::new(), target);
             }
-            let target = Target::Webhook { url: url.clone(), secret: script.extra.secret.clone() };
-            push(url.clone(), &"webhook", String::new(), target);
-        }
-        _ => {
-            for user in snap.recipients(script) {
-                if allowed(Some(user)) {
-                    push(user.to_string(), &user, String::new(), Target::Push { user_id: user });
-                }
+            Recipient::User(user) => {
+                push(user.to_string(), &user, String::new(), Target::Push { user_id: user });
             }
         }
     }

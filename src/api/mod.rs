@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod explain;
 pub mod guard;
 pub mod handlers;
 pub mod snoozes;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 
 use crate::live::Live;
 use crate::store::Store;
@@ -66,6 +67,8 @@ pub fn router_with(state: AppState, extra_v1: Router<AppState>) -> Router {
         .route("/reactions", get(h::reactions))
         .route("/scripts/{id}/snoozes", get(snoozes::list).post(snoozes::create))
         .route("/scripts/{id}/snoozes/{snooze_id}", delete(snoozes::destroy))
+        .route("/explain", post(explain::explain))
+        .route("/occurrences/{id}", get(explain::occurrence))
         .merge(extra_v1)
         .fallback(h::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -180,6 +180,21 @@ pub fn for_each(
     each_row(conn, &format!("SELECT {COLUMNS} FROM scripts ORDER BY id"), [], f)
 }
 
+/// The scripts whose stored `event_id` is `event_id`, by id (explain).
+pub fn of_event(conn: &Connection, event_id: i64) -> Result<Vec<StoredScript>, StoreError> {
+    let mut out = Vec::new();
+    each_row(
+        conn,
+        &format!("SELECT {COLUMNS} FROM scripts WHERE event_id = ?1 ORDER BY id"),
+        [event_id],
+        |s| {
+            out.push(s);
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
 /// Every script, by id.
 pub fn all(conn: &Connection) -> Result<Vec<StoredScript>, StoreError> {
     page(conn, 0, i64::MAX as u64).map(|(v, _)| v)

@@ -16,6 +16,7 @@ pub mod clients;
 pub mod daemon;
 pub mod mosquitto;
 pub mod telegram_stub;
+pub mod timetables;
 pub mod webhook_receiver;
 
 use std::future::Future;
