@@ -158,12 +158,13 @@ impl Intake {
     }
 
     /// Reloads the snooze cache when `snoozes_version` moved; at most every
-    /// [`SNOOZE_CHECK`]. A read error keeps the previous cache (logged).
+    /// [`SNOOZE_CHECK`], on the blocking pool (never on the intake's async task). A read
+    /// error keeps the previous cache (logged).
     ///
     /// A snooze applies by `occurred_at`, so it is kept while an occurrence it covers can
     /// still be accepted: until `events.max_age_seconds` after it ended (a day when that is
     /// 0 = no limit); then it is deleted.
-    fn refresh_snoozes(&mut self, now: DateTime<Utc>) {
+    async fn refresh_snoozes(&mut self, now: DateTime<Utc>) {
         if self.snoozes_checked.is_some_and(|t| t.elapsed() < SNOOZE_CHECK) {
             return;
         }
@@ -172,19 +173,25 @@ impl Intake {
         let keep = if max_age == 0 { SNOOZE_KEEP } else { Duration::from_secs(max_age) };
         let horizon = now.timestamp_millis() - i64::try_from(keep.as_millis()).unwrap_or(0);
         let purge = self.snoozes_purged.is_none_or(|t| t.elapsed() >= SNOOZE_PURGE);
-        let result = self.store.connect().and_then(|conn| {
+        if purge {
+            self.snoozes_purged = Some(Instant::now());
+        }
+        let (store, version) = (self.store.clone(), self.snoozes.version);
+        let result = tokio::task::spawn_blocking(move || {
+            let conn = store.connect()?;
             if purge {
-                self.snoozes_purged = Some(Instant::now());
                 let gone = snoozes::purge_expired(&conn, horizon)?;
                 if gone > 0 {
                     tracing::debug!(snoozes = gone, "expired snoozes deleted");
                 }
             }
-            if snoozes::version(&conn)? == self.snoozes.version {
+            if snoozes::version(&conn)? == version {
                 return Ok(None);
             }
             SnoozeSet::load(&conn, horizon).map(Some)
-        });
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::TaskFailed(format!("snooze reader: {e}"))));
         match result {
             Ok(Some(set)) => self.snoozes = set,
             Ok(None) => {}
@@ -206,7 +213,8 @@ impl Intake {
         }
     }
 
-    /// Decodes, matches and builds the deliveries of one message (no I/O).
+    /// Decodes, matches and builds the deliveries of one message (no I/O), with the snoozes
+    /// as [`Self::write_batch`] last read them.
     pub fn plan(
         &mut self,
         snap: &Snapshot,
@@ -246,7 +254,6 @@ impl Intake {
             tracing::debug!(occurrence = %occ.id, occurred_at = %occ.occurred_at, "stale occurrence dropped");
             return Outcome::Stale;
         }
-        self.refresh_snoozes(now);
         let started = Instant::now();
         let t = occ.occurred_at_utc().timestamp();
         snap.index.matches_into(event.id, occ.camera_id, t, &mut self.matches);
@@ -311,6 +318,7 @@ impl Intake {
         batch: &[(&str, &[u8])],
         now: DateTime<Utc>,
     ) -> Result<(Vec<Outcome>, usize), StoreError> {
+        self.refresh_snoozes(now).await;
         let snap = self.live.load();
         let mut deliveries = Vec::new();
         self.fired.clear();
