@@ -104,14 +104,17 @@ impl StopTrigger {
     }
 }
 
-/// The `/api/v1` routes, `/healthz` and `/metrics`, with the reaction stream.
+/// The `/api/v1` routes, `/healthz` and `/metrics`, with the reaction stream, and the
+/// status page at `/`.
 pub fn http_router(
     state: AppState,
     hub: PushHub,
     health: Health,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Router {
-    api::router_with(state, api::stream::routes(hub)).merge(health::routes(health, metrics))
+    api::router_with(state, api::stream::routes(hub))
+        .merge(health::routes(health, metrics))
+        .merge(api::ui::routes())
 }
 
 /// How long open API requests get to finish once the daemon stops.

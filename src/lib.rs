@@ -30,3 +30,4 @@ pub mod systemd;
 pub mod telemetry;
 pub mod timetable;
 pub mod validation;
+pub mod week;

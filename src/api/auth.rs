@@ -137,6 +137,45 @@ fn client_ip(req: &Request) -> IpAddr {
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
 }
 
+/// The `ticket` query parameter of `GET /reactions/stream` (see
+/// [`super::stream::Tickets`]); nothing on any other route.
+fn stream_ticket(req: &Request) -> Option<&str> {
+    if req.method() != axum::http::Method::GET || req.uri().path() != "/reactions/stream" {
+        return None;
+    }
+    req.uri().query()?.split('&').find_map(|pair| pair.strip_prefix("ticket="))
+}
+
+/// Checks a bearer token: the caller and the token's id, or `None` when it is refused.
+/// Records the token's use (at most once a minute per token, off the request path).
+async fn check_token(
+    state: &AppState,
+    token: String,
+) -> Result<Option<(Caller, TokenId)>, ApiError> {
+    let store = state.store.clone();
+    let found = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
+        let conn = store.connect()?;
+        let Some(auth) = tokens::check(&conn, &token)? else { return Ok(None) };
+        let reach = users::reach(&conn, auth.user_id)?;
+        let permissions = users::permission_names(&conn, auth.user_id)?;
+        let caller = Caller::new(auth.user_id, reach, &permissions);
+        Ok(Some((auth, caller)))
+    })
+    .await??;
+    let Some((auth, caller)) = found else { return Ok(None) };
+    if state.guard.should_touch(&auth.public_id) {
+        // Off the request path: a locked database delays this write, not the answer.
+        let store = state.store.clone();
+        let id = auth.public_id.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.connect().and_then(|c| tokens::touch(&c, &id)) {
+                tracing::debug!(error = %e, "cannot record a token's last use");
+            }
+        });
+    }
+    Ok(Some((caller, TokenId(auth.public_id))))
+}
+
 /// Middleware for every `/api/v1` route: 429 while the client address is blocked, 401
 /// unless the token is valid (counted as a failure), then the `X-Client` check, then the
 /// handler with [`Caller`] and [`AuthUser`]; logs the request with its client headers.
@@ -159,35 +198,18 @@ pub async fn require_token(
         }
         None => ApiError::Unauthenticated.into_response(),
     };
-    let Some(token) = bearer(req.headers()) else {
-        return refused(&state);
+    let (caller, token_id) = match bearer(req.headers()) {
+        Some(token) => match check_token(&state, token).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return refused(&state),
+            Err(e) => return e.into_response(),
+        },
+        // `EventSource` cannot send the header: the stream takes a single-use ticket.
+        None => match stream_ticket(&req).and_then(|t| state.tickets.redeem(t)) {
+            Some(found) => found,
+            None => return refused(&state),
+        },
     };
-    let store = state.store.clone();
-    let found = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
-        let conn = store.connect()?;
-        let Some(auth) = tokens::check(&conn, &token)? else { return Ok(None) };
-        let reach = users::reach(&conn, auth.user_id)?;
-        let permissions = users::permission_names(&conn, auth.user_id)?;
-        let caller = Caller::new(auth.user_id, reach, &permissions);
-        Ok(Some((auth, caller)))
-    })
-    .await;
-    let (auth, caller) = match found {
-        Ok(Ok(Some(found))) => found,
-        Ok(Ok(None)) => return refused(&state),
-        Ok(Err(e)) => return ApiError::from(e).into_response(),
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    let token_id = TokenId(auth.public_id.clone());
-    if state.guard.should_touch(&auth.public_id) {
-        // Off the request path: a locked database delays this write, not the answer.
-        let store = state.store.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.connect().and_then(|c| tokens::touch(&c, &auth.public_id)) {
-                tracing::debug!(error = %e, "cannot record a token's last use");
-            }
-        });
-    }
     let user = AuthUser { id: caller.user_id };
     let x_client = header_text(req.headers(), "x-client");
     let x_uuid = header_text(req.headers(), "x-uuid");

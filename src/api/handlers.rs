@@ -148,7 +148,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-/// `GET /scripts?page=&per_page=`: `{"data": [...], "meta": {...}}`.
+/// `GET /scripts?page=&per_page=&status=&event_id=&reaction_id=&camera_id=&q=`:
+/// `{"data": [...], "meta": {...}}`; the filters narrow the list, the count and `last_page`.
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -161,6 +162,7 @@ pub async fn list(
         .map_err(|e| merge_into(&mut errors, e))
         .unwrap_or(PER_PAGE_DEFAULT)
         .min(PER_PAGE_MAX);
+    let filter = filter(&query, &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -169,7 +171,8 @@ pub async fn list(
         Ok(store.read(|tx| {
             let lookups = Lookups::load(tx)?;
             let offset = (page - 1).saturating_mul(per_page);
-            let (rows, total) = scripts::page_owned_by(tx, &caller.reach, offset, per_page)?;
+            let (rows, total) =
+                scripts::page_owned_by(tx, &caller.reach, &filter, offset, per_page)?;
             let mut viewer = Viewer::new(tx, &lookups, tz).for_caller(caller.user_id);
             let data = rows.iter().map(|s| viewer.script(s)).collect::<Result<Vec<_>, _>>()?;
             let last_page = total.div_ceil(per_page).max(1);
@@ -181,6 +184,32 @@ pub async fn list(
     })
     .await?;
     Ok(Json(body))
+}
+
+/// The list filters of `GET /scripts`: `status` (`active`/`disabled`), `event_id`,
+/// `reaction_id`, `camera_id` (positive integers) and `q` (text in the title); each bad
+/// one is added to `errors` under its key.
+fn filter(query: &HashMap<String, String>, errors: &mut FieldErrors) -> scripts::Filter {
+    let mut id = |key: &str| {
+        let v = query.get(key)?;
+        let id = v.trim().parse::<i64>().ok().filter(|n| *n >= 1);
+        if id.is_none() {
+            errors.add(key, format!("The {} must be a positive integer.", key.replace('_', " ")));
+        }
+        id
+    };
+    let (event_id, reaction_id, camera_id) = (id("event_id"), id("reaction_id"), id("camera_id"));
+    let enabled = match query.get("status").map(|s| s.trim()) {
+        None => None,
+        Some("active") => Some(true),
+        Some("disabled") => Some(false),
+        Some(_) => {
+            errors.add("status", "The status must be active or disabled.");
+            None
+        }
+    };
+    let title = query.get("q").map(|q| q.trim().to_owned()).filter(|q| !q.is_empty());
+    scripts::Filter { enabled, event_id, reaction_id, camera_id, title }
 }
 
 fn merge_into(errors: &mut FieldErrors, e: ApiError) {

@@ -13,7 +13,9 @@ pub mod guard;
 pub mod handlers;
 pub mod snoozes;
 pub mod stream;
+pub mod ui;
 pub mod view;
+pub mod week;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,12 +41,19 @@ pub struct AppState {
     pub live: Live,
     /// Failed-authentication limiter and token-use throttle.
     pub guard: Arc<guard::AuthGuard>,
+    /// Single-use tickets for the reaction stream (browsers' `EventSource`).
+    pub tickets: Arc<stream::Tickets>,
 }
 
 impl AppState {
     /// State over a store and its live snapshot.
     pub fn new(store: Store, live: Live) -> AppState {
-        AppState { store, live, guard: Arc::new(guard::AuthGuard::new()) }
+        AppState {
+            store,
+            live,
+            guard: Arc::new(guard::AuthGuard::new()),
+            tickets: Arc::new(stream::Tickets::default()),
+        }
     }
 }
 
@@ -69,6 +78,7 @@ pub fn router_with(state: AppState, extra_v1: Router<AppState>) -> Router {
         .route("/scripts/{id}/snoozes/{snooze_id}", delete(snoozes::destroy))
         .route("/explain", post(explain::explain))
         .route("/occurrences/{id}", get(explain::occurrence))
+        .route("/scripts/{id}/week", get(week::week))
         .merge(extra_v1)
         .fallback(h::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

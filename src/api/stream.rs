@@ -12,29 +12,89 @@
 //!
 //! The stream ends within [`RECHECK`] once its token is revoked or expires or its user is
 //! disabled: a leaked token does not keep an open stream.
+//!
+//! A browser's `EventSource` cannot send an `Authorization` header, so
+//! `POST /reactions/stream/ticket` (with the token) hands out a [`Tickets`] entry: a random
+//! ticket valid once, for [`TICKET_TTL`], that `GET /reactions/stream?ticket=…` accepts
+//! instead of the header. The stream it opens belongs to the ticket's user and token, and
+//! ends like any other when that token is refused. The token itself never goes in a URL.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::Router;
 use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::AppState;
-use super::auth::{AuthUser, TokenId};
+use super::auth::{AuthUser, Caller, TokenId};
 use crate::hub::PushHub;
 use crate::store::{Store, tokens};
 
 /// How often an open stream re-checks its token.
 pub const RECHECK: Duration = Duration::from_secs(1);
 
-/// The stream route, to mount under `/api/v1` behind the API's authentication.
+/// How long a stream ticket stays valid.
+pub const TICKET_TTL: Duration = Duration::from_secs(30);
+
+/// Most tickets held at once (each request for one beyond this drops the oldest expired
+/// ones first; a caller cannot grow the map without bound).
+pub const TICKETS_MAX: usize = 10_000;
+
+/// Single-use stream tickets in memory (a restart invalidates them, as it ends streams).
+#[derive(Debug, Default)]
+pub struct Tickets {
+    map: Mutex<HashMap<String, Ticket>>,
+}
+
+#[derive(Debug, Clone)]
+struct Ticket {
+    caller: Caller,
+    token: TokenId,
+    expires: Instant,
+}
+
+impl Tickets {
+    /// A new ticket for the caller authenticated with `token`; `None` when the table is
+    /// full of live tickets.
+    pub fn issue(&self, caller: Caller, token: TokenId) -> Option<String> {
+        use rand::RngCore;
+        let mut bytes = [0u8; 24];
+        rand::rng().fill_bytes(&mut bytes);
+        let ticket = hex::encode(bytes);
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= TICKETS_MAX {
+            map.retain(|_, t| t.expires > now);
+            if map.len() >= TICKETS_MAX {
+                return None;
+            }
+        }
+        map.insert(ticket.clone(), Ticket { caller, token, expires: now + TICKET_TTL });
+        Some(ticket)
+    }
+
+    /// Takes a ticket: the caller and token it was issued for, once, while it is valid.
+    pub fn redeem(&self, ticket: &str) -> Option<(Caller, TokenId)> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let t = map.remove(ticket)?;
+        (t.expires > Instant::now()).then_some((t.caller, t.token))
+    }
+}
+
+/// The stream routes, to mount under `/api/v1` behind the API's authentication (which
+/// also accepts a ticket on the stream, see [`Tickets`]).
 pub fn routes(hub: PushHub) -> Router<AppState> {
-    Router::new().route(
+    Router::new().route("/reactions/stream/ticket", post(ticket)).route(
         "/reactions/stream",
         get(
             move |State(state): State<AppState>,
@@ -45,6 +105,27 @@ pub fn routes(hub: PushHub) -> Router<AppState> {
             },
         ),
     )
+}
+
+/// `POST /reactions/stream/ticket`: 201 `{"ticket", "expires_in"}` (seconds); 503 when
+/// too many tickets are outstanding.
+async fn ticket(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Extension(token): Extension<TokenId>,
+) -> axum::response::Response {
+    match state.tickets.issue(caller, token) {
+        Some(ticket) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({"ticket": ticket, "expires_in": TICKET_TTL.as_secs()})),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"message": "Too many stream tickets are outstanding; try again shortly."})),
+        )
+            .into_response(),
+    }
 }
 
 /// Completes once the token is no longer active (a database error keeps the stream).

@@ -137,18 +137,57 @@ pub fn page(
     Ok((out, u64::try_from(total).unwrap_or(0)))
 }
 
-/// A page of the scripts owned by one of `owners` (a caller's reach), by id, and their
-/// total count; scripts of other owners are neither listed nor counted.
+/// Narrows a list of scripts (`GET /scripts`' query parameters); `None` = any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// `active` (true) or `disabled` (false).
+    pub enabled: Option<bool>,
+    /// This event.
+    pub event_id: Option<i64>,
+    /// This reaction.
+    pub reaction_id: Option<i64>,
+    /// Scripts that react on this camera (a filter holding it, or no filter).
+    pub camera_id: Option<i64>,
+    /// Titles containing this text, ignoring ASCII case.
+    pub title: Option<String>,
+}
+
+/// The `WHERE` conditions of [`page_owned_by`] past the owner (parameters ?4 to ?8).
+const FILTERED: &str = "(?4 IS NULL OR status = ?4)
+    AND (?5 IS NULL OR event_id = ?5)
+    AND (?6 IS NULL OR reaction_id = ?6)
+    AND (?7 IS NULL OR cameras IS NULL OR cameras = 'null'
+         OR EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(cameras) THEN cameras ELSE '[]' END)
+                    WHERE value = ?7))
+    AND (?8 IS NULL OR instr(lower(title), lower(?8)) > 0)";
+
+/// A page of the scripts owned by one of `owners` (a caller's reach) that pass `filter`,
+/// by id, and their total count; scripts of other owners are neither listed nor counted.
 pub fn page_owned_by(
     conn: &Connection,
     owners: &[i64],
+    filter: &Filter,
     offset: u64,
     limit: u64,
 ) -> Result<(Vec<StoredScript>, u64), StoreError> {
     let owners = Value::from(owners.to_vec()).to_string();
+    let status = filter.enabled.map(crate::script::status_text);
+    let args = params![
+        i64::try_from(limit).unwrap_or(i64::MAX),
+        i64::try_from(offset).unwrap_or(i64::MAX),
+        owners,
+        status,
+        filter.event_id,
+        filter.reaction_id,
+        filter.camera_id,
+        filter.title,
+    ];
     let total: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM scripts WHERE owner_id IN (SELECT value FROM json_each(?1))",
-        [&owners],
+        &format!(
+            "SELECT COUNT(*) FROM scripts WHERE owner_id IN (SELECT value FROM json_each(?3))
+             AND {FILTERED} AND ?1 IS NOT NULL AND ?2 IS NOT NULL"
+        ),
+        args,
         |r| r.get(0),
     )?;
     let mut out = Vec::new();
@@ -156,13 +195,9 @@ pub fn page_owned_by(
         conn,
         &format!(
             "SELECT {COLUMNS} FROM scripts WHERE owner_id IN (SELECT value FROM json_each(?3))
-             ORDER BY id LIMIT ?1 OFFSET ?2"
+             AND {FILTERED} ORDER BY id LIMIT ?1 OFFSET ?2"
         ),
-        params![
-            i64::try_from(limit).unwrap_or(i64::MAX),
-            i64::try_from(offset).unwrap_or(i64::MAX),
-            owners
-        ],
+        args,
         |s| {
             out.push(s);
             Ok(())
