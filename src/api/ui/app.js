@@ -170,7 +170,7 @@ function dayColumn(day) {
   body.style.setProperty("--hours", String(day.hours));
   const seconds = day.hours * 3600;
   for (const s of day.segments) {
-    const kind = s.active ? "on" : (s.reason.startsWith("in break") ? "brk" : "off");
+    const kind = s.active ? (s.reason.startsWith("in interval") ? "on iv" : "on") : (s.reason.startsWith("in break") ? "brk" : "off");
     const seg = el("div", {
       class: `seg ${kind}`,
       "data-active": s.active ? "true" : "false",
