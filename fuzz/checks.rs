@@ -153,7 +153,17 @@ pub fn check_validate(data: &[u8]) -> bool {
     let reactions: HashMap<i64, Reaction> = DEFAULT_REACTIONS
         .iter()
         .map(|&(id, name, description, is_default)| {
-            (id, Reaction { id, name: name.into(), description: description.into(), is_default })
+            let kind = scriptd::delivery::ReactionKind::of(name);
+            (
+                id,
+                Reaction {
+                    id,
+                    name: name.into(),
+                    description: description.into(),
+                    is_default,
+                    kind,
+                },
+            )
         })
         .collect();
     let users: HashSet<i64> = [1, 2, 3].into_iter().collect();

@@ -10,6 +10,7 @@ pub mod bench;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod cli;
+pub mod delivery;
 pub mod dispatch;
 pub mod explain;
 pub mod health;

@@ -36,6 +36,7 @@ use arc_swap::ArcSwap;
 use chrono_tz::Tz;
 use serde_json::Value;
 
+use crate::delivery::ReactionKind;
 use crate::index::IndexBuilder;
 use crate::script::{Lookups, Rule, ScheduleIndex, validate};
 use crate::secret::Secret;
@@ -273,11 +274,11 @@ impl Snapshot {
     /// for the client-side reactions (`show-camera-sidebar`, `show-camera`, `sound`);
     /// disabled users included (the intake's gate leaves them out, explain names them).
     pub fn audience(&self, script: &ScriptRecord) -> Vec<i64> {
-        match script.reaction.name.as_str() {
-            "show-camera-sidebar" | "show-camera" | "sound" => {
-                self.descendants(self.scripts.users(script))
+        match script.reaction.kind {
+            ReactionKind::Client => self.descendants(self.scripts.users(script)),
+            ReactionKind::Telegram | ReactionKind::Webhook | ReactionKind::Other => {
+                self.scripts.users(script).to_vec()
             }
-            _ => self.scripts.users(script).to_vec(),
         }
     }
 
@@ -629,8 +630,13 @@ mod tests {
             color: "#000".into(),
             analytic_type: "t".into(),
         };
-        let reaction =
-            Reaction { id: 2, name: "sound".into(), description: "S".into(), is_default: true };
+        let reaction = Reaction {
+            id: 2,
+            name: "sound".into(),
+            description: "S".into(),
+            is_default: true,
+            kind: crate::delivery::ReactionKind::Client,
+        };
         let catalog = (Arc::new(event), Arc::new(reaction));
         let mut b = ScriptsBuilder::default();
         b.push(record(30, &catalog), Some(&[7, 8]), &[3]);

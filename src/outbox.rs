@@ -43,6 +43,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
+use crate::delivery::ReactionKind;
 use crate::secret::Secret;
 use crate::store::{Conn, Staleness, Store, StoreError};
 
@@ -559,15 +560,15 @@ fn lossy_text(v: SqlValue) -> String {
     }
 }
 
-/// Reactions delivered as pushes; rows written before migration 2 have no `target` and are
-/// read as pushes to their recipient.
-const PUSH_REACTIONS: &[&str] = &["show-camera-sidebar", "show-camera", "sound"];
-
+/// Rows written before migration 2 have no `target`: those of the client reactions are read
+/// as pushes to their recipient.
 fn target_of(target: SqlValue, reaction: &str, recipient: &str) -> Result<Target, String> {
     match target {
         SqlValue::Text(t) => Target::from_json(&t),
         SqlValue::Null => match recipient.parse::<i64>() {
-            Ok(user_id) if PUSH_REACTIONS.contains(&reaction) => Ok(Target::Push { user_id }),
+            Ok(user_id) if ReactionKind::of(reaction) == ReactionKind::Client => {
+                Ok(Target::Push { user_id })
+            }
             _ => Err("the delivery has no target (written before the outbox stored one)".into()),
         },
         _ => Err("unreadable delivery target (not text)".into()),
@@ -847,7 +848,7 @@ fn summary_of(payloads: &[String]) -> String {
     });
     let first = times.first().cloned().unwrap_or_default();
     let last = times.last().cloned().unwrap_or_default();
-    crate::dispatch::telegram::summary_text(&title, payloads.len(), &cameras, &first, &last)
+    crate::delivery::summary_text(&title, payloads.len(), &cameras, &first, &last)
 }
 
 /// What became of one attempt, as recorded on the row.

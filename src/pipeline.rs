@@ -25,8 +25,9 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::dispatch::telegram::{local_time, message_text};
-use crate::dispatch::{self, PushParts, delivery_id, push_payload};
+use crate::delivery::{
+    self, PushParts, ReactionKind, delivery_id, local_time, message_text, push_payload,
+};
 use crate::index::Matches;
 use crate::live::{Live, ScriptRecord, Snapshot};
 use crate::occurrence::{self, EventRef, Occurrence, Reason, Rejected, RejectionLog};
@@ -39,9 +40,6 @@ use crate::telemetry;
 
 /// Most messages written in one transaction.
 pub const BATCH_MAX: usize = 1024;
-
-/// Reactions delivered to the client apps of the users (and their sub-users).
-pub const CLIENT_REACTIONS: [&str; 3] = ["show-camera-sidebar", "show-camera", "sound"];
 
 /// What happened to one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,7 +262,7 @@ impl Intake {
         let shared = Shared {
             occ: &occ,
             occurred_at: &occurred_at,
-            data: dispatch::bounded_data(occ.data.as_ref(), payload.len()),
+            data: delivery::bounded_data(occ.data.as_ref(), payload.len()),
         };
         for &p in &self.matches.positions {
             let script_id = snap.index.script_id(p);
@@ -425,8 +423,8 @@ impl Recipient<'_> {
 /// disabled users included. A hand-edited row without its chat, token or URL has nobody
 /// (logged). The intake and explain both ask this, then the [`Gate`].
 pub fn recipients_of<'a>(snap: &Snapshot, script: &'a ScriptRecord) -> Vec<Recipient<'a>> {
-    match script.reaction.name.as_str() {
-        "telegram-message" => {
+    match script.reaction.kind {
+        ReactionKind::Telegram => {
             let (Some(bot_token), Some(chat_id)) = (&script.extra.bot_token, &script.extra.chat_id)
             else {
                 // Validation requires both; a hand-edited row without them is skipped loudly.
@@ -438,14 +436,16 @@ pub fn recipients_of<'a>(snap: &Snapshot, script: &'a ScriptRecord) -> Vec<Recip
             };
             vec![Recipient::Chat { chat_id, bot_token }]
         }
-        "webhook" => match &script.extra.url {
+        ReactionKind::Webhook => match &script.extra.url {
             Some(url) => vec![Recipient::Url(url)],
             None => {
                 tracing::warn!(script = script.id, "webhook script without url; nothing sent");
                 Vec::new()
             }
         },
-        _ => snap.audience(script).into_iter().map(Recipient::User).collect(),
+        ReactionKind::Client | ReactionKind::Other => {
+            snap.audience(script).into_iter().map(Recipient::User).collect()
+        }
     }
 }
 

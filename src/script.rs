@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use crate::store::catalog::{Event, Reaction};
 use crate::validation::FieldErrors;
 
+use crate::delivery::ReactionKind;
 pub use crate::index::ScheduleIndex;
 pub use crate::rules::Rule;
 use crate::rules::{parse_cameras, parse_status};
@@ -23,11 +24,6 @@ use crate::timetable::{ParseContext, parse_timetable as parse_timetable_model};
 
 /// Longest accepted title, in characters.
 pub const TITLE_MAX_CHARS: usize = 255;
-
-/// Reaction names with extra requirements.
-pub const TELEGRAM: &str = "telegram-message";
-/// Reaction posting to `extra.url`.
-pub const WEBHOOK: &str = "webhook";
 
 /// The fields of a script as stored: validated and normalised.
 #[derive(Clone, PartialEq)]
@@ -185,7 +181,7 @@ pub fn validate(
     if let (Some(extra), Some(rid)) = (&extra, reaction_id)
         && let Some(reaction) = ctx.reactions.get(&rid)
     {
-        validate_extra(&reaction.name, extra, &mut errors);
+        validate_extra(reaction.kind, extra, &mut errors);
     }
 
     match (title, event_id, reaction_id, enabled, cameras, users, timetable_json, timetable, extra)
@@ -319,7 +315,7 @@ fn validate_users(
 /// Longest `extra.cooldown_seconds`: one day.
 pub const COOLDOWN_MAX: u64 = 86_400;
 
-fn validate_extra(reaction: &str, extra: &Map<String, Value>, errors: &mut FieldErrors) {
+fn validate_extra(reaction: ReactionKind, extra: &Map<String, Value>, errors: &mut FieldErrors) {
     match extra.get("cooldown_seconds") {
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= COOLDOWN_MAX) => {}
@@ -329,7 +325,7 @@ fn validate_extra(reaction: &str, extra: &Map<String, Value>, errors: &mut Field
         ),
     }
     match reaction {
-        TELEGRAM => {
+        ReactionKind::Telegram => {
             match extra.get("bot_token") {
                 Some(Value::String(s)) if !s.trim().is_empty() => {}
                 Some(Value::String(_)) | None | Some(Value::Null) => errors.add(
@@ -350,7 +346,7 @@ fn validate_extra(reaction: &str, extra: &Map<String, Value>, errors: &mut Field
                 }
             }
         }
-        WEBHOOK => {
+        ReactionKind::Webhook => {
             match extra.get("url") {
                 // Whitespace and control characters are refused although the URL parser
                 // would drop them: the URL is stored and shown as written.

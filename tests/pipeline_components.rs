@@ -9,8 +9,8 @@ mod support;
 use std::time::Duration;
 
 use chrono::Utc;
+use scriptd::delivery::{PushParts, delivery_id, push_payload};
 use scriptd::dispatch::mqtt_push::MqttPusher;
-use scriptd::dispatch::{PushParts, delivery_id, push_payload};
 use scriptd::occurrence::{EventRef, Reason, RejectionLog, decode};
 use scriptd::source::mqtt::{MqttConnectOptions, MqttSource, SourceOptions};
 use support::mosquitto::Mosquitto;

@@ -8,6 +8,7 @@ use rand::Rng;
 use super::SendError;
 use super::telegram::TelegramSender;
 use super::worker::Senders;
+use crate::delivery::ReactionKind;
 use crate::outbox::{Claimed, Recorded, Target};
 use crate::settings::RetryPolicy;
 
@@ -19,7 +20,9 @@ const JITTER: f64 = 0.2;
 pub(super) fn shown_id(row: &Claimed) -> String {
     match &row.target {
         Ok(Target::Webhook { .. }) => format!("rowid {}", row.rowid),
-        _ if row.reaction == "webhook" => format!("rowid {}", row.rowid),
+        _ if ReactionKind::of(&row.reaction) == ReactionKind::Webhook => {
+            format!("rowid {}", row.rowid)
+        }
         _ => row.id.clone(),
     }
 }

@@ -357,77 +357,6 @@ impl TelegramSender {
     }
 }
 
-/// The message text: script title, event description, camera, local time, one per line.
-pub fn message_text(
-    script_title: &str,
-    event_description: &str,
-    camera_id: i64,
-    occurred_at_local: &str,
-    data: Option<&serde_json::Value>,
-) -> String {
-    let mut text = format!(
-        "{script_title}\n{event_description}\nCamera: {camera_id}\nTime: {occurred_at_local}"
-    );
-    if let Some(serde_json::Value::Object(fields)) = data {
-        append_data(&mut text, fields);
-    }
-    text
-}
-
-/// Most `data` fields shown in a message; the rest are counted.
-const MAX_DATA_FIELDS: usize = 10;
-/// Longest value shown (characters); longer ones are cut with `…`.
-const MAX_DATA_VALUE_CHARS: usize = 120;
-
-/// The occurrence's `data` as `key: value` lines (`plate: A123BC`): strings without quotes,
-/// other values as compact JSON, each cut to [`MAX_DATA_VALUE_CHARS`], at most
-/// [`MAX_DATA_FIELDS`] lines plus one that counts the rest, so a message stays far below
-/// Telegram's 4,096 characters whatever the analytics send.
-fn append_data(text: &mut String, fields: &serde_json::Map<String, serde_json::Value>) {
-    use std::fmt::Write as _;
-    for (key, value) in fields.iter().take(MAX_DATA_FIELDS) {
-        let value = match value {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        let key: String = key.chars().filter(|c| !c.is_control()).take(40).collect();
-        let mut shown: String = value
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .take(MAX_DATA_VALUE_CHARS)
-            .collect();
-        if value.chars().count() > MAX_DATA_VALUE_CHARS {
-            shown.push('…');
-        }
-        let _ = write!(text, "\n{key}: {shown}");
-    }
-    if fields.len() > MAX_DATA_FIELDS {
-        let _ = write!(text, "\n(+{} more fields)", fields.len() - MAX_DATA_FIELDS);
-    }
-}
-
-/// The text of a Telegram summary replacing `count` queued messages of one script:
-/// the title, the count, the cameras (as given, in order) and the first and last time.
-pub fn summary_text(
-    script_title: &str,
-    count: usize,
-    cameras: &[i64],
-    first: &str,
-    last: &str,
-) -> String {
-    let cameras: Vec<String> = cameras.iter().map(i64::to_string).collect();
-    format!(
-        "{script_title}\n{count} occurrences\nCameras: {}\nFirst: {first}\nLast: {last}",
-        cameras.join(", ")
-    )
-}
-
-/// `at` in `tz` as `YYYY-MM-DD HH:MM:SS ZONE` (zone abbreviation or offset), for
-/// [`message_text`].
-pub fn local_time(at: chrono::DateTime<chrono::Utc>, tz: chrono_tz::Tz) -> String {
-    at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z").to_string()
-}
-
 fn recipient(chat_id: &str) -> Result<Recipient, SendError> {
     let chat_id = chat_id.trim();
     if let Ok(id) = chat_id.parse::<i64>() {
@@ -484,46 +413,6 @@ mod tests {
 
     fn sender(limits: RateLimits) -> TelegramSender {
         TelegramSender::new("http://127.0.0.1:9/", Duration::from_secs(1), limits).unwrap()
-    }
-
-    #[test]
-    fn message_text_has_title_description_camera_time() {
-        assert_eq!(
-            message_text("Gate", "Line crossing", 17, "2026-11-27 16:30:05 +05", None),
-            "Gate\nLine crossing\nCamera: 17\nTime: 2026-11-27 16:30:05 +05"
-        );
-    }
-
-    #[test]
-    fn message_text_shows_the_occurrences_data_readably_and_bounded() {
-        let data = serde_json::json!({"plate": "A123BC", "confidence": 0.93, "zone": {"id": 2}});
-        assert_eq!(
-            message_text("Gate", "Plate", 7, "2026-11-27 16:30:05 +05", Some(&data)),
-            "Gate\nPlate\nCamera: 7\nTime: 2026-11-27 16:30:05 +05\n\
-             confidence: 0.93\nplate: A123BC\nzone: {\"id\":2}"
-        );
-        let mut many = serde_json::Map::new();
-        for i in 0..25 {
-            many.insert(format!("k{i:02}"), serde_json::Value::String("x\ny".repeat(100)));
-        }
-        let text = message_text("T", "E", 1, "t", Some(&serde_json::Value::Object(many)));
-        assert!(text.ends_with("(+15 more fields)"), "{text}");
-        assert_eq!(text.lines().filter(|l| l.starts_with('k')).count(), 10);
-        assert!(text.lines().all(|l| l.chars().count() <= 130), "{text}");
-        assert!(text.contains("x y") && text.contains('…'));
-        // Non-object data (the decoder refuses it, but a row might hold it) adds nothing.
-        assert_eq!(
-            message_text("T", "E", 1, "t", Some(&serde_json::json!([1]))),
-            "T\nE\nCamera: 1\nTime: t"
-        );
-    }
-
-    #[test]
-    fn local_time_uses_the_zone() {
-        use chrono::TimeZone;
-        let at = chrono::Utc.with_ymd_and_hms(2026, 11, 27, 11, 30, 5).unwrap();
-        assert_eq!(local_time(at, chrono_tz::Asia::Yekaterinburg), "2026-11-27 16:30:05 +05");
-        assert_eq!(local_time(at, chrono_tz::UTC), "2026-11-27 11:30:05 UTC");
     }
 
     #[test]

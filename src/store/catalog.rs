@@ -31,6 +31,9 @@ pub struct Reaction {
     pub description: String,
     /// Whether clients preselect it.
     pub is_default: bool,
+    /// How it is delivered, from `name` (not part of the API's object).
+    #[serde(skip)]
+    pub kind: crate::delivery::ReactionKind,
 }
 
 /// The default events: (id, name, description, color, analytic_type).
@@ -113,9 +116,11 @@ pub fn reactions(conn: &Connection) -> Result<Vec<Reaction>, StoreError> {
     let mut stmt =
         conn.prepare("SELECT id, name, description, is_default FROM reactions ORDER BY id")?;
     let rows = stmt.query_map([], |r| {
+        let name = text(r, 1)?;
         Ok(Reaction {
             id: r.get(0)?,
-            name: text(r, 1)?,
+            kind: crate::delivery::ReactionKind::of(&name),
+            name,
             description: text(r, 2)?,
             is_default: truthy(r, 3)?,
         })
