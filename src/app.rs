@@ -27,10 +27,11 @@ use crate::health::{self, Health};
 use crate::hub::PushHub;
 use crate::live::{self, Live};
 use crate::logging::LogHandle;
+use crate::mqtt::MqttConnectOptions;
 use crate::occurrence::RejectionLog;
 use crate::pipeline::{self, Intake};
 use crate::settings::Settings;
-use crate::source::mqtt::{MqttConnectOptions, MqttSource, SourceOptions};
+use crate::source::mqtt::{MqttSource, SourceOptions};
 use crate::store::{Store, StoreError};
 use crate::systemd::{Notifier, Reloader};
 use crate::telemetry;
@@ -57,7 +58,7 @@ pub enum AppError {
     /// The embedded broker could not start.
     #[cfg(feature = "embedded-broker")]
     #[error(transparent)]
-    Broker(#[from] crate::broker::BrokerError),
+    Broker(#[from] crate::mqtt::broker::BrokerError),
     /// The metrics recorder could not be installed.
     #[error(transparent)]
     Telemetry(#[from] telemetry::TelemetryError),
@@ -134,7 +135,7 @@ pub struct Running {
     live: Live,
     hub: PushHub,
     #[cfg(feature = "embedded-broker")]
-    _broker: Option<crate::broker::EmbeddedBroker>,
+    _broker: Option<crate::mqtt::broker::EmbeddedBroker>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT; see the module documentation.
@@ -210,7 +211,7 @@ pub async fn start(
     // MQTT.
     #[cfg(feature = "embedded-broker")]
     let broker = if settings.mqtt.embedded_broker {
-        let b = crate::broker::start_embedded(&settings.mqtt.host, settings.mqtt.port)?;
+        let b = crate::mqtt::broker::start_embedded(&settings.mqtt.host, settings.mqtt.port)?;
         tracing::info!(addr = %b.local_addr(), "embedded MQTT broker started");
         Some(b)
     } else {
@@ -228,8 +229,8 @@ pub async fn start(
     (connect.backoff_min, connect.backoff_max) = settings.mqtt.reconnect_backoff();
     connect.inflight = settings.mqtt.inflight;
     connect.protocol = match settings.mqtt.protocol {
-        crate::settings::MqttProtocol::V5 => crate::source::link::Protocol::V5,
-        crate::settings::MqttProtocol::V311 => crate::source::link::Protocol::V311,
+        crate::settings::MqttProtocol::V5 => crate::mqtt::link::Protocol::V5,
+        crate::settings::MqttProtocol::V311 => crate::mqtt::link::Protocol::V311,
     };
 
     // One registry: a component the watchdog sees stalled is down in /healthz too.

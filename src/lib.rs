@@ -7,8 +7,6 @@
 pub mod api;
 pub mod app;
 pub mod bench;
-#[cfg(feature = "embedded-broker")]
-pub mod broker;
 pub mod cli;
 pub mod delivery;
 pub mod dispatch;
@@ -18,6 +16,7 @@ pub mod hub;
 pub mod index;
 pub mod live;
 pub mod logging;
+pub mod mqtt;
 pub mod occurrence;
 pub mod outbox;
 pub mod pipeline;

@@ -449,18 +449,11 @@ impl Live {
 /// arenas) resident until told otherwise, so without this the daemon's RSS after the first
 /// rebuild stays near its peak for good. A no-op with other C libraries.
 fn release_free_memory() {
+    // SAFETY: `malloc_trim` (glibc) takes no pointer and only walks glibc's own arenas
+    // under their locks; it is safe to call from any thread at any time.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            /// glibc: releases free memory at the top of the heap and every free page
-            /// inside the arenas (`madvise(MADV_DONTNEED)`); returns 1 if any was released.
-            fn malloc_trim(pad: usize) -> std::os::raw::c_int;
-        }
-        // SAFETY: `malloc_trim` takes no pointer and only walks glibc's own arenas under
-        // their locks; it is safe to call from any thread at any time.
-        unsafe {
-            malloc_trim(0);
-        }
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -31,10 +31,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
-use crate::settings::{LogFormat, LogSettings};
-
-/// Level names accepted as a directive on their own.
-const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+use crate::settings::{LogFormat, LogSettings, check_level};
 
 /// Why logging could not be set up or changed.
 #[derive(Debug, thiserror::Error)]
@@ -53,24 +50,6 @@ pub enum LoggingError {
     /// The subscriber holding the filter is gone.
     #[error("cannot reload the log filter: {0}")]
     Reload(String),
-}
-
-/// Checks `log.level`: env-filter syntax, and a directive without `=` must be a level name
-/// (a bare word is a target in env-filter syntax, so `warning` would silently log nothing
-/// but a target called "warning").
-pub fn check_level(level: &str) -> Result<(), String> {
-    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        if !directive.contains('=')
-            && !directive.contains('[')
-            && !LEVELS.contains(&directive.to_ascii_lowercase().as_str())
-        {
-            return Err(format!(
-                "{directive:?} is not a level; use trace, debug, info, warn, error or off, \
-                 or target=level"
-            ));
-        }
-    }
-    EnvFilter::builder().parse(level).map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Directives added for the embedded broker unless the operator names `rumqttd`.
@@ -308,15 +287,6 @@ pub fn init(settings: &LogSettings) -> Result<LogHandle, LoggingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn levels() {
-        assert!(check_level("info").is_ok());
-        assert!(check_level("warn,scriptd::dispatch=debug").is_ok());
-        assert!(check_level("scriptd=trace").is_ok());
-        assert!(check_level("warning").is_err());
-        assert!(check_level("info,scriptd=loud").is_err());
-    }
 
     #[derive(Clone, Default)]
     struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

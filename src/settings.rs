@@ -1132,7 +1132,7 @@ impl Settings {
         if !(1..=3600).contains(&d.breaker_probe_seconds) {
             bad("delivery.breaker_probe_seconds", range_msg("1–3600", d.breaker_probe_seconds));
         }
-        if let Err(why) = crate::logging::check_level(&self.log.level) {
+        if let Err(why) = check_level(&self.log.level) {
             bad("log.level", why);
         }
         p
@@ -1313,9 +1313,39 @@ fn check_http_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Level names accepted as a directive on their own.
+const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks `log.level`: env-filter syntax, and a directive without `=` must be a level name
+/// (a bare word is a target in env-filter syntax, so `warning` would silently log nothing
+/// but a target called "warning").
+pub fn check_level(level: &str) -> Result<(), String> {
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=')
+            && !directive.contains('[')
+            && !LEVELS.contains(&directive.to_ascii_lowercase().as_str())
+        {
+            return Err(format!(
+                "{directive:?} is not a level; use trace, debug, info, warn, error or off, \
+                 or target=level"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder().parse(level).map(|_| ()).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn levels() {
+        assert!(check_level("info").is_ok());
+        assert!(check_level("warn,scriptd::dispatch=debug").is_ok());
+        assert!(check_level("scriptd=trace").is_ok());
+        assert!(check_level("warning").is_err());
+        assert!(check_level("info,scriptd=loud").is_err());
+    }
 
     #[test]
     fn defaults_validate() {

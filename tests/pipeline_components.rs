@@ -11,8 +11,9 @@ use std::time::Duration;
 use chrono::Utc;
 use scriptd::delivery::{PushParts, delivery_id, push_payload};
 use scriptd::dispatch::mqtt_push::MqttPusher;
+use scriptd::mqtt::MqttConnectOptions;
 use scriptd::occurrence::{EventRef, Reason, RejectionLog, decode};
-use scriptd::source::mqtt::{MqttConnectOptions, MqttSource, SourceOptions};
+use scriptd::source::mqtt::{MqttSource, SourceOptions};
 use support::mosquitto::Mosquitto;
 use support::{TestClient, within};
 use tokio::sync::oneshot;
@@ -94,7 +95,7 @@ async fn occurrence_to_push(port: u16) {
 #[tokio::test]
 async fn embedded_occurrence_to_push() {
     let port = support::free_port();
-    scriptd::broker::start_embedded("127.0.0.1", port).unwrap();
+    scriptd::mqtt::broker::start_embedded("127.0.0.1", port).unwrap();
     occurrence_to_push(port).await;
 }
 

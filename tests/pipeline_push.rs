@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use scriptd::dispatch::SendError;
 use scriptd::dispatch::mqtt_push::MqttPusher;
-use scriptd::source::mqtt::MqttConnectOptions;
+use scriptd::mqtt::MqttConnectOptions;
 use serde_json::json;
 use support::mosquitto::Mosquitto;
 use support::{TestClient, free_port, within};
@@ -81,7 +81,7 @@ async fn many_concurrent_pushes_all_acknowledged(port: u16) {
 #[tokio::test]
 async fn embedded_app_sees_the_push() {
     let port = free_port();
-    scriptd::broker::start_embedded("127.0.0.1", port).unwrap();
+    scriptd::mqtt::broker::start_embedded("127.0.0.1", port).unwrap();
     app_sees_the_push(port).await;
 }
 
@@ -89,7 +89,7 @@ async fn embedded_app_sees_the_push() {
 #[tokio::test]
 async fn embedded_many_concurrent_pushes_all_acknowledged() {
     let port = free_port();
-    scriptd::broker::start_embedded("127.0.0.1", port).unwrap();
+    scriptd::mqtt::broker::start_embedded("127.0.0.1", port).unwrap();
     many_concurrent_pushes_all_acknowledged(port).await;
 }
 
@@ -229,7 +229,7 @@ async fn throughput(port: u16, label: &str) {
 #[ignore = "measurement; run in release"]
 async fn throughput_embedded() {
     let port = free_port();
-    scriptd::broker::start_embedded("127.0.0.1", port).unwrap();
+    scriptd::mqtt::broker::start_embedded("127.0.0.1", port).unwrap();
     throughput(port, "embedded rumqttd").await;
 }
 

@@ -9,7 +9,8 @@ mod support;
 
 use std::time::Duration;
 
-use scriptd::source::mqtt::{Incoming, MqttConnectOptions, MqttSource, SourceOptions};
+use scriptd::mqtt::MqttConnectOptions;
+use scriptd::source::mqtt::{Incoming, MqttSource, SourceOptions};
 use support::mosquitto::Mosquitto;
 use support::{TestClient, within};
 use tokio::sync::{mpsc, oneshot};
@@ -80,7 +81,7 @@ impl Running {
 #[cfg(feature = "embedded-broker")]
 fn embedded() -> u16 {
     let port = support::free_port();
-    scriptd::broker::start_embedded("127.0.0.1", port).expect("embedded broker");
+    scriptd::mqtt::broker::start_embedded("127.0.0.1", port).expect("embedded broker");
     port
 }
 
@@ -300,7 +301,7 @@ async fn source_waits_for_a_broker_that_is_not_there_yet() {
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(!source.is_connected());
-    scriptd::broker::start_embedded("127.0.0.1", port).expect("embedded broker");
+    scriptd::mqtt::broker::start_embedded("127.0.0.1", port).expect("embedded broker");
     let mut sub = source.subscribed();
     within(10, "subscribed once the broker is up", sub.wait_for(|s| *s)).await.unwrap();
     let _ = stop.send(());

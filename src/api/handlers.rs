@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
-use super::view::Viewer;
+use crate::script::view::Viewer;
 use crate::script::{Lookups, validate};
 use crate::store::{StoreError, catalog, deliveries, scripts};
 use crate::validation::FieldErrors;
@@ -276,7 +276,7 @@ fn keep_masked_secrets(body: &mut Map<String, Value>, current: &Map<String, Valu
     else {
         return;
     };
-    for key in crate::api::view::SECRET_KEYS {
+    for key in crate::script::view::SECRET_KEYS {
         if extra.get(key).and_then(Value::as_str) == Some(crate::secret::MASK)
             && let Some(v) = stored.get(key)
         {

@@ -14,7 +14,6 @@ pub mod handlers;
 pub mod snoozes;
 pub mod stream;
 pub mod ui;
-pub mod view;
 pub mod week;
 
 use std::future::Future;

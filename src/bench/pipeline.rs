@@ -375,7 +375,8 @@ async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, S
         #[cfg(feature = "embedded-broker")]
         BrokerChoice::Embedded => {
             let port = free_port()?;
-            let b = crate::broker::start_embedded("127.0.0.1", port).map_err(|e| e.to_string())?;
+            let b = crate::mqtt::broker::start_embedded("127.0.0.1", port)
+                .map_err(|e| e.to_string())?;
             _embedded = Some(b);
             ("127.0.0.1".to_owned(), port)
         }

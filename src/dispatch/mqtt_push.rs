@@ -36,7 +36,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::SendError;
-use crate::source::mqtt::{ConnState, MqttConnectOptions, Stop};
+use crate::mqtt::{ConnState, MqttConnectOptions, Stop};
 
 /// Publishes pushes and waits for the broker's PUBACK; cheap to share behind an `Arc`.
 #[derive(Debug)]
@@ -229,4 +229,115 @@ fn fail_in_flight(eventloop: &mut EventLoop, waiters: &Mutex<Waiters>) {
     }
     // The outbox retries them; a new clean session must not resend them as well.
     eventloop.pending.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    //! The PUBACK bookkeeping fed with the event sequences rumqttc 0.25 produces, so an
+    //! upgrade that changes them fails here instead of losing or mis-reporting pushes.
+
+    use rumqttc::{MqttOptions, PubAck, Publish};
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    use super::*;
+
+    fn queue(w: &mut Waiters, n: usize) -> Vec<oneshot::Receiver<()>> {
+        (0..n)
+            .map(|_| {
+                let (tx, rx) = oneshot::channel();
+                w.queued.push_back(tx);
+                rx
+            })
+            .collect()
+    }
+
+    fn out(pkid: u16) -> Event {
+        Event::Outgoing(Outgoing::Publish(pkid))
+    }
+
+    fn ack(pkid: u16) -> Event {
+        Event::Incoming(Packet::PubAck(PubAck::new(pkid)))
+    }
+
+    #[test]
+    fn pubacks_resolve_their_own_publish_in_any_order() {
+        let mut w = Waiters::default();
+        let mut rx = queue(&mut w, 3);
+        for pkid in [1, 2, 3] {
+            w.on_event(&out(pkid));
+        }
+        assert_eq!((w.queued.len(), w.sent.len()), (0, 3));
+        w.on_event(&ack(2));
+        assert_eq!(rx[1].try_recv(), Ok(()));
+        assert_eq!(rx[0].try_recv(), Err(TryRecvError::Empty));
+        w.on_event(&ack(3));
+        w.on_event(&ack(1));
+        assert_eq!((rx[0].try_recv(), rx[2].try_recv()), (Ok(()), Ok(())));
+        // A stray PUBACK and a QoS 0 publish (packet id 0) change nothing.
+        w.on_event(&ack(9));
+        w.on_event(&out(0));
+        assert_eq!((w.queued.len(), w.sent.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_packet_id_collision_parks_the_next_caller_until_its_publish_goes_out() {
+        let mut w = Waiters::default();
+        let mut rx = queue(&mut w, 2);
+        w.on_event(&out(1));
+        // rumqttc found packet id 1 still unacknowledged for the next publish: parked.
+        w.on_event(&Event::Outgoing(Outgoing::AwaitAck(1)));
+        assert!(w.collided.is_some() && w.queued.is_empty());
+        w.on_event(&ack(1));
+        assert_eq!(rx[0].try_recv(), Ok(()));
+        assert_eq!(rx[1].try_recv(), Err(TryRecvError::Empty), "not yet sent");
+        // The parked publish goes out with that id, and its own PUBACK resolves it.
+        w.on_event(&out(1));
+        assert!(w.collided.is_none());
+        w.on_event(&ack(1));
+        assert_eq!(rx[1].try_recv(), Ok(()));
+    }
+
+    #[test]
+    fn a_publish_of_another_id_while_one_is_parked_takes_the_next_caller() {
+        let mut w = Waiters::default();
+        let mut rx = queue(&mut w, 3);
+        w.on_event(&out(1));
+        w.on_event(&Event::Outgoing(Outgoing::AwaitAck(1)));
+        // A later request went out with another id: the parked caller keeps waiting.
+        w.on_event(&out(2));
+        assert!(w.collided.is_some());
+        w.on_event(&ack(2));
+        assert_eq!(rx[2].try_recv(), Ok(()));
+        assert_eq!(rx[1].try_recv(), Err(TryRecvError::Empty));
+    }
+
+    #[test]
+    fn a_connection_failure_fails_exactly_the_unsent_and_the_unacknowledged() {
+        let mut eventloop = EventLoop::new(MqttOptions::new("t", "127.0.0.1", 9), 10);
+        let waiters = Mutex::new(Waiters::default());
+        let (mut on_wire, mut rx) = {
+            let mut w = lock(&waiters);
+            let mut rx = queue(&mut w, 5);
+            let first = rx.remove(0);
+            w.on_event(&out(3)); // the first caller's publish is on the wire
+            (first, rx)
+        };
+        // Buffered before the error: the second caller's publish went out as id 4.
+        eventloop.state.events.push_back(out(4));
+        // rumqttc took two more requests from the channel but never sent them.
+        for _ in 0..2 {
+            let publish = Publish::new("t", QoS::AtLeastOnce, b"x".to_vec());
+            eventloop.pending.push_back(Request::Publish(publish));
+        }
+        fail_in_flight(&mut eventloop, &waiters);
+        assert_eq!(on_wire.try_recv(), Err(TryRecvError::Closed), "its PUBACK never comes");
+        assert_eq!(rx[0].try_recv(), Err(TryRecvError::Closed), "sent just before the error");
+        assert_eq!(rx[1].try_recv(), Err(TryRecvError::Closed), "unsent, dropped");
+        assert_eq!(rx[2].try_recv(), Err(TryRecvError::Closed), "unsent, dropped");
+        // The last caller's publish is still in the request channel: it keeps its place.
+        assert_eq!(rx[3].try_recv(), Err(TryRecvError::Empty));
+        let w = lock(&waiters);
+        assert_eq!((w.queued.len(), w.sent.len()), (1, 0));
+        assert!(eventloop.pending.is_empty(), "a new clean session must not resend them");
+    }
 }

@@ -15,7 +15,7 @@ use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
 use super::{Store, StoreError, scripts};
-use crate::api::view::Viewer;
+use crate::script::view::Viewer;
 use crate::script::{Lookups, validate};
 use crate::validation::FieldErrors;
 

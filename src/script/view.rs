@@ -1,4 +1,5 @@
-//! Response objects: a stored script as the seed's JSON object.
+//! The canonical JSON view of a stored script (the seed's response object), shared by the API
+//! and by `scripts export`.
 
 use std::collections::HashMap;
 

@@ -21,7 +21,7 @@ use rumqttc::QoS;
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, Publish as Publish5, SubscribeReasonCode};
 
-use super::mqtt::{MAX_INCOMING_PACKET_SIZE, MqttConnectOptions};
+use super::{MAX_INCOMING_PACKET_SIZE, MqttConnectOptions};
 
 /// Bytes allowed on top of `events.max_payload_bytes` in the announced Maximum Packet Size
 /// (fixed header, topic of up to 64 KiB, properties).

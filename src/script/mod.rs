@@ -5,6 +5,8 @@
 //! operator fixes a body in one round trip. The same function validates API bodies, imports
 //! and hand-edited rows, so the three can never disagree.
 
+pub mod view;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
