@@ -6,8 +6,8 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 use scriptd::bench::synth;
+use scriptd::index::rules::naive_matches;
 use scriptd::index::{Matches, ScheduleIndex};
-use scriptd::rules::naive_matches;
 
 const CAMERAS: i64 = 1000;
 const EVENTS: usize = 1000;

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use scriptd::index::ScheduleIndex;
-use scriptd::occurrence::{DERIVED_ID_PREFIX, EventRef, MAX_ID_LEN, MAX_SNAPSHOT_URL_LEN, decode};
-use scriptd::rules::{Rule, naive_matches};
+use scriptd::index::rules::{Rule, naive_matches};
+use scriptd::intake::occurrence::{
+    DERIVED_ID_PREFIX, EventRef, MAX_ID_LEN, MAX_SNAPSHOT_URL_LEN, decode,
+};
 use scriptd::script::{TITLE_MAX_CHARS, ValidationContext, input_to_body, validate};
 use scriptd::store::catalog::{DEFAULT_EVENTS, DEFAULT_REACTIONS, Event, Reaction};
 use scriptd::timetable::{ParseContext, parse_timetable};

@@ -20,21 +20,21 @@ use axum::Router;
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
+use crate::dispatch::hub::PushHub;
 use crate::dispatch::mqtt_push::MqttPusher;
 use crate::dispatch::webhook::WebhookSender;
 use crate::dispatch::worker::{Dispatcher, DispatcherConfig, DispatcherHandle, Senders};
-use crate::health::{self, Health};
-use crate::hub::PushHub;
+use crate::intake::occurrence::RejectionLog;
+use crate::intake::{self, Intake};
 use crate::live::{self, Live};
-use crate::logging::LogHandle;
 use crate::mqtt::MqttConnectOptions;
-use crate::occurrence::RejectionLog;
-use crate::pipeline::{self, Intake};
+use crate::ops::health::{self, Health};
+use crate::ops::logging::LogHandle;
+use crate::ops::systemd::{Notifier, Reloader};
+use crate::ops::telemetry;
 use crate::settings::Settings;
 use crate::source::mqtt::{MqttSource, SourceOptions};
 use crate::store::{Store, StoreError};
-use crate::systemd::{Notifier, Reloader};
-use crate::telemetry;
 
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +269,7 @@ pub async fn start(
 
     let mut source_options = SourceOptions::new(connect, &settings.mqtt.events_topic);
     source_options.max_payload_bytes = settings.events.max_payload_bytes;
-    source_options.channel_capacity = pipeline::BATCH_MAX * 4;
+    source_options.channel_capacity = intake::BATCH_MAX * 4;
     // The poll loop turns at least once per keep-alive (a ping) even when idle, and on every
     // reconnect attempt, so a broker outage is not a hang; a stuck loop is.
     source_options.progress = Some(
@@ -295,14 +295,14 @@ pub async fn start(
     .map_err(store_err)?;
     let intake_progress = beat_for(INTAKE);
     let wake = dispatcher.clone();
-    let intake_task = tokio::spawn(pipeline::run(
+    let intake_task = tokio::spawn(intake::run(
         intake,
         incoming,
         move || wake.notify(),
         move || intake_progress.beat(),
     ));
 
-    if let Some(interval) = crate::systemd::watchdog_enabled() {
+    if let Some(interval) = crate::ops::systemd::watchdog_enabled() {
         tokio::spawn(watchdog.run(notifier.clone(), interval, stop_rest.wait()));
     }
     let reloader =

@@ -38,12 +38,12 @@ use serde_json::Value;
 
 use crate::delivery::ReactionKind;
 use crate::index::IndexBuilder;
+use crate::script::validation::FieldErrors;
 use crate::script::{Lookups, Rule, ScheduleIndex, validate};
 use crate::secret::Secret;
 use crate::store::catalog::{Event, Reaction};
 use crate::store::users::descendants;
 use crate::store::{Conn, Store, StoreError, scripts, users};
-use crate::validation::FieldErrors;
 
 /// How often the watcher looks for outside changes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -383,10 +383,10 @@ impl Live {
                 );
             }
         }
-        metrics::histogram!(crate::telemetry::INDEX_REBUILD)
+        metrics::histogram!(crate::ops::telemetry::INDEX_REBUILD)
             .record(started.elapsed().as_secs_f64());
-        metrics::gauge!(crate::telemetry::SCRIPTS_LOADED).set(snapshot.scripts.len() as f64);
-        metrics::gauge!(crate::telemetry::SCRIPTS_INVALID).set(snapshot.invalid.len() as f64);
+        metrics::gauge!(crate::ops::telemetry::SCRIPTS_LOADED).set(snapshot.scripts.len() as f64);
+        metrics::gauge!(crate::ops::telemetry::SCRIPTS_INVALID).set(snapshot.invalid.len() as f64);
         tracing::debug!(
             generation,
             scripts = snapshot.scripts.len(),

@@ -8,9 +8,9 @@ use chrono::{DateTime, FixedOffset};
 use clap::{Args, Parser, Subcommand};
 
 use scriptd::bench::matching::{MatchBenchOptions, run as run_match_bench};
-use scriptd::cli;
 use scriptd::settings::Settings;
 use scriptd::timetable::ParseContext;
+use scriptd::tools::cli;
 
 /// Rules-engine daemon for video-management systems.
 #[derive(Parser, Debug)]
@@ -287,7 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(loaded) => loaded,
                 Err(e) => return Err(config_error(&e)),
             };
-            let log = scriptd::logging::init(&settings.log)?;
+            let log = scriptd::ops::logging::init(&settings.log)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -27,8 +27,8 @@ use chrono::{
 use chrono_tz::Tz;
 use serde_json::{Value, json};
 
+use scriptd::index::rules::Rule;
 use scriptd::index::{Matches, ScheduleIndex};
-use scriptd::rules::Rule;
 use scriptd::timetable::{ParseContext, Timetable, parse_timetable};
 
 const MINUTE: i64 = 60;

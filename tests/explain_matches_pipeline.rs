@@ -21,10 +21,10 @@ use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 use serde_json::{Map, Value, json};
 
-use scriptd::explain::{self, Question, State};
+use scriptd::intake::Intake;
+use scriptd::intake::explain::{self, Question, State};
+use scriptd::intake::occurrence::RejectionLog;
 use scriptd::live::Live;
-use scriptd::occurrence::RejectionLog;
-use scriptd::pipeline::Intake;
 use scriptd::script::{Lookups, validate};
 use scriptd::settings::Settings;
 use scriptd::store::snoozes::{self, NewSnooze, Scope};

@@ -16,7 +16,7 @@ use checks::{TIMETABLE_ZONES, check_decode, check_timetable, check_validate};
 use chrono::Utc;
 use serde_json::Value;
 
-use scriptd::occurrence::decode;
+use scriptd::intake::occurrence::decode;
 use scriptd::script::{ValidationContext, validate};
 use scriptd::timetable::{ParseContext, parse_timetable};
 

@@ -14,7 +14,7 @@ use serde_json::Value;
 mod support;
 
 use scriptd::index::ScheduleIndex;
-use scriptd::rules::{Rule, naive_matches};
+use scriptd::index::rules::{Rule, naive_matches};
 use scriptd::timetable::{ParseContext, parse_timetable};
 use support::timetables::{ZONES, instant, timetable};
 

@@ -1,7 +1,7 @@
 //! `GET /healthz` and `GET /metrics` over real HTTP on 127.0.0.1.
 
-use scriptd::health::{self, Health};
-use scriptd::telemetry;
+use scriptd::ops::health::{self, Health};
+use scriptd::ops::telemetry;
 
 async fn serve(router: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use scriptd::logging;
+use scriptd::ops::logging;
 use scriptd::secret::Secret;
 use scriptd::settings::{LogFormat, LogSettings, Settings};
 

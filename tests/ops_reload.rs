@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use scriptd::logging;
+use scriptd::ops::logging;
+use scriptd::ops::systemd::{Notifier, Reloader};
 use scriptd::settings::{LogSettings, Settings};
-use scriptd::systemd::{Notifier, Reloader};
 
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).expect("write test config");

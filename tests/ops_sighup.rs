@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use scriptd::ops::systemd::{Notifier, Reloader};
 use scriptd::settings::Settings;
-use scriptd::systemd::{Notifier, Reloader};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::test]

@@ -10,14 +10,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use scriptd::dispatch::hub::PushHub;
 use scriptd::dispatch::mqtt_push::MqttPusher;
 use scriptd::dispatch::webhook::WebhookSender;
 use scriptd::dispatch::worker::{Dispatcher, DispatcherConfig, DispatcherHandle, Senders};
-use scriptd::hub::PushHub;
 use scriptd::mqtt::MqttConnectOptions;
-use scriptd::outbox::{NewDelivery, OutboxWriter, Target};
 use scriptd::secret::Secret;
 use scriptd::settings::{LiveSettings, Settings};
+use scriptd::store::outbox::{NewDelivery, OutboxWriter, Target};
 use scriptd::store::{Store, now_ms};
 use support::mosquitto::Mosquitto;
 use support::telegram_stub::{Answer, TelegramStub};
@@ -747,7 +747,7 @@ async fn finished_rows_older_than_the_retention_are_pruned() {
 async fn the_dispatcher_beats_its_heartbeat_while_idle_and_reports_pending() {
     let mut db = fresh_db();
     db.writer.enqueue(&[push(1, 1)], now_ms()).unwrap();
-    let watchdog = scriptd::systemd::Watchdog::new();
+    let watchdog = scriptd::ops::systemd::Watchdog::new();
     let (stop, rx) = oneshot::channel::<()>();
     let mut config = DispatcherConfig::new(10, Duration::from_secs(1));
     config.poll_interval = Duration::from_millis(50);

@@ -312,7 +312,7 @@ async fn source_waits_for_a_broker_that_is_not_there_yet() {
 /// unreachable (reconnect attempts are progress); a heartbeat nobody feeds stalls.
 #[tokio::test]
 async fn the_poll_loop_beats_its_watchdog_heartbeat() {
-    let watchdog = scriptd::systemd::Watchdog::new();
+    let watchdog = scriptd::ops::systemd::Watchdog::new();
     let port = support::free_port();
     let mut connect = MqttConnectOptions::new("127.0.0.1", port, "scriptd-wd");
     connect.backoff_min = Duration::from_millis(50);

@@ -5,8 +5,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::script::validation::FieldErrors;
 use crate::store::StoreError;
-use crate::validation::FieldErrors;
 
 /// Every way a request can fail, each with its status code.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! `POST /explain` and `GET /occurrences/{id}` (CONTRACT §10): why an occurrence fires a
 //! script or not, and what was delivered for a real one. Both need `scripts.view` and show
 //! only scripts (and their deliveries) whose owner is in the caller's reach. The decisions
-//! are [`crate::explain`]'s, which asks the intake's own index and rules.
+//! are [`crate::intake::explain`]'s, which asks the intake's own index and rules.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -15,10 +15,10 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::handlers::{blocking, json_object};
-use crate::explain::{self, Question, ScriptVerdict};
+use crate::intake::explain::{self, Question, ScriptVerdict};
 use crate::live::Snapshot;
+use crate::script::validation::FieldErrors;
 use crate::store::{deliveries, scripts};
-use crate::validation::FieldErrors;
 
 /// Reads `event_id` or `event`, `camera_id` and `occurred_at` (default: now); 422 naming
 /// each bad key. An event id or name not in the catalog is a 422 on `event_id`/`event`.

@@ -23,10 +23,10 @@ use serde_json::{Map, Value, json};
 use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
+use crate::script::validation::FieldErrors;
 use crate::script::view::Viewer;
 use crate::script::{Lookups, validate};
 use crate::store::{StoreError, catalog, deliveries, scripts};
-use crate::validation::FieldErrors;
 use rusqlite::Connection;
 
 /// Default and largest page sizes of `GET /scripts`.
@@ -71,7 +71,7 @@ pub(super) fn json_object(
             ));
         }
     }
-    match crate::validation::parse_json_strict(&body) {
+    match crate::script::validation::parse_json_strict(&body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::field("body", "The request body must be a JSON object.")),
         Err(e) => Err(ApiError::field("body", format!("The request body is not valid JSON: {e}."))),

@@ -18,9 +18,9 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::handlers::{blocking, json_object, owned_script, script_id};
+use crate::script::validation::FieldErrors;
 use crate::store::now_ms;
 use crate::store::snoozes::{self, NewSnooze, Scope, Snooze};
-use crate::validation::FieldErrors;
 
 /// The longest snooze `minutes` accepts: one week.
 pub const MAX_MINUTES: i64 = 7 * 24 * 60;

@@ -37,7 +37,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::AppState;
 use super::auth::{AuthUser, Caller, TokenId};
-use crate::hub::PushHub;
+use crate::dispatch::hub::PushHub;
 use crate::store::{Store, tokens};
 
 /// How often an open stream re-checks its token.

@@ -1,5 +1,5 @@
 //! `GET /scripts/{id}/week?start=DATE`: the script's active stretches for seven local days
-//! as the engine computes them ([`crate::week`]), for the status page's week grid.
+//! as the engine computes them ([`crate::index::week`]), for the status page's week grid.
 
 use std::collections::HashMap;
 
@@ -57,8 +57,8 @@ pub async fn week(
         }
     })
     .await?;
-    let days = blocking(move || Ok(crate::week::week(timetable, tz, start))).await?;
-    let days: Vec<Value> = days.iter().map(|d| crate::week::day_json(d, tz)).collect();
+    let days = blocking(move || Ok(crate::index::week::week(timetable, tz, start))).await?;
+    let days: Vec<Value> = days.iter().map(|d| crate::index::week::day_json(d, tz)).collect();
     Ok(Json(json!({
         "data": {"script_id": id, "timezone": tz.name(), "start": start.to_string(), "days": days}
     })))

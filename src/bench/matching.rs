@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::synth;
+use crate::index::rules::naive_matches;
 use crate::index::{Matches, ScheduleIndex};
-use crate::rules::naive_matches;
 
 /// Parameters of one run.
 #[derive(Debug, Clone)]

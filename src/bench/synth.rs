@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use crate::rules::Rule;
+use crate::index::rules::Rule;
 use crate::timetable::{ParseContext, parse_timetable};
 
 /// Number of event kinds scripts and occurrences use (event ids `1..=EVENT_KINDS`).

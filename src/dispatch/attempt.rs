@@ -9,8 +9,8 @@ use super::SendError;
 use super::telegram::TelegramSender;
 use super::worker::Senders;
 use crate::delivery::ReactionKind;
-use crate::outbox::{Claimed, Recorded, Target};
 use crate::settings::RetryPolicy;
+use crate::store::outbox::{Claimed, Recorded, Target};
 
 /// Jitter applied to retry delays: ±20 %.
 const JITTER: f64 = 0.2;

@@ -31,7 +31,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use crate::outbox::{Channel, Claimed, Target};
+use crate::store::outbox::{Channel, Claimed, Target};
 
 /// The limits of a [`Bulkheads`].
 #[derive(Debug, Clone, PartialEq, Eq)]

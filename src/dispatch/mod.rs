@@ -9,11 +9,12 @@
 //! `after`), wait without counting an attempt ([`SendError::NotYet`]), or give up and record the reason ([`SendError::Permanent`]). Retrying,
 //! backoff and ordering across attempts belong to the outbox, not to the senders.
 //!
-//! [`push_payload`] builds the JSON object of CONTRACT §5 that MQTT pushes, the SSE stream
+//! [`crate::delivery::push_payload`] builds the JSON object of CONTRACT §5 that MQTT pushes, the SSE stream
 //! and webhooks carry.
 
 mod attempt;
 pub mod bulkhead;
+pub mod hub;
 pub mod mqtt_push;
 pub mod telegram;
 pub mod webhook;

@@ -1,4 +1,4 @@
-//! The dispatcher: drains the outbox ([`crate::outbox`]) through the senders.
+//! The dispatcher: drains the outbox ([`crate::store::outbox`]) through the senders.
 //!
 //! # One loop, many attempts
 //!
@@ -6,7 +6,7 @@
 //!
 //! 1. records the outcomes of finished attempts in one transaction (sent, failed, retry),
 //!    and only then frees their in-flight slots,
-//! 2. claims due rows per channel (a lane's head only, see [`crate::outbox::due_in`]) within
+//! 2. claims due rows per channel (a lane's head only, see [`crate::store::outbox::due_in`]) within
 //!    the bulkheads of [`super::bulkhead`] (budgets per channel and per target, circuit
 //!    breakers), skipping rows already in flight and lanes that have an attempt in flight,
 //!    deferring rows of a backed-off target, and spawns one task per attempt,
@@ -14,7 +14,7 @@
 //!    retry is due, or `poll_interval` passes.
 //!
 //! Step 2 reads the outbox only while it may hold due rows the dispatcher was not handed
-//! in memory (see *Hand-over in memory* in [`crate::outbox`]): at start, after a retry was
+//! in memory (see *Hand-over in memory* in [`crate::store::outbox`]): at start, after a retry was
 //! recorded, a database error, a wake-up without handed-over rows, a full hand-over, a row
 //! with a lane, and at least every `poll_interval`. Otherwise it starts the rows the
 //! intake handed over, before recording outcomes, so a fresh push waits for no query and
@@ -78,13 +78,13 @@ use super::bulkhead::{Admit, Bulkheads, Change, Limits, TargetKey, Verdict};
 use super::mqtt_push::MqttPusher;
 use super::telegram::{RateLimits, TelegramSender};
 use super::webhook::WebhookSender;
-use crate::health::{self, Health};
-use crate::hub::PushHub;
-use crate::outbox::{self, Carried, Channel, Claimed, Recorded, RowRef, Target};
+use crate::dispatch::hub::PushHub;
+use crate::ops::health::{self, Health};
+use crate::ops::systemd::Progress;
+use crate::ops::telemetry;
 use crate::settings::{LiveSettings, TelegramSettings};
+use crate::store::outbox::{self, Carried, Channel, Claimed, Recorded, RowRef, Target};
 use crate::store::{Conn, Store, StoreError, now_ms};
-use crate::systemd::Progress;
-use crate::telemetry;
 
 /// Finished rows deleted per retention transaction.
 pub const PRUNE_BATCH: usize = 1000;

@@ -1,7 +1,7 @@
 //! MQTT plumbing shared by the source (occurrences in) and the push sender (pushes out):
 //! where and how to connect ([`MqttConnectOptions`]), the v3.1.1/v5 connection wrapper
-//! ([`link`]), shutdown without losing queued acknowledgements ([`Stop`]), connection state
-//! and its metrics ([`ConnState`]), reconnect backoff ([`Backoff`]), and the embedded
+//! ([`link`]), shutdown without losing queued acknowledgements (`Stop`), connection state
+//! and its metrics (`ConnState`), reconnect backoff ([`Backoff`]), and the embedded
 //! broker ([`broker`]).
 
 #[cfg(feature = "embedded-broker")]
@@ -20,7 +20,7 @@ use crate::secret::Secret;
 use link::{Ev, Loop, Protocol};
 
 /// Largest MQTT packet the pusher sends (8 MiB; pushes carry at most
-/// [`crate::dispatch::MAX_PUSH_DATA_BYTES`] of `data`, so they stay far below it).
+/// [`crate::delivery::MAX_PUSH_DATA_BYTES`] of `data`, so they stay far below it).
 pub const MAX_PACKET_SIZE: usize = 8 * 1024 * 1024;
 
 /// Largest MQTT packet a connection accepts: the protocol's own maximum (256 MiB), so no

@@ -5,6 +5,8 @@
 //! operator fixes a body in one round trip. The same function validates API bodies, imports
 //! and hand-edited rows, so the three can never disagree.
 
+pub mod validation;
+
 pub mod view;
 
 use std::collections::{HashMap, HashSet};
@@ -14,13 +16,13 @@ use std::sync::Arc;
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
+use crate::script::validation::FieldErrors;
 use crate::store::catalog::{Event, Reaction};
-use crate::validation::FieldErrors;
 
 use crate::delivery::ReactionKind;
 pub use crate::index::ScheduleIndex;
-pub use crate::rules::Rule;
-use crate::rules::{parse_cameras, parse_status};
+pub use crate::index::rules::Rule;
+use crate::index::rules::{parse_cameras, parse_status};
 pub use crate::timetable::Timetable;
 use crate::timetable::{ParseContext, parse_timetable as parse_timetable_model};
 

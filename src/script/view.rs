@@ -7,10 +7,10 @@ use chrono_tz::Tz;
 use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 
+use crate::script::validation::FieldErrors;
 use crate::script::{Lookups, normalize_timetable, status_text, validate};
 use crate::store::users::{self, User};
 use crate::store::{StoreError, scripts::StoredScript};
-use crate::validation::FieldErrors;
 
 /// Keys of `extra` that hold secrets.
 pub const SECRET_KEYS: [&str; 2] = ["bot_token", "secret"];

@@ -80,9 +80,9 @@ pub struct SourceOptions {
     pub channel_capacity: usize,
     /// Beaten on every turn of the poll loop (packets in and out, keep-alive pings,
     /// connection errors), so the systemd watchdog stops only when the loop itself hangs.
-    pub progress: Option<crate::systemd::Progress>,
+    pub progress: Option<crate::ops::systemd::Progress>,
     /// `events.max_payload_bytes`: with MQTT 5 the broker is told not to send larger
-    /// packets (see [`super::link`]).
+    /// packets (see [`crate::mqtt::link`]).
     pub max_payload_bytes: u64,
 }
 

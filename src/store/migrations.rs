@@ -90,7 +90,7 @@ CREATE INDEX deliveries_pending ON deliveries(next_attempt_at) WHERE state = 'pe
 CREATE INDEX deliveries_by_script ON deliveries(script_id, created_at);
 "#;
 
-/// Migration 2: the outbox stores how to deliver (`target`, JSON, see `crate::outbox::Target`),
+/// Migration 2: the outbox stores how to deliver (`target`, JSON, see `crate::store::outbox::Target`),
 /// finds a lane's head by index, and prunes finished rows by index.
 const V2: &str = r#"
 ALTER TABLE deliveries ADD COLUMN target TEXT;

@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod deliveries;
 mod file;
 pub mod migrations;
+pub mod outbox;
 pub mod scripts;
 pub mod snoozes;
 pub mod tokens;
@@ -30,8 +31,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
-use crate::outbox::Handoff;
-use crate::validation::FieldErrors;
+use crate::script::validation::FieldErrors;
+use crate::store::outbox::Handoff;
 use file::FileGate;
 pub use file::{Conn, Staleness};
 
@@ -185,7 +186,7 @@ impl Store {
     }
 
     /// Rows committed by outbox writers of this handle (and its clones), handed to the
-    /// dispatcher in memory; see [`crate::outbox`].
+    /// dispatcher in memory; see [`crate::store::outbox`].
     pub fn handoff(&self) -> &Arc<Handoff> {
         &self.handoff
     }

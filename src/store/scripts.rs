@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 
 use super::catalog::text;
 use super::{StoreError, now_text, sql_to_json};
+use crate::script::validation::FieldErrors;
 use crate::script::{ScriptInput, status_text};
-use crate::validation::FieldErrors;
 
 /// A script row as found in the database.
 #[derive(Clone)]

@@ -46,10 +46,9 @@ pub fn create_expiring(
             match d {
                 Some(t) => Some(t.format("%Y-%m-%d %H:%M:%S").to_string()),
                 None => {
-                    return Err(StoreError::Invalid(crate::validation::FieldErrors::single(
-                        "expires_in",
-                        "is too long",
-                    )));
+                    return Err(StoreError::Invalid(
+                        crate::script::validation::FieldErrors::single("expires_in", "is too long"),
+                    ));
                 }
             }
         }

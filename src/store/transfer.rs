@@ -15,9 +15,9 @@ use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
 use super::{Store, StoreError, scripts};
+use crate::script::validation::FieldErrors;
 use crate::script::view::Viewer;
 use crate::script::{Lookups, validate};
-use crate::validation::FieldErrors;
 
 /// Every script as the API shows it.
 pub fn export(store: &Store, timezone: Tz) -> Result<Vec<Value>, StoreError> {

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::catalog::{text, truthy};
 use super::{StoreError, now_text};
-use crate::validation::FieldErrors;
+use crate::script::validation::FieldErrors;
 
 /// A permission granted to a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

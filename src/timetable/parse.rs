@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::zone::Zone;
 use super::{Axis, AxisError, Bound, Break, DayEntry, DayKind, Interval, Timetable};
-use crate::validation::FieldErrors;
+use crate::script::validation::FieldErrors;
 
 /// What parsing needs besides the JSON: the zone of times written without an offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

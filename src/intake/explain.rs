@@ -3,10 +3,10 @@
 //!
 //! Nothing here decides on its own: whether a script fires comes from the snapshot's
 //! [`crate::index::ScheduleIndex`] (the index the intake matches with), then the cooldown
-//! rule ([`crate::pipeline::in_cooldown`]) on the durable cooldown state; who gets a
-//! delivery from [`crate::pipeline::recipients_of`] and the [`crate::pipeline::Gate`]
+//! rule ([`crate::intake::in_cooldown`]) on the durable cooldown state; who gets a
+//! delivery from [`crate::intake::recipients_of`] and the [`crate::intake::Gate`]
 //! (disabled accounts, snoozes). Only the *reason* of a timetable verdict, the window or
-//! break that decided, is read from the script's timetable ([`Timetable::explain_at`], the
+//! break that decided, is read from the script's timetable ([`crate::timetable::Timetable::explain_at`], the
 //! reference evaluation the index is tested against). A property test
 //! (`tests/explain_matches_pipeline.rs`) checks that what explain says is delivered is
 //! exactly what the intake plans, for random scripts and occurrences.
@@ -32,8 +32,8 @@ use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::index::Matches;
+use crate::intake::{Gate, Recipient, in_cooldown, recipients_of};
 use crate::live::Snapshot;
-use crate::pipeline::{Gate, Recipient, in_cooldown, recipients_of};
 use crate::script::{Lookups, validate};
 use crate::store::snoozes::{RecipientDecision, SnoozeSet};
 use crate::store::{StoreError, scripts};
@@ -105,7 +105,7 @@ pub struct State {
 impl State {
     /// Reads the cooldown state and the snoozes that had not ended by `at` (unix ms).
     pub fn load(conn: &Connection, at_ms: i64) -> Result<State, StoreError> {
-        let cooldowns = crate::outbox::load_cooldowns(conn)?
+        let cooldowns = crate::store::outbox::load_cooldowns(conn)?
             .into_iter()
             .map(|f| ((f.script_id, f.camera_id), (f.occurred_at_ms, f.occurrence_id)))
             .collect();
@@ -146,7 +146,7 @@ pub fn explain(
             reason,
             recipients: Vec::new(),
         };
-        let first_error = |e: &crate::validation::FieldErrors| {
+        let first_error = |e: &crate::script::validation::FieldErrors| {
             let path = e.paths().next().unwrap_or("script").to_owned();
             let msg = e.get(&path).and_then(|m| m.first()).cloned().unwrap_or_default();
             format!("invalid script: {path}: {msg}")

@@ -32,7 +32,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
-use crate::systemd::Watchdog;
+use crate::ops::systemd::Watchdog;
 
 /// Component name: the SQLite store.
 pub const STORE: &str = "store";

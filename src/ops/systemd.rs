@@ -22,7 +22,8 @@
 //! use std::time::Duration;
 //!
 //! use arc_swap::ArcSwap;
-//! use scriptd::{health, logging, settings::Settings, systemd, telemetry};
+//! use scriptd::ops::{health, logging, systemd, telemetry};
+//! use scriptd::settings::Settings;
 //!
 //! let (settings, sources) = Settings::load(None)?; // print e.lines() and exit 78 on error
 //! let log = logging::init(&settings.log)?;
@@ -57,7 +58,7 @@ use arc_swap::ArcSwap;
 use sd_notify::NotifyState;
 use tokio::time::Instant;
 
-use crate::logging::LogHandle;
+use crate::ops::logging::LogHandle;
 use crate::settings::{LiveSettings, Settings, SettingsError};
 
 /// Where `sd_notify` messages go.
@@ -335,7 +336,7 @@ impl Watchdog {
                 _ = ticker.tick() => {}
             }
             let stalled = self.stalled();
-            metrics::gauge!(crate::telemetry::WATCHDOG_STALLED).set(stalled.len() as f64);
+            metrics::gauge!(crate::ops::telemetry::WATCHDOG_STALLED).set(stalled.len() as f64);
             if stalled.is_empty() {
                 notifier.watchdog();
                 if was_stalled {
@@ -346,7 +347,7 @@ impl Watchdog {
             } else if !was_stalled {
                 let names = stalled.join(", ");
                 tracing::error!(components = %names, "watchdog: no progress, withholding pings");
-                metrics::counter!(crate::telemetry::WATCHDOG_STALLS).increment(1);
+                metrics::counter!(crate::ops::telemetry::WATCHDOG_STALLS).increment(1);
                 notifier.status(&format!("stalled: {names}"));
                 was_stalled = true;
             }
@@ -376,7 +377,7 @@ pub struct Reloader {
 impl Reloader {
     /// `dir` is the configuration directory resolved at start-up, `running` the settings the
     /// daemon started with, `live` what components read per operation (store
-    /// `running.live_part()` in it first), `log` the handle from [`crate::logging::init`].
+    /// `running.live_part()` in it first), `log` the handle from [`crate::ops::logging::init`].
     pub fn new(
         dir: impl Into<PathBuf>,
         running: Settings,
@@ -493,7 +494,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn pings_go_out_only_while_every_component_makes_progress() {
         // A thread-local recorder: the current-thread runtime runs the task on this thread.
-        let recorder = crate::telemetry::builder().expect("builder").build_recorder();
+        let recorder = crate::ops::telemetry::builder().expect("builder").build_recorder();
         let metrics = recorder.handle();
         let _recorder = metrics::set_default_local_recorder(&recorder);
         let dog = Watchdog::new();

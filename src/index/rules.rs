@@ -9,8 +9,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::script::validation::FieldErrors;
 use crate::timetable::Timetable;
-use crate::validation::FieldErrors;
 
 /// What the schedule index needs to know about one script.
 #[derive(Debug, Clone)]

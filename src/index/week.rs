@@ -18,7 +18,7 @@ use chrono_tz::Tz;
 use serde_json::{Value, json};
 
 use crate::index::ScheduleIndex;
-use crate::rules::Rule;
+use crate::index::rules::Rule;
 use crate::timetable::Timetable;
 
 /// One stretch of a day with one state and reason.

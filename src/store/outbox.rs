@@ -254,7 +254,7 @@ pub fn load_cooldowns(conn: &Connection) -> Result<Vec<Fired>, StoreError> {
 /// Writes deliveries into the outbox over its own connection.
 ///
 /// ```
-/// use scriptd::outbox::{NewDelivery, OutboxWriter, Target};
+/// use scriptd::store::outbox::{NewDelivery, OutboxWriter, Target};
 /// use scriptd::store::{Store, now_ms};
 ///
 /// let dir = tempfile::tempdir().unwrap();

@@ -16,6 +16,9 @@
 //!
 //! The timetable is evaluated at the occurrence's `occurred_at`.
 
+pub mod explain;
+pub mod occurrence;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,13 +33,13 @@ use crate::delivery::{
 };
 use crate::index::Matches;
 use crate::live::{Live, ScriptRecord, Snapshot};
-use crate::occurrence::{self, EventRef, Occurrence, Reason, Rejected, RejectionLog};
-use crate::outbox::{Fired, NewDelivery, OutboxWriter, Target};
+use crate::ops::telemetry;
 use crate::settings::LiveSettings;
 use crate::source::mqtt::Incoming;
+use crate::store::outbox::{Fired, NewDelivery, OutboxWriter, Target};
 use crate::store::snoozes::{self, RecipientDecision, SnoozeSet};
 use crate::store::{Store, StoreError, catalog::Event};
-use crate::telemetry;
+use occurrence::{EventRef, Occurrence, Reason, Rejected, RejectionLog};
 
 /// Most messages written in one transaction.
 pub const BATCH_MAX: usize = 1024;
@@ -132,7 +135,7 @@ impl Intake {
         rejections: Arc<RejectionLog>,
     ) -> Result<Intake, StoreError> {
         let writer = OutboxWriter::new(&store)?;
-        let cooldowns = crate::outbox::load_cooldowns(&*store.connect()?)?
+        let cooldowns = crate::store::outbox::load_cooldowns(&*store.connect()?)?
             .into_iter()
             .map(|f| ((f.script_id, f.camera_id), (f.occurred_at_ms, f.occurrence_id)))
             .collect();

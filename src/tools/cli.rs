@@ -6,8 +6,8 @@ use std::path::Path;
 use chrono::{DateTime, FixedOffset};
 use serde_json::Value;
 
+use crate::script::validation::FieldErrors;
 use crate::timetable::{ParseContext, parse_timetable};
-use crate::validation::FieldErrors;
 
 /// What `timetable check` prints and its exit status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub fn timetable_check(
 
 /// `scriptd explain`: one line per script of `event` (an id or a name) for an occurrence
 /// on `camera` at `at`, every owner included, from the database's scripts, cooldowns and
-/// snoozes (see [`crate::explain`]).
+/// snoozes (see [`crate::intake::explain`]).
 pub fn explain(
     store: crate::store::Store,
     timezone: chrono_tz::Tz,
@@ -75,7 +75,7 @@ pub fn explain(
     camera: i64,
     at: DateTime<chrono::Utc>,
 ) -> anyhow::Result<Vec<String>> {
-    use crate::explain::{Question, State};
+    use crate::intake::explain::{Question, State};
     if camera <= 0 {
         anyhow::bail!("--camera must be a positive integer, not {camera}");
     }
@@ -92,7 +92,7 @@ pub fn explain(
     let q = Question { event_id, camera_id: camera, at, occurrence_id: None };
     let verdicts = store.read(|tx| {
         let state = State::load(tx, at.timestamp_millis())?;
-        crate::explain::explain(tx, &snap, timezone, &state, &q, |_| true)
+        crate::intake::explain::explain(tx, &snap, timezone, &state, &q, |_| true)
     })?;
     Ok(verdicts.iter().map(|v| v.to_line()).collect())
 }

@@ -38,12 +38,15 @@
 //!
 //! Nothing here reads the clock: the instant is an argument.
 
+pub mod rules;
+pub mod week;
+
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc, Weekday};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::rules::Rule;
+use crate::index::rules::Rule;
 use crate::timetable::zone::{DAY, WEEK, week_position_fixed};
 use crate::timetable::{Axis, DayEntry, Timetable, Zone};
 
@@ -1039,7 +1042,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::rules::naive_matches;
+    use crate::index::rules::naive_matches;
     use crate::timetable::{ParseContext, parse_timetable};
 
     fn rule(id: i64, event: i64, cameras: Option<Vec<i64>>, tt: serde_json::Value) -> Rule {

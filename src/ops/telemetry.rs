@@ -3,14 +3,14 @@
 //! Components record through the `metrics` macros with the constants below, e.g.
 //!
 //! ```
-//! use scriptd::telemetry;
+//! use scriptd::ops::telemetry;
 //! metrics::counter!(telemetry::OCCURRENCES_REJECTED, telemetry::LABEL_REASON => "unknown_event")
 //!     .increment(1);
 //! metrics::histogram!(telemetry::MATCH_DURATION).record(0.000_042);
 //! ```
 //!
 //! [`install`] sets the global recorder once and returns the [`PrometheusHandle`] that
-//! `GET /metrics` renders ([`crate::health::routes`]). Without an installed recorder the
+//! `GET /metrics` renders ([`crate::ops::health::routes`]). Without an installed recorder the
 //! macros are no-ops, so library code and tests need no set-up.
 
 use std::future::Future;
@@ -25,7 +25,7 @@ pub const OCCURRENCES_RECEIVED: &str = "scriptd_occurrences_received_total";
 /// Counter: occurrences that matched at least one active script.
 pub const OCCURRENCES_MATCHED: &str = "scriptd_occurrences_matched_total";
 /// Counter, label [`LABEL_REASON`]: occurrences dropped as invalid, by
-/// [`crate::occurrence::Reason`] code (`not_json`, `missing_camera_id`, `unknown_event`, ...).
+/// [`crate::intake::occurrence::Reason`] code (`not_json`, `missing_camera_id`, `unknown_event`, ...).
 pub const OCCURRENCES_REJECTED: &str = "scriptd_occurrences_rejected_total";
 /// Counter: occurrences dropped because they were older than `events.max_age_seconds`.
 pub const OCCURRENCES_STALE: &str = "scriptd_occurrences_stale_total";
@@ -256,7 +256,7 @@ pub fn describe() {
     metrics::counter!(DELIVERIES_COALESCED).increment(0);
 }
 
-/// Counts deliveries expired per channel, as returned by [`crate::outbox::expire`].
+/// Counts deliveries expired per channel, as returned by [`crate::store::outbox::expire`].
 pub fn count_expired(expired: &[(&'static str, usize)]) {
     for &(channel, n) in expired {
         metrics::counter!(DELIVERIES_EXPIRED, LABEL_CHANNEL => channel).increment(n as u64);

@@ -1,0 +1,8 @@
+//! Running as a service: systemd notification and watchdog ([`systemd`]), the health
+//! registry behind `/healthz` and `/livez` ([`health`]), the Prometheus metrics
+//! ([`telemetry`]) and logging ([`logging`]).
+
+pub mod health;
+pub mod logging;
+pub mod systemd;
+pub mod telemetry;

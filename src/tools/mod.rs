@@ -1,0 +1,3 @@
+//! Operator commands that need no running daemon ([`cli`]: `timetable check`, `explain`).
+
+pub mod cli;
