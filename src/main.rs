@@ -220,6 +220,10 @@ struct PipelineArgs {
     /// Skip the broker-ceiling pass.
     #[arg(long)]
     no_ceiling: bool,
+    /// `extra.cooldown_seconds` of every generated script (0 = none, at most 86400); the
+    /// pushes the cooldown suppresses are reported apart and not expected.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    cooldown_seconds: u32,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -417,6 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     daemon_exe,
                     daemon_config: a.daemon_config.replace("\\n", "\n"),
                     skip_ceiling: a.no_ceiling,
+                    cooldown_seconds: a.cooldown_seconds,
                 })
                 .map_err(anyhow::Error::msg)?;
             if a.json {
@@ -424,8 +429,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{report}");
             }
-            if report.lost > 0 {
-                anyhow::bail!("{} deliveries lost", report.lost);
+            if report.lost > 0 || report.unexpected > 0 {
+                anyhow::bail!("{} deliveries lost, {} unexpected", report.lost, report.unexpected);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -9,13 +9,19 @@
 //!    indexed, but listen to one extra event kind the occurrence stream never carries:
 //!    at 100k scripts every occurrence would otherwise match ~80 of them and the run
 //!    would measure push fan-out, not the daemon.
-//! 2. **Occurrences.** `M` occurrences; a fraction `F` are *matched*: an (event, camera,
-//!    instant) for which the daemon's own schedule index (built here from the same
-//!    database) finds 1 to 3 active scripts, hence 1 to 3 pushes; the others are
-//!    *unmatched*: an (event, camera, instant) no script covers. Both are drawn from pools
-//!    of pre-checked combinations; every occurrence has its own `id`. The expected pushes
-//!    are therefore known up front. The last occurrence is always a matched one, so the
-//!    run's end is observable.
+//! 2. **Occurrences.** `M` occurrences whose `occurred_at` never decreases in publish
+//!    order (the two-week window divided evenly); a fraction `F` are *matched*: an (event,
+//!    camera) for which the daemon's own schedule index (built here from the same database)
+//!    finds 1 to 3 active scripts at that instant, hence 1 to 3 pushes; the others are
+//!    *unmatched*: an (event, camera) no script covers then. Matched occurrences come in
+//!    pairs (the same event and camera again at the next matched instant). Every
+//!    occurrence has its own `id`, and the bench knows which scripts each one fires, so
+//!    the expected deliveries are known up front; with `--cooldown-seconds` (on every
+//!    script) they are those the intake's cooldown rule ([`crate::pipeline::in_cooldown`],
+//!    applied in publish order per script and camera) lets through, and the rest are
+//!    reported as suppressed. The last occurrence is a matched one whose scripts did not
+//!    match on its camera during the day before (where one exists), so no cooldown
+//!    silences it and the run's end is observable.
 //! 3. **Broker ceiling.** The same publisher and subscriber through the same broker, with
 //!    no daemon in between: `M` occurrence-sized messages published as fast as possible,
 //!    received by the subscriber (publish→receive). With `--rate` the same is repeated at
@@ -29,11 +35,12 @@
 //! Measured: occurrences/s sustained (`M` / first publish → last push), pushes/s,
 //! publish→push latency (the publish instant travels in the occurrence's `data.t_ns`,
 //! which the push payload passes through, and is compared on receipt with the same
-//! monotonic clock), lost (expected − distinct `delivery_id`s received), duplicates
-//! (received − distinct), and the child's CPU seconds during the measured phase and peak
-//! RSS (`/proc/<pid>/stat`, `VmHWM`) — exact, since the daemon is its own process.
+//! monotonic clock), lost (expected `delivery_id`s not received), unexpected (distinct
+//! `delivery_id`s received that were not expected), duplicates (received − distinct),
+//! and the child's CPU seconds during the measured phase and peak RSS
+//! (`/proc/<pid>/stat`, `VmHWM`) — exact, since the daemon is its own process.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -120,6 +127,8 @@ pub struct PipelineBenchOptions {
     pub daemon_config: String,
     /// Skip the broker-ceiling pass (tests).
     pub skip_ceiling: bool,
+    /// `extra.cooldown_seconds` of every script (0 = none, at most one day).
+    pub cooldown_seconds: u32,
 }
 
 /// Latency percentiles, milliseconds.
@@ -172,12 +181,20 @@ pub struct PipelineBenchReport {
     pub pushes_per_s: f64,
     /// Publish → push latency.
     pub latency_ms: Latency,
-    /// Pushes expected (known from the index up front).
+    /// `extra.cooldown_seconds` of every script (0 = none).
+    pub cooldown_seconds: u32,
+    /// Pushes expected: those of the matched scripts that the cooldown rule lets through
+    /// (known up front from the index and the stream).
     pub expected_pushes: u64,
+    /// Pushes the cooldown suppresses (expected not to be sent; 0 without a cooldown).
+    pub suppressed: u64,
     /// Pushes received, repeats included.
     pub received_pushes: u64,
-    /// Expected − distinct received (must be 0).
+    /// Expected deliveries not received (must be 0).
     pub lost: u64,
+    /// Distinct deliveries received that were not expected, e.g. one the cooldown should
+    /// have suppressed (must be 0).
+    pub unexpected: u64,
     /// Received − distinct received.
     pub duplicates: u64,
     /// Seconds from the first publish to the last push.
@@ -227,9 +244,19 @@ impl std::fmt::Display for PipelineBenchReport {
         )?;
         writeln!(
             f,
-            "pushes:   {} expected, {} received, {} lost, {} duplicates",
-            self.expected_pushes, self.received_pushes, self.lost, self.duplicates
+            "pushes:   {} expected, {} received, {} lost, {} unexpected, {} duplicates",
+            self.expected_pushes, self.received_pushes, self.lost, self.unexpected, self.duplicates
         )?;
+        if self.cooldown_seconds > 0 {
+            let all = self.expected_pushes + self.suppressed;
+            writeln!(
+                f,
+                "cooldown: {} s on every script: {} of {all} pushes suppressed ({:.1} %)",
+                self.cooldown_seconds,
+                self.suppressed,
+                self.suppressed as f64 * 100.0 / all.max(1) as f64
+            )?;
+        }
         let c = &self.ceiling_latency_ms;
         writeln!(
             f,
@@ -251,19 +278,83 @@ impl std::fmt::Display for PipelineBenchReport {
     }
 }
 
-/// One pre-checked (event, camera, instant) and the pushes it causes.
+/// One pre-checked (event, camera, instant) and the scripts the daemon's index finds for it.
 #[derive(Debug, Clone, Copy)]
 struct Combo {
     event_id: i64,
     camera_id: i64,
+    /// `occurred_at`, unix seconds.
     at: i64,
-    pushes: u64,
+    /// The matching scripts' ids (the first `n`).
+    scripts: [i64; MAX_MATCHES],
+    n: u8,
+}
+
+impl Combo {
+    /// `ids` holds at most [`MAX_MATCHES`] script ids (the rest are dropped).
+    fn new(event_id: i64, camera_id: i64, at: i64, ids: &[i64]) -> Combo {
+        let mut scripts = [0; MAX_MATCHES];
+        let n = ids.len().min(MAX_MATCHES);
+        scripts[..n].copy_from_slice(&ids[..n]);
+        Combo { event_id, camera_id, at, scripts, n: n as u8 }
+    }
+
+    fn scripts(&self) -> &[i64] {
+        &self.scripts[..usize::from(self.n)]
+    }
+}
+
+/// What the daemon must send for a stream.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Expectation {
+    /// The `delivery_id`s of the pushes it must send.
+    deliveries: Vec<String>,
+    /// Pushes the cooldown suppresses.
+    suppressed: u64,
+}
+
+/// The pushes for `stream` (occurrence id and combo, in publish order = arrival order),
+/// deciding each matched script's firing as the intake does: with the same
+/// [`crate::pipeline::in_cooldown`] per (script, camera), starting from and updating
+/// `state` (the last firing's `occurred_at` in ms and occurrence id). `recipients` gives
+/// each script's users (one push each).
+fn expect<'a>(
+    stream: impl IntoIterator<Item = (String, &'a Combo)>,
+    cooldown_seconds: u32,
+    recipients: &HashMap<i64, Vec<i64>>,
+    state: &mut HashMap<(i64, i64), (i64, String)>,
+) -> Expectation {
+    let mut out = Expectation::default();
+    for (id, combo) in stream {
+        for &script in combo.scripts() {
+            let users = recipients.get(&script).map_or(&[][..], Vec::as_slice);
+            if cooldown_seconds > 0 {
+                let at_ms = combo.at * 1000;
+                let key = (script, combo.camera_id);
+                let last = state.get(&key);
+                if crate::pipeline::in_cooldown(last, at_ms, &id, cooldown_seconds) {
+                    out.suppressed += users.len() as u64;
+                    continue;
+                }
+                if last.is_none_or(|(_, fired)| *fired != id) {
+                    state.insert(key, (at_ms, id.clone()));
+                }
+            }
+            for user in users {
+                out.deliveries.push(crate::dispatch::delivery_id(&id, script, user));
+            }
+        }
+    }
+    out
 }
 
 /// What the subscriber saw.
 #[derive(Default)]
 struct Collected {
     seen: HashSet<Box<str>>,
+    /// The deliveries expected from the measured run, and how many of them were seen.
+    expected: HashSet<Box<str>>,
+    hits: u64,
     received: u64,
     latencies_ns: Vec<u64>,
     last_ns: u64,
@@ -327,6 +418,9 @@ impl Collector {
         c.received += 1;
         if c.seen.insert(id.into()) {
             c.latencies_ns.push(latency);
+            if c.expected.contains(id) {
+                c.hits += 1;
+            }
         }
         c.last_ns = now;
     }
@@ -342,6 +436,12 @@ pub fn run(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, String> {
     }
     if opts.events == 0 || opts.scripts == 0 {
         return Err("--scripts and --events must be at least 1".into());
+    }
+    if u64::from(opts.cooldown_seconds) > crate::script::COOLDOWN_MAX {
+        return Err(format!(
+            "--cooldown-seconds must be at most {} (a script's limit)",
+            crate::script::COOLDOWN_MAX
+        ));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -359,7 +459,7 @@ fn qos_of(q: u8) -> QoS {
 async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, String> {
     let dir = TempDir::new()?;
     let setup_started = Instant::now();
-    let (matched_pool, unmatched_pool) = {
+    let Prepared { warm, plan, recipients } = {
         let db = dir.path().join("bench.db");
         let opts = opts.clone();
         tokio::task::spawn_blocking(move || prepare_database(&db, &opts))
@@ -455,7 +555,6 @@ async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, S
     )?;
     let started = Instant::now();
     let mut daemon = Daemon::spawn(&opts.daemon_exe, &config_dir, dir.path())?;
-    let warm = matched_pool.first().copied().ok_or("no matched occurrence found")?;
     let events_topic = |camera: i64| format!("{prefix}/events/{camera}");
     let mut k = 0u64;
     loop {
@@ -478,10 +577,23 @@ async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, S
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu_before = daemon.cpu_seconds();
 
-    // The measured run.
-    let plan = plan_occurrences(opts, &matched_pool, &unmatched_pool);
-    let expected: u64 = plan.iter().map(|c| c.pushes).sum();
-    let matched_events = plan.iter().filter(|c| c.pushes > 0).count();
+    // The measured run. The warm-up fired the warm-up scripts on its camera (at an instant
+    // at least a day before the stream, so it silences nothing; kept for exactness).
+    let mut state = HashMap::new();
+    if opts.cooldown_seconds > 0 {
+        for &s in warm.scripts() {
+            state.insert((s, warm.camera_id), (warm.at * 1000, format!("warm-{run_id}")));
+        }
+    }
+    let expectation = expect(
+        plan.iter().enumerate().map(|(i, c)| (format!("b-{run_id}-{i}"), c)),
+        opts.cooldown_seconds,
+        &recipients,
+        &mut state,
+    );
+    let expected = expectation.deliveries.len() as u64;
+    collector.lock().expected = expectation.deliveries.into_iter().map(Into::into).collect();
+    let matched_events = plan.iter().filter(|c| c.n > 0).count();
     let t0 = collector.now_ns();
     let pace_start = Instant::now();
     for (i, combo) in plan.iter().enumerate() {
@@ -495,7 +607,7 @@ async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, S
         publisher.publish(events_topic(combo.camera_id), payload).await?;
     }
     let publish_s = pace_start.elapsed().as_secs_f64();
-    wait_for(&collector, |c| c.seen.len() as u64 >= expected, |c| c.last_ns, &mut daemon).await;
+    wait_for(&collector, |c| c.hits >= expected, |c| c.last_ns, &mut daemon).await;
     let cpu_after = daemon.cpu_seconds();
     let rss = daemon.rss_mb("VmHWM:");
     let rss_end = daemon.rss_mb("VmRSS:");
@@ -524,9 +636,12 @@ async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, S
         occurrences_per_s,
         pushes_per_s: c.received as f64 / duration_s,
         latency_ms: Latency::of(c.latencies_ns.clone()),
+        cooldown_seconds: opts.cooldown_seconds,
         expected_pushes: expected,
+        suppressed: expectation.suppressed,
         received_pushes: c.received,
-        lost: expected.saturating_sub(distinct),
+        lost: expected.saturating_sub(c.hits),
+        unexpected: distinct.saturating_sub(c.hits),
         duplicates: c.received - distinct,
         duration_s,
         publish_s,
@@ -583,7 +698,7 @@ async fn ceiling_pass(
         c.ceiling_seen.clear();
         c.ceiling_latencies_ns.clear();
     }
-    let combo = Combo { event_id: 1, camera_id: 1, at: 0, pushes: 0 };
+    let combo = Combo::new(1, 1, 0, &[]);
     let t0 = collector.now_ns();
     let start = Instant::now();
     for i in 0..n {
@@ -629,39 +744,144 @@ fn occurrence_json(id: &str, c: &Combo, t_ns: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// `M` occurrences: a fraction `F` from the matched pool, the rest from the unmatched one,
-/// spread evenly; the last is always matched.
-fn plan_occurrences(
-    opts: &PipelineBenchOptions,
-    matched: &[Combo],
-    unmatched: &[Combo],
-) -> Vec<Combo> {
-    let f = opts.match_fraction;
-    let mut plan = Vec::with_capacity(opts.events);
-    let (mut mi, mut ui) = (0usize, 0usize);
-    for i in 0..opts.events {
-        let is_matched = ((i + 1) as f64 * f).floor() > (i as f64 * f).floor()
-            || i + 1 == opts.events
-            || unmatched.is_empty();
-        if is_matched {
-            plan.push(matched[mi % matched.len()]);
-            mi += 1;
-        } else {
-            plan.push(unmatched[ui % unmatched.len()]);
-            ui += 1;
-        }
-    }
-    plan
+/// Draws per matched slot before giving up.
+const DRAWS: usize = 1000;
+/// Draws per unmatched slot among the generated cameras before using a camera no script
+/// watches.
+const UNMATCHED_DRAWS: usize = 50;
+
+/// What the measured run publishes, and what the daemon must send for it.
+struct Prepared {
+    /// The warm-up occurrence (at least a day before the stream).
+    warm: Combo,
+    /// The `M` occurrences in publish order, `occurred_at` non-decreasing.
+    plan: Vec<Combo>,
+    /// The users of every script in `warm` and `plan` (one push each).
+    recipients: HashMap<i64, Vec<i64>>,
 }
 
-/// Creates the database with the scripts and returns the (matched, unmatched) pools.
-fn prepare_database(
-    db: &Path,
+/// Instant of occurrence `i` of `m`: the two-week window divided evenly, so `occurred_at`
+/// never decreases in publish order (strictly increases when `m` ≤ the window's seconds).
+fn slot_instant(i: usize, m: usize) -> i64 {
+    let offset = (i as i128 * i128::from(synth::STREAM_SECONDS)) / m.max(1) as i128;
+    synth::stream_start() + offset as i64
+}
+
+/// The `M` occurrences, in publish order. Occurrence `i` lies at [`slot_instant`]; it is
+/// matched when `floor((i+1)·F) > floor(i·F)` (the last one always): an (event, camera)
+/// for which `matches` (the daemon's index) finds 1 to [`MAX_MATCHES`] scripts *at that
+/// instant*, drawn from a random active script. Matched occurrences come in pairs: the
+/// second repeats the first's event and camera at its own, later instant (when that still
+/// matches 1–3 scripts), as a camera that keeps seeing the same thing does; a cooldown
+/// longer than the gap (`W / (M·F)`, 60 s at 200,000 occurrences and F = 0.1) suppresses
+/// it. The last occurrence is a fresh draw none of whose (script, camera) pairs matched
+/// within the longest cooldown (one day) before it, so it fires under any cooldown and the
+/// run's end is observable. Unmatched occurrences: an (event, camera) the index finds
+/// nothing for at that instant (at worst a camera no script watches). `candidates` are the
+/// active scripts' (event, cameras).
+fn plan_occurrences(
     opts: &PipelineBenchOptions,
-) -> Result<(Vec<Combo>, Vec<Combo>), String> {
+    candidates: &[(i64, &[i64])],
+    matches: impl Fn(i64, i64, i64) -> Vec<i64>,
+) -> Result<(Combo, Vec<Combo>), String> {
+    let mut rng = StdRng::seed_from_u64(opts.seed ^ 0x5eed);
+    if candidates.is_empty() {
+        return Err("no active script watches a camera; use more scripts".into());
+    }
+    let draw = |rng: &mut StdRng, at: i64, fits: &dyn Fn(&[i64], i64) -> bool| {
+        (0..DRAWS).find_map(|_| {
+            let (event_id, cams) = candidates[rng.random_range(0..candidates.len())];
+            let camera_id = cams[rng.random_range(0..cams.len())];
+            let ids = matches(event_id, camera_id, at);
+            ((1..=MAX_MATCHES).contains(&ids.len()) && fits(&ids, camera_id))
+                .then(|| Combo::new(event_id, camera_id, at, &ids))
+        })
+    };
+    let none_found = |at: i64| {
+        let at = DateTime::<Utc>::from_timestamp(at, 0).unwrap_or_default();
+        format!(
+            "found no occurrence at {at} that matches 1-3 scripts in {DRAWS} draws; use more scripts"
+        )
+    };
+    let any = |_: &[i64], _: i64| true;
+    // The warm-up: one to seven days before the stream.
+    let start = synth::stream_start();
+    let warm = (0..10)
+        .find_map(|_| {
+            let at = rng.random_range(start - 7 * 86_400..=start - 86_400);
+            draw(&mut rng, at, &any)
+        })
+        .ok_or_else(|| none_found(start - 86_400))?;
+    let f = opts.match_fraction;
+    let m = opts.events;
+    let mut plan = Vec::with_capacity(m);
+    // When each (script, camera) last matched in the plan.
+    let mut last_match: HashMap<(i64, i64), i64> = HashMap::new();
+    let mut repeat: Option<(i64, i64)> = None;
+    for i in 0..m {
+        let at = slot_instant(i, m);
+        let is_last = i + 1 == m;
+        let combo = if ((i + 1) as f64 * f).floor() > (i as f64 * f).floor() || is_last {
+            let again = repeat.take().filter(|_| !is_last).and_then(|(e, c)| {
+                let ids = matches(e, c, at);
+                (1..=MAX_MATCHES).contains(&ids.len()).then(|| Combo::new(e, c, at, &ids))
+            });
+            let combo = match again {
+                Some(c) => c,
+                None if is_last => {
+                    let quiet = |ids: &[i64], camera: i64| {
+                        ids.iter().all(|s| {
+                            last_match
+                                .get(&(*s, camera))
+                                .is_none_or(|t| at - t >= crate::script::COOLDOWN_MAX as i64)
+                        })
+                    };
+                    draw(&mut rng, at, &quiet)
+                        .or_else(|| draw(&mut rng, at, &any))
+                        .ok_or_else(|| none_found(at))?
+                }
+                None => {
+                    let c = draw(&mut rng, at, &any).ok_or_else(|| none_found(at))?;
+                    repeat = Some((c.event_id, c.camera_id));
+                    c
+                }
+            };
+            for &s in combo.scripts() {
+                last_match.insert((s, combo.camera_id), at);
+            }
+            combo
+        } else {
+            let mut found = None;
+            for tries in 0..DRAWS {
+                let event_id = rng.random_range(1..=synth::EVENT_KINDS);
+                // After many misses (dense script sets), a camera no script watches.
+                let camera_id = if tries < UNMATCHED_DRAWS {
+                    rng.random_range(1..=opts.cameras)
+                } else {
+                    opts.cameras + rng.random_range(1..=1000)
+                };
+                if matches(event_id, camera_id, at).is_empty() {
+                    found = Some(Combo::new(event_id, camera_id, at, &[]));
+                    break;
+                }
+            }
+            found.ok_or("found no unmatched occurrence; the script set covers everything")?
+        };
+        plan.push(combo);
+    }
+    Ok((warm, plan))
+}
+
+/// Creates the database with the scripts (each with `extra.cooldown_seconds` when asked)
+/// and plans the occurrences with the daemon's own index over it.
+fn prepare_database(db: &Path, opts: &PipelineBenchOptions) -> Result<Prepared, String> {
     let err = |e: crate::store::StoreError| format!("bench database: {e}");
     let store = Store::migrate(db).map_err(err)?;
     let scripts = synth::scripts(opts.scripts, opts.cameras, opts.seed);
+    let mut extra = Map::new();
+    if opts.cooldown_seconds > 0 {
+        extra.insert("cooldown_seconds".into(), opts.cooldown_seconds.into());
+    }
     store
         .write(|tx| {
             for id in (crate::store::catalog::DEFAULT_EVENTS.len() as i64 + 1)..=WILDCARD_EVENT {
@@ -688,7 +908,7 @@ fn prepare_database(
                     cameras: s.cameras.clone(),
                     users: vec![(s.id - 1) % USERS + 1],
                     timetable: Value::Object(timetable.clone()),
-                    extra: Map::new(),
+                    extra: extra.clone(),
                 };
                 crate::store::scripts::insert(tx, Some(s.id), &input)?;
             }
@@ -701,58 +921,32 @@ fn prepare_database(
     if !snap.invalid.is_empty() {
         return Err(format!("{} synthetic scripts are invalid", snap.invalid.len()));
     }
-    let pushes_of = |ids: &[i64]| -> u64 {
-        ids.iter()
-            .filter_map(|id| snap.scripts.get(id))
-            .map(|s| snap.recipients(s).len() as u64)
-            .sum()
-    };
-    let mut rng = StdRng::seed_from_u64(opts.seed ^ 0x5eed);
-    let start =
-        DateTime::parse_from_rfc3339(synth::STREAM_START).map(|d| d.timestamp()).unwrap_or(0);
-    let instant = |rng: &mut StdRng| start + rng.random_range(0..14 * 86_400i64);
+    if let Some(s) = snap.scripts.iter().find(|s| s.extra.cooldown_seconds != opts.cooldown_seconds)
+    {
+        return Err(format!(
+            "script {} has cooldown_seconds {} instead of {}",
+            s.id, s.extra.cooldown_seconds, opts.cooldown_seconds
+        ));
+    }
+    let candidates: Vec<(i64, &[i64])> = scripts
+        .iter()
+        .filter(|s| s.active)
+        .filter_map(|s| Some((s.event_id, s.cameras.as_deref().filter(|c| !c.is_empty())?)))
+        .collect();
     let matches = |e: i64, c: i64, t: i64| {
         snap.index.matches(e, c, DateTime::<Utc>::from_timestamp(t, 0).unwrap_or_default())
     };
-    let pool = opts.events.clamp(1, 5000);
-    let candidates: Vec<&synth::SyntheticScript> = scripts
-        .iter()
-        .filter(|s| s.active && s.cameras.as_ref().is_some_and(|c| !c.is_empty()))
-        .collect();
-    let mut matched = Vec::with_capacity(pool);
-    for _ in 0..pool * 200 {
-        if matched.len() >= pool || candidates.is_empty() {
-            break;
-        }
-        let s = candidates[rng.random_range(0..candidates.len())];
-        let cams = s.cameras.as_deref().unwrap_or(&[]);
-        let camera_id = cams[rng.random_range(0..cams.len())];
-        let at = instant(&mut rng);
-        let ids = matches(s.event_id, camera_id, at);
-        if (1..=MAX_MATCHES).contains(&ids.len()) {
-            matched.push(Combo { event_id: s.event_id, camera_id, at, pushes: pushes_of(&ids) });
+    let (warm, plan) = plan_occurrences(opts, &candidates, matches)?;
+    let mut recipients = HashMap::new();
+    for combo in plan.iter().chain([&warm]) {
+        for id in combo.scripts() {
+            if !recipients.contains_key(id) {
+                let users = snap.scripts.get(id).map(|s| snap.recipients(s)).unwrap_or_default();
+                recipients.insert(*id, users);
+            }
         }
     }
-    if matched.is_empty() {
-        return Err("found no occurrence that matches 1-3 scripts; use more scripts".into());
-    }
-    let mut unmatched = Vec::with_capacity(pool);
-    let mut tries = 0;
-    while unmatched.len() < pool {
-        tries += 1;
-        let event_id = rng.random_range(1..=synth::EVENT_KINDS);
-        // After many misses (dense script sets), a camera no script watches.
-        let camera_id = if tries < pool * 50 {
-            rng.random_range(1..=opts.cameras)
-        } else {
-            opts.cameras + rng.random_range(1..=1000)
-        };
-        let at = instant(&mut rng);
-        if matches(event_id, camera_id, at).is_empty() {
-            unmatched.push(Combo { event_id, camera_id, at, pushes: 0 });
-        }
-    }
-    Ok((matched, unmatched))
+    Ok(Prepared { warm, plan, recipients })
 }
 
 fn write_daemon_config(
@@ -987,5 +1181,134 @@ impl Drop for Daemon {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(events: usize, match_fraction: f64, cooldown_seconds: u32) -> PipelineBenchOptions {
+        PipelineBenchOptions {
+            broker: BrokerChoice::Embedded,
+            scripts: 300,
+            events,
+            rate: None,
+            qos: 1,
+            match_fraction,
+            cameras: 50,
+            seed: 3,
+            daemon_exe: PathBuf::from("scriptd"),
+            daemon_config: String::new(),
+            skip_ceiling: true,
+            cooldown_seconds,
+        }
+    }
+
+    #[test]
+    fn bench_expectation_applies_the_cooldown_per_script_and_camera() {
+        let recipients: HashMap<i64, Vec<i64>> =
+            [(1, vec![11]), (2, vec![12]), (3, vec![13, 14])].into();
+        let stream: Vec<(&str, Combo)> = vec![
+            ("o0", Combo::new(1, 5, 1000, &[1, 2])), // both fire
+            ("o1", Combo::new(1, 5, 1030, &[1])),    // 30 s later: silenced
+            ("o2", Combo::new(1, 6, 1030, &[1])),    // another camera: fires
+            ("o3", Combo::new(1, 5, 1059, &[1, 2])), // 59 s: both silenced
+            ("o4", Combo::new(1, 5, 1060, &[1, 2])), // 60 s: both fire again
+            ("o5", Combo::new(2, 5, 1061, &[3])),    // script 3: fires, two users
+            ("o6", Combo::new(2, 5, 1090, &[3])),    // silenced: two pushes
+            ("o7", Combo::new(9, 7, 1100, &[])),     // unmatched
+            ("o8", Combo::new(1, 5, 1000, &[2])), // before the last firing: fires (as the intake)
+            ("o9", Combo::new(1, 5, 1059, &[2])), // 59 s after o8: silenced
+        ];
+        let run = |cooldown: u32, state: &mut HashMap<(i64, i64), (i64, String)>| {
+            expect(stream.iter().map(|(id, c)| ((*id).to_owned(), c)), cooldown, &recipients, state)
+        };
+        let mut state = HashMap::new();
+        let got = run(60, &mut state);
+        assert_eq!(
+            got.deliveries,
+            [
+                "o0:1:11", "o0:2:12", "o2:1:11", "o4:1:11", "o4:2:12", "o5:3:13", "o5:3:14",
+                "o8:2:12"
+            ]
+        );
+        assert_eq!(got.suppressed, 6);
+        assert_eq!(state[&(1, 5)], (1_060_000, "o4".to_owned()));
+        assert_eq!(state[&(2, 5)], (1_000_000, "o8".to_owned()));
+        // Without a cooldown every matched script pushes and no state is kept.
+        let mut state = HashMap::new();
+        let all = run(0, &mut state);
+        assert_eq!((all.deliveries.len(), all.suppressed), (14, 0));
+        assert!(state.is_empty());
+        // A firing before the stream (the warm-up, 50 s before o0) silences script 1 on
+        // camera 5 in o0; o1 then fires it, which silences it in o3 and o4.
+        let mut state = HashMap::from([((1, 5), (950_000, "warm".to_owned()))]);
+        let got = run(60, &mut state);
+        assert_eq!(
+            got.deliveries,
+            ["o0:2:12", "o1:1:11", "o2:1:11", "o4:2:12", "o5:3:13", "o5:3:14", "o8:2:12"]
+        );
+        assert_eq!(got.suppressed, 7);
+    }
+
+    #[test]
+    fn bench_plan_is_in_time_order_and_repeats_matched_pairs() {
+        // Event 1 on cameras 1-2 always matches script 10; event 2 on camera 3 matches
+        // scripts 20 and 21 in even hours only; nothing else matches.
+        let matches = |e: i64, c: i64, t: i64| match (e, c) {
+            (1, 1 | 2) => vec![10],
+            (2, 3) if (t / 3600) % 2 == 0 => vec![20, 21],
+            _ => vec![],
+        };
+        let candidates: [(i64, &[i64]); 2] = [(1, &[1, 2]), (2, &[3])];
+        let o = opts(1000, 0.2, 0);
+        let (warm, plan) = plan_occurrences(&o, &candidates, matches).unwrap();
+        assert!(warm.at <= synth::stream_start() - 86_400, "{warm:?}");
+        assert_eq!(warm.scripts(), &matches(warm.event_id, warm.camera_id, warm.at)[..]);
+        assert_eq!(plan.len(), 1000);
+        assert!(plan.windows(2).all(|w| w[0].at < w[1].at), "occurred_at must increase");
+        assert!(plan[0].at >= synth::stream_start());
+        assert!(plan[999].at < synth::stream_start() + synth::STREAM_SECONDS);
+        for c in &plan {
+            assert_eq!(c.scripts(), &matches(c.event_id, c.camera_id, c.at)[..], "{c:?}");
+        }
+        let matched: Vec<&Combo> = plan.iter().filter(|c| c.n > 0).collect();
+        assert_eq!(matched.len(), 200);
+        assert!(plan[999].n > 0, "the last occurrence is matched");
+        let repeats = matched
+            .windows(2)
+            .filter(|w| (w[0].event_id, w[0].camera_id) == (w[1].event_id, w[1].camera_id))
+            .count();
+        assert!(repeats >= 80, "{repeats} of 200 matched occurrences repeat the previous one");
+    }
+
+    #[test]
+    fn bench_cooldown_suppresses_the_repeats_of_the_same_stream() {
+        // 4,000 occurrences, F = 0.5: matched ones 605 s apart; a 1,200 s cooldown silences
+        // the second of most pairs. The stream is the same with and without the cooldown.
+        let run = |cooldown: u32| {
+            let dir = TempDir::new().unwrap();
+            let p = prepare_database(&dir.path().join("bench.db"), &opts(4000, 0.5, cooldown));
+            let p = p.unwrap();
+            let e = expect(
+                p.plan.iter().enumerate().map(|(i, c)| (format!("b-{i}"), c)),
+                cooldown,
+                &p.recipients,
+                &mut HashMap::new(),
+            );
+            (p.plan.iter().map(|c| (c.event_id, c.camera_id, c.at)).collect::<Vec<_>>(), e)
+        };
+        let (plan, without) = run(0);
+        let (plan_cd, with) = run(1200);
+        assert_eq!(plan, plan_cd);
+        assert_eq!(without.suppressed, 0);
+        let all = without.deliveries.len() as u64;
+        assert_eq!(with.deliveries.len() as u64 + with.suppressed, all);
+        let share = with.suppressed as f64 / all as f64;
+        assert!((0.3..0.6).contains(&share), "{} of {all} suppressed", with.suppressed);
+        // Under a cooldown, the pushes sent are a subset of those without one.
+        let sent: HashSet<&String> = without.deliveries.iter().collect();
+        assert!(with.deliveries.iter().all(|d| sent.contains(d)));
     }
 }

@@ -26,6 +26,9 @@ pub const ZONE: chrono_tz::Tz = chrono_tz::Europe::Berlin;
 /// First instant of the two-week occurrence stream (a Monday).
 pub const STREAM_START: &str = "2026-11-16T00:00:00Z";
 
+/// Length of the occurrence stream's window, seconds (two weeks).
+pub const STREAM_SECONDS: i64 = 14 * 86_400;
+
 /// One synthetic script: the API fields the matcher depends on.
 #[derive(Debug, Clone)]
 pub struct SyntheticScript {
@@ -99,7 +102,8 @@ fn day_entry(rng: &mut StdRng) -> Value {
     json!({"type": kind, "from": format!("{}{suffix}", hm(from)), "to": format!("{to}{suffix}"), "breaks": breaks})
 }
 
-fn stream_start() -> i64 {
+/// [`STREAM_START`] as unix seconds.
+pub fn stream_start() -> i64 {
     DateTime::parse_from_rfc3339(STREAM_START).map(|d| d.timestamp()).unwrap_or(0)
 }
 
@@ -187,7 +191,7 @@ pub fn occurrences(m: usize, cameras: i64, seed: u64) -> Vec<SyntheticOccurrence
         .map(|_| SyntheticOccurrence {
             event_id: rng.random_range(1..=EVENT_KINDS),
             camera_id: rng.random_range(1..=cameras),
-            at: start + rng.random_range(0..14 * 86_400),
+            at: start + rng.random_range(0..STREAM_SECONDS),
         })
         .collect()
 }
