@@ -17,7 +17,7 @@
 //!    pairs (the same event and camera again at the next matched instant). Every
 //!    occurrence has its own `id`, and the bench knows which scripts each one fires, so
 //!    the expected deliveries are known up front; with `--cooldown-seconds` (on every
-//!    script) they are those the intake's cooldown rule ([`crate::pipeline::in_cooldown`],
+//!    script) they are those the intake's cooldown rule ([`crate::intake::in_cooldown`],
 //!    applied in publish order per script and camera) lets through, and the rest are
 //!    reported as suppressed. The last occurrence is a matched one whose scripts did not
 //!    match on its camera during the day before (where one exists), so no cooldown
@@ -315,7 +315,7 @@ struct Expectation {
 
 /// The pushes for `stream` (occurrence id and combo, in publish order = arrival order),
 /// deciding each matched script's firing as the intake does: with the same
-/// [`crate::pipeline::in_cooldown`] per (script, camera), starting from and updating
+/// [`crate::intake::in_cooldown`] per (script, camera), starting from and updating
 /// `state` (the last firing's `occurred_at` in ms and occurrence id). `recipients` gives
 /// each script's users (one push each).
 fn expect<'a>(
@@ -332,7 +332,7 @@ fn expect<'a>(
                 let at_ms = combo.at * 1000;
                 let key = (script, combo.camera_id);
                 let last = state.get(&key);
-                if crate::pipeline::in_cooldown(last, at_ms, &id, cooldown_seconds) {
+                if crate::intake::in_cooldown(last, at_ms, &id, cooldown_seconds) {
                     out.suppressed += users.len() as u64;
                     continue;
                 }
@@ -341,7 +341,7 @@ fn expect<'a>(
                 }
             }
             for user in users {
-                out.deliveries.push(crate::dispatch::delivery_id(&id, script, user));
+                out.deliveries.push(crate::delivery::delivery_id(&id, script, user));
             }
         }
     }
