@@ -77,9 +77,13 @@ pub struct Intake {
     meters: Meters,
     /// Cooldown state per (script, camera): the last firing's `occurred_at` (unix ms) and
     /// occurrence id; loaded from the database at start, written with each batch.
-    cooldowns: HashMap<(i64, i64), (i64, String)>,
+    cooldowns: HashMap<CooldownKey, Fire>,
     /// Firings of the batch being planned, written with its deliveries.
     fired: Vec<Fired>,
+    /// The cooldown state each firing of the batch replaced, restored when the batch's
+    /// write fails: its retry must find the state as it was, or the firing would look
+    /// like its own redelivery and never be written.
+    cooldown_undo: Vec<(CooldownKey, Option<Fire>)>,
     /// The active snoozes, reloaded when `snoozes_version` moves (checked at most every
     /// [`SNOOZE_CHECK`] while occurrences arrive), apart from the script index.
     snoozes: SnoozeSet,
@@ -88,6 +92,12 @@ pub struct Intake {
     /// When expired snoozes were last deleted.
     snoozes_purged: Option<Instant>,
 }
+
+/// A script on a camera (the unit a cooldown applies to).
+type CooldownKey = (i64, i64);
+
+/// A firing: its `occurred_at` (unix ms) and occurrence id.
+type Fire = (i64, String);
 
 /// How often the intake deletes snoozes that ended longer ago than an accepted occurrence
 /// can be old (they can apply to nothing any more).
@@ -152,6 +162,7 @@ impl Intake {
             meters: Meters::new(),
             cooldowns,
             fired: Vec::new(),
+            cooldown_undo: Vec::new(),
             snoozes: SnoozeSet::default(),
             snoozes_checked: None,
             snoozes_purged: None,
@@ -280,7 +291,8 @@ impl Intake {
                         continue;
                     }
                     if last.is_none_or(|(_, id)| *id != occ.id) {
-                        self.cooldowns.insert(key, (at_ms, occ.id.clone()));
+                        let previous = self.cooldowns.insert(key, (at_ms, occ.id.clone()));
+                        self.cooldown_undo.push((key, previous));
                         self.fired.push(Fired {
                             script_id,
                             camera_id: occ.camera_id,
@@ -323,6 +335,7 @@ impl Intake {
         let snap = self.live.load();
         let mut deliveries = Vec::new();
         self.fired.clear();
+        self.cooldown_undo.clear();
         let outcomes: Vec<Outcome> = batch
             .iter()
             .map(|(topic, payload)| self.plan(&snap, topic, payload, now, &mut deliveries))
@@ -331,6 +344,26 @@ impl Intake {
         if deliveries.is_empty() && fired.is_empty() {
             return Ok((outcomes, 0));
         }
+        let written = self.write(deliveries, fired, now).await;
+        if written.is_err() {
+            // Nothing of the batch is durable: neither is its cooldown state.
+            for (key, previous) in self.cooldown_undo.drain(..).rev() {
+                match previous {
+                    Some(p) => self.cooldowns.insert(key, p),
+                    None => self.cooldowns.remove(&key),
+                };
+            }
+        }
+        Ok((outcomes, written?))
+    }
+
+    /// Writes a batch's deliveries and firings in one transaction on the blocking pool.
+    async fn write(
+        &mut self,
+        deliveries: Vec<NewDelivery>,
+        fired: Vec<Fired>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
         let mut writer = match self.writer.take() {
             Some(w) => w,
             None => OutboxWriter::new(&self.store)?,
@@ -343,7 +376,7 @@ impl Intake {
         .await
         .map_err(|e| StoreError::TaskFailed(format!("outbox writer task: {e}")))?;
         self.writer = Some(writer);
-        Ok((outcomes, result?))
+        result
     }
 }
 
@@ -649,5 +682,64 @@ mod tests {
         assert!(in_cooldown(Some(&last), 10_999, "b", 10));
         assert!(!in_cooldown(Some(&last), 11_000, "b", 10));
         assert!(!in_cooldown(None, 1_000, "b", 10));
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_write_leaves_no_cooldown_state_and_its_retry_records_it() {
+        use crate::store::users::{self, NewUser};
+        use crate::store::{Store, scripts};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::migrate(&dir.path().join("t.db"))
+            .unwrap()
+            .with_busy_timeout(Duration::from_millis(20));
+        store
+            .write(|tx| {
+                let user = NewUser {
+                    id: Some(1),
+                    login: "u1".into(),
+                    name: "u1".into(),
+                    parent_id: None,
+                    permissions: vec![],
+                };
+                users::add(tx, &user)?;
+                let lookups = crate::script::Lookups::load(tx)?;
+                let body = serde_json::json!({
+                    "title": "door", "event_id": 1, "reaction_id": 2, "status": "active",
+                    "cameras": null, "users": [1], "extra": {"cooldown_seconds": 60},
+                    "timetable": {"days": [{"type": "same_every_day", "from": "00:00", "to": "23:59"}]},
+                });
+                let valid = crate::script::validate(
+                    body.as_object().unwrap(),
+                    &lookups.context(chrono_tz::UTC),
+                )
+                .unwrap();
+                scripts::insert_owned(tx, None, Some(1), &valid.input)
+            })
+            .unwrap();
+        let live = Live::new(store.clone(), chrono_tz::UTC).unwrap();
+        live.reload_blocking().unwrap();
+        let settings =
+            Arc::new(ArcSwap::from_pointee(crate::settings::Settings::default().live_part()));
+        let mut intake =
+            Intake::new(store.clone(), live, settings, Arc::new(RejectionLog::default())).unwrap();
+        let now = Utc::now();
+        let payload = serde_json::json!({"id": "o1", "event_id": 1, "camera_id": 7,
+                                         "occurred_at": now.to_rfc3339()})
+        .to_string();
+        let batch = [("vms/analytics/events/7", payload.as_bytes())];
+
+        // Another writer holds the database: the batch is not written.
+        let mut other = store.connect().unwrap();
+        let held =
+            other.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        assert!(intake.write_batch(&batch, now).await.is_err());
+        drop(held);
+        // Its retry writes the delivery and the firing's cooldown state.
+        let (_, added) = intake.write_batch(&batch, now).await.unwrap();
+        assert_eq!(added, 1);
+        let stored = crate::store::outbox::load_cooldowns(&store.connect().unwrap()).unwrap();
+        let stored: Vec<(i64, String)> =
+            stored.into_iter().map(|f| (f.camera_id, f.occurrence_id)).collect();
+        assert_eq!(stored, [(7, "o1".to_owned())]);
     }
 }
