@@ -39,6 +39,16 @@ async fn explain(d: &Daemon, token: &str, body: Value) -> (u16, Value) {
     call(d, Method::POST, "/explain", token, Some(&body)).await
 }
 
+/// The recipients' reasons of one verdict, in order.
+fn recipient_reasons(v: &Value) -> Vec<&str> {
+    v["recipients"].as_array().into_iter().flatten().filter_map(|x| x["reason"].as_str()).collect()
+}
+
+/// The script ids an explain answer (or its `explanation`) lists, in order.
+fn script_ids(list: &Value) -> Vec<i64> {
+    list.as_array().into_iter().flatten().filter_map(|s| s["script_id"].as_i64()).collect()
+}
+
 /// The reasons of every script at `when` on `camera`, by script id.
 async fn reasons(d: &Daemon, camera: i64, when: &str) -> Value {
     let (status, v) =
@@ -111,12 +121,7 @@ async fn every_reason_is_named_and_only_the_callers_scripts_are_shown() {
             .starts_with("invalid script: timetable.days.0.type: "),
         "{b}"
     );
-    let ids: Vec<i64> = v["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .filter_map(|s| s["script_id"].as_i64())
-        .collect();
+    let ids = script_ids(&v["data"]);
     assert!(!ids.contains(&other), "another account's script shown: {v}");
     assert!(!ids.contains(&hook), "a script of another event shown: {v}");
     let (_, theirs) = explain(
@@ -125,12 +130,7 @@ async fn every_reason_is_named_and_only_the_callers_scripts_are_shown() {
         json!({"event_id": FACE, "camera_id": 7, "occurred_at": at("10:00")}),
     )
     .await;
-    let ids: Vec<i64> = theirs["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .filter_map(|s| s["script_id"].as_i64())
-        .collect();
+    let ids = script_ids(&theirs["data"]);
     assert_eq!(ids, [other], "{theirs}");
 
     // Break, outside, camera filter; the event by name.
@@ -193,21 +193,11 @@ async fn every_reason_is_named_and_only_the_callers_scripts_are_shown() {
     let script_until = made["data"]["until"].as_str().expect("until").to_owned();
     let now = chrono::Utc::now().to_rfc3339();
     let a = verdict(&reasons(&d, 7, &now).await, always);
-    let r: Vec<&str> = a["recipients"]
-        .as_array()
-        .expect("recipients")
-        .iter()
-        .filter_map(|x| x["reason"].as_str())
-        .collect();
+    let r = recipient_reasons(&a);
     let snoozed = format!("snoozed until {script_until}");
     assert_eq!(r, [snoozed.as_str(), snoozed.as_str(), "user disabled"], "{a}");
     let a = verdict(&reasons(&d, 8, &now).await, always);
-    let r: Vec<&str> = a["recipients"]
-        .as_array()
-        .expect("recipients")
-        .iter()
-        .filter_map(|x| x["reason"].as_str())
-        .collect();
+    let r = recipient_reasons(&a);
     let me = format!("snoozed until {me_until}");
     assert_eq!(r, [me.as_str(), "delivers", "user disabled"], "camera_id limits it: {a}");
 
@@ -291,12 +281,7 @@ async fn cooldown_and_occurrences_are_explained_and_bad_requests_refused() {
     let e = verdict(&json!({"data": data["explanation"]}), door);
     assert_eq!(e["fires"], true, "{o}");
     assert_eq!(e["reason"], "active in window timetable.days.0");
-    let shown: Vec<i64> = data["explanation"]
-        .as_array()
-        .expect("explanation")
-        .iter()
-        .filter_map(|s| s["script_id"].as_i64())
-        .collect();
+    let shown = script_ids(&data["explanation"]);
     assert!(!shown.contains(&theirs), "{o}");
     // Another account made deliveries for it too, but sees only its own.
     let (status, o4) = call(&d, Method::GET, "/occurrences/occ-1", &d.token_4, None).await;

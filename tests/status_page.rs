@@ -97,6 +97,18 @@ async fn wait_css(c: &Client, css: &str, secs: u64) -> fantoccini::elements::Ele
         .unwrap_or_else(|e| panic!("{css} did not appear within {secs} s: {e}"))
 }
 
+/// Clicks the element `css` finds.
+async fn click(c: &Client, css: &str) {
+    let e = c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+    e.click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+/// Types `text` into the element `css` finds.
+async fn type_into(c: &Client, css: &str, text: &str) {
+    let e = c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+    e.send_keys(text).await.unwrap_or_else(|e| panic!("type into {css}: {e}"));
+}
+
 async fn attr(e: &fantoccini::elements::Element, name: &str) -> String {
     e.attr(name).await.expect("attribute").unwrap_or_default()
 }
@@ -124,12 +136,7 @@ async fn an_operator_signs_in_and_sees_scripts_weeks_live_reactions_and_reasons(
     shot(&c, "01-sign-in").await;
     let token = wait_css(&c, "#token", 10).await;
     token.send_keys(&d.token).await.expect("type the token");
-    c.find(Locator::Css("#sign-in-form button[type=submit]"))
-        .await
-        .expect("sign-in button")
-        .click()
-        .await
-        .expect("sign in");
+    click(&c, "#sign-in-form button[type=submit]").await;
 
     // Only the caller's scripts.
     wait_css(&c, &format!("#scripts tbody tr[data-script-id='{always}']"), 10).await;
@@ -142,14 +149,8 @@ async fn an_operator_signs_in_and_sees_scripts_weeks_live_reactions_and_reasons(
     shot(&c, "02-scripts").await;
 
     // The title filter narrows the list (a query parameter of GET /scripts).
-    let q = c.find(Locator::Css("#filters input[name=q]")).await.expect("title filter");
-    q.send_keys("offi").await.expect("type");
-    c.find(Locator::Css("#filters button[type=submit]"))
-        .await
-        .expect("filter")
-        .click()
-        .await
-        .expect("filter");
+    type_into(&c, "#filters input[name=q]", "offi").await;
+    click(&c, "#filters button[type=submit]").await;
     c.wait()
         .at_most(Duration::from_secs(10))
         .for_element(Locator::XPath("//p[@id='scripts-count'][starts-with(., '1 script ')]"))
@@ -157,12 +158,7 @@ async fn an_operator_signs_in_and_sees_scripts_weeks_live_reactions_and_reasons(
         .expect("one script after filtering");
 
     // The week grid: the break is a gap between two active stretches, every day.
-    c.find(Locator::Css(&format!("#scripts tbody tr[data-script-id='{office}'] button")))
-        .await
-        .expect("week button")
-        .click()
-        .await
-        .expect("open the week");
+    click(&c, &format!("#scripts tbody tr[data-script-id='{office}'] button")).await;
     wait_css(&c, "#week-grid .day .seg", 10).await;
     let days = c.find_all(Locator::Css("#week-grid .day")).await.expect("days");
     assert_eq!(days.len(), 7);
@@ -187,7 +183,7 @@ async fn an_operator_signs_in_and_sees_scripts_weeks_live_reactions_and_reasons(
     shot(&c, "03-week").await;
 
     // Live: an occurrence published now appears within 2 s.
-    c.find(Locator::Css("#tab-live")).await.expect("live tab").click().await.expect("live");
+    click(&c, "#tab-live").await;
     c.wait()
         .at_most(Duration::from_secs(10))
         .for_element(Locator::XPath("//p[@id='live-state'][starts-with(., 'Connected')]"))
@@ -210,7 +206,7 @@ async fn an_operator_signs_in_and_sees_scripts_weeks_live_reactions_and_reasons(
     shot(&c, "04-live").await;
 
     // Why: the explain form names the break.
-    c.find(Locator::Css("#tab-why")).await.expect("why tab").click().await.expect("why");
+    click(&c, "#tab-why").await;
     let form = c.find(Locator::Css("#explain-form")).await.expect("explain form");
     form.find(Locator::Css("select[name=event_id]"))
         .await
@@ -218,12 +214,7 @@ async fn an_operator_signs_in_and_sees_scripts_weeks_live_reactions_and_reasons(
         .select_by_value("1")
         .await
         .expect("event");
-    form.find(Locator::Css("input[name=camera_id]"))
-        .await
-        .expect("camera")
-        .send_keys("7")
-        .await
-        .expect("camera");
+    type_into(&c, "#explain-form input[name=camera_id]", "7").await;
     // A datetime-local input takes its value through script (typing is locale-bound).
     c.execute(
         "document.querySelector('#explain-form input[name=occurred_at]').value = arguments[0];",
@@ -245,20 +236,14 @@ async fn an_operator_signs_in_and_sees_scripts_weeks_live_reactions_and_reasons(
     shot(&c, "05-why").await;
 
     // An occurrence lookup.
-    let look = c.find(Locator::Css("#occurrence-form input[name=id]")).await.expect("id input");
-    look.send_keys("live-1").await.expect("type");
-    c.find(Locator::Css("#occurrence-form button"))
-        .await
-        .expect("look up")
-        .click()
-        .await
-        .expect("look up");
+    type_into(&c, "#occurrence-form input[name=id]", "live-1").await;
+    click(&c, "#occurrence-form button").await;
     let cell = wait_css(&c, "#occurrence-result tbody tr td", 10).await;
     assert_eq!(cell.text().await.expect("text"), always.to_string());
     shot(&c, "06-occurrence").await;
 
     // Health.
-    c.find(Locator::Css("#tab-health")).await.expect("health tab").click().await.expect("health");
+    click(&c, "#tab-health").await;
     wait_css(&c, "#health-components tbody tr", 10).await;
     let status =
         c.find(Locator::Css("#health-status")).await.expect("status").text().await.expect("text");
@@ -267,12 +252,7 @@ async fn an_operator_signs_in_and_sees_scripts_weeks_live_reactions_and_reasons(
 
     // A phone's width: the page still fits (no horizontal scroll of the whole page).
     c.set_window_size(390, 844).await.expect("phone size");
-    c.find(Locator::Css("#tab-scripts"))
-        .await
-        .expect("scripts tab")
-        .click()
-        .await
-        .expect("scripts");
+    click(&c, "#tab-scripts").await;
     let overflow = c
         .execute(
             "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
