@@ -291,6 +291,25 @@ async fn missing_permissions_are_403() {
         let (status, v) = call(&d, Method::GET, &path, &tv, None).await;
         assert_eq!(status, 200, "viewer GET {path}: {v}");
     }
+    // Snoozes: a viewer may silence its own pushes, not the whole script; without
+    // scripts.view nothing; a bad body names its keys.
+    let snoozes = format!("/scripts/{own_by_viewer}/snoozes");
+    let me = json!({"scope": "me", "minutes": 30});
+    let whole = json!({"scope": "script", "minutes": 30});
+    let (status, v) = call(&d, Method::POST, &snoozes, &tv, Some(&me)).await;
+    assert_eq!(status, 201, "viewer snoozes its own pushes: {v}");
+    let (status, v) = call(&d, Method::POST, &snoozes, &tv, Some(&whole)).await;
+    assert_eq!((status, &v), (403, &forbidden), "a script-wide snooze needs scripts.manage");
+    let (status, v) = call(&d, Method::POST, &snoozes, &tn, Some(&me)).await;
+    assert_eq!((status, &v), (403, &forbidden), "nobody snoozes");
+    let (status, v) =
+        call(&d, Method::POST, &snoozes, &tv, Some(&json!({"minutes": 0, "camera_id": "x"}))).await;
+    assert_eq!(status, 422, "{v}");
+    assert!(v["errors"]["minutes"].is_array() && v["errors"]["camera_id"].is_array(), "{v}");
+    for path in [format!("/scripts/{own_by_viewer}/week"), "/occurrences/x".to_owned()] {
+        let (status, v) = call(&d, Method::GET, &path, &tn, None).await;
+        assert_eq!((status, &v), (403, &forbidden), "nobody GET {path}");
+    }
     // The catalogs need no script permission.
     let (status, _) = call(&d, Method::GET, "/events", &tn, None).await;
     assert_eq!(status, 200);
