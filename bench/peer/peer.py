@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -322,7 +321,7 @@ def cmd_table(a):
             delivered = f"{sum(r['delivered'] for r in rs):,} / {sum(r['expected'] for r in rs):,}"
             rpe = med([r["reactions_per_event"] for r in rs])
             frac = (f"{s['eps'] / ceiling:.2f}" if mode == "full" and ceiling and system != "broker"
-                    else ("1" if mode == "full" and system == "broker" else "–"))
+                    else ("1.00" if mode == "full" and system == "broker" else "–"))
             print(f"| {mode_name} | {names[system]}{mark} | {len(rs)} | {delivered} | "
                   f"{rpe:.2f} | {fmt(s['eps'])} ({fmt(min(eps))}–{fmt(max(eps))}) | {frac} | "
                   f"{fmt(s['cpu'], 0)} | {fmt(s['p50'], 2)} | {fmt(s['p99'], 2)} | {fmt(s['rss'], 0)} |")
@@ -345,6 +344,10 @@ def cmd_table(a):
                      f"{med([r['own_ceiling_p99_ms'] for r in paced_own]):.2f} ms")
     dups = sum(r.get("duplicates", 0) for r in own)
     notes.append(f"scriptd duplicates: {dups}")
+    busy = [r["busy_before_pct"] for r in rows if r.get("busy_before_pct") is not None]
+    if busy:
+        notes.append(f"machine busy just before the runs (both cores, other work): median "
+                     f"{med(busy):.0f} %, {min(busy):.0f}–{max(busy):.0f} %")
     if marked:
         notes.append(f"* at least one run started with the machine ≥ {busy_limit:.0f} % busy")
     print()
