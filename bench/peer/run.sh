@@ -10,6 +10,8 @@
 #   RULES=1000        rules (Node-RED) and scripts (scriptd)
 #   NODE_RED=4.1      npm version range of node-red to install
 #   SCRIPTD=<repo>/target/release/scriptd
+#   LOADS="full paced"  which loads to run
+#   NODELAY=1         add `set_tcp_nodelay true` to the broker configuration (Nagle off)
 #   QUIET_WAIT=60     before each run, wait up to this many seconds for the machine to be < 25 % busy
 #   KEEP=1            keep the temporary folder (logs, results.jsonl)
 set -euo pipefail
@@ -24,6 +26,8 @@ RULES=${RULES:-1000}
 NODE_RED=${NODE_RED:-4.1}
 SCRIPTD=${SCRIPTD:-$REPO/target/release/scriptd}
 QUIET_WAIT=${QUIET_WAIT:-60}
+LOADS=${LOADS:-full paced}
+NODELAY=${NODELAY:-0}
 PACED_EVENTS=$((RATE * PACED_SECONDS))
 
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -99,10 +103,11 @@ sed -e "s|^listener 1883 127.0.0.1$|listener $PORT 127.0.0.1|" \
     -e "s|^persistence_location .*|persistence_location $WORK/mosquitto/|" \
     "$REPO/packaging/mosquitto/bench.conf" > "$WORK/mosquitto.conf"
 grep -q "^listener $PORT 127.0.0.1$" "$WORK/mosquitto.conf" || die "bench.conf has no 'listener 1883 127.0.0.1' line to move"
+if [ "$NODELAY" = 1 ]; then echo "set_tcp_nodelay true" >> "$WORK/mosquitto.conf"; fi
 mosquitto -c "$WORK/mosquitto.conf" > "$WORK/mosquitto.log" 2>&1 &
 MOSQ_PID=$!
 $PY wait-port "$PORT" 10 || { cat "$WORK/mosquitto.log" >&2; die "Mosquitto did not start"; }
-say "mosquitto on 127.0.0.1:$PORT (pid $MOSQ_PID)"
+say "mosquitto on 127.0.0.1:$PORT (pid $MOSQ_PID)$([ "$NODELAY" = 1 ] && echo ', set_tcp_nodelay true')"
 
 # 3. Occurrences (~200 B JSON), the flow and a headless Node-RED.
 $PY events "$EVENTS" "$RULES" "$WORK/full.jsonl"
@@ -166,27 +171,31 @@ last() { $PY last "$RESULTS"; }
 
 # 4. Full speed: broker ceiling, Node-RED and scriptd, interleaved so drift hits all alike.
 T0=$(date +%s)
+case " $LOADS " in *" full "*)
 start_nodered full
 for i in $(seq 1 "$RUNS"); do
     say "full speed, run $i/$RUNS: broker alone";  raw "broker-full" full "$WORK/full.jsonl" 0;        say "  $(last)"
     say "full speed, run $i/$RUNS: Node-RED";      nodered "nodered-full" full "$WORK/full.jsonl" 0;   say "  $(last)"
     say "full speed, run $i/$RUNS: scriptd";       scriptd "scriptd-full" full "$EVENTS" 0;            say "  $(last)"
 done
-stop_nodered
+stop_nodered;;
+esac
 
 # 5. Paced: a fresh Node-RED (its peak RSS is that of the paced load).
+case " $LOADS " in *" paced "*)
 start_nodered paced
 for i in $(seq 1 "$RUNS"); do
     say "paced $RATE/s, run $i/$RUNS: broker alone"; raw "broker-paced" paced "$WORK/paced.jsonl" "$RATE";      say "  $(last)"
     say "paced $RATE/s, run $i/$RUNS: Node-RED";     nodered "nodered-paced" paced "$WORK/paced.jsonl" "$RATE"; say "  $(last)"
     say "paced $RATE/s, run $i/$RUNS: scriptd";      scriptd "scriptd-paced" paced "$PACED_EVENTS" "$RATE";      say "  $(last)"
 done
-stop_nodered
+stop_nodered;;
+esac
 
 # 6. The table.
 echo
 echo "Node-RED $NR_VERSION (function node, $RULES rules) vs scriptd ($RULES scripts, --match-fraction 1.0),"
-echo "QoS 1 in and out, one Mosquitto ($MOSQ_VERSION, packaging/mosquitto/bench.conf)," \
+echo "QoS 1 in and out, one Mosquitto ($MOSQ_VERSION, packaging/mosquitto/bench.conf$([ "$NODELAY" = 1 ] && echo ' + set_tcp_nodelay true'))," \
      "$(nproc) cores, $(date -u +%Y-%m-%d); $EVENTS occurrences per full-speed run, $PACED_EVENTS per paced run;" \
      "measured in $(( $(date +%s) - T0 )) s:"
 echo
