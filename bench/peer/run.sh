@@ -79,6 +79,7 @@ bounded() {
 
 PY="python3 $HERE/peer.py"
 RESULTS=$WORK/results.jsonl
+mkdir -p "$WORK/tmp"
 : > "$RESULTS"
 
 # 1. The load tool and Node-RED.
@@ -163,8 +164,8 @@ nodered() {  # nodered LABEL MODE FILE RATE
     bounded 300 $PY run --label "$1" --mode "$2" --system nodered --port "$PORT" --out "$RESULTS" --quiet-wait "$QUIET_WAIT" \
         --mqttbench "$MQTTBENCH" --file "$3" --rate "$4" --timeout 200 --app-pid "$NR_PID" > /dev/null
 }
-scriptd() {  # scriptd LABEL MODE EVENTS RATE
-    bounded 600 $PY scriptd --label "$1" --mode "$2" --port "$PORT" --out "$RESULTS" --quiet-wait "$QUIET_WAIT" \
+scriptd() {  # scriptd LABEL MODE EVENTS RATE (its temporary database in $WORK, removed on exit)
+    TMPDIR="$WORK/tmp" bounded 600 $PY scriptd --label "$1" --mode "$2" --port "$PORT" --out "$RESULTS" --quiet-wait "$QUIET_WAIT" \
         --exe "$SCRIPTD" --scripts "$RULES" --events "$3" --rate "$4" > /dev/null
 }
 last() { $PY last "$RESULTS"; }
