@@ -24,7 +24,7 @@
 //!
 //! Per recipient of a firing script: `delivers`, `snoozed until T` or `user disabled`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
@@ -96,20 +96,16 @@ fn time_text(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// What explain reads besides the snapshot: the cooldown state and the snoozes, as stored.
+/// What explain reads besides the snapshot and the per-script cooldown state: the snoozes,
+/// as stored.
 pub struct State {
-    cooldowns: HashMap<(i64, i64), (i64, String)>,
     snoozes: SnoozeSet,
 }
 
 impl State {
-    /// Reads the cooldown state and the snoozes that had not ended by `at` (unix ms).
+    /// Reads the snoozes that had not ended by `at` (unix ms).
     pub fn load(conn: &Connection, at_ms: i64) -> Result<State, StoreError> {
-        let cooldowns = crate::store::outbox::load_cooldowns(conn)?
-            .into_iter()
-            .map(|f| ((f.script_id, f.camera_id), (f.occurred_at_ms, f.occurrence_id)))
-            .collect();
-        Ok(State { cooldowns, snoozes: SnoozeSet::load(conn, at_ms)? })
+        Ok(State { snoozes: SnoozeSet::load(conn, at_ms)? })
     }
 }
 
@@ -189,8 +185,12 @@ pub fn explain(
             continue;
         }
         let cooldown = record.extra.cooldown_seconds;
-        let last = state.cooldowns.get(&(row.id, q.camera_id));
-        if cooldown > 0 && in_cooldown(last, at_ms, occurrence_id, cooldown) {
+        let last = if cooldown > 0 {
+            crate::store::outbox::cooldown_of(conn, row.id, q.camera_id)?
+        } else {
+            None
+        };
+        if in_cooldown(last.as_ref(), at_ms, occurrence_id, cooldown) {
             let until = last.map_or(0, |(fired, _)| fired + i64::from(cooldown) * 1000);
             out.push(verdict(false, format!("cooldown until {}", time_text(until))));
             continue;

@@ -46,11 +46,9 @@ impl Scope {
     }
 }
 
-/// One snooze as stored and as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Snooze {
-    /// Row id (`snooze_id` in the API).
-    pub id: i64,
+/// What a snooze holds; the store assigns the id ([`Snooze`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSnooze {
     /// The snoozed script.
     pub script_id: i64,
     /// Whose deliveries it silences.
@@ -65,7 +63,7 @@ pub struct Snooze {
     pub until: i64,
 }
 
-impl Snooze {
+impl NewSnooze {
     /// True when this snooze silences the delivery to `recipient` (a user id for pushes,
     /// `None` for Telegram and webhooks) of an occurrence on `camera` at `at_ms`.
     pub fn silences(&self, recipient: Option<i64>, camera: &str, at_ms: i64) -> bool {
@@ -82,34 +80,37 @@ impl Snooze {
     }
 }
 
-/// What a new snooze holds; the store assigns the id.
-#[derive(Debug, Clone)]
-pub struct NewSnooze {
-    /// The snoozed script.
-    pub script_id: i64,
-    /// Whose deliveries it silences.
-    pub scope: Scope,
-    /// The user making it.
-    pub user_id: i64,
-    /// Only this camera, when set.
-    pub camera_id: Option<String>,
-    /// First covered `occurred_at`, unix ms.
-    pub starts_at: i64,
-    /// End of the covered range (exclusive), unix ms.
-    pub until: i64,
+/// One stored snooze: its row id (`snooze_id` in the API) and what it holds, whose fields
+/// it shows directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snooze {
+    /// Row id.
+    pub id: i64,
+    /// The snooze itself.
+    pub spec: NewSnooze,
+}
+
+impl std::ops::Deref for Snooze {
+    type Target = NewSnooze;
+
+    fn deref(&self) -> &NewSnooze {
+        &self.spec
+    }
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Snooze> {
     let scope: String = r.get(2)?;
     Ok(Snooze {
         id: r.get(0)?,
-        script_id: r.get(1)?,
-        // The CHECK constraint allows only the two spellings.
-        scope: Scope::parse(&scope).unwrap_or(Scope::Script),
-        user_id: r.get(3)?,
-        camera_id: r.get(4)?,
-        starts_at: r.get(5)?,
-        until: r.get(6)?,
+        spec: NewSnooze {
+            script_id: r.get(1)?,
+            // The CHECK constraint allows only the two spellings.
+            scope: Scope::parse(&scope).unwrap_or(Scope::Script),
+            user_id: r.get(3)?,
+            camera_id: r.get(4)?,
+            starts_at: r.get(5)?,
+            until: r.get(6)?,
+        },
     })
 }
 
@@ -129,15 +130,7 @@ pub fn create(conn: &Connection, new: &NewSnooze) -> Result<Snooze, StoreError> 
             new.until
         ],
     )?;
-    Ok(Snooze {
-        id: conn.last_insert_rowid(),
-        script_id: new.script_id,
-        scope: new.scope,
-        user_id: new.user_id,
-        camera_id: new.camera_id.clone(),
-        starts_at: new.starts_at,
-        until: new.until,
-    })
+    Ok(Snooze { id: conn.last_insert_rowid(), spec: new.clone() })
 }
 
 /// The snoozes of one script that have not expired at `now_ms`, oldest first.
