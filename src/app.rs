@@ -18,6 +18,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use axum::Router;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::dispatch::hub::PushHub;
@@ -30,10 +31,12 @@ use crate::live::{self, Live};
 use crate::mqtt::MqttConnectOptions;
 use crate::ops::health::{self, Health};
 use crate::ops::logging::LogHandle;
-use crate::ops::systemd::{Notifier, Reloader};
+use crate::ops::reload::Reloader;
+use crate::ops::systemd::Notifier;
 use crate::ops::telemetry;
 use crate::settings::Settings;
 use crate::source::mqtt::{MqttSource, SourceOptions};
+use crate::store::outbox::Handoff;
 use crate::store::{Store, StoreError};
 
 /// Why the daemon could not start or run.
@@ -75,36 +78,6 @@ pub enum AppError {
     NoEmbeddedBroker,
 }
 
-/// A one-way "stop now" signal that many tasks can wait for.
-#[derive(Clone)]
-pub struct Stop(watch::Receiver<bool>);
-
-/// Fires a [`Stop`].
-pub struct StopTrigger(watch::Sender<bool>);
-
-impl Stop {
-    /// A new signal and its trigger.
-    pub fn new() -> (StopTrigger, Stop) {
-        let (tx, rx) = watch::channel(false);
-        (StopTrigger(tx), Stop(rx))
-    }
-
-    /// Completes once the trigger fired (or was dropped).
-    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.0.clone();
-        async move {
-            let _ = rx.wait_for(|stopped| *stopped).await;
-        }
-    }
-}
-
-impl StopTrigger {
-    /// Fires the signal.
-    pub fn fire(&self) {
-        let _ = self.0.send(true);
-    }
-}
-
 /// The `/api/v1` routes, `/healthz` and `/metrics`, with the reaction stream, and the
 /// status page at `/`.
 pub fn http_router(
@@ -123,8 +96,10 @@ const API_DRAIN: Duration = Duration::from_secs(1);
 
 /// A started daemon: every component running. Stop it with [`Running::shutdown`].
 pub struct Running {
-    stop_intake: StopTrigger,
-    stop_rest: StopTrigger,
+    /// Stops the source and the intake first (so everything read is committed).
+    stop_intake: CancellationToken,
+    /// Then everything else.
+    stop_rest: CancellationToken,
     intake_task: tokio::task::JoinHandle<()>,
     source: MqttSource,
     dispatcher: DispatcherHandle,
@@ -160,9 +135,13 @@ pub async fn start(
     let metrics = telemetry::install()?;
     let notifier = Notifier::from_env();
     let health = Health::with_standard_components();
-    let (stop_intake_trigger, stop_intake) = Stop::new();
-    let (stop_rest_trigger, stop_rest) = Stop::new();
-    tokio::spawn(telemetry::run_upkeep(metrics.clone(), Duration::from_secs(5), stop_rest.wait()));
+    let stop_intake = CancellationToken::new();
+    let stop_rest = CancellationToken::new();
+    tokio::spawn(telemetry::run_upkeep(
+        metrics.clone(),
+        Duration::from_secs(5),
+        stop_rest.clone().cancelled_owned(),
+    ));
 
     // Store and scripts.
     let db = settings.database.path.clone();
@@ -187,7 +166,7 @@ pub async fn start(
             .map_err(store_err)?
     };
     health.set_up(health::STORE);
-    live.spawn_watcher(live::POLL_INTERVAL, stop_rest.wait());
+    live.spawn_watcher(live::POLL_INTERVAL, stop_rest.clone().cancelled_owned());
     let live_settings = Arc::new(ArcSwap::from_pointee(settings.live_part()));
 
     // HTTP API: ready before the broker is.
@@ -204,7 +183,8 @@ pub async fn start(
         health.clone(),
         metrics.clone(),
     );
-    let api_task = tokio::spawn(api::serve_router(listener, router, stop_rest.wait()));
+    let api_task =
+        tokio::spawn(api::serve_router(listener, router, stop_rest.clone().cancelled_owned()));
     tracing::info!(addr = %api_addr, database = %db.display(), "API listening");
     notifier.ready_with_status("running; mqtt connecting");
 
@@ -244,11 +224,15 @@ pub async fn start(
         &format!("{}-push", settings.mqtt.client_id),
         &settings.mqtt.push_topic_prefix,
         Duration::from_secs(10),
-        stop_rest.wait(),
+        stop_rest.clone().cancelled_owned(),
     );
     let pusher = Arc::new(pusher);
+    // Rows the intake commits reach the dispatcher in memory through this hand-over (the
+    // database stays the truth; see `store::outbox`).
+    let handoff = Arc::new(Handoff::default());
     let dispatcher = Dispatcher::spawn(
         store.clone(),
+        handoff.clone(),
         Senders {
             push: Some(pusher.clone()),
             hub: hub.clone(),
@@ -263,7 +247,7 @@ pub async fn start(
             ..DispatcherConfig::from_settings(&settings.delivery)
         },
         live_settings.clone(),
-        stop_intake.wait(),
+        stop_intake.clone().cancelled_owned(),
     );
     health.set_up(health::DISPATCHERS);
 
@@ -275,19 +259,32 @@ pub async fn start(
     source_options.progress = Some(
         watchdog.register(health::BROKER, settings.mqtt.keep_alive() * 2 + Duration::from_secs(10)),
     );
-    let (source, incoming) = MqttSource::spawn(source_options, stop_intake.wait());
+    let (source, incoming) =
+        MqttSource::spawn(source_options, stop_intake.clone().cancelled_owned());
     // Connection states → health (and the events connection → systemd status).
     spawn_connection_health(
         source.connected(),
         health::BROKER,
         &health,
         Some(notifier.clone()),
-        stop_rest.wait(),
+        stop_rest.clone().cancelled_owned(),
     );
-    spawn_connection_health(pusher.connected(), health::PUSH, &health, None, stop_rest.wait());
-    tokio::spawn(probe_store(store.clone(), health.clone(), STORE_PROBE_PERIOD, stop_rest.wait()));
+    spawn_connection_health(
+        pusher.connected(),
+        health::PUSH,
+        &health,
+        None,
+        stop_rest.clone().cancelled_owned(),
+    );
+    tokio::spawn(probe_store(
+        store.clone(),
+        health.clone(),
+        STORE_PROBE_PERIOD,
+        stop_rest.clone().cancelled_owned(),
+    ));
     let intake = Intake::new(
         store.clone(),
+        handoff,
         live.clone(),
         live_settings.clone(),
         Arc::new(RejectionLog::default()),
@@ -303,19 +300,20 @@ pub async fn start(
     ));
 
     if let Some(interval) = crate::ops::systemd::watchdog_enabled() {
-        tokio::spawn(watchdog.run(notifier.clone(), interval, stop_rest.wait()));
+        tokio::spawn(watchdog.run(notifier.clone(), interval, stop_rest.clone().cancelled_owned()));
     }
     let reloader =
         Reloader::new(config_dir, settings.clone(), live_settings.clone(), log, notifier.clone());
+    let reload_stop = stop_rest.clone().cancelled_owned();
     tokio::spawn(async move {
-        if let Err(e) = reloader.run_on_sighup(stop_rest.wait()).await {
+        if let Err(e) = reloader.run_on_sighup(reload_stop).await {
             tracing::error!(error = %e, "cannot handle SIGHUP; reloads need a restart");
         }
     });
 
     Ok(Running {
-        stop_intake: stop_intake_trigger,
-        stop_rest: stop_rest_trigger,
+        stop_intake,
+        stop_rest,
         intake_task,
         source,
         dispatcher,
@@ -352,13 +350,13 @@ impl Running {
     pub async fn shutdown(self) {
         tracing::info!("stopping: no new occurrences; finishing in-flight deliveries");
         self.notifier.stopping();
-        self.stop_intake.fire();
+        self.stop_intake.cancel();
         let _ = self.intake_task.await;
         self.source.join().await;
         self.dispatcher.join().await;
         // Open reaction streams end first: the API's graceful shutdown waits for them.
         self.hub.close();
-        self.stop_rest.fire();
+        self.stop_rest.cancel();
         let mut api_task = self.api_task;
         if tokio::time::timeout(API_DRAIN, &mut api_task).await.is_err() {
             tracing::warn!(after = ?API_DRAIN, "API requests still open at shutdown; closing them");

@@ -30,14 +30,18 @@
 //!   the intake and the dispatchers.
 //! - [`store`]: SQLite (migrations, scripts, users, tokens, snoozes) with the outbox
 //!   ([`store::outbox`]). [`dispatch`]: the outbox drained through the senders.
-//! - [`api`]: the HTTP API and the status page. [`ops`]: systemd, health, metrics, logging.
-//!   [`tools`]: operator commands. [`mod@bench`]: the benchmarks. [`app`]: wiring it all.
+//! - [`api`]: the HTTP API and the status page. [`ops`]: systemd, reloads, health, metrics,
+//!   logging. [`tools`]: the command line. [`mod@bench`]: the benchmarks. [`app`]: wiring
+//!   it all, with the hand-over between the intake's writer and the dispatcher.
+//! - Shared below everything: [`settings`] (load, validate, reload), [`backoff`] (every
+//!   retry's delay), [`secret`] (values masked in logs and `Debug`).
 //!
 //! Dependencies point down this list's data flow: nothing below reaches up into [`api`],
 //! and [`store`] knows nothing of [`dispatch`] or [`intake`].
 
 pub mod api;
 pub mod app;
+pub mod backoff;
 pub mod bench;
 pub mod delivery;
 pub mod dispatch;

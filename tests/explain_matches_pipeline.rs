@@ -27,6 +27,7 @@ use scriptd::intake::occurrence::RejectionLog;
 use scriptd::live::Live;
 use scriptd::script::{Lookups, validate};
 use scriptd::settings::Settings;
+use scriptd::store::outbox::Handoff;
 use scriptd::store::snoozes::{self, NewSnooze, Scope};
 use scriptd::store::users::{self, NewUser};
 use scriptd::store::{Store, deliveries, scripts};
@@ -220,9 +221,14 @@ fn run_case(c: &Case, cov: &mut Coverage) -> Result<(), TestCaseError> {
     let live = Live::new(store.clone(), tz).map_err(|e| TestCaseError::fail(e.to_string()))?;
     live.reload_blocking().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let settings = Arc::new(ArcSwap::from_pointee(Settings::default().live_part()));
-    let mut intake =
-        Intake::new(store.clone(), live.clone(), settings, Arc::new(RejectionLog::default()))
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let mut intake = Intake::new(
+        store.clone(),
+        Arc::new(Handoff::default()),
+        live.clone(),
+        settings,
+        Arc::new(RejectionLog::default()),
+    )
+    .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use scriptd::ops::logging;
-use scriptd::ops::systemd::{Notifier, Reloader};
+use scriptd::ops::reload::Reloader;
+use scriptd::ops::systemd::Notifier;
 use scriptd::settings::{LogSettings, Settings};
 
 fn write(dir: &Path, name: &str, text: &str) {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use scriptd::ops::systemd::{Notifier, Reloader};
+use scriptd::ops::reload::Reloader;
+use scriptd::ops::systemd::Notifier;
 use scriptd::settings::Settings;
 use tokio::signal::unix::{SignalKind, signal};
 

@@ -17,7 +17,7 @@ use scriptd::dispatch::worker::{Dispatcher, DispatcherConfig, DispatcherHandle, 
 use scriptd::mqtt::MqttConnectOptions;
 use scriptd::secret::Secret;
 use scriptd::settings::{LiveSettings, Settings};
-use scriptd::store::outbox::{NewDelivery, OutboxWriter, Target};
+use scriptd::store::outbox::{Handoff, NewDelivery, OutboxWriter, Target};
 use scriptd::store::{Store, now_ms};
 use support::mosquitto::Mosquitto;
 use support::telegram_stub::{Answer, TelegramStub};
@@ -30,14 +30,17 @@ const TOKEN: &str = "123456:ABC-secret-token";
 struct Db {
     _dir: tempfile::TempDir,
     store: Store,
+    /// The writer's and every dispatcher's hand-over, as the daemon shares one.
+    handoff: Arc<Handoff>,
     writer: OutboxWriter,
 }
 
 fn fresh_db() -> Db {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::migrate(&dir.path().join("scriptd.db")).unwrap();
-    let writer = OutboxWriter::new(&store).unwrap();
-    Db { _dir: dir, store, writer }
+    let handoff = Arc::new(Handoff::default());
+    let writer = OutboxWriter::new(&store, handoff.clone()).unwrap();
+    Db { _dir: dir, store, handoff, writer }
 }
 
 fn live_with(telegram_url: &str, f: impl FnOnce(&mut Settings)) -> Arc<ArcSwap<LiveSettings>> {
@@ -73,6 +76,7 @@ impl Running {
 
 fn start(
     store: &Store,
+    handoff: &Arc<Handoff>,
     senders: Senders,
     max_in_flight: usize,
     deadline: Duration,
@@ -81,9 +85,10 @@ fn start(
     let (stop, rx) = oneshot::channel::<()>();
     let mut config = DispatcherConfig::new(max_in_flight, deadline);
     config.poll_interval = Duration::from_millis(200);
-    let handle = Dispatcher::spawn(store.clone(), senders, config, live, async move {
-        let _ = rx.await;
-    });
+    let handle =
+        Dispatcher::spawn(store.clone(), handoff.clone(), senders, config, live, async move {
+            let _ = rx.await;
+        });
     handle.notify();
     Running { handle, stop }
 }
@@ -226,6 +231,7 @@ async fn pushes_reach_the_app_and_the_hub_with_their_delivery_id() {
     db.writer.enqueue(&batch, now_ms()).unwrap();
     let d = start(
         &db.store,
+        &db.handoff,
         senders(Some(p), hub),
         10,
         Duration::from_secs(5),
@@ -264,6 +270,7 @@ async fn after_a_restart_pending_pushes_are_delivered_exactly_once() {
     // First run: no broker connection at all.
     let d = start(
         &db.store,
+        &db.handoff,
         senders(None, PushHub::new(8)),
         10,
         Duration::from_secs(2),
@@ -283,6 +290,7 @@ async fn after_a_restart_pending_pushes_are_delivered_exactly_once() {
     let (p, _stop_pusher) = pusher(broker.port()).await;
     let d = start(
         &db.store,
+        &db.handoff,
         senders(Some(p), PushHub::new(8)),
         10,
         Duration::from_secs(2),
@@ -325,6 +333,7 @@ async fn throughput_of_pushes_through_mosquitto() {
     let t = Instant::now();
     let d = start(
         &db.store,
+        &db.handoff,
         senders(Some(p), PushHub::new(8)),
         100,
         Duration::from_secs(5),
@@ -352,6 +361,7 @@ async fn twenty_messages_to_one_chat_arrive_in_order() {
     db.writer.enqueue(&batch, now_ms()).unwrap();
     let d = start(
         &db.store,
+        &db.handoff,
         senders(None, PushHub::new(8)),
         50,
         Duration::from_secs(5),
@@ -374,6 +384,7 @@ async fn a_429_is_retried_after_retry_after_and_delivered_once() {
     db.writer.enqueue(&[telegram(1, TOKEN, "5"), telegram(2, TOKEN, "5")], now_ms()).unwrap();
     let d = start(
         &db.store,
+        &db.handoff,
         senders(None, PushHub::new(8)),
         10,
         Duration::from_secs(5),
@@ -415,6 +426,7 @@ async fn permanent_telegram_errors_fail_without_retries() {
         .unwrap();
     let d = start(
         &db.store,
+        &db.handoff,
         senders(None, PushHub::new(8)),
         10,
         Duration::from_secs(5),
@@ -443,6 +455,7 @@ async fn a_hung_chat_does_not_block_another_chat() {
     db.writer.enqueue(&[telegram(1, TOKEN, "9"), telegram(2, TOKEN, "10")], now_ms()).unwrap();
     let d = start(
         &db.store,
+        &db.handoff,
         senders(None, PushHub::new(8)),
         10,
         Duration::from_secs(1),
@@ -470,6 +483,7 @@ async fn a_webhook_500_then_200_is_delivered_on_the_second_attempt() {
     db.writer.enqueue(&[webhook(1, &rx.url())], now_ms()).unwrap();
     let d = start(
         &db.store,
+        &db.handoff,
         senders(None, PushHub::new(8)),
         10,
         Duration::from_secs(5),
@@ -541,6 +555,7 @@ async fn max_in_flight_is_respected() {
     db.writer.enqueue(&batch, now_ms()).unwrap();
     let d = start(
         &db.store,
+        &db.handoff,
         senders(None, PushHub::new(8)),
         7,
         Duration::from_secs(5),
@@ -571,6 +586,7 @@ async fn shutdown_returns_within_the_deadline_and_leaves_the_rest_pending() {
     db.writer.enqueue(&batch, now_ms()).unwrap();
     let d = start(
         &db.store,
+        &db.handoff,
         senders(None, PushHub::new(8)),
         20,
         Duration::from_millis(500),
@@ -591,6 +607,7 @@ async fn shutdown_returns_within_the_deadline_and_leaves_the_rest_pending() {
     db.writer.enqueue(&batch, now_ms()).unwrap();
     let d = start(
         &db.store,
+        &db.handoff,
         senders(None, PushHub::new(8)),
         20,
         Duration::from_secs(3),
@@ -625,6 +642,7 @@ async fn a_hand_edited_garbage_row_fails_alone() {
         .unwrap();
     let d = start(
         &db.store,
+        &db.handoff,
         senders(None, PushHub::new(8)),
         10,
         Duration::from_secs(5),
@@ -651,7 +669,14 @@ async fn exhausted_retries_fail_with_the_count() {
         s.delivery.max_attempts = 3;
         s.delivery.backoff_initial_ms = 20;
     });
-    let d = start(&db.store, senders(None, PushHub::new(8)), 10, Duration::from_secs(5), live);
+    let d = start(
+        &db.store,
+        &db.handoff,
+        senders(None, PushHub::new(8)),
+        10,
+        Duration::from_secs(5),
+        live,
+    );
     let store = db.store.clone();
     wait_until(10, "row failed", || count(&store, "failed") == 1).await;
     let r = &rows(&db.store)[0];
@@ -675,6 +700,7 @@ async fn a_busy_database_delays_recording_but_loses_and_repeats_nothing() {
     let store = db.store.clone().with_busy_timeout(Duration::from_millis(50));
     let d = start(
         &store,
+        &db.handoff,
         senders(None, PushHub::new(8)),
         10,
         Duration::from_secs(5),
@@ -699,8 +725,14 @@ async fn a_sighup_change_of_the_telegram_url_reaches_the_next_message() {
     let mut db = fresh_db();
     let live = live(&old.api_url());
     db.writer.enqueue(&[telegram(1, TOKEN, "1")], now_ms()).unwrap();
-    let d =
-        start(&db.store, senders(None, PushHub::new(8)), 10, Duration::from_secs(5), live.clone());
+    let d = start(
+        &db.store,
+        &db.handoff,
+        senders(None, PushHub::new(8)),
+        10,
+        Duration::from_secs(5),
+        live.clone(),
+    );
     old.wait_for(1, Duration::from_secs(10)).await;
     let mut changed = (**live.load()).clone();
     changed.telegram.api_url = new.api_url();
@@ -734,7 +766,14 @@ async fn finished_rows_older_than_the_retention_are_pruned() {
         })
         .unwrap();
     let live = live_with("http://127.0.0.1:9", |s| s.delivery.retention_hours = 1);
-    let d = start(&db.store, senders(None, PushHub::new(8)), 10, Duration::from_secs(5), live);
+    let d = start(
+        &db.store,
+        &db.handoff,
+        senders(None, PushHub::new(8)),
+        10,
+        Duration::from_secs(5),
+        live,
+    );
     let store = db.store.clone();
     wait_until(10, "pruned", || rows(&store).len() == 2).await;
     let r = rows(&db.store);
@@ -754,6 +793,7 @@ async fn the_dispatcher_beats_its_heartbeat_while_idle_and_reports_pending() {
     config.progress = Some(watchdog.register("dispatcher", Duration::from_millis(300)));
     let handle = Dispatcher::spawn(
         db.store.clone(),
+        db.handoff.clone(),
         senders(None, PushHub::new(8)),
         config,
         live("http://127.0.0.1:9"),
@@ -779,6 +819,7 @@ async fn a_stop_without_grace_repeats_at_most_max_in_flight_deliveries() {
     db.writer.enqueue(&batch, now_ms()).unwrap();
     let d = start(
         &db.store,
+        &db.handoff,
         senders(None, PushHub::new(8)),
         5,
         Duration::ZERO,
@@ -791,6 +832,7 @@ async fn a_stop_without_grace_repeats_at_most_max_in_flight_deliveries() {
 
     let d = start(
         &db.store,
+        &db.handoff,
         senders(None, PushHub::new(8)),
         5,
         Duration::from_secs(5),
@@ -821,6 +863,7 @@ async fn steady_producer_and_dispatcher_through_mosquitto() {
     let db = fresh_db();
     let d = start(
         &db.store,
+        &db.handoff,
         senders(Some(p), PushHub::new(8)),
         100,
         Duration::from_secs(5),

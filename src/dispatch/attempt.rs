@@ -3,13 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
-
 use super::SendError;
+use super::bulkhead::Verdict;
+use super::in_flight::Slot;
 use super::telegram::TelegramSender;
 use super::worker::Senders;
+use crate::backoff::Jitter;
 use crate::delivery::ReactionKind;
 use crate::settings::RetryPolicy;
+use crate::store::now_ms;
 use crate::store::outbox::{Claimed, Recorded, Target};
 
 /// Jitter applied to retry delays: ±20 %.
@@ -25,6 +27,48 @@ pub(super) fn shown_id(row: &Claimed) -> String {
         }
         _ => row.id.clone(),
     }
+}
+
+/// One finished attempt (or a deferral without attempt), waiting to be recorded.
+pub(super) struct Finished {
+    pub(super) slot: Slot,
+    pub(super) recorded: Recorded,
+    /// What the breaker learns from it.
+    pub(super) verdict: Verdict,
+    /// It held a slot of the bulkheads (false: deferred by an open breaker).
+    pub(super) attempted: bool,
+}
+
+/// The task of one attempt: [`attempt`] within `deadline`, then what to record and what
+/// the target's circuit breaker learns. A delivery that failed for good is logged here.
+pub(super) async fn run(
+    row: Claimed,
+    senders: &Senders,
+    telegram: Option<Result<Arc<TelegramSender>, SendError>>,
+    webhook_timeout: Duration,
+    policy: &RetryPolicy,
+    deadline: Duration,
+) -> Finished {
+    let result =
+        match tokio::time::timeout(deadline, attempt(&row, senders, telegram, webhook_timeout))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                Err(SendError::no_answer(format!("the attempt took longer than {deadline:?}")))
+            }
+        };
+    let verdict = match &result {
+        Ok(()) | Err(SendError::Permanent { .. }) => Verdict::Answered,
+        Err(SendError::Retryable { no_answer: true, .. }) => Verdict::NoAnswer,
+        Err(SendError::Retryable { .. }) => Verdict::Answered,
+        Err(SendError::NotYet { .. }) => Verdict::NotAttempted,
+    };
+    let recorded = outcome(result, row.attempts, policy, now_ms());
+    if let Recorded::Failed { reason } = &recorded {
+        tracing::warn!(delivery = %shown_id(&row), reaction = %row.reaction, reason = %reason, "delivery failed");
+    }
+    Finished { slot: Slot::of(&row), recorded, verdict, attempted: true }
 }
 
 /// One attempt of one claimed row.
@@ -79,8 +123,7 @@ pub(super) fn outcome(
                     reason: format!("gave up after {attempts} attempts: {reason}"),
                 };
             }
-            let factor = rand::rng().random_range((1.0 - JITTER)..=(1.0 + JITTER));
-            let mut delay = policy.delay(attempts).mul_f64(factor);
+            let mut delay = Jitter::Spread(JITTER).apply(policy.delay(attempts));
             if let Some(after) = after {
                 delay = delay.max(after);
             }

@@ -14,7 +14,10 @@
 
 mod attempt;
 pub mod bulkhead;
+mod db_link;
+mod handle;
 pub mod hub;
+mod in_flight;
 pub mod mqtt_push;
 pub mod telegram;
 pub mod webhook;

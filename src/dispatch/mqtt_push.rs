@@ -36,7 +36,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::SendError;
-use crate::mqtt::{ConnState, MqttConnectOptions, Stop};
+use crate::mqtt::{ConnState, GracefulStop, MqttConnectOptions};
 
 /// Publishes pushes and waits for the broker's PUBACK; cheap to share behind an `Arc`.
 #[derive(Debug)]
@@ -110,7 +110,7 @@ impl MqttPusher {
         let waiters = Arc::new(Mutex::new(Waiters::default()));
         let conn = ConnState::new("push", state_tx, connect);
         let disconnect = client.clone();
-        let stop = Stop::new(
+        let stop = GracefulStop::new(
             move || {
                 let _ = disconnect.try_disconnect();
             },
@@ -187,7 +187,7 @@ async fn run(
     mut eventloop: EventLoop,
     waiters: Arc<Mutex<Waiters>>,
     mut conn: ConnState,
-    mut stop: Stop,
+    mut stop: GracefulStop,
 ) {
     while let Some(event) = stop.poll(&mut eventloop).await {
         match event {

@@ -61,10 +61,10 @@
 //! `shutdown_deadline` to finish and their outcomes are recorded; attempts still running
 //! then are abandoned and their rows stay pending, like every row not yet attempted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -73,18 +73,18 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::SendError;
-use super::attempt::{attempt, millis, outcome, shown_id};
-use super::bulkhead::{Admit, Bulkheads, Change, Limits, TargetKey, Verdict};
-use super::mqtt_push::MqttPusher;
+use super::attempt::{Finished, millis, run};
+use super::bulkhead::{Admit, Bulkheads, Change, TargetKey, Verdict};
+use super::db_link::{Db, DbLink, with_db};
+use super::handle::Stats;
+pub use super::handle::{DispatchStats, DispatcherConfig, DispatcherHandle, Senders};
+use super::in_flight::{InFlight, Slot};
 use super::telegram::{RateLimits, TelegramSender};
-use super::webhook::WebhookSender;
-use crate::dispatch::hub::PushHub;
-use crate::ops::health::{self, Health};
-use crate::ops::systemd::Progress;
+use crate::ops::health::{self};
 use crate::ops::telemetry;
 use crate::settings::{LiveSettings, TelegramSettings};
-use crate::store::outbox::{self, Carried, Channel, Claimed, Recorded, RowRef, Target};
-use crate::store::{Conn, Store, StoreError, now_ms};
+use crate::store::outbox::{self, Channel, Claimed, Recorded, RowRef, Target};
+use crate::store::{Store, StoreError, now_ms};
 
 /// Finished rows deleted per retention transaction.
 pub const PRUNE_BATCH: usize = 1000;
@@ -94,137 +94,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(300);
 const GAUGES_EVERY: Duration = Duration::from_secs(2);
 /// An attempt that takes longer than this is abandoned as retryable (the senders have
 /// their own, shorter, timeouts; this is the safety net).
-const ATTEMPT_DEADLINE: Duration = Duration::from_secs(120);
+pub(super) const ATTEMPT_DEADLINE: Duration = Duration::from_secs(120);
 /// Due rows read per channel beyond its attempts in flight and free slots, so rows of a
 /// target that has no free share do not hide other targets' rows of the same channel.
 const SCAN_EXTRA: usize = 256;
-
-/// The channels the dispatcher delivers through. Telegram is built by the dispatcher from
-/// `LiveSettings::telegram` (and rebuilt when SIGHUP changes it).
-#[derive(Debug, Clone)]
-pub struct Senders {
-    /// MQTT pushes; `None` makes push deliveries fail retryably ("no MQTT connection").
-    pub push: Option<Arc<MqttPusher>>,
-    /// Delivered pushes are also handed to the API's server-sent-event streams.
-    pub hub: PushHub,
-    /// Webhook POSTs.
-    pub webhook: Arc<WebhookSender>,
-}
-
-/// How the dispatcher runs (fixed at start).
-#[derive(Debug, Clone)]
-pub struct DispatcherConfig {
-    /// Deliveries attempted at once: in total (`delivery.max_in_flight`), per channel, per
-    /// target; and the circuit breaker (see [`super::bulkhead`]).
-    pub limits: Limits,
-    /// On shutdown, how long attempts in flight may take to finish.
-    pub shutdown_deadline: Duration,
-    /// The longest the dispatcher sleeps without looking at the outbox (a safety net for
-    /// rows written by someone who did not call [`DispatcherHandle::notify`]), e.g. 1 s.
-    pub poll_interval: Duration,
-    /// Beaten every loop iteration, also when idle.
-    pub progress: Option<Progress>,
-    /// Where open circuit breakers are shown (component [`health::DISPATCHERS`],
-    /// degraded while any is open).
-    pub health: Option<Health>,
-}
-
-impl DispatcherConfig {
-    /// One budget of `max_in_flight` shared by every channel and target
-    /// ([`Limits::shared`], no circuit breaker), `shutdown_deadline` as given, a 1 s poll
-    /// interval, no heartbeat, no health.
-    pub fn new(max_in_flight: usize, shutdown_deadline: Duration) -> Self {
-        Self {
-            limits: Limits::shared(max_in_flight),
-            shutdown_deadline,
-            poll_interval: Duration::from_secs(1),
-            progress: None,
-            health: None,
-        }
-    }
-
-    /// The bulkheads of `[delivery]`: `max_in_flight` in total, the channel budgets of
-    /// [`DeliverySettings::budgets`](crate::settings::DeliverySettings::budgets) (settings
-    /// that do not validate fall back to one shared budget), `per_target_max_in_flight`
-    /// (0: half the channel's budget), the breaker keys, `shutdown_deadline_seconds`; a
-    /// 1 s poll interval, no heartbeat, no health.
-    pub fn from_settings(delivery: &crate::settings::DeliverySettings) -> Self {
-        let total = usize::try_from(delivery.max_in_flight).unwrap_or(usize::MAX).max(1);
-        let mut config = Self::new(total, delivery.shutdown_deadline());
-        if let Ok(b) = delivery.budgets() {
-            let channel = [b.push, b.telegram, b.webhook].map(|v| v as usize);
-            let per_target = channel.map(|c| match delivery.per_target_max_in_flight {
-                0 => c.div_ceil(2),
-                n => n as usize,
-            });
-            config.limits = Limits {
-                total,
-                channel,
-                // Pushes have one target (the broker): the whole channel.
-                per_target: [channel[0], per_target[1], per_target[2]],
-                breaker_after: delivery.breaker_after_timeouts,
-                probe: delivery.breaker_probe(),
-            };
-        }
-        config
-    }
-}
-
-/// A snapshot of the dispatcher's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DispatchStats {
-    /// Deliveries claimed and not yet recorded.
-    pub in_flight: usize,
-    /// Pending rows when last counted (every few seconds).
-    pub pending: u64,
-    /// Deliveries recorded `sent` since start.
-    pub sent: u64,
-    /// Deliveries recorded `failed` since start.
-    pub failed: u64,
-    /// Failed attempts recorded for a retry since start.
-    pub retried: u64,
-}
-
-#[derive(Debug, Default)]
-struct Stats {
-    in_flight: AtomicUsize,
-    pending: AtomicU64,
-    sent: AtomicU64,
-    failed: AtomicU64,
-    retried: AtomicU64,
-}
-
-/// The running dispatcher; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct DispatcherHandle {
-    notify: Arc<Notify>,
-    stats: Arc<Stats>,
-    done: watch::Receiver<bool>,
-}
-
-impl DispatcherHandle {
-    /// New rows were enqueued: look at the outbox now.
-    pub fn notify(&self) {
-        self.notify.notify_one();
-    }
-
-    /// Returns after shutdown: attempts in flight finished or the deadline passed; the
-    /// rest stays pending in the database.
-    pub async fn join(mut self) {
-        let _ = self.done.wait_for(|d| *d).await;
-    }
-
-    /// The counters now.
-    pub fn stats(&self) -> DispatchStats {
-        DispatchStats {
-            in_flight: self.stats.in_flight.load(Ordering::Relaxed),
-            pending: self.stats.pending.load(Ordering::Relaxed),
-            sent: self.stats.sent.load(Ordering::Relaxed),
-            failed: self.stats.failed.load(Ordering::Relaxed),
-            retried: self.stats.retried.load(Ordering::Relaxed),
-        }
-    }
-}
 
 /// Drains the outbox; see the module documentation.
 #[derive(Debug)]
@@ -235,6 +108,7 @@ impl Dispatcher {
     /// completes, then drains as documented.
     pub fn spawn(
         store: Store,
+        handoff: Arc<outbox::Handoff>,
         senders: Senders,
         config: DispatcherConfig,
         live: Arc<ArcSwap<LiveSettings>>,
@@ -243,32 +117,23 @@ impl Dispatcher {
         let notify = Arc::new(Notify::new());
         let stats = Arc::new(Stats::default());
         let (done_tx, done) = watch::channel(false);
-        let store_handoff = store.handoff().clone();
         let bulk = Bulkheads::new(config.limits.clone());
         let state = Loop {
-            store,
-            conn: None,
-            epoch: 0,
-            carried: None,
-            carry_failures: 0,
-            next_file_check: Instant::now(),
+            link: DbLink::new(store, handoff.clone()),
             senders: Arc::new(senders),
             config,
             live,
             notify: notify.clone(),
             stats: stats.clone(),
-            in_flight: HashSet::new(),
-            in_flight_ids: HashSet::new(),
-            busy_lanes: HashSet::new(),
+            in_flight: InFlight::default(),
             bulk,
             tasks: JoinSet::new(),
             task_rows: HashMap::new(),
             finished: Vec::new(),
             telegram: None,
-            db_trouble: None,
             next_gauges: Instant::now(),
             next_prune: Instant::now(),
-            handoff: store_handoff,
+            handoff,
             backlog: [true; 3],
             last_query: Instant::now(),
         };
@@ -280,73 +145,16 @@ impl Dispatcher {
     }
 }
 
-/// The row of an attempt in flight.
-struct Slot {
-    rowid: i64,
-    /// The file generation the rowid belongs to ([`Conn::epoch`]).
-    epoch: u64,
-    id: String,
-    lane: String,
-    reaction: String,
-    channel: Channel,
-    target: Option<TargetKey>,
-}
-
-impl Slot {
-    fn of(row: &Claimed) -> Slot {
-        Slot {
-            rowid: row.rowid,
-            epoch: row.epoch,
-            id: row.id.clone(),
-            lane: row.lane.clone(),
-            reaction: row.reaction.clone(),
-            channel: Channel::of(&row.target),
-            target: TargetKey::of(row),
-        }
-    }
-}
-
-/// One finished attempt (or a deferral without attempt), waiting to be recorded.
-struct Finished {
-    slot: Slot,
-    recorded: Recorded,
-    /// What the breaker learns from it.
-    verdict: Verdict,
-    /// It held a slot of the bulkheads (false: deferred by an open breaker).
-    attempted: bool,
-}
-
-type Db = Arc<Mutex<Conn>>;
-
-/// How often the dispatcher looks whether the database file was replaced.
-const FILE_CHECK_EVERY: Duration = Duration::from_millis(100);
-
-/// How often the pending rows of a replaced file are tried to be read before giving up.
-const CARRY_TRIES: u32 = 5;
-
 struct Loop {
-    store: Store,
-    conn: Option<Db>,
-    /// The file generation `conn` is on.
-    epoch: u64,
-    /// Pending rows of a replaced file, to be written into the new one.
-    carried: Option<Carried>,
-    /// Failed reads of a replaced file's pending rows so far.
-    carry_failures: u32,
-    /// When to look again whether the database file was replaced.
-    next_file_check: Instant,
+    /// The outbox connection, its failures and a replaced file.
+    link: DbLink,
     senders: Arc<Senders>,
     config: DispatcherConfig,
     live: Arc<ArcSwap<LiveSettings>>,
     notify: Arc<Notify>,
     stats: Arc<Stats>,
-    /// Rows (epoch, rowid) claimed and not yet recorded.
-    in_flight: HashSet<(u64, i64)>,
-    /// Their delivery ids: after a file replacement a row carried to the new file is the
-    /// same delivery as one in flight from the old file.
-    in_flight_ids: HashSet<String>,
-    /// Non-empty lanes with a delivery in flight.
-    busy_lanes: HashSet<String>,
+    /// Rows claimed and not yet recorded, and their lanes.
+    in_flight: InFlight,
     /// In-flight budgets and circuit breakers.
     bulk: Bulkheads,
     tasks: JoinSet<Finished>,
@@ -355,8 +163,6 @@ struct Loop {
     /// Outcomes not yet committed.
     finished: Vec<Finished>,
     telegram: Option<(TelegramSettings, Result<Arc<TelegramSender>, SendError>)>,
-    /// Since when the database has been failing (logged once per streak) and the pause.
-    db_trouble: Option<Duration>,
     next_gauges: Instant,
     next_prune: Instant,
     /// Rows committed through this store handle, handed over in memory.
@@ -367,39 +173,6 @@ struct Loop {
     backlog: [bool; 3],
     /// When the outbox was last queried and found caught up.
     last_query: Instant,
-}
-
-/// [`with_db`] for a call that borrows `value`, which is given back with the result.
-async fn with_db_owned<V: Send + 'static, T: Send + 'static>(
-    db: &Db,
-    value: V,
-    f: impl FnOnce(&mut Conn, &V) -> Result<T, StoreError> + Send + 'static,
-) -> Result<(V, Result<T, StoreError>), StoreError> {
-    let db = db.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut conn = db.lock().unwrap_or_else(|p| p.into_inner());
-        let r = f(&mut conn, &value);
-        (value, r)
-    })
-    .await
-    .map_err(|e| StoreError::TaskFailed(format!("dispatcher task: {e}")))
-}
-
-/// Runs a blocking database call on the dispatcher's connection.
-async fn with_db<T: Send + 'static>(
-    db: &Db,
-    f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let db = db.clone();
-    match tokio::task::spawn_blocking(move || {
-        let mut conn = db.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut conn)
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => Err(StoreError::TaskFailed(format!("dispatcher task: {e}"))),
-    }
 }
 
 impl Loop {
@@ -468,7 +241,7 @@ impl Loop {
         let now = Instant::now();
         for row in self.handoff.take(usize::MAX) {
             let channel = Channel::of(&row.target);
-            if self.backlog[channel.index()] || self.is_in_flight(&row) {
+            if self.backlog[channel.index()] || self.in_flight.contains(&row) {
                 continue;
             }
             match self.bulk.admit(channel, TargetKey::of(&row).as_ref(), now) {
@@ -580,125 +353,27 @@ impl Loop {
         }
     }
 
-    /// The pause after a database failure: 100 ms doubling up to 5 s.
+    /// The pause after a database failure.
     fn trouble_pause(&mut self) -> Duration {
-        let next = self
-            .db_trouble
-            .map_or(Duration::from_millis(100), |d| (d * 2).min(Duration::from_secs(5)));
-        self.db_trouble = Some(next);
-        next
+        self.link.pause()
     }
 
     fn db_ok(&mut self) {
-        if self.db_trouble.take().is_some() {
-            tracing::info!("outbox database usable again");
-        }
+        self.link.ok();
     }
 
     fn db_failed(&mut self, what: &str, e: &StoreError) {
         self.set_backlog();
-        if self.db_trouble.is_none() {
-            tracing::warn!(error = %e, what, "outbox database call failed; retrying with backoff");
-        }
-        if !matches!(e, StoreError::Busy) {
-            // Maybe the connection itself is broken: open a new one next time.
-            self.conn = None;
-        }
+        self.link.failed(what, e);
     }
 
-    /// The outbox connection: (re)opened when needed. When the database file was replaced,
-    /// the pending rows of the old file are read and the connection closed (see
-    /// [`Conn`]); once the new file can be opened they are written into it before anything
-    /// else, so nothing the intake accepted is lost with the old file.
+    /// The outbox connection (see [`DbLink::get`]); `None` when the database failed.
     async fn db(&mut self) -> Option<Db> {
-        if let Some(db) = self.conn.clone() {
-            // One `stat` per FILE_CHECK_EVERY, not one per loop turn.
-            let now = Instant::now();
-            if now < self.next_file_check {
-                return Some(db);
-            }
-            self.next_file_check = now + FILE_CHECK_EVERY;
-            let stale = db.lock().unwrap_or_else(|p| p.into_inner()).is_stale();
-            if !stale {
-                return Some(db);
-            }
-            if !self.leave_replaced_file(db).await {
-                return None;
-            }
-        }
-        let store = self.store.clone();
-        let opened = tokio::task::spawn_blocking(move || store.connect())
-            .await
-            .unwrap_or_else(|e| Err(StoreError::TaskFailed(format!("connect task: {e}"))));
-        let db = match opened {
-            Ok(conn) => {
-                self.epoch = conn.epoch();
-                let db = Arc::new(Mutex::new(conn));
-                self.conn = Some(db.clone());
-                db
-            }
-            Err(e) => {
-                self.db_failed("open", &e);
-                return None;
-            }
-        };
-        if let Some(carried) = self.carried.take() {
-            let (carried, result) =
-                match with_db_owned(&db, carried, |c, rows| outbox::carry_over(c, rows)).await {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        self.db_failed("carry pending deliveries over", &e);
-                        return None;
-                    }
-                };
-            match result {
-                Ok(added) => tracing::info!(
-                    pending = carried.len(),
-                    added,
-                    "pending deliveries of the replaced database file carried over to the new one"
-                ),
-                Err(e) => {
-                    self.carried = Some(carried);
-                    self.db_failed("carry pending deliveries over", &e);
-                    return None;
-                }
-            }
+        let linked = self.link.get().await;
+        if linked.requery {
             self.set_backlog();
         }
-        Some(db)
-    }
-
-    /// Reads the pending rows of a replaced file (dropping what was handed over: those
-    /// rows are among them) and closes the connection. False when the read failed and
-    /// should be tried again.
-    async fn leave_replaced_file(&mut self, db: Db) -> bool {
-        let handoff = self.handoff.clone();
-        match with_db(&db, move |c| handoff.query(|| outbox::pending_rows(c))).await {
-            Ok(rows) => {
-                self.carry_failures = 0;
-                match &mut self.carried {
-                    Some(earlier) => earlier.extend(rows),
-                    None => self.carried = Some(rows),
-                }
-            }
-            Err(e) if self.carry_failures + 1 < CARRY_TRIES => {
-                self.carry_failures += 1;
-                self.db_failed("read the pending deliveries of the replaced file", &e);
-                self.conn = Some(db);
-                return false;
-            }
-            Err(e) => {
-                self.carry_failures = 0;
-                tracing::error!(
-                    error = %e,
-                    "cannot read the pending deliveries of the replaced database file; \
-                     they stay in the old file"
-                );
-            }
-        }
-        self.conn = None;
-        self.set_backlog();
-        true
+        linked.db
     }
 
     /// Records finished attempts; frees their slots only after the commit. False when the
@@ -708,7 +383,7 @@ impl Loop {
             return true;
         }
         let Some(db) = self.db().await else { return false };
-        let epoch = self.epoch;
+        let epoch = self.link.epoch();
         let outcomes: Vec<(RowRef, Recorded)> = self
             .finished
             .iter()
@@ -725,11 +400,7 @@ impl Loop {
             Ok(()) => {
                 self.db_ok();
                 for f in std::mem::take(&mut self.finished) {
-                    self.in_flight.remove(&(f.slot.epoch, f.slot.rowid));
-                    self.in_flight_ids.remove(&f.slot.id);
-                    if !f.slot.lane.is_empty() {
-                        self.busy_lanes.remove(&f.slot.lane);
-                    }
+                    self.in_flight.remove(&f.slot);
                     if f.attempted {
                         self.bulk.release(f.slot.channel, f.slot.target.as_ref());
                     }
@@ -777,7 +448,7 @@ impl Loop {
         let asked = asks.clone();
         let expire_after = self.live.load().expire_after;
         // A lane's head in flight is not rewritten under its attempt.
-        let busy = self.busy_lanes.clone();
+        let busy = self.in_flight.busy_lanes();
         let found = with_db(&db, move |c| {
             outbox::claim_rows(c, &handoff, &asked, now, &expire_after, &busy)
         })
@@ -800,9 +471,7 @@ impl Loop {
             let full = rows.len() >= limit;
             let mut waiting = false;
             for row in rows {
-                if self.is_in_flight(&row)
-                    || (!row.lane.is_empty() && self.busy_lanes.contains(&row.lane))
-                {
+                if self.in_flight.blocks(&row) {
                     continue;
                 }
                 let target = TargetKey::of(&row);
@@ -843,11 +512,7 @@ impl Loop {
     /// A row of a target whose breaker is open: its next attempt moves `wait` ahead
     /// without an attempt (recorded with the next outcomes).
     fn defer(&mut self, row: Claimed, wait: Duration) {
-        self.in_flight.insert((row.epoch, row.rowid));
-        self.in_flight_ids.insert(row.id.clone());
-        if !row.lane.is_empty() {
-            self.busy_lanes.insert(row.lane.clone());
-        }
+        self.in_flight.insert(&row);
         self.finished.push(Finished {
             slot: Slot::of(&row),
             recorded: Recorded::Deferred { next_attempt_at: now_ms() + millis(wait) },
@@ -883,18 +548,10 @@ impl Loop {
         }
     }
 
-    fn is_in_flight(&self, row: &Claimed) -> bool {
-        self.in_flight.contains(&(row.epoch, row.rowid)) || self.in_flight_ids.contains(&row.id)
-    }
-
     fn start(&mut self, row: Claimed) {
         let task_row = Slot::of(&row);
         self.bulk.start(task_row.channel, task_row.target.as_ref());
-        self.in_flight.insert((row.epoch, row.rowid));
-        self.in_flight_ids.insert(row.id.clone());
-        if !row.lane.is_empty() {
-            self.busy_lanes.insert(row.lane.clone());
-        }
+        self.in_flight.insert(&row);
         let telegram = match &row.target {
             Ok(Target::Telegram { .. }) => Some(self.telegram()),
             _ => None,
@@ -905,26 +562,7 @@ impl Loop {
             (live.retry, live.webhook.timeout())
         };
         let handle = self.tasks.spawn(async move {
-            let result =
-                match tokio::time::timeout(ATTEMPT_DEADLINE, attempt(&row, &senders, telegram, webhook_timeout))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(SendError::no_answer(format!(
-                        "the attempt took longer than {ATTEMPT_DEADLINE:?}"
-                    ))),
-                };
-            let verdict = match &result {
-                Ok(()) | Err(SendError::Permanent { .. }) => Verdict::Answered,
-                Err(SendError::Retryable { no_answer: true, .. }) => Verdict::NoAnswer,
-                Err(SendError::Retryable { .. }) => Verdict::Answered,
-                Err(SendError::NotYet { .. }) => Verdict::NotAttempted,
-            };
-            let recorded = outcome(result, row.attempts, &policy, now_ms());
-            if let Recorded::Failed { reason } = &recorded {
-                tracing::warn!(delivery = %shown_id(&row), reaction = %row.reaction, reason = %reason, "delivery failed");
-            }
-            Finished { slot: Slot::of(&row), recorded, verdict, attempted: true }
+            run(row, &senders, telegram, webhook_timeout, &policy, ATTEMPT_DEADLINE).await
         });
         self.task_rows.insert(handle.id(), task_row);
     }
@@ -933,7 +571,7 @@ impl Loop {
         let now = Instant::now();
         if now >= self.next_gauges {
             self.next_gauges = now + GAUGES_EVERY;
-            if let Some(db) = self.conn.clone() {
+            if let Some(db) = self.link.current() {
                 match with_db(&db, |c| outbox::pending_summary(c)).await {
                     Ok((count, oldest)) => {
                         self.stats.pending.store(count, Ordering::Relaxed);
@@ -949,7 +587,7 @@ impl Loop {
             let retention = self.live.load().retention;
             let cutoff =
                 now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
-            if let Some(db) = self.conn.clone() {
+            if let Some(db) = self.link.current() {
                 match with_db(&db, move |c| outbox::prune(c, cutoff, PRUNE_BATCH)).await {
                     // A full batch: more to delete, next iteration (other work goes between).
                     Ok(n) if n >= PRUNE_BATCH => {}

@@ -1,7 +1,7 @@
 //! MQTT plumbing shared by the source (occurrences in) and the push sender (pushes out):
 //! where and how to connect ([`MqttConnectOptions`]), the v3.1.1/v5 connection wrapper
-//! ([`link`]), shutdown without losing queued acknowledgements (`Stop`), connection state
-//! and its metrics (`ConnState`), reconnect backoff ([`Backoff`]), and the embedded
+//! ([`link`]), shutdown without losing queued acknowledgements (`GracefulStop`), connection state
+//! and its metrics (`ConnState`, with its reconnect [`Backoff`]), and the embedded
 //! broker ([`broker`]).
 
 #[cfg(feature = "embedded-broker")]
@@ -11,11 +11,12 @@ pub mod link;
 use std::future::Future;
 use std::time::Duration;
 
-use rand::Rng;
 use rumqttc::{Event, EventLoop, MqttOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::secret::Secret;
 use link::{Ev, Loop, Protocol};
 
@@ -103,17 +104,18 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// acknowledgements would go with it).
 ///
 /// When the shutdown future completes, a DISCONNECT is queued behind everything already in
-/// rumqttc's request channel; [`Stop::poll`] keeps polling until that DISCONNECT is written
+/// rumqttc's request channel; [`GracefulStop::poll`] keeps polling until that DISCONNECT is written
 /// (so every acknowledgement queued before shutdown reaches the broker), the connection
 /// fails, or [`STOP_GRACE`] passes, and then until the broker closes the connection (it has
 /// then processed everything). While not connected, polling is simply cancelled.
-pub(crate) struct Stop {
-    rx: watch::Receiver<bool>,
+pub(crate) struct GracefulStop {
+    /// Cancelled once the DISCONNECT was queued.
+    requested: CancellationToken,
     deadline: Option<tokio::time::Instant>,
     task: JoinHandle<()>,
 }
 
-/// An MQTT event loop [`Stop`] can drive: rumqttc's 3.1.1 one, or the source's [`Loop`].
+/// An MQTT event loop [`GracefulStop`] can drive: rumqttc's 3.1.1 one, or the source's [`Loop`].
 pub(crate) trait PollLoop {
     /// One event.
     type Event;
@@ -155,24 +157,25 @@ impl PollLoop for Loop {
     }
 }
 
-impl Stop {
+impl GracefulStop {
     /// Calls `disconnect` (queue a DISCONNECT) once `shutdown` completes.
     pub(crate) fn new(
         disconnect: impl FnOnce() + Send + 'static,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Self {
-        let (tx, rx) = watch::channel(false);
+        let requested = CancellationToken::new();
+        let fire = requested.clone();
         let task = tokio::spawn(async move {
             shutdown.await;
             disconnect();
-            tx.send_replace(true);
+            fire.cancel();
         });
-        Self { rx, deadline: None, task }
+        Self { requested, deadline: None, task }
     }
 
     /// True once shutdown was requested.
     pub(crate) fn requested(&mut self) -> bool {
-        let requested = *self.rx.borrow();
+        let requested = self.requested.is_cancelled();
         if requested && self.deadline.is_none() {
             self.deadline = Some(tokio::time::Instant::now() + STOP_GRACE);
         }
@@ -181,7 +184,7 @@ impl Stop {
 
     /// Resolves when shutdown is requested.
     pub(crate) async fn wait(&mut self) {
-        let _ = self.rx.wait_for(|s| *s).await;
+        self.requested.cancelled().await;
         self.requested();
     }
 
@@ -240,7 +243,7 @@ impl Stop {
     }
 }
 
-impl Drop for Stop {
+impl Drop for GracefulStop {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -314,55 +317,9 @@ impl ConnState {
     }
 }
 
-/// Exponential backoff with jitter: each delay is drawn from `[d/2, d]` where `d` doubles
-/// from `min` up to `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    /// A backoff between `min` and `max` (`max` is raised to `min` if smaller).
-    pub fn new(min: Duration, max: Duration) -> Self {
-        let min = min.max(Duration::from_millis(1));
-        Self { min, max: max.max(min), current: min }
-    }
-
-    /// The next delay.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let half = d / 2;
-        let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
-        half + Duration::from_millis(jitter)
-    }
-
-    /// Back to `min` (after a success).
-    pub fn reset(&mut self) {
-        self.current = self.min;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_to_the_cap_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let mut last_cap = Duration::ZERO;
-        for i in 0..10 {
-            let cap = (Duration::from_millis(100) * 2u32.pow(i)).min(Duration::from_secs(2));
-            let d = b.next_delay();
-            assert!(d >= cap / 2 && d <= cap, "{i}: {d:?} not in [{:?}, {cap:?}]", cap / 2);
-            last_cap = cap;
-        }
-        assert_eq!(last_cap, Duration::from_secs(2));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
 
     #[test]
     fn password_is_not_in_debug() {

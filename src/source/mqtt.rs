@@ -59,7 +59,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::mqtt::link::{Ev, Link, Loop};
-use crate::mqtt::{ConnState, MqttConnectOptions, Stop};
+use crate::mqtt::{ConnState, GracefulStop, MqttConnectOptions};
 
 /// Default capacity of the channel between the poll task and the pipeline.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
@@ -257,7 +257,7 @@ async fn run(
     let (fwd_tx, forwarder) = spawn_forwarder(tx, buffered.clone());
     let mut conn = ConnState::new("events", state_tx, &options.connect);
     let disconnect = client.clone();
-    let mut stop = Stop::new(move || disconnect.try_disconnect(), shutdown);
+    let mut stop = GracefulStop::new(move || disconnect.try_disconnect(), shutdown);
     // Handles registered once; the per-message macros would look them up every time.
     let buffered_gauge = metrics::gauge!("scriptd_mqtt_receive_buffered");
     let acks_counter = metrics::counter!("scriptd_mqtt_acks_total");

@@ -32,7 +32,6 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::script::validation::FieldErrors;
-use crate::store::outbox::Handoff;
 use file::FileGate;
 pub use file::{Conn, Staleness};
 
@@ -129,14 +128,12 @@ impl Synchronous {
 }
 
 /// Handle on the database file; cheap to clone, opens a connection per operation. Clones
-/// share one outbox [`Handoff`] and the bookkeeping that notices a replaced file (see
-/// [`Conn`]).
+/// share the bookkeeping that notices a replaced file (see [`Conn`]).
 #[derive(Debug, Clone)]
 pub struct Store {
     path: PathBuf,
     busy_timeout: Duration,
     synchronous: Synchronous,
-    handoff: Arc<Handoff>,
     file: Arc<FileGate>,
     /// Seed the default catalogs into a file that replaces the database ([`Store::migrate`]).
     seed: bool,
@@ -151,7 +148,6 @@ impl Store {
             path: path.to_path_buf(),
             busy_timeout: BUSY_TIMEOUT,
             synchronous: Synchronous::default(),
-            handoff: Arc::new(Handoff::default()),
             file: Arc::new(FileGate::default()),
             seed: false,
         };
@@ -183,12 +179,6 @@ impl Store {
     pub fn with_synchronous(mut self, synchronous: Synchronous) -> Store {
         self.synchronous = synchronous;
         self
-    }
-
-    /// Rows committed by outbox writers of this handle (and its clones), handed to the
-    /// dispatcher in memory; see [`crate::store::outbox`].
-    pub fn handoff(&self) -> &Arc<Handoff> {
-        &self.handoff
     }
 
     /// The generation of the database file this handle's connections are on: bumped each

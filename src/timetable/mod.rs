@@ -13,6 +13,7 @@
 //!
 //! Time is always an argument: nothing here reads the clock.
 
+pub(crate) mod compile;
 mod parse;
 pub mod zone;
 

@@ -1,3 +1,8 @@
-//! Operator commands that need no running daemon ([`cli`]: `timetable check`, `explain`).
+//! Operator commands: the command line's definition ([`args`]) and how each command runs
+//! ([`run`]); the commands that need no daemon ([`cli`]: `timetable check`, `explain`) and
+//! the account commands (`users`, `tokens`).
 
+mod accounts;
+pub mod args;
 pub mod cli;
+pub mod run;

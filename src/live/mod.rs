@@ -1,0 +1,267 @@
+//! # The live snapshot
+//!
+//! Everything the pipeline needs to match and deliver an occurrence, built from the
+//! database and swapped in atomically ([`arc_swap`]): readers call [`Live::load`] and never
+//! wait for a writer. The snapshot is rebuilt
+//! - after every API write, before the API answers, so the next occurrence sees it;
+//! - by the watcher ([`Live::spawn_watcher`]) when another program changes the scripts: it
+//!   polls the `scripts_version` counter (bumped by triggers on scripts, their users, users,
+//!   permissions and the catalogs — not by the outbox's constant commits) on a dedicated
+//!   connection every 500 ms, and notices a replaced file (new device/inode at the path)
+//!   and reopens it.
+//!
+//! A row that fails validation (hand-edited with the `sqlite3` shell) is left out of the
+//! index, logged once with the script id and the field, and kept in [`Snapshot::invalid`]
+//! so `GET /scripts/{id}` can show why; the other scripts keep working.
+//!
+//! ## Memory
+//!
+//! A rebuild holds the old snapshot, the new one and the build's transient data at once, so
+//! both are kept lean: each script's timetable lives only in the index, compiled, and the
+//! index keeps a reference timetable only for the rules that may need it, one per distinct
+//! timetable, shared with the previous snapshot's when unchanged; the delivery side is one
+//! [`ScriptRecord`] per script in one array sorted by id ([`Scripts`]), sharing catalog
+//! entries and empty reaction data, with the camera filters and users in one id array. The
+//! build streams the rows into an [`IndexBuilder`] and never holds every rule at once; after
+//! the swap the allocator's free pages go back to the system.
+//!
+//! ## Files
+//!
+//! [`snapshot`]: what readers see (script records, their users and cameras, the index);
+//! `build`: a snapshot from the database; this file: the [`Live`] handle and the watcher.
+
+mod build;
+pub mod snapshot;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chrono_tz::Tz;
+use serde_json::Value;
+
+use crate::delivery::ReactionKind;
+use crate::index::IndexBuilder;
+use crate::script::validation::FieldErrors;
+use crate::script::{Lookups, Rule, ScheduleIndex, validate};
+use crate::secret::Secret;
+use crate::store::catalog::{Event, Reaction};
+use crate::store::users::descendants;
+use crate::store::{Conn, Store, StoreError, scripts, users};
+
+use snapshot::ScriptsBuilder;
+pub use snapshot::{Extra, Keys, ScriptRecord, Scripts, Snapshot};
+
+/// How often the watcher looks for outside changes.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Shared handle on the current snapshot; cheap to clone.
+#[derive(Clone)]
+pub struct Live {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    timezone: Tz,
+    current: ArcSwap<Snapshot>,
+    /// The watcher's connection; its lock also serialises rebuilds, so an older snapshot
+    /// never replaces a newer one.
+    watch: Mutex<Option<Watch>>,
+    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").field("generation", &self.load().generation).finish()
+    }
+}
+
+impl Live {
+    /// Loads the first snapshot (blocking).
+    pub fn new(store: Store, timezone: Tz) -> Result<Live, StoreError> {
+        let live = Live {
+            inner: Arc::new(Inner {
+                store,
+                timezone,
+                current: ArcSwap::from_pointee(Snapshot::empty()),
+                watch: Mutex::new(None),
+                generation: AtomicU64::new(0),
+            }),
+        };
+        live.reload_blocking()?;
+        Ok(live)
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.inner.current.load_full()
+    }
+
+    /// The store this snapshot is built from.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The zone for times without an offset.
+    pub fn timezone(&self) -> Tz {
+        self.inner.timezone
+    }
+
+    /// Rebuilds the snapshot from the database and swaps it in (blocking).
+    pub fn reload_blocking(&self) -> Result<(), StoreError> {
+        let mut watch = self.inner.watch.lock().unwrap_or_else(|p| p.into_inner());
+        self.reload_locked(&mut watch)
+    }
+
+    /// Rebuilds with the watcher locked. The watcher's data version is noted *before* the
+    /// read, so the rebuild covers every commit up to it (the watcher does not rebuild a
+    /// second time for an API write) and any later commit is seen by the next poll.
+    fn reload_locked(&self, watch: &mut Option<Watch>) -> Result<(), StoreError> {
+        if let Some(w) = watch.as_mut() {
+            match data_version(&w.conn) {
+                Ok(v) => w.data_version = v,
+                Err(_) => *watch = None,
+            }
+        }
+        let previous = self.load();
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let started = std::time::Instant::now();
+        let built =
+            build::build(&self.inner.store, self.inner.timezone, generation, &previous.index);
+        let snapshot = match built {
+            Ok(s) => s,
+            Err(e) => {
+                // Forget the noted version: the watcher reopens and rebuilds next time.
+                *watch = None;
+                return Err(e);
+            }
+        };
+        for (id, errors) in &snapshot.invalid {
+            if previous.invalid.get(id) != Some(errors) {
+                tracing::error!(
+                    script_id = id,
+                    field = errors.paths().next().unwrap_or("script"),
+                    errors = %errors,
+                    "script skipped: its row in the database is invalid"
+                );
+            }
+        }
+        metrics::histogram!(crate::ops::telemetry::INDEX_REBUILD)
+            .record(started.elapsed().as_secs_f64());
+        metrics::gauge!(crate::ops::telemetry::SCRIPTS_LOADED).set(snapshot.scripts.len() as f64);
+        metrics::gauge!(crate::ops::telemetry::SCRIPTS_INVALID).set(snapshot.invalid.len() as f64);
+        tracing::debug!(
+            generation,
+            scripts = snapshot.scripts.len(),
+            invalid = snapshot.invalid.len(),
+            "scripts reloaded"
+        );
+        self.inner.current.store(Arc::new(snapshot));
+        // The old snapshot is freed here unless a reader still holds it (it then goes with
+        // the reader's last reference): give its pages and the build's back to the system.
+        drop(previous);
+        release_free_memory();
+        Ok(())
+    }
+
+    /// [`Live::reload_blocking`] on the blocking pool.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let live = self.clone();
+        tokio::task::spawn_blocking(move || live.reload_blocking())
+            .await
+            .map_err(|e| StoreError::TaskFailed(format!("reload task: {e}")))?
+    }
+
+    /// Watches the database file for changes made by other programs until `shutdown`
+    /// resolves; see the module documentation.
+    pub fn spawn_watcher(
+        &self,
+        interval: Duration,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let live = self.clone();
+        tokio::spawn(async move {
+            tokio::pin!(shutdown);
+            let mut last_error: Option<String> = None;
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    _ = ticker.tick() => {}
+                }
+                let l = live.clone();
+                match tokio::task::spawn_blocking(move || poll_once(&l)).await {
+                    Ok(Ok(())) => last_error = None,
+                    Ok(Err(e)) => {
+                        let msg = e.to_string();
+                        if last_error.as_deref() != Some(msg.as_str()) {
+                            tracing::warn!(error = %msg, "watching the database failed");
+                        }
+                        last_error = Some(msg);
+                    }
+                    Err(e) => tracing::error!(error = %e, "database watcher step panicked"),
+                }
+            }
+        })
+    }
+}
+
+/// Returns the allocator's free pages to the system. A rebuild frees a whole snapshot and
+/// the build's transient data; glibc's malloc keeps such memory (split between its per-thread
+/// arenas) resident until told otherwise, so without this the daemon's RSS after the first
+/// rebuild stays near its peak for good. A no-op with other C libraries.
+fn release_free_memory() {
+    // SAFETY: `malloc_trim` (glibc) takes no pointer and only walks glibc's own arenas
+    // under their locks; it is safe to call from any thread at any time.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The watcher's dedicated connection and what it saw last.
+struct Watch {
+    conn: Conn,
+    data_version: i64,
+}
+
+/// The scripts version: bumped by triggers on every write to the tables the snapshot is
+/// built from (migration 3), and by nothing else — outbox commits leave it alone.
+fn data_version(conn: &rusqlite::Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT version FROM scripts_version WHERE id = 1", [], |r| r.get(0))?)
+}
+
+/// One watcher step: (re)open when needed, reload when the data or the file changed.
+fn poll_once(live: &Live) -> Result<(), StoreError> {
+    let mut watch = live.inner.watch.lock().unwrap_or_else(|p| p.into_inner());
+    if watch.as_ref().is_some_and(|w| w.conn.is_stale()) {
+        // Replaced: close now, so the store can switch to the new file (see `Conn`).
+        *watch = None;
+    }
+    if watch.is_none() {
+        // (Re)opened: reload unless the snapshot was built from this very file and version
+        // (at start-up it was, moments ago; a replaced file has another epoch).
+        let conn = live.inner.store.connect()?;
+        let v = data_version(&conn)?;
+        let source = Some((conn.epoch(), v));
+        *watch = Some(Watch { conn, data_version: v });
+        if live.load().source == source {
+            return Ok(());
+        }
+        return live.reload_locked(&mut watch);
+    }
+    let changed = match watch.as_ref() {
+        Some(w) => data_version(&w.conn)? != w.data_version,
+        None => false,
+    };
+    if changed { live.reload_locked(&mut watch) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests;

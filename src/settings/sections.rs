@@ -1,0 +1,309 @@
+//! The configuration sections other than `[delivery]`, with their defaults.
+
+use super::*;
+
+/// `[database]`: the SQLite store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// SQLite file; created with its folder if missing. Relative paths are relative to the
+    /// working directory.
+    pub path: PathBuf,
+    /// How long a statement waits for a lock held by another connection, in milliseconds.
+    pub busy_timeout_ms: u64,
+    /// SQLite `synchronous` on every connection: when a commit waits for the disk.
+    pub synchronous: crate::store::Synchronous,
+}
+
+/// `[mqtt]`: the analytics server's broker (or the embedded one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSettings {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker TCP port, 1–65535.
+    pub port: u16,
+    /// MQTT client id; the session is persistent (`clean_session = false`).
+    pub client_id: String,
+    /// Login user name; unset means no login.
+    pub username: Option<String>,
+    /// Login password; masked in every output.
+    pub password: Option<Secret>,
+    /// Topic filter the occurrences arrive on (may be a `$share/...` subscription).
+    pub events_topic: String,
+    /// Pushes go to `{push_topic_prefix}/{user_id}/reactions`.
+    pub push_topic_prefix: String,
+    /// Start an in-process broker on `host:port`.
+    pub embedded_broker: bool,
+    /// MQTT keep-alive interval in seconds (5–65535).
+    pub keep_alive_seconds: u64,
+    /// First reconnect delay after the connection drops, in milliseconds.
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay (the backoff doubles up to this), in milliseconds.
+    pub reconnect_max_ms: u64,
+    /// Most QoS 1 publishes awaiting their PUBACK at once.
+    pub inflight: u16,
+    /// MQTT version of the events connection: `"5"` (the broker is told the largest packet
+    /// the daemon accepts) or `"3.1.1"` (required with the embedded broker).
+    pub protocol: MqttProtocol,
+}
+
+/// `mqtt.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MqttProtocol {
+    /// MQTT 5.
+    #[default]
+    V5,
+    /// MQTT 3.1.1.
+    V311,
+}
+
+impl Serialize for MqttProtocol {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(match self {
+            MqttProtocol::V5 => "5",
+            MqttProtocol::V311 => "3.1.1",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for MqttProtocol {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        match name.as_str() {
+            "5" | "5.0" => Ok(MqttProtocol::V5),
+            "3.1.1" => Ok(MqttProtocol::V311),
+            _ => {
+                Err(serde::de::Error::custom(format!("must be \"5\" or \"3.1.1\" (got {name:?})")))
+            }
+        }
+    }
+}
+
+/// `[api]`: the HTTP API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Socket address the HTTP API listens on.
+    #[serde(deserialize_with = "socket_addr")]
+    pub bind: SocketAddr,
+}
+
+/// `[telegram]`: the Bot API client. Changes apply on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelegramSettings {
+    /// Bot API base URL, `http://` or `https://`, without a trailing slash.
+    pub api_url: String,
+    /// Deadline for one Bot API request, in seconds.
+    pub request_timeout_seconds: u64,
+    /// Most messages per second to one chat.
+    pub per_chat_per_second: u32,
+    /// Most messages in any minute to one chat (groups: the lower of this and
+    /// `per_group_per_minute`).
+    pub per_chat_per_minute: u32,
+    /// Most messages per second through one bot token.
+    pub per_token_per_second: u32,
+    /// Most messages per minute to one group chat.
+    pub per_group_per_minute: u32,
+}
+
+/// `[webhook]`: HTTP POST reactions. Changes apply on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Deadline for one webhook request, in seconds.
+    pub timeout_seconds: u64,
+}
+
+/// `[events]`: incoming occurrences. Changes apply on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSettings {
+    /// Occurrences older than this when received are dropped as stale; 0 = never.
+    pub max_age_seconds: u64,
+    /// Larger occurrence payloads are rejected (`too_large`) and acknowledged, never
+    /// matched (1 KiB – 256 MiB; default 256 KiB).
+    pub max_payload_bytes: u64,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `pretty` for terminals, `json` for journald and log shippers.
+    pub format: LogFormat,
+    /// `tracing` env-filter directives, e.g. `info` or `info,scriptd::dispatch=debug`.
+    pub level: String,
+}
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        match name.as_str() {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(serde::de::Error::custom(format!(
+                "must be \"pretty\" or \"json\" (got {name:?})"
+            ))),
+        }
+    }
+}
+
+pub(super) fn socket_addr<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "must be an IP address and port, e.g. \"127.0.0.1:8080\" (got {text:?})"
+        ))
+    })
+}
+
+/// A validated IANA time zone name, e.g. `Europe/Berlin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timezone(pub chrono_tz::Tz);
+
+impl Timezone {
+    /// The zone.
+    pub fn tz(self) -> chrono_tz::Tz {
+        self.0
+    }
+}
+
+impl Serialize for Timezone {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timezone {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        chrono_tz::Tz::from_str(&name).map(Timezone).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{name:?} is not an IANA time zone name (e.g. \"UTC\", \"Europe/Berlin\")"
+            ))
+        })
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("data/scriptd.db"),
+            busy_timeout_ms: 5000,
+            synchronous: crate::store::Synchronous::default(),
+        }
+    }
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: "scriptd".into(),
+            username: None,
+            password: None,
+            events_topic: "vms/analytics/events/#".into(),
+            push_topic_prefix: "vms/users".into(),
+            // Built-in default is an external broker; `config/default.toml` turns the
+            // embedded one on for a fresh checkout (CONTRACT §3).
+            embedded_broker: false,
+            keep_alive_seconds: 30,
+            reconnect_min_ms: 200,
+            reconnect_max_ms: 3_000,
+            inflight: 1000,
+            protocol: MqttProtocol::V5,
+        }
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self { bind: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+    }
+}
+
+impl Default for TelegramSettings {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.telegram.org".into(),
+            request_timeout_seconds: 15,
+            per_chat_per_second: 1,
+            per_chat_per_minute: 60,
+            per_token_per_second: 30,
+            per_group_per_minute: 20,
+        }
+    }
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self { timeout_seconds: 10 }
+    }
+}
+
+impl Default for EventsSettings {
+    fn default() -> Self {
+        Self { max_age_seconds: 300, max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: LogFormat::Pretty, level: "info".into() }
+    }
+}
+
+impl DatabaseSettings {
+    /// [`Self::busy_timeout_ms`] as a duration.
+    pub fn busy_timeout(&self) -> Duration {
+        Duration::from_millis(self.busy_timeout_ms)
+    }
+}
+
+impl MqttSettings {
+    /// [`Self::keep_alive_seconds`] as a duration.
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.keep_alive_seconds)
+    }
+
+    /// The reconnect backoff: first delay and longest delay.
+    pub fn reconnect_backoff(&self) -> (Duration, Duration) {
+        (Duration::from_millis(self.reconnect_min_ms), Duration::from_millis(self.reconnect_max_ms))
+    }
+}
+
+impl TelegramSettings {
+    /// [`Self::request_timeout_seconds`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_seconds)
+    }
+}
+
+impl WebhookSettings {
+    /// [`Self::timeout_seconds`] as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_seconds)
+    }
+}
+
+impl EventsSettings {
+    /// The age limit, or `None` when stale occurrences are never dropped.
+    pub fn max_age(&self) -> Option<Duration> {
+        (self.max_age_seconds > 0).then(|| Duration::from_secs(self.max_age_seconds))
+    }
+}

@@ -1,0 +1,187 @@
+use super::validate::{check_http_url, check_topic_filter};
+use super::*;
+
+#[test]
+fn levels() {
+    assert!(check_level("info").is_ok());
+    assert!(check_level("warn,scriptd::dispatch=debug").is_ok());
+    assert!(check_level("scriptd=trace").is_ok());
+    assert!(check_level("warning").is_err());
+    assert!(check_level("info,scriptd=loud").is_err());
+}
+
+#[test]
+fn defaults_validate() {
+    assert_eq!(Settings::default().validate(), Vec::<(String, String)>::new());
+}
+
+#[test]
+fn channel_budgets_split_max_in_flight_unless_set() {
+    let d = |m, p, t, w| DeliverySettings {
+        max_in_flight: m,
+        push_max_in_flight: p,
+        telegram_max_in_flight: t,
+        webhook_max_in_flight: w,
+        ..DeliverySettings::default()
+    };
+    let b = |push, telegram, webhook| Ok(ChannelBudgets { push, telegram, webhook });
+    assert_eq!(d(100, 0, 0, 0).budgets(), b(50, 25, 25));
+    assert_eq!(d(3, 0, 0, 0).budgets(), b(1, 1, 1));
+    let seven = d(7, 0, 0, 0).budgets().unwrap();
+    assert_eq!(seven.push + seven.telegram + seven.webhook, 7);
+    assert_eq!(d(100, 0, 0, 10).budgets(), b(60, 30, 10));
+    assert_eq!(d(100, 10, 20, 30).budgets(), b(10, 20, 30), "all set: the rest stays unused");
+    let (key, why) = d(50, 40, 0, 20).budgets().unwrap_err();
+    assert_eq!(key, "delivery.webhook_max_in_flight");
+    assert!(why.contains("exceed delivery.max_in_flight (50)"), "{why}");
+    let (key, _) = d(2, 0, 0, 0).budgets().unwrap_err();
+    assert_eq!(key, "delivery.push_max_in_flight");
+    let mut s = Settings::default();
+    s.delivery.breaker_probe_seconds = 0;
+    s.delivery.webhook_max_in_flight = 200;
+    let keys: Vec<String> = s.validate().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["delivery.webhook_max_in_flight", "delivery.breaker_probe_seconds"]);
+}
+
+#[test]
+fn synchronous_is_normal_or_full() {
+    let parse = |text: &str| {
+        Config::builder()
+            .add_source(File::from_str(text, FileFormat::Toml))
+            .build()
+            .and_then(Config::try_deserialize::<Settings>)
+    };
+    let s = parse("[database]\nsynchronous = \"full\"").unwrap();
+    assert_eq!(s.database.synchronous, crate::store::Synchronous::Full);
+    assert_eq!(parse("").unwrap().database.synchronous, crate::store::Synchronous::Normal);
+    let e = parse("[database]\nsynchronous = \"off\"").unwrap_err().to_string();
+    assert!(e.contains("off") && e.contains("database.synchronous"), "{e}");
+}
+
+#[test]
+fn retry_policy_doubles_and_caps() {
+    let p = DeliverySettings::default().retry_policy();
+    assert_eq!(p.delay(1), Duration::from_millis(500));
+    assert_eq!(p.delay(2), Duration::from_millis(1000));
+    assert_eq!(p.delay(40), Duration::from_millis(300_000));
+    assert!(!p.exhausted(1_000_000));
+    let capped = RetryPolicy { max_attempts: 3, ..p };
+    assert!(!capped.exhausted(2));
+    assert!(capped.exhausted(3));
+}
+
+#[test]
+fn topic_filters() {
+    assert!(check_topic_filter("vms/analytics/events/#").is_ok());
+    assert!(check_topic_filter("$share/scriptd/vms/+/events/#").is_ok());
+    assert!(check_topic_filter("a/#/b").is_err());
+    assert!(check_topic_filter("a/b+").is_err());
+    assert!(check_topic_filter("").is_err());
+}
+
+#[test]
+fn urls() {
+    assert!(check_http_url("https://api.telegram.org").is_ok());
+    assert!(check_http_url("http://127.0.0.1:8081").is_ok());
+    assert!(check_http_url("ftp://x").is_err());
+    assert!(check_http_url("https://").is_err());
+    assert!(check_http_url("https://api.telegram.org/").is_err());
+}
+
+#[test]
+fn live_keys() {
+    assert!(is_live_key("log.level"));
+    assert!(is_live_key("telegram.api_url"));
+    assert!(is_live_key("delivery.backoff_max_ms"));
+    assert!(!is_live_key("delivery.max_in_flight"));
+    assert!(!is_live_key("log.format"));
+    assert!(!is_live_key("mqtt.port"));
+}
+
+/// Settings where every key differs from the defaults.
+fn all_changed() -> Settings {
+    Settings {
+        timezone: Timezone(chrono_tz::Europe::Berlin),
+        database: DatabaseSettings {
+            path: "x.db".into(),
+            busy_timeout_ms: 1,
+            synchronous: crate::store::Synchronous::Full,
+        },
+        mqtt: MqttSettings {
+            host: "h".into(),
+            port: 2,
+            client_id: "c".into(),
+            username: Some("u".into()),
+            password: Some(Secret::new("p")),
+            events_topic: "e/#".into(),
+            push_topic_prefix: "p".into(),
+            embedded_broker: true,
+            keep_alive_seconds: 6,
+            reconnect_min_ms: 1,
+            reconnect_max_ms: 2,
+            inflight: 3,
+            protocol: MqttProtocol::V311,
+        },
+        api: ApiSettings { bind: SocketAddr::from(([127, 0, 0, 1], 9)) },
+        telegram: TelegramSettings {
+            api_url: "http://t".into(),
+            request_timeout_seconds: 1,
+            per_chat_per_second: 2,
+            per_chat_per_minute: 3,
+            per_token_per_second: 4,
+            per_group_per_minute: 5,
+        },
+        webhook: WebhookSettings { timeout_seconds: 1 },
+        events: EventsSettings { max_age_seconds: 1, max_payload_bytes: 2048 },
+        delivery: DeliverySettings {
+            max_in_flight: 1,
+            max_attempts: 2,
+            backoff_initial_ms: 3,
+            backoff_max_ms: 4,
+            retention_hours: 5,
+            shutdown_deadline_seconds: 6,
+            push_max_in_flight: 7,
+            telegram_max_in_flight: 8,
+            webhook_max_in_flight: 9,
+            per_target_max_in_flight: 10,
+            breaker_after_timeouts: 11,
+            breaker_probe_seconds: 12,
+            expire_after_seconds: ExpireAfter { push: 7, telegram: 8, webhook: 9 },
+        },
+        log: LogSettings { format: LogFormat::Json, level: "debug".into() },
+    }
+}
+
+#[test]
+fn with_live_from_copies_exactly_the_live_keys() {
+    let old = Settings::default();
+    let new = all_changed();
+    let all = old.changed_keys(&new);
+    assert_eq!(all.len(), 1 + 3 + 13 + 1 + 6 + 1 + 2 + 12 + 3 + 2, "{all:?}");
+    let running = old.with_live_from(&new);
+    let applied = old.changed_keys(&running);
+    let pending = running.changed_keys(&new);
+    assert!(applied.iter().all(|k| is_live_key(k)), "{applied:?}");
+    assert!(pending.iter().all(|k| !is_live_key(k)), "{pending:?}");
+    assert_eq!(applied.len() + pending.len(), all.len());
+    assert_eq!(running.live_part(), new.live_part());
+}
+
+#[test]
+fn masked_toml_reparses_to_the_same_settings() {
+    let mut s = Settings::default();
+    s.mqtt.username = Some("user \"quoted\"".into());
+    s.mqtt.password = Some(Secret::new("hunter2"));
+    let text = s.to_masked_toml();
+    assert!(!text.contains("hunter2"), "{text}");
+    let back: Settings = Config::builder()
+        .add_source(File::from_str(&text, FileFormat::Toml))
+        .build()
+        .and_then(Config::try_deserialize)
+        .map_err(|e| e.to_string())
+        .unwrap();
+    assert_eq!(back.mqtt.username, s.mqtt.username);
+    assert_eq!(back.mqtt.password, Some(Secret::new(crate::secret::MASK)));
+    assert_eq!(back.delivery, s.delivery);
+    assert_eq!(back.timezone, s.timezone);
+}

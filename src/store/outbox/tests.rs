@@ -1,0 +1,224 @@
+use super::*;
+
+#[test]
+fn targets_round_trip_and_keep_secrets() {
+    let targets = [
+        Target::Push { user_id: 42 },
+        Target::Telegram {
+            bot_token: Secret::new("123:secret"),
+            chat_id: "-100".into(),
+            text: "hi".into(),
+            photo_url: Some("https://x/y.jpg".into()),
+        },
+        Target::Webhook { url: "http://h/hook".into(), secret: Some(Secret::new("k")) },
+        Target::Webhook { url: "http://h/hook".into(), secret: None },
+    ];
+    for t in targets {
+        let json = t.to_json();
+        assert_eq!(Target::from_json(&json).unwrap(), t, "{json}");
+        assert!(!format!("{t:?}").contains("123:secret"));
+    }
+}
+
+#[test]
+fn garbage_targets_are_errors_without_their_text() {
+    let e = Target::from_json(r#"{"kind":"telegram","bot_token":"123:secret"}"#).unwrap_err();
+    assert!(!e.contains("secret"), "{e}");
+    assert!(Target::from_json("nonsense").is_err());
+    assert!(Target::from_json(r#"{"kind":"fax"}"#).is_err());
+}
+
+#[test]
+fn rows_without_a_target_are_pushes_for_push_reactions_only() {
+    assert_eq!(target_of(SqlValue::Null, "sound", "7"), Ok(Target::Push { user_id: 7 }));
+    assert!(target_of(SqlValue::Null, "webhook", "7").is_err());
+    assert!(target_of(SqlValue::Integer(3), "sound", "7").is_err());
+}
+
+#[test]
+fn expiry_ends_old_pending_rows_per_channel_and_a_late_success_still_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::migrate(&dir.path().join("t.db")).unwrap();
+    let handoff = Arc::new(Handoff::default());
+    let mut writer = OutboxWriter::new(&store, handoff.clone()).unwrap();
+    let row = |id: &str, target: Target| NewDelivery {
+        id: id.into(),
+        occurrence_id: "o".into(),
+        script_id: 1,
+        reaction: "r".into(),
+        recipient: "x".into(),
+        lane: String::new(),
+        payload: "{}".into(),
+        target,
+    };
+    let tg = Target::Telegram {
+        bot_token: Secret::new("1:t"),
+        chat_id: "5".into(),
+        text: "t".into(),
+        photo_url: None,
+    };
+    let hook = Target::Webhook { url: "http://127.0.0.1:1/".into(), secret: None };
+    let t0 = 1_000_000;
+    writer
+        .enqueue(&[row("p", Target::Push { user_id: 1 }), row("t", tg), row("w", hook)], t0)
+        .unwrap();
+    let mut conn = store.connect().unwrap();
+    let after = crate::settings::ExpireAfter { push: 300, telegram: 900, webhook: 0 };
+    // 300 s old: nothing yet (strictly older than the limit expires).
+    assert!(expire(&conn, t0 + 300_000, &after).unwrap().is_empty());
+    assert_eq!(expire(&conn, t0 + 300_001, &after).unwrap(), vec![("push", 1)]);
+    let due_ids = |c: &Conn, now| -> Vec<String> {
+        due(c, now, 10).unwrap().into_iter().map(|r| r.id).collect()
+    };
+    assert_eq!(due_ids(&conn, t0 + 300_001), ["t", "w"]);
+    // Telegram after 900 s; webhooks never.
+    assert_eq!(expire(&conn, t0 + 10_000_000, &after).unwrap(), vec![("telegram", 1)]);
+    assert_eq!(due_ids(&conn, t0 + 10_000_000), ["w"]);
+    let state = |c: &Conn, id: &str| -> String {
+        c.query_row("SELECT state FROM deliveries WHERE id = ?1", [id], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(state(&conn, "p"), "expired");
+    // An attempt started before the expiry that succeeds afterwards is recorded sent.
+    record(&mut conn, &[(RowRef::Id("t".into()), Recorded::Sent)], t0 + 10_000_001).unwrap();
+    assert_eq!(state(&conn, "t"), "sent");
+    // A failure after the expiry leaves it expired.
+    record(
+        &mut conn,
+        &[(RowRef::Id("p".into()), Recorded::Failed { reason: "x".into() })],
+        t0 + 10_000_001,
+    )
+    .unwrap();
+    assert_eq!(state(&conn, "p"), "expired");
+}
+
+#[test]
+fn coalescing_replaces_a_chats_queued_messages_of_one_script_with_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::migrate(&dir.path().join("t.db")).unwrap();
+    let handoff = Arc::new(Handoff::default());
+    let mut writer = OutboxWriter::new(&store, handoff.clone()).unwrap();
+    let tg = |id: &str, script: i64, camera: i64, at: &str| NewDelivery {
+        id: id.into(),
+        occurrence_id: id.into(),
+        script_id: script,
+        reaction: "telegram-message".into(),
+        recipient: "5".into(),
+        lane: "tg:x:5".into(),
+        payload: serde_json::json!({
+            "script": {"id": script, "title": format!("Line {script}")},
+            "camera_id": camera,
+            "occurred_at": at,
+        })
+        .to_string(),
+        target: Target::Telegram {
+            bot_token: Secret::new("1:t"),
+            chat_id: "5".into(),
+            text: id.into(),
+            photo_url: None,
+        },
+    };
+    writer
+        .enqueue(
+            &[
+                tg("a", 1, 7, "2026-01-01T10:00:00Z"),
+                tg("b", 1, 8, "2026-01-01T10:00:01Z"),
+                tg("c", 2, 7, "2026-01-01T10:00:02Z"),
+                tg("d", 1, 7, "2026-01-01T10:00:03Z"),
+            ],
+            1,
+        )
+        .unwrap();
+    let mut conn = store.connect().unwrap();
+    let mut head = due(&conn, 10, 10).unwrap().remove(0);
+    assert_eq!(head.id, "a");
+    assert_eq!(coalesce(&mut conn, &mut head, 10).unwrap(), 2);
+    let Ok(Target::Telegram { text, .. }) = &head.target else { panic!("not telegram") };
+    assert_eq!(
+        text,
+        "Line 1\n3 occurrences\nCameras: 7, 8\nFirst: 2026-01-01T10:00:00Z\nLast: 2026-01-01T10:00:03Z"
+    );
+    let rows: Vec<(String, String, Option<String>)> = conn
+        .prepare("SELECT id, state, coalesced_into FROM deliveries ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let a = Some("a".to_owned());
+    assert_eq!(
+        rows,
+        [
+            ("a".into(), "pending".into(), None),
+            ("b".into(), "coalesced".into(), a.clone()),
+            ("c".into(), "pending".into(), None),
+            ("d".into(), "coalesced".into(), a),
+        ]
+    );
+    // The stored head is the summary (a crash before the attempt sends the summary).
+    assert_eq!(due(&conn, 10, 10).unwrap()[0].target, head.target);
+    // Nothing more to coalesce: the head is unchanged.
+    assert_eq!(coalesce(&mut conn, &mut head, 11).unwrap(), 0);
+}
+
+#[test]
+fn a_claim_never_waits_for_the_write_lock_while_holding_the_hand_over() {
+    // A writer holds SQLite's write lock, then needs the hand-over's lock to commit (as
+    // `OutboxWriter::write` does). A claim that has to coalesce runs meanwhile: it may
+    // wait for the write lock, but not while holding the hand-over's lock.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::migrate(&dir.path().join("t.db"))
+        .unwrap()
+        .with_busy_timeout(std::time::Duration::from_secs(3));
+    let handoff = Arc::new(Handoff::default());
+    let mut writer = OutboxWriter::new(&store, handoff.clone()).unwrap();
+    let tg = |id: &str| NewDelivery {
+        id: id.into(),
+        occurrence_id: id.into(),
+        script_id: 1,
+        reaction: "telegram-message".into(),
+        recipient: "5".into(),
+        lane: "tg:x:5".into(),
+        payload: "{}".into(),
+        target: Target::Telegram {
+            bot_token: Secret::new("1:t"),
+            chat_id: "5".into(),
+            text: id.into(),
+            photo_url: None,
+        },
+    };
+    writer.enqueue(&[tg("a"), tg("b")], now_ms_for_test()).unwrap();
+    let mut holder = store.connect().unwrap();
+    let write_lock = holder.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
+    let claim = {
+        let store = store.clone();
+        let handoff = handoff.clone();
+        std::thread::spawn(move || {
+            let mut conn = store.connect().unwrap();
+            claim_rows(
+                &mut conn,
+                &handoff,
+                &[(Channel::Telegram, 10)],
+                now_ms_for_test(),
+                &crate::settings::ExpireAfter::default(),
+                &std::collections::HashSet::new(),
+            )
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (got, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _queue = handoff.lock();
+        got.send(()).ok();
+    });
+    let committed = rx.recv_timeout(std::time::Duration::from_secs(1)).is_ok();
+    write_lock.commit().unwrap();
+    let claimed = claim.join().unwrap();
+    assert!(committed, "the claim held the hand-over's lock while waiting to write");
+    let (_, coalesced, found) = claimed.unwrap();
+    assert_eq!(coalesced, 1);
+    assert_eq!(found[0].len(), 1);
+}
+
+fn now_ms_for_test() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

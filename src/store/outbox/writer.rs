@@ -1,0 +1,229 @@
+//! The intake's side of the outbox: new deliveries and the cooldown state of their
+//! firings, written in one transaction.
+
+use super::*;
+
+/// A script's firing on a camera, kept as its cooldown state (table `cooldowns`): written
+/// by [`OutboxWriter::enqueue_with_cooldowns`] in the same transaction as the deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fired {
+    /// The script.
+    pub script_id: i64,
+    /// The camera.
+    pub camera_id: i64,
+    /// The firing occurrence's `occurred_at`, unix ms.
+    pub occurred_at_ms: i64,
+    /// The firing occurrence's id (its redelivery is a duplicate, not a suppressed one).
+    pub occurrence_id: String,
+}
+
+/// Every stored cooldown state, for the intake's cache at start.
+pub fn load_cooldowns(conn: &Connection) -> Result<Vec<Fired>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT script_id, camera, fired_at, occurrence_id FROM cooldowns")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Fired {
+            script_id: r.get(0)?,
+            camera_id: lossy_text(r.get(1)?).parse().unwrap_or(0),
+            occurred_at_ms: r.get(2)?,
+            occurrence_id: lossy_text(r.get(3)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The stored cooldown state of one script on one camera: the last firing's `occurred_at`
+/// (unix ms) and occurrence id (explain reads just the ones it needs).
+pub fn cooldown_of(
+    conn: &Connection,
+    script_id: i64,
+    camera_id: i64,
+) -> Result<Option<(i64, String)>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT fired_at, occurrence_id FROM cooldowns WHERE script_id = ?1 AND camera = ?2",
+        )?
+        .query_row(params![script_id, camera_id.to_string()], |r| {
+            Ok((r.get(0)?, lossy_text(r.get(1)?)))
+        })
+        .optional()?)
+}
+
+/// Writes deliveries into the outbox over its own connection.
+///
+/// ```
+/// use std::sync::Arc;
+/// use scriptd::store::outbox::{Handoff, NewDelivery, OutboxWriter, Target};
+/// use scriptd::store::{Store, now_ms};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = Store::migrate(&dir.path().join("scriptd.db")).unwrap();
+/// let handoff = Arc::new(Handoff::default());
+/// let mut writer = OutboxWriter::new(&store, handoff.clone()).unwrap();
+/// let push = NewDelivery {
+///     id: "occ-1:1:42".into(),
+///     occurrence_id: "occ-1".into(),
+///     script_id: 1,
+///     reaction: "sound".into(),
+///     recipient: "42".into(),
+///     lane: String::new(),
+///     payload: r#"{"reaction":"sound","delivery_id":"occ-1:1:42"}"#.into(),
+///     target: Target::Push { user_id: 42 },
+/// };
+/// assert_eq!(writer.enqueue(&[push.clone()], now_ms()).unwrap(), 1);
+/// // The same occurrence redelivered: nothing new.
+/// assert_eq!(writer.enqueue(&[push], now_ms()).unwrap(), 0);
+/// ```
+pub struct OutboxWriter {
+    pub(super) store: Store,
+    pub(super) conn: Option<Conn>,
+    pub(super) handoff: Arc<Handoff>,
+}
+
+impl std::fmt::Debug for OutboxWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxWriter").finish_non_exhaustive()
+    }
+}
+
+pub(super) const INSERT: &str = "INSERT OR IGNORE INTO deliveries
+    (id, occurrence_id, script_id, reaction, recipient, lane, payload, state, attempts,
+     next_attempt_at, created_at, updated_at, target)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8, ?8, ?9)";
+
+impl OutboxWriter {
+    /// A writer with a dedicated connection to `store`, handing new rows over through
+    /// `handoff` (the dispatcher's).
+    pub fn new(store: &Store, handoff: Arc<Handoff>) -> Result<OutboxWriter, StoreError> {
+        Ok(OutboxWriter { store: store.clone(), conn: Some(store.connect()?), handoff })
+    }
+
+    /// Writes `deliveries` in one transaction begun IMMEDIATE; an id already in the outbox
+    /// is ignored (a redelivered occurrence adds nothing). Returns the number of new rows.
+    /// On error nothing is written. New rows without a lane are also handed over in memory
+    /// (see the module documentation).
+    ///
+    /// When the database file was replaced (see [`Conn`]) the writer closes its connection
+    /// and fails with [`StoreError::Replaced`] until the new file can be opened; it never
+    /// commits to the old file after the replacement was noticed, so the caller retries the
+    /// batch and it lands in the new file.
+    pub fn enqueue(
+        &mut self,
+        deliveries: &[NewDelivery],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        self.enqueue_with_cooldowns(deliveries, &[], now_ms)
+    }
+
+    /// [`Self::enqueue`], also storing the cooldown states in `fired` (one row per script
+    /// and camera, replaced) in the same transaction.
+    pub fn enqueue_with_cooldowns(
+        &mut self,
+        deliveries: &[NewDelivery],
+        fired: &[Fired],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        if deliveries.is_empty() && fired.is_empty() {
+            return Ok(0);
+        }
+        self.release_replaced_file();
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => self.conn.insert(self.store.connect()?),
+        };
+        let epoch = conn.epoch();
+        let staleness = conn.staleness();
+        let result = Self::write(conn, &self.handoff, &staleness, epoch, deliveries, fired, now_ms);
+        if matches!(result, Err(StoreError::Replaced)) {
+            self.conn = None;
+        }
+        result
+    }
+
+    /// Closes the connection if the database file was replaced (see [`Conn`]).
+    pub fn release_replaced_file(&mut self) {
+        if self.conn.as_ref().is_some_and(Conn::is_stale) {
+            self.conn = None;
+        }
+    }
+
+    pub(super) fn write(
+        conn: &mut Conn,
+        handoff: &Handoff,
+        staleness: &Staleness,
+        epoch: u64,
+        deliveries: &[NewDelivery],
+        fired: &[Fired],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if !fired.is_empty() {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO cooldowns (script_id, camera, fired_at, occurrence_id)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (script_id, camera) DO UPDATE
+                 SET fired_at = excluded.fired_at, occurrence_id = excluded.occurrence_id",
+            )?;
+            for f in fired {
+                stmt.execute(params![
+                    f.script_id,
+                    f.camera_id.to_string(),
+                    f.occurred_at_ms,
+                    f.occurrence_id
+                ])?;
+            }
+        }
+        let mut added = 0;
+        let mut fresh = Vec::new();
+        let mut laned = false;
+        {
+            let mut stmt = tx.prepare_cached(INSERT)?;
+            for (i, d) in deliveries.iter().enumerate() {
+                let n = stmt.execute(params![
+                    d.id,
+                    d.occurrence_id,
+                    d.script_id,
+                    d.reaction,
+                    d.recipient,
+                    d.lane,
+                    d.payload,
+                    now_ms,
+                    d.target.to_json(),
+                ])?;
+                added += n;
+                if n == 1 {
+                    if d.lane.is_empty() {
+                        fresh.push((tx.last_insert_rowid(), i));
+                    } else {
+                        // Lanes keep their order through the query only.
+                        laned = true;
+                    }
+                }
+            }
+        }
+        // Commit and hand over under the hand-over's lock (see the module documentation).
+        // A dispatcher carrying the pending rows of a replaced file over to the new one
+        // reads them under this lock too: either this commit is before that read (and
+        // carried) or it sees the replacement here and is rolled back.
+        let mut queue = handoff.lock();
+        if staleness.is_stale() {
+            return Err(StoreError::Replaced);
+        }
+        tx.commit()?;
+        queue.laned |= laned;
+        queue.push(fresh.into_iter().map(|(rowid, i)| {
+            let d = &deliveries[i];
+            Claimed {
+                rowid,
+                epoch,
+                id: d.id.clone(),
+                reaction: d.reaction.clone(),
+                lane: String::new(),
+                attempts: 0,
+                payload: d.payload.clone(),
+                target: Ok(d.target.clone()),
+            }
+        }));
+        Ok(added)
+    }
+}
