@@ -15,14 +15,15 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Extension, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
+use super::extract::{ManageScript, Tx, ViewScript, blocking, on_owned_script};
 use crate::script::validation::FieldErrors;
 use crate::script::view::Viewer;
 use crate::script::{Lookups, validate};
@@ -78,11 +79,6 @@ pub(super) fn json_object(
     }
 }
 
-/// A script id from the path; anything that is not a positive integer is simply not found.
-pub(super) fn script_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or(ApiError::NotFound("Script"))
-}
-
 /// A positive integer query parameter, or a 422 on its key.
 fn positive(query: &HashMap<String, String>, key: &str, default: u64) -> Result<u64, ApiError> {
     match query.get(key) {
@@ -95,26 +91,11 @@ fn positive(query: &HashMap<String, String>, key: &str, default: u64) -> Result<
     }
 }
 
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await?
-}
-
 /// The catalogs, and as "existing users" only those in the caller's reach.
 fn lookups_for(conn: &Connection, caller: &Caller) -> Result<Lookups, StoreError> {
     let mut lookups = Lookups::load(conn)?;
     lookups.users.retain(|u| caller.reaches(*u));
     Ok(lookups)
-}
-
-/// The script `id` when the caller may see it; `None` when it is missing or not theirs.
-pub(super) fn owned_script(
-    conn: &Connection,
-    caller: &Caller,
-    id: i64,
-) -> Result<Option<scripts::StoredScript>, StoreError> {
-    Ok(scripts::get(conn, id)?.filter(|s| caller.owns(s)))
 }
 
 async fn reload_after_write(state: &AppState) {
@@ -221,46 +202,43 @@ fn merge_into(errors: &mut FieldErrors, e: ApiError) {
 /// `GET /scripts/{id}`.
 pub async fn show(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(raw): Path<String>,
+    route: ViewScript,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_view()?;
-    let id = script_id(&raw)?;
-    let (store, tz) = (state.store.clone(), state.live.timezone());
-    let view = blocking(move || {
-        let view = store.read(|tx| {
-            let lookups = Lookups::load(tx)?;
-            match owned_script(tx, &caller, id)? {
-                Some(s) => {
-                    Viewer::new(tx, &lookups, tz).for_caller(caller.user_id).script(&s).map(Some)
-                }
-                None => Ok(None),
-            }
-        })?;
-        view.ok_or(ApiError::NotFound("Script"))
+    let tz = state.live.timezone();
+    let view = on_owned_script(&state, route, Tx::Read, move |tx, caller, script| {
+        let lookups = Lookups::load(tx)?;
+        Viewer::new(tx, &lookups, tz).for_caller(caller.user_id).script(&script).map(Ok)
     })
     .await?;
     Ok(Json(view))
 }
 
-/// `PUT /scripts/{id}`: replaces every field; validated like `POST`.
-pub async fn replace(
+/// `PUT /scripts/{id}` replaces every field and is validated like `POST`; `PATCH`
+/// changes only the fields given, and the merged script must be valid.
+pub async fn update(
+    method: Method,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(raw): Path<String>,
+    route: ManageScript,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_manage()?;
-    let id = script_id(&raw)?;
     let mut body = json_object(&headers, body)?;
-    // A PUT without `cameras` keeps the stored filter (clients written against the seed's
-    // object, which has no `cameras`, must not widen a script to every camera by
-    // accident); `"cameras": null` clears it.
-    update(state, caller, id, move |current| {
-        if !body.contains_key("cameras")
+    let patch = method == Method::PATCH;
+    write_script(state, route, move |current| {
+        if patch {
+            let mut merged = current.clone();
+            for key in FIELDS {
+                if let Some(v) = body.remove(key) {
+                    merged.insert(key.to_owned(), v);
+                }
+            }
+            body = merged;
+        } else if !body.contains_key("cameras")
             && let Some(c) = current.get("cameras")
         {
+            // A PUT without `cameras` keeps the stored filter (clients written against the
+            // seed's object, which has no `cameras`, must not widen a script to every
+            // camera by accident); `"cameras": null` clears it.
             body.insert("cameras".to_owned(), c.clone());
         }
         keep_masked_secrets(&mut body, current);
@@ -285,61 +263,35 @@ fn keep_masked_secrets(body: &mut Map<String, Value>, current: &Map<String, Valu
     }
 }
 
-/// `PATCH /scripts/{id}`: changes only the fields given; the merged script must be valid.
-pub async fn patch(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(raw): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    caller.require_manage()?;
-    let id = script_id(&raw)?;
-    let changes = json_object(&headers, body)?;
-    update(state, caller, id, move |current| {
-        let mut merged = current.clone();
-        for key in FIELDS {
-            if let Some(v) = changes.get(key) {
-                merged.insert(key.to_owned(), v.clone());
-            }
-        }
-        keep_masked_secrets(&mut merged, current);
-        merged
-    })
-    .await
-}
-
-async fn update(
+/// Writes the body `new_body` makes of the stored one, validated, and answers with the
+/// script as stored.
+async fn write_script(
     state: AppState,
-    caller: Caller,
-    id: i64,
+    route: ManageScript,
     new_body: impl FnOnce(&Map<String, Value>) -> Map<String, Value> + Send + 'static,
 ) -> Result<Json<Value>, ApiError> {
-    let (store, tz) = (state.store.clone(), state.live.timezone());
-    let view = blocking(move || {
-        let view = store.write(|tx| {
-            let Some(current) = owned_script(tx, &caller, id)? else { return Ok(None) };
-            let body = new_body(&current.body);
-            // A PATCH that leaves an undecodable column alone still has to fix it.
-            let mut unfixed = FieldErrors::new();
-            for path in current.decode_errors.paths() {
-                if body.get(path) == current.body.get(path) {
-                    for reason in current.decode_errors.get(path).unwrap_or_default() {
-                        unfixed.add(path, reason.clone());
-                    }
+    let tz = state.live.timezone();
+    let view = on_owned_script(&state, route, Tx::Write, move |tx, caller, current| {
+        let id = current.id;
+        let body = new_body(&current.body);
+        // A PATCH that leaves an undecodable column alone still has to fix it.
+        let mut unfixed = FieldErrors::new();
+        for path in current.decode_errors.paths() {
+            if body.get(path) == current.body.get(path) {
+                for reason in current.decode_errors.get(path).unwrap_or_default() {
+                    unfixed.add(path, reason.clone());
                 }
             }
-            if !unfixed.is_empty() {
-                return Err(StoreError::Invalid(unfixed));
-            }
-            let lookups = lookups_for(tx, &caller)?;
-            let valid = validate(&body, &lookups.context(tz)).map_err(StoreError::Invalid)?;
-            scripts::update(tx, id, &valid.input)?;
-            let stored = scripts::get(tx, id)?
-                .ok_or_else(|| StoreError::NotFound(format!("script {id}")))?;
-            Viewer::new(tx, &lookups, tz).for_caller(caller.user_id).script(&stored).map(Some)
-        })?;
-        view.ok_or(ApiError::NotFound("Script"))
+        }
+        if !unfixed.is_empty() {
+            return Err(StoreError::Invalid(unfixed));
+        }
+        let lookups = lookups_for(tx, caller)?;
+        let valid = validate(&body, &lookups.context(tz)).map_err(StoreError::Invalid)?;
+        scripts::update(tx, id, &valid.input)?;
+        let stored =
+            scripts::get(tx, id)?.ok_or_else(|| StoreError::NotFound(format!("script {id}")))?;
+        Viewer::new(tx, &lookups, tz).for_caller(caller.user_id).script(&stored).map(Ok)
     })
     .await?;
     reload_after_write(&state).await;
@@ -349,24 +301,12 @@ async fn update(
 /// `DELETE /scripts/{id}`: 204.
 pub async fn destroy(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(raw): Path<String>,
+    route: ManageScript,
 ) -> Result<StatusCode, ApiError> {
-    caller.require_manage()?;
-    let id = script_id(&raw)?;
-    let store = state.store.clone();
-    let deleted = blocking(move || {
-        Ok(store.write(|tx| {
-            if owned_script(tx, &caller, id)?.is_none() {
-                return Ok(false);
-            }
-            scripts::delete(tx, id)
-        })?)
+    on_owned_script(&state, route, Tx::Write, |tx, _, script| {
+        scripts::delete(tx, script.id).map(Ok)
     })
     .await?;
-    if !deleted {
-        return Err(ApiError::NotFound("Script"));
-    }
     reload_after_write(&state).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -390,12 +330,9 @@ pub async fn reactions(State(state): State<AppState>) -> Result<Json<Value>, Api
 /// script is not the caller's (or neither it nor any delivery of it exists).
 pub async fn script_deliveries(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(raw): Path<String>,
+    ViewScript { caller, id }: ViewScript,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_view()?;
-    let id = script_id(&raw)?;
     let limit = positive(&query, "limit", u64::from(DELIVERIES_DEFAULT))?
         .min(u64::from(DELIVERIES_MAX)) as u32;
     let store = state.store.clone();

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod error;
 pub mod explain;
+pub mod extract;
 pub mod guard;
 pub mod handlers;
 pub mod snoozes;
@@ -69,7 +70,7 @@ pub fn router_with(state: AppState, extra_v1: Router<AppState>) -> Router {
     use handlers as h;
     let v1 = Router::new()
         .route("/scripts", get(h::list).post(h::create))
-        .route("/scripts/{id}", get(h::show).put(h::replace).patch(h::patch).delete(h::destroy))
+        .route("/scripts/{id}", get(h::show).put(h::update).patch(h::update).delete(h::destroy))
         .route("/scripts/{id}/deliveries", get(h::script_deliveries))
         .route("/events", get(h::events))
         .route("/reactions", get(h::reactions))

@@ -6,18 +6,20 @@
 //! `until` (RFC 3339, in the future) or `minutes` (1 to 10080); `camera_id` (a positive
 //! integer) limits it to one camera. The intake picks a change up within a second.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::AppState;
-use super::auth::Caller;
 use super::error::ApiError;
-use super::handlers::{blocking, json_object, owned_script, script_id};
+use super::extract::{Tx, ViewScript, on_owned_script};
+use super::handlers::json_object;
 use crate::script::validation::FieldErrors;
 use crate::store::now_ms;
 use crate::store::snoozes::{self, NewSnooze, Scope, Snooze};
@@ -102,40 +104,29 @@ fn parse(body: &Map<String, Value>, now: i64) -> Result<(Scope, Option<String>, 
 /// `POST /scripts/{id}/snoozes`: 201 with the snooze.
 pub async fn create(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(raw): Path<String>,
+    route: ViewScript,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    caller.require_view()?;
-    let id = script_id(&raw)?;
     let body = json_object(&headers, body)?;
-    let store = state.store.clone();
-    let snooze = blocking(move || {
-        let now = now_ms();
-        store
-            .write(|tx| {
-                if owned_script(tx, &caller, id)?.is_none() {
-                    return Ok(Err(ApiError::NotFound("Script")));
-                }
-                let (scope, camera_id, until) = match parse(&body, now) {
-                    Ok(p) => p,
-                    Err(e) => return Ok(Err(e)),
-                };
-                if scope == Scope::Script && !caller.manage {
-                    return Ok(Err(ApiError::Forbidden));
-                }
-                let new = NewSnooze {
-                    script_id: id,
-                    scope,
-                    user_id: caller.user_id,
-                    camera_id,
-                    starts_at: now,
-                    until,
-                };
-                snoozes::create(tx, &new).map(Ok)
-            })
-            .map_err(ApiError::from)?
+    let now = now_ms();
+    let snooze = on_owned_script(&state, route, Tx::Write, move |tx, caller, script| {
+        let (scope, camera_id, until) = match parse(&body, now) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        if scope == Scope::Script && !caller.manage {
+            return Ok(Err(ApiError::Forbidden));
+        }
+        let new = NewSnooze {
+            script_id: script.id,
+            scope,
+            user_id: caller.user_id,
+            camera_id,
+            starts_at: now,
+            until,
+        };
+        snoozes::create(tx, &new).map(Ok)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(json!({ "data": view(&snooze) }))).into_response())
@@ -144,20 +135,10 @@ pub async fn create(
 /// `GET /scripts/{id}/snoozes`: the script's snoozes that have not ended.
 pub async fn list(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(raw): Path<String>,
+    route: ViewScript,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_view()?;
-    let id = script_id(&raw)?;
-    let store = state.store.clone();
-    let list = blocking(move || {
-        let found = store.read(|tx| {
-            if owned_script(tx, &caller, id)?.is_none() {
-                return Ok(None);
-            }
-            snoozes::list_for_script(tx, id, now_ms()).map(Some)
-        })?;
-        found.ok_or(ApiError::NotFound("Script"))
+    let list = on_owned_script(&state, route, Tx::Read, |tx, _, script| {
+        snoozes::list_for_script(tx, script.id, now_ms()).map(Ok)
     })
     .await?;
     Ok(Json(json!({ "data": list.iter().map(view).collect::<Vec<_>>() })))
@@ -167,31 +148,24 @@ pub async fn list(
 /// maker; a `script` snooze, or another user's, needs `scripts.manage`.
 pub async fn destroy(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((raw, raw_snooze)): Path<(String, String)>,
+    route: ViewScript,
+    Path(params): Path<HashMap<String, String>>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require_view()?;
-    let id = script_id(&raw)?;
-    let snooze_id =
-        raw_snooze.parse::<i64>().ok().filter(|n| *n > 0).ok_or(ApiError::NotFound("Snooze"))?;
-    let store = state.store.clone();
-    blocking(move || {
-        store
-            .write(|tx| {
-                if owned_script(tx, &caller, id)?.is_none() {
-                    return Ok(Err(ApiError::NotFound("Script")));
-                }
-                let all = snoozes::list_for_script(tx, id, i64::MIN)?;
-                let Some(s) = all.iter().find(|s| s.id == snooze_id) else {
-                    return Ok(Err(ApiError::NotFound("Snooze")));
-                };
-                let own = s.scope == Scope::Me && s.user_id == caller.user_id;
-                if !own && !caller.manage {
-                    return Ok(Err(ApiError::Forbidden));
-                }
-                snoozes::delete(tx, id, snooze_id).map(Ok)
-            })
-            .map_err(ApiError::from)?
+    let snooze_id = params
+        .get("snooze_id")
+        .and_then(|raw| raw.parse::<i64>().ok())
+        .filter(|n| *n > 0)
+        .ok_or(ApiError::NotFound("Snooze"))?;
+    on_owned_script(&state, route, Tx::Write, move |tx, caller, script| {
+        let all = snoozes::list_for_script(tx, script.id, i64::MIN)?;
+        let Some(s) = all.iter().find(|s| s.id == snooze_id) else {
+            return Ok(Err(ApiError::NotFound("Snooze")));
+        };
+        let own = s.scope == Scope::Me && s.user_id == caller.user_id;
+        if !own && !caller.manage {
+            return Ok(Err(ApiError::Forbidden));
+        }
+        snoozes::delete(tx, script.id, snooze_id).map(Ok)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -4,28 +4,24 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Query, State};
 use chrono::{Datelike, NaiveDate, Utc};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::auth::Caller;
 use super::error::ApiError;
-use super::handlers::{blocking, owned_script, script_id};
+use super::extract::{Tx, ViewScript, blocking, on_owned_script};
 use crate::script::{Lookups, validate};
-use crate::store::StoreError;
 
 /// `{"data": {"script_id", "timezone", "start", "days": [...]}}`; `start` defaults to the
 /// Monday of the current week in the configured zone. A stored script that does not
 /// validate is 422 with its field errors.
 pub async fn week(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(raw): Path<String>,
+    route: ViewScript,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_view()?;
-    let id = script_id(&raw)?;
+    let id = route.id;
     let tz = state.live.timezone();
     let start = match query.get("start") {
         None => {
@@ -35,26 +31,17 @@ pub async fn week(
         Some(s) => NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
             .map_err(|_| ApiError::field("start", "The start must be a date (YYYY-MM-DD)."))?,
     };
-    let store = state.store.clone();
-    let timetable = blocking(move || {
-        let found = store.read(|tx| {
-            let Some(row) = owned_script(tx, &caller, id)? else { return Ok(None) };
-            let lookups = Lookups::load(tx)?;
-            let mut errors = row.decode_errors.clone();
-            match validate(&row.body, &lookups.context(tz)) {
-                Ok(v) if errors.is_empty() => Ok(Some(Ok(v.timetable))),
-                Ok(_) => Ok(Some(Err(errors))),
-                Err(e) => {
-                    errors.merge(e);
-                    Ok(Some(Err(errors)))
-                }
+    let timetable = on_owned_script(&state, route, Tx::Read, move |tx, _, row| {
+        let lookups = Lookups::load(tx)?;
+        let mut errors = row.decode_errors.clone();
+        Ok(match validate(&row.body, &lookups.context(tz)) {
+            Ok(v) if errors.is_empty() => Ok(v.timetable),
+            Ok(_) => Err(ApiError::Validation(errors)),
+            Err(e) => {
+                errors.merge(e);
+                Err(ApiError::Validation(errors))
             }
-        });
-        match found.map_err(|e: StoreError| ApiError::from(e))? {
-            None => Err(ApiError::NotFound("Script")),
-            Some(Err(errors)) => Err(ApiError::Validation(errors)),
-            Some(Ok(t)) => Ok(t),
-        }
+        })
     })
     .await?;
     let days = blocking(move || Ok(crate::index::week::week(timetable, tz, start))).await?;

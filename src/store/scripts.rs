@@ -5,7 +5,8 @@
 //! read as a JSON value, JSON columns that do not parse are reported in `decode_errors`,
 //! and the whole thing goes through [`crate::script::validate`] again before it is used.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use serde_json::{Map, Value};
 
 use super::catalog::text;
@@ -255,6 +256,20 @@ pub fn insert(conn: &Connection, id: Option<i64>, input: &ScriptInput) -> Result
     insert_owned(conn, id, None, input)
 }
 
+/// The stored columns of a script's fields, in the order `title, event_id, reaction_id,
+/// status, cameras, timetable, extra` (the parameters `?2` to `?8` of the writes below).
+fn columns(input: &ScriptInput) -> [SqlValue; 7] {
+    [
+        SqlValue::from(input.title.clone()),
+        SqlValue::from(input.event_id),
+        SqlValue::from(input.reaction_id),
+        SqlValue::from(status_text(input.enabled).to_owned()),
+        SqlValue::from(cameras_json(input)),
+        SqlValue::from(input.timetable.to_string()),
+        SqlValue::from(Value::Object(input.extra.clone()).to_string()),
+    ]
+}
+
 /// Inserts a script owned by `owner_id` and returns its id (`id` given only by import,
 /// which keeps ids).
 pub fn insert_owned(
@@ -268,18 +283,12 @@ pub fn insert_owned(
         "INSERT INTO scripts (id, title, event_id, reaction_id, status, cameras, timetable, extra,
                               created_at, updated_at, owner_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
-        params![
-            id,
-            input.title,
-            input.event_id,
-            input.reaction_id,
-            status_text(input.enabled),
-            cameras_json(input),
-            input.timetable.to_string(),
-            Value::Object(input.extra.clone()).to_string(),
-            now,
-            owner_id
-        ],
+        params_from_iter(
+            [SqlValue::from(id)]
+                .into_iter()
+                .chain(columns(input))
+                .chain([SqlValue::from(now), SqlValue::from(owner_id)]),
+        ),
     )?;
     let id = conn.last_insert_rowid();
     // A new script with the id of a deleted one does not inherit its deliveries' owner.
@@ -311,17 +320,12 @@ pub fn update(conn: &Connection, id: i64, input: &ScriptInput) -> Result<bool, S
         "UPDATE scripts SET title = ?2, event_id = ?3, reaction_id = ?4, status = ?5,
                 cameras = ?6, timetable = ?7, extra = ?8, updated_at = ?9
          WHERE id = ?1",
-        params![
-            id,
-            input.title,
-            input.event_id,
-            input.reaction_id,
-            status_text(input.enabled),
-            cameras_json(input),
-            input.timetable.to_string(),
-            Value::Object(input.extra.clone()).to_string(),
-            now_text()
-        ],
+        params_from_iter(
+            [SqlValue::from(id)]
+                .into_iter()
+                .chain(columns(input))
+                .chain([SqlValue::from(now_text())]),
+        ),
     )?;
     if n == 0 {
         return Ok(false);
