@@ -31,6 +31,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use crate::ops::health::{self, Health};
+use crate::ops::telemetry;
 use crate::store::outbox::{Channel, Claimed, Target};
 
 /// The limits of a [`Bulkheads`].
@@ -285,6 +287,47 @@ impl Bulkheads {
             v.sort_by(|a, b| a.name.cmp(&b.name));
         }
         out
+    }
+}
+
+/// Logs a breaker change and shows the open breakers of `bulk` in health and metrics.
+pub(super) fn report(change: &Change, bulk: &Bulkheads, limits: &Limits, health: Option<&Health>) {
+    match change {
+        Change::Opened(t) => tracing::warn!(
+            target_name = t.name(),
+            after = limits.breaker_after,
+            probe_every = ?limits.probe,
+            "delivery target keeps not answering; backed off (circuit breaker open)"
+        ),
+        Change::Closed(t) => {
+            tracing::info!(target_name = t.name(), "delivery target answers again; breaker closed")
+        }
+    }
+    let open = bulk.open();
+    let mut parts = Vec::new();
+    for channel in Channel::ALL {
+        let targets = &open[channel.index()];
+        metrics::gauge!(telemetry::BREAKERS_OPEN, telemetry::LABEL_CHANNEL => channel.name())
+            .set(targets.len() as f64);
+        if !targets.is_empty() {
+            let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+            parts.push(format!("{}: {}", channel.name(), names.join(", ")));
+        }
+    }
+    if let Change::Opened(t) = change {
+        let channel = if t.name().starts_with("bot ") { "telegram" } else { "webhook" };
+        metrics::counter!(telemetry::BREAKER_OPENED, telemetry::LABEL_CHANNEL => channel)
+            .increment(1);
+    }
+    if let Some(h) = health {
+        if parts.is_empty() {
+            h.set_up(health::DISPATCHERS);
+        } else {
+            h.set_degraded(
+                health::DISPATCHERS,
+                format!("targets backed off (circuit breaker open): {}", parts.join("; ")),
+            );
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod hub;
 mod in_flight;
 pub mod mqtt_push;
 pub mod telegram;
+mod upkeep;
 pub mod webhook;
 pub mod worker;
 

@@ -42,7 +42,7 @@
 //! passed through a mask before it leaves this module.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use teloxide::payloads::SendPhotoSetters;
@@ -53,6 +53,7 @@ use tokio::time::Instant;
 
 use super::{SendError, error_chain, mask};
 use crate::secret::Secret;
+use crate::settings::TelegramSettings;
 
 /// Longest text of a `sendMessage` (Telegram's limit, in characters).
 pub const MAX_TEXT_CHARS: usize = 4096;
@@ -403,6 +404,44 @@ fn clip_chars(text: &str, max: usize) -> String {
             s.pop();
             s.push('…');
             s
+        }
+    }
+}
+
+/// The dispatcher's Telegram sender, built from `[telegram]` and rebuilt when a reload
+/// changes it (its rate limiters start afresh then).
+#[derive(Default)]
+pub(super) struct SenderCache {
+    current: Option<(TelegramSettings, Result<Arc<TelegramSender>, SendError>)>,
+}
+
+impl SenderCache {
+    /// The sender for `wanted`; an error (logged once per build) when it cannot be built.
+    pub(super) fn get(
+        &mut self,
+        wanted: &TelegramSettings,
+    ) -> Result<Arc<TelegramSender>, SendError> {
+        if self.current.as_ref().is_none_or(|(s, _)| s != wanted) {
+            let limits = RateLimits {
+                per_token_per_second: wanted.per_token_per_second.max(1),
+                per_chat_interval: Duration::from_secs(1) / wanted.per_chat_per_second.max(1),
+                per_chat_per_minute: wanted.per_chat_per_minute.max(1),
+                per_group_per_minute: wanted.per_group_per_minute.max(1),
+                ..RateLimits::default()
+            };
+            let sender = TelegramSender::new(&wanted.api_url, wanted.request_timeout(), limits)
+                .map(Arc::new);
+            if let Err(e) = &sender {
+                tracing::error!(error = %e, "cannot build the Telegram sender; Telegram deliveries wait");
+            }
+            self.current = Some((wanted.clone(), sender));
+        }
+        match &self.current {
+            Some((_, Ok(s))) => Ok(s.clone()),
+            Some((_, Err(e))) => {
+                Err(SendError::retryable(format!("Telegram sender unavailable: {}", e.reason())))
+            }
+            None => Err(SendError::retryable("Telegram sender unavailable")),
         }
     }
 }

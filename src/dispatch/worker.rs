@@ -74,24 +74,20 @@ use tokio::time::Instant;
 
 use super::SendError;
 use super::attempt::{Finished, millis, run};
-use super::bulkhead::{Admit, Bulkheads, Change, TargetKey, Verdict};
+use super::bulkhead::{Admit, Bulkheads, Change, TargetKey, Verdict, report};
 use super::db_link::{Db, DbLink, with_db};
 use super::handle::Stats;
 pub use super::handle::{DispatchStats, DispatcherConfig, DispatcherHandle, Senders};
 use super::in_flight::{InFlight, Slot};
-use super::telegram::{RateLimits, TelegramSender};
-use crate::ops::health::{self};
+use super::telegram::{SenderCache, TelegramSender};
+pub use super::upkeep::PRUNE_BATCH;
+use super::upkeep::Upkeep;
+
 use crate::ops::telemetry;
-use crate::settings::{LiveSettings, TelegramSettings};
+use crate::settings::LiveSettings;
 use crate::store::outbox::{self, Channel, Claimed, Recorded, RowRef, Target};
 use crate::store::{Store, StoreError, now_ms};
 
-/// Finished rows deleted per retention transaction.
-pub const PRUNE_BATCH: usize = 1000;
-/// How often the retention sweep runs.
-const PRUNE_EVERY: Duration = Duration::from_secs(300);
-/// How often the outbox gauges are refreshed.
-const GAUGES_EVERY: Duration = Duration::from_secs(2);
 /// An attempt that takes longer than this is abandoned as retryable (the senders have
 /// their own, shorter, timeouts; this is the safety net).
 pub(super) const ATTEMPT_DEADLINE: Duration = Duration::from_secs(120);
@@ -130,9 +126,8 @@ impl Dispatcher {
             tasks: JoinSet::new(),
             task_rows: HashMap::new(),
             finished: Vec::new(),
-            telegram: None,
-            next_gauges: Instant::now(),
-            next_prune: Instant::now(),
+            telegram: SenderCache::default(),
+            upkeep: Upkeep::new(),
             handoff,
             backlog: [true; 3],
             last_query: Instant::now(),
@@ -162,9 +157,9 @@ struct Loop {
     task_rows: HashMap<tokio::task::Id, Slot>,
     /// Outcomes not yet committed.
     finished: Vec<Finished>,
-    telegram: Option<(TelegramSettings, Result<Arc<TelegramSender>, SendError>)>,
-    next_gauges: Instant,
-    next_prune: Instant,
+    telegram: SenderCache,
+    /// The outbox gauges and the retention sweep.
+    upkeep: Upkeep,
     /// Rows committed through this store handle, handed over in memory.
     handoff: Arc<outbox::Handoff>,
     /// Per channel: due rows may be in the database that were not handed over (start-up,
@@ -268,46 +263,7 @@ impl Loop {
 
     /// Logs a breaker change and shows the open breakers in health and metrics.
     fn breaker_changed(&mut self, change: Change) {
-        match &change {
-            Change::Opened(t) => tracing::warn!(
-                target_name = t.name(),
-                after = self.config.limits.breaker_after,
-                probe_every = ?self.config.limits.probe,
-                "delivery target keeps not answering; backed off (circuit breaker open)"
-            ),
-            Change::Closed(t) => {
-                tracing::info!(
-                    target_name = t.name(),
-                    "delivery target answers again; breaker closed"
-                )
-            }
-        }
-        let open = self.bulk.open();
-        let mut parts = Vec::new();
-        for channel in Channel::ALL {
-            let targets = &open[channel.index()];
-            metrics::gauge!(telemetry::BREAKERS_OPEN, telemetry::LABEL_CHANNEL => channel.name())
-                .set(targets.len() as f64);
-            if !targets.is_empty() {
-                let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
-                parts.push(format!("{}: {}", channel.name(), names.join(", ")));
-            }
-        }
-        if let Change::Opened(t) = &change {
-            let channel = if t.name().starts_with("bot ") { "telegram" } else { "webhook" };
-            metrics::counter!(telemetry::BREAKER_OPENED, telemetry::LABEL_CHANNEL => channel)
-                .increment(1);
-        }
-        if let Some(h) = &self.config.health {
-            if parts.is_empty() {
-                h.set_up(health::DISPATCHERS);
-            } else {
-                h.set_degraded(
-                    health::DISPATCHERS,
-                    format!("targets backed off (circuit breaker open): {}", parts.join("; ")),
-                );
-            }
-        }
+        report(&change, &self.bulk, &self.config.limits, self.config.health.as_ref());
     }
 
     fn beat(&self) {
@@ -522,30 +478,7 @@ impl Loop {
     }
 
     fn telegram(&mut self) -> Result<Arc<TelegramSender>, SendError> {
-        let live = self.live.load();
-        let wanted = &live.telegram;
-        if self.telegram.as_ref().is_none_or(|(s, _)| s != wanted) {
-            let limits = RateLimits {
-                per_token_per_second: wanted.per_token_per_second.max(1),
-                per_chat_interval: Duration::from_secs(1) / wanted.per_chat_per_second.max(1),
-                per_chat_per_minute: wanted.per_chat_per_minute.max(1),
-                per_group_per_minute: wanted.per_group_per_minute.max(1),
-                ..RateLimits::default()
-            };
-            let sender = TelegramSender::new(&wanted.api_url, wanted.request_timeout(), limits)
-                .map(Arc::new);
-            if let Err(e) = &sender {
-                tracing::error!(error = %e, "cannot build the Telegram sender; Telegram deliveries wait");
-            }
-            self.telegram = Some((wanted.clone(), sender));
-        }
-        match &self.telegram {
-            Some((_, Ok(s))) => Ok(s.clone()),
-            Some((_, Err(e))) => {
-                Err(SendError::retryable(format!("Telegram sender unavailable: {}", e.reason())))
-            }
-            None => Err(SendError::retryable("Telegram sender unavailable")),
-        }
+        self.telegram.get(&self.live.load().telegram)
     }
 
     fn start(&mut self, row: Claimed) {
@@ -568,41 +501,10 @@ impl Loop {
     }
 
     async fn housekeeping(&mut self) {
-        let now = Instant::now();
-        if now >= self.next_gauges {
-            self.next_gauges = now + GAUGES_EVERY;
-            if let Some(db) = self.link.current() {
-                match with_db(&db, |c| outbox::pending_summary(c)).await {
-                    Ok((count, oldest)) => {
-                        self.stats.pending.store(count, Ordering::Relaxed);
-                        metrics::gauge!(telemetry::OUTBOX_DEPTH).set(count as f64);
-                        let age = oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
-                        metrics::gauge!(telemetry::OUTBOX_OLDEST_PENDING).set(age);
-                    }
-                    Err(e) => self.db_failed("count pending", &e),
-                }
-            }
-        }
-        if now >= self.next_prune {
-            let retention = self.live.load().retention;
-            let cutoff =
-                now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
-            if let Some(db) = self.link.current() {
-                match with_db(&db, move |c| outbox::prune(c, cutoff, PRUNE_BATCH)).await {
-                    // A full batch: more to delete, next iteration (other work goes between).
-                    Ok(n) if n >= PRUNE_BATCH => {}
-                    Ok(n) => {
-                        if n > 0 {
-                            tracing::debug!(deleted = n, "pruned finished deliveries");
-                        }
-                        self.next_prune = now + PRUNE_EVERY;
-                    }
-                    Err(e) => {
-                        self.db_failed("prune", &e);
-                        self.next_prune = now + Duration::from_secs(10);
-                    }
-                }
-            }
+        let Some(db) = self.link.current() else { return };
+        let retention = self.live.load().retention;
+        if let Err((what, e)) = self.upkeep.run(&db, &self.stats, retention).await {
+            self.db_failed(what, &e);
         }
     }
 
