@@ -1,17 +1,20 @@
-//! Real peers for integration tests, shared by every `tests/*.rs` file (`mod support;`).
+//! Helpers shared by the integration tests (`tests/it/`, one test binary; `tests/it/main.rs`
+//! includes this directory as `crate::support`).
 //!
-//! Each peer listens on 127.0.0.1 on a free port, records what it received, can be scripted
-//! to answer badly, and stops when dropped:
+//! Real peers, each listening on 127.0.0.1 on a free port, recording what it received,
+//! scriptable to answer badly, and stopping when dropped:
 //!
 //! - [`mosquitto::Mosquitto`]: Debian's `mosquitto` broker in a temp dir (persistent).
 //! - [`telegram_stub::TelegramStub`]: a Bot API stand-in (ok, 429, 400, 401, 403, 500, hang).
 //! - [`webhook_receiver::WebhookReceiver`]: checks `X-Scriptd-Signature`, scripted statuses.
 //!
-//! Plus [`free_port`], [`wait_for_port`], [`within`] (a timeout that fails the test) and
-//! [`TestClient`], a plain rumqttc client that publishes and subscribes like an analytics
-//! server or a client app would.
-#![allow(dead_code)]
+//! Plus [`daemon`] (the real `scriptd run` as a child process), [`api`] (the API in-process
+//! over a temporary database), [`clients`], [`timetables`] (proptest generators),
+//! [`free_port`], [`wait_for_port`], [`within`] (a timeout that fails the test),
+//! [`proptest_config`] and [`TestClient`], a plain rumqttc client that publishes and
+//! subscribes like an analytics server or a client app would.
 
+pub mod api;
 pub mod clients;
 pub mod daemon;
 pub mod mosquitto;
@@ -41,6 +44,21 @@ pub async fn wait_for_port(port: u16, timeout: Duration) {
             "127.0.0.1:{port} did not open in {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// proptest's configuration for the suite's properties: `cases` cases, failures kept in
+/// `<source>.proptest-regressions` beside `source_file` (pass `file!()`). Named explicitly:
+/// the default (`SourceParallel`) would put them in `tests/proptest-regressions/*.txt`, as
+/// it looks for the `main.rs` next to the source.
+pub fn proptest_config(cases: u32, source_file: &'static str) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases,
+        source_file: Some(source_file),
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..proptest::test_runner::Config::default()
     }
 }
 

@@ -7,17 +7,15 @@
 //!
 //! The slow Telegram cases are `#[ignore]`d from the default run; `.ci/run` runs them.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::support::clients::{PersistentSubscriber, ReliablePublisher};
+use crate::support::daemon::{Daemon, DaemonOptions, script};
+use crate::support::mosquitto::Mosquitto;
+use crate::support::webhook_receiver::WebhookReceiver;
+use crate::support::within;
 use serde_json::{Value, json};
-use support::clients::{PersistentSubscriber, ReliablePublisher};
-use support::daemon::{Daemon, DaemonOptions, script};
-use support::mosquitto::Mosquitto;
-use support::webhook_receiver::WebhookReceiver;
-use support::within;
 
 const SOUND: i64 = 4;
 const WEBHOOK: i64 = 5;

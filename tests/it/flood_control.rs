@@ -2,16 +2,14 @@
 //! Telegram coalescing under a burst faster than a chat's rate limit, and the per-camera
 //! cooldown (also across a restart and a replay of the same stream).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::support::TestClient;
+use crate::support::daemon::{Daemon, DaemonOptions, occurrence, script};
+use crate::support::mosquitto::Mosquitto;
+use crate::support::telegram_stub::{Answer, TelegramStub};
 use serde_json::json;
-use support::TestClient;
-use support::daemon::{Daemon, DaemonOptions, occurrence, script};
-use support::mosquitto::Mosquitto;
-use support::telegram_stub::{Answer, TelegramStub};
 
 const TELEGRAM: i64 = 1;
 const LINE: i64 = 5;

@@ -6,16 +6,16 @@
 //! validator. A missing validator is a failure that names the install command, never a skip.
 //! To cover a new route, add a line to `cases` below (and describe the route in the spec).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::TestClient;
+use crate::support::daemon::{Daemon, DaemonOptions};
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::TestClient;
-use support::daemon::{Daemon, DaemonOptions};
 
 const INSTALL: &str = "python3 -m venv target/openapi-venv && \
                        target/openapi-venv/bin/pip install openapi-core==0.19.5";

@@ -15,7 +15,7 @@
 //!    minutes per day equal the window's wall-clock length, ± one hour on a change day.
 //! 3. **Index.** `ScheduleIndex` returns the same set as the naive matcher at every instant.
 //!
-//! The per-case counts are printed (`cargo test --test dst_year -- --nocapture`) and
+//! The per-case counts are printed (`cargo test --test it dst_year -- --nocapture`) and
 //! recorded in `docs/reliability.md`.
 
 use std::collections::BTreeMap;

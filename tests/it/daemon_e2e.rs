@@ -4,17 +4,15 @@
 //! peers; a SIGKILL with deliveries pending and occurrences published while the daemon is
 //! down.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::support::daemon::{Daemon, DaemonOptions, occurrence, script};
+use crate::support::mosquitto::Mosquitto;
+use crate::support::telegram_stub::TelegramStub;
+use crate::support::webhook_receiver::WebhookReceiver;
+use crate::support::{TestClient, within};
 use serde_json::{Value, json};
-use support::daemon::{Daemon, DaemonOptions, occurrence, script};
-use support::mosquitto::Mosquitto;
-use support::telegram_stub::TelegramStub;
-use support::webhook_receiver::WebhookReceiver;
-use support::{TestClient, within};
 
 const SIDEBAR: i64 = 2;
 const SOUND: i64 = 4;

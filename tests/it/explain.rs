@@ -6,14 +6,12 @@
 //! The daemon's users (see `support::daemon`): account A is 1 (root), 2 (sub-user of 1)
 //! and 3 (sub-user of 2); account B is 4.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::TestClient;
+use crate::support::daemon::{Daemon, DaemonOptions, call, script};
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::TestClient;
-use support::daemon::{Daemon, DaemonOptions, call, script};
 
 const SIDEBAR: i64 = 2;
 const WEBHOOK: i64 = 5;

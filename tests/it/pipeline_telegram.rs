@@ -3,17 +3,17 @@
 //! token that is not hammered, a hung server that does not block other chats, and no
 //! token in any error text.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::telegram_stub::{Answer, TelegramStub};
+use crate::support::within;
 use scriptd::delivery::message_text;
 use scriptd::dispatch::SendError;
 use scriptd::dispatch::telegram::{RateLimits, TelegramSender};
 use scriptd::secret::Secret;
-use support::telegram_stub::{Answer, TelegramStub};
-use support::within;
 
 const TOKEN: &str = "123456:ABC-secret-token";
 

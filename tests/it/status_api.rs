@@ -2,14 +2,12 @@
 //! `GET /scripts`, `GET /scripts/{id}/week` (DST days, another account's script, bad
 //! dates), and single-use stream tickets for a browser's `EventSource`.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::TestClient;
+use crate::support::daemon::{Daemon, DaemonOptions, call, script};
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::TestClient;
-use support::daemon::{Daemon, DaemonOptions, call, script};
 
 const SIDEBAR: i64 = 2;
 const SOUND: i64 = 4;

@@ -1,12 +1,10 @@
 //! The scripts API over real HTTP: the seed round trip, CRUD, pagination, catalogs,
 //! deliveries, auth and limits.
 
-mod support_api;
-
+use crate::support::api::{TestApi, always_body, error_keys, keys, seed_body, start};
 use chrono::NaiveDateTime;
 use reqwest::Method;
 use serde_json::{Value, json};
-use support_api::{TestApi, always_body, error_keys, keys, seed_body, start};
 
 fn assert_timestamp(v: &Value, what: &str) {
     let s = v.as_str().unwrap_or_else(|| panic!("{what} is not a string: {v}"));
@@ -429,7 +427,8 @@ async fn a_2_mib_body_is_413_and_1_mib_minus_a_bit_is_read() {
 
 #[tokio::test]
 async fn a_locked_database_is_503_with_retry_after() {
-    let api = support_api::start_with_busy_timeout(std::time::Duration::from_millis(200)).await;
+    let api =
+        crate::support::api::start_with_busy_timeout(std::time::Duration::from_millis(200)).await;
     let mut holder = rusqlite::Connection::open(&api.db_path).unwrap();
     let tx = holder.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
     let res = api.req(Method::POST, "/scripts").json(&always_body("x")).send().await.unwrap();

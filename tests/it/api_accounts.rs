@@ -5,15 +5,13 @@
 //! The daemon's users (see `support::daemon`): account A is 1 (root), 2 (sub-user of 1)
 //! and 3 (sub-user of 2); account B is 4.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use crate::support::daemon::{Daemon, DaemonOptions, call, call_from, script};
+use crate::support::{TestClient, within};
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::daemon::{Daemon, DaemonOptions, call, call_from, script};
-use support::{TestClient, within};
 
 const SIDEBAR: i64 = 2;
 const SOUND: i64 = 4;

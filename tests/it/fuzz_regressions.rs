@@ -6,7 +6,7 @@
 //! wrote it (the first byte of `parse_timetable` and `validate_script` inputs picks the
 //! zone). The checks are the targets' own (`fuzz/checks.rs`).
 
-#[path = "../fuzz/checks.rs"]
+#[path = "../../fuzz/checks.rs"]
 mod checks;
 
 use std::collections::{HashMap, HashSet};
@@ -144,7 +144,7 @@ fn fuzz_seeds_pass_the_checks() {
 
 /// Replays a whole fuzz corpus through the checks (debug build, overflow checks on) and
 /// prints how many inputs got past parsing: `FUZZ_CORPUS=fuzz/corpus/parse_timetable
-/// FUZZ_TARGET=parse_timetable cargo test --test fuzz_regressions -- --ignored --nocapture`.
+/// FUZZ_TARGET=parse_timetable cargo test --test it fuzz_regressions -- --ignored --nocapture`.
 #[test]
 #[ignore = "needs a corpus from fuzz/run.sh"]
 fn replay_corpus() {

@@ -1,11 +1,9 @@
 //! Invalid bodies over real HTTP: each answers 422 (or 413) with exactly the expected
 //! `errors` keys, and nothing is written.
 
-mod support_api;
-
+use crate::support::api::{TestApi, error_keys, seed_body, start};
 use reqwest::Method;
 use serde_json::{Value, json};
-use support_api::{TestApi, error_keys, seed_body, start};
 
 /// The seed body with `edit` applied.
 fn seed_with(edit: impl FnOnce(&mut Value)) -> Value {

@@ -4,18 +4,16 @@
 //! opens (`/healthz` degraded, `scriptd_breakers_open{channel=…}`), and once the target
 //! answers again its deliveries arrive, none lost and none twice.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use crate::support::clients::ReliablePublisher;
+use crate::support::daemon::{Daemon, DaemonOptions, script};
+use crate::support::mosquitto::Mosquitto;
+use crate::support::telegram_stub::TelegramStub;
+use crate::support::webhook_receiver::WebhookReceiver;
+use crate::support::{TestClient, within};
 use serde_json::{Value, json};
-use support::clients::ReliablePublisher;
-use support::daemon::{Daemon, DaemonOptions, script};
-use support::mosquitto::Mosquitto;
-use support::telegram_stub::TelegramStub;
-use support::webhook_receiver::WebhookReceiver;
-use support::{TestClient, within};
 
 const TELEGRAM: i64 = 1;
 const SIDEBAR: i64 = 2;

@@ -1,15 +1,13 @@
 //! Logs carry the client headers and name invalid scripts, and never a bot token, a webhook
 //! secret or an API token.
 
-mod support_api;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::api::{seed_body, start};
 use reqwest::Method;
 use serde_json::json;
-use support_api::{seed_body, start};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

@@ -1,6 +1,6 @@
-//! A real SIGHUP to this test process reloads the configuration. Alone in its own test
-//! binary; the handler is installed before any signal is sent, so the default action
-//! (terminate) can never hit the harness.
+//! A real SIGHUP to this test process reloads the configuration. The process runs the whole
+//! suite: the handler is installed before any signal is sent, so the default action
+//! (terminate) can never hit it, and no other test listens for SIGHUP in-process.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,16 +8,16 @@
 //! Needs `chromium` and `chromedriver` (Debian: `chromium`, `chromium-driver`; `.ci/run`
 //! installs them): the test fails with that message when they are missing.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::TestClient;
+use crate::support::daemon::{Daemon, DaemonOptions, script};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
-use support::TestClient;
-use support::daemon::{Daemon, DaemonOptions, script};
 
 const SIDEBAR: i64 = 2;
 const FACE: i64 = 1;

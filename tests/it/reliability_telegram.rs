@@ -2,17 +2,15 @@
 //! one-message-per-second pacing, a one-minute outage), so `#[ignore]`d from the default run;
 //! `.ci/run` runs them with `--ignored`.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::support::clients::ReliablePublisher;
+use crate::support::daemon::{Daemon, DaemonOptions, script};
+use crate::support::mosquitto::Mosquitto;
+use crate::support::telegram_stub::{Answer, TelegramStub};
+use crate::support::within;
 use serde_json::{Value, json};
-use support::clients::ReliablePublisher;
-use support::daemon::{Daemon, DaemonOptions, script};
-use support::mosquitto::Mosquitto;
-use support::telegram_stub::{Answer, TelegramStub};
-use support::within;
 
 const TELEGRAM: i64 = 1;
 const FACE: i64 = 1;

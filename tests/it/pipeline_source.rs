@@ -5,14 +5,14 @@
 //! the source was away, and shared subscriptions. Mosquitto additionally gets killed
 //! (`kill -9`, losing the session) to show the source resubscribes.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::mosquitto::Mosquitto;
+use crate::support::{TestClient, within};
 use scriptd::mqtt::MqttConnectOptions;
 use scriptd::source::mqtt::{Incoming, MqttSource, SourceOptions};
-use support::mosquitto::Mosquitto;
-use support::{TestClient, within};
 use tokio::sync::{mpsc, oneshot};
 
 const TOPIC: &str = "vms/analytics/events/#";
@@ -332,7 +332,7 @@ async fn the_poll_loop_beats_its_watchdog_heartbeat() {
 
 /// Receive-and-ack throughput: one publisher floods QoS 1, the source hands every message
 /// over and the consumer acks it at once. Run with
-/// `cargo test --release --test pipeline_source throughput -- --ignored --nocapture`.
+/// `cargo test --release --test it pipeline_source::throughput -- --ignored --nocapture`.
 async fn throughput(port: u16, label: &str) {
     let n = 20_000;
     let mut src = Running::start(port, "scriptd-tp", TOPIC).await;

@@ -2,17 +2,15 @@
 //! sees the payload on `{prefix}/{user_id}/reactions`, a push reports success only after
 //! the broker's PUBACK, and a broker outage turns into retryable errors, then recovers.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::mosquitto::Mosquitto;
+use crate::support::{TestClient, free_port, within};
 use scriptd::dispatch::SendError;
 use scriptd::dispatch::mqtt_push::MqttPusher;
 use scriptd::mqtt::MqttConnectOptions;
 use serde_json::json;
-use support::mosquitto::Mosquitto;
-use support::{TestClient, free_port, within};
 use tokio::sync::oneshot;
 
 struct Pusher {
@@ -202,7 +200,7 @@ async fn mosquitto_crash_during_a_burst_keeps_acknowledgements_aligned() {
 }
 
 /// Acknowledged pushes per second with 64 concurrent senders. Run with
-/// `cargo test --release --test pipeline_push throughput -- --ignored --nocapture`.
+/// `cargo test --release --test it pipeline_push::throughput -- --ignored --nocapture`.
 async fn throughput(port: u16, label: &str) {
     let p = pusher(port).await;
     let n = 20_000usize;

@@ -11,12 +11,10 @@ use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 use serde_json::Value;
 
-mod support;
-
+use crate::support::timetables::{ZONES, instant, timetable};
 use scriptd::index::ScheduleIndex;
 use scriptd::index::rules::{Rule, naive_matches};
 use scriptd::timetable::{ParseContext, parse_timetable};
-use support::timetables::{ZONES, instant, timetable};
 
 fn script() -> impl Strategy<Value = (i64, Option<Vec<i64>>, bool, Value)> {
     (
@@ -79,8 +77,7 @@ fn check(rules: Vec<Rule>, instants: &[(i64, i64, i64)]) -> Result<usize, TestCa
 /// Runs the property over 96 generated cases (failures are kept in the
 /// `.proptest-regressions` file beside this one) and returns what it covered.
 fn run_property(strategy: impl Strategy<Value = Case>, empty_answers_expected: bool) -> Coverage {
-    let config =
-        ProptestConfig { cases: 96, source_file: Some(file!()), ..ProptestConfig::default() };
+    let config = crate::support::proptest_config(96, file!());
     let coverage = RefCell::new(Coverage::default());
     let result = TestRunner::new(config).run(&strategy, |(zone, specs, instants)| {
         let rules = build(ZONES[zone], &specs);

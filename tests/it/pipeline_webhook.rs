@@ -1,15 +1,15 @@
 //! The webhook sender against a real HTTP receiver on 127.0.0.1.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::webhook_receiver::WebhookReceiver;
+use crate::support::within;
 use scriptd::dispatch::SendError;
 use scriptd::dispatch::webhook::WebhookSender;
 use scriptd::secret::Secret;
 use serde_json::json;
-use support::webhook_receiver::WebhookReceiver;
-use support::within;
 
 fn payload() -> serde_json::Value {
     json!({"reaction": "webhook", "delivery_id": "occ-1:7:hook", "camera_id": 17, "text": "Zoë ✓"})

@@ -1,6 +1,5 @@
 //! Shared helpers for the API tests: a temporary database with users and a token, the API
 //! served on 127.0.0.1 port 0, and a reqwest client.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 

@@ -2,13 +2,17 @@
 //! pushes, the Telegram stub, the webhook receiver and a slow HTTP peer that counts
 //! concurrent requests. Every database is a fresh temp file from `Store::migrate`.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::mosquitto::Mosquitto;
+use crate::support::telegram_stub::{Answer, TelegramStub};
+use crate::support::webhook_receiver::WebhookReceiver;
+use crate::support::{TestClient, within};
 use arc_swap::ArcSwap;
 use scriptd::dispatch::hub::PushHub;
 use scriptd::dispatch::mqtt_push::MqttPusher;
@@ -19,10 +23,6 @@ use scriptd::secret::Secret;
 use scriptd::settings::{LiveSettings, Settings};
 use scriptd::store::outbox::{NewDelivery, OutboxWriter, Target};
 use scriptd::store::{Store, now_ms};
-use support::mosquitto::Mosquitto;
-use support::telegram_stub::{Answer, TelegramStub};
-use support::webhook_receiver::WebhookReceiver;
-use support::{TestClient, within};
 use tokio::sync::oneshot;
 
 const TOKEN: &str = "123456:ABC-secret-token";
@@ -308,7 +308,7 @@ async fn after_a_restart_pending_pushes_are_delivered_exactly_once() {
     d.stop(10).await;
 }
 
-/// `cargo test --release --test outbox_dispatch -- --ignored --nocapture throughput`
+/// `cargo test --release --test it -- --ignored --nocapture outbox_dispatch::throughput`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement"]
 async fn throughput_of_pushes_through_mosquitto() {
@@ -810,7 +810,7 @@ async fn a_stop_without_grace_repeats_at_most_max_in_flight_deliveries() {
     assert!(per_id.values().all(|n| *n <= 2));
 }
 
-/// `cargo test --release --test outbox_dispatch -- --ignored --nocapture steady`
+/// `cargo test --release --test it -- --ignored --nocapture outbox_dispatch::steady`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement"]
 async fn steady_producer_and_dispatcher_through_mosquitto() {

@@ -9,8 +9,6 @@
 //! marks as delivered must equal the outbox rows made, and a script fires exactly when the
 //! intake made a decision past its timetable and cooldown.
 
-mod support;
-
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,6 +19,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 use serde_json::{Map, Value, json};
 
+use crate::support::timetables::{ZONES, instant, timetable};
 use scriptd::intake::Intake;
 use scriptd::intake::explain::{self, Question, State};
 use scriptd::intake::occurrence::RejectionLog;
@@ -30,7 +29,6 @@ use scriptd::settings::Settings;
 use scriptd::store::snoozes::{self, NewSnooze, Scope};
 use scriptd::store::users::{self, NewUser};
 use scriptd::store::{Store, deliveries, scripts};
-use support::timetables::{ZONES, instant, timetable};
 
 /// Users: 1 ← 2 ← 3 (sub-users), and 4 on its own.
 const USERS: [(i64, Option<i64>); 4] = [(1, None), (2, Some(1)), (3, Some(2)), (4, None)];
@@ -297,8 +295,7 @@ fn run_case(c: &Case, cov: &mut Coverage) -> Result<(), TestCaseError> {
 
 #[test]
 fn explain_delivers_exactly_what_the_intake_delivers() {
-    let config =
-        ProptestConfig { cases: 128, source_file: Some(file!()), ..ProptestConfig::default() };
+    let config = crate::support::proptest_config(128, file!());
     let coverage = RefCell::new(Coverage::default());
     let result = TestRunner::new(config).run(&case(), |c| run_case(&c, &mut coverage.borrow_mut()));
     if let Err(e) = result {

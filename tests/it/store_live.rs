@@ -2,14 +2,12 @@
 //! (the `sqlite3` shell, simulated with a second connection) within 2 seconds, a replaced
 //! file too; invalid hand-written rows are skipped and reported, the rest keep working.
 
-mod support_api;
-
 use std::time::{Duration, Instant};
 
+use crate::support::api::{always_body, start};
 use chrono::Utc;
 use rusqlite::{Connection, params};
 use serde_json::json;
-use support_api::{always_body, start};
 
 const ALL_DAY: &str = r#"{"days":[{"type":"same_every_day","from":"00:00","to":"23:59"}]}"#;
 
@@ -136,7 +134,7 @@ async fn invalid_hand_written_rows_are_skipped_and_reported() {
         )
         .await;
     assert_eq!(status, 422, "{v}");
-    assert_eq!(support_api::error_keys(&v), ["timetable"]);
+    assert_eq!(crate::support::api::error_keys(&v), ["timetable"]);
     let (status, v) = api
         .send(
             api.req(reqwest::Method::PATCH, &format!("/scripts/{garbage}"))

@@ -9,15 +9,13 @@
 //!   never sends the 9 MB one (it drops it for this client); the 300 KB one fits the packet
 //!   limit and is rejected as `too_large`.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::daemon::{Daemon, DaemonOptions, script};
+use crate::support::mosquitto::Mosquitto;
+use crate::support::{TestClient, within};
 use serde_json::{Value, json};
-use support::daemon::{Daemon, DaemonOptions, script};
-use support::mosquitto::Mosquitto;
-use support::{TestClient, within};
 
 const TOPIC: &str = "vms/analytics/events/1";
 const SIDEBAR: i64 = 2;

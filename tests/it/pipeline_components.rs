@@ -4,18 +4,18 @@
 //! client app receives it, and only then is the occurrence acknowledged. A rejected
 //! payload is counted and acknowledged too (its outcome, "drop", is final).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::mosquitto::Mosquitto;
+use crate::support::{TestClient, within};
 use chrono::Utc;
 use scriptd::delivery::{PushParts, delivery_id, push_payload};
 use scriptd::dispatch::mqtt_push::MqttPusher;
 use scriptd::intake::occurrence::{EventRef, Reason, RejectionLog, decode};
 use scriptd::mqtt::MqttConnectOptions;
 use scriptd::source::mqtt::{MqttSource, SourceOptions};
-use support::mosquitto::Mosquitto;
-use support::{TestClient, within};
 use tokio::sync::oneshot;
 
 async fn occurrence_to_push(port: u16) {

@@ -8,13 +8,11 @@
 //! (not mounted by `api::router`, so it is a 404 with a token; without one it is a 401 like
 //! every path under `/api/v1`), and an unknown path under `/api/v1`.
 
-mod support_api;
-
+use crate::support::api::{TestApi, error_keys, seed_body, start};
 use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use scriptd::store::tokens;
 use serde_json::{Value, json};
-use support_api::{TestApi, error_keys, seed_body, start};
 
 /// Every route, with a body for the ones that take one.
 fn routes(id: i64) -> Vec<(Method, String)> {
