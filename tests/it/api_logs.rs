@@ -1,35 +1,20 @@
 //! Logs carry the client headers and name invalid scripts, and never a bot token, a webhook
 //! secret or an API token.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::api::{seed_body, start};
+use crate::support::logs::Buffer;
 use reqwest::Method;
 use serde_json::json;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn logs_have_client_headers_and_no_secrets() {
-    let captured = Captured::default();
-    let writer = captured.clone();
+    let captured = Buffer::default();
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_ansi(false)
-        .with_writer(move || writer.clone())
+        .with_writer(captured.clone())
         .init();
 
     let api = start().await;
@@ -67,7 +52,7 @@ async fn logs_have_client_headers_and_no_secrets() {
     assert!(api.live.load().invalid.contains_key(&41));
     tracing::debug!(snapshot = ?api.live.load(), "snapshot");
 
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = captured.text();
     assert!(logs.contains("x_client=\"web\"") || logs.contains("x_client=web"), "{logs}");
     assert!(logs.contains("test-device"), "X-UUID is logged");
     // The request log names the path the client asked for, with its /api/v1 prefix.

@@ -6,12 +6,10 @@ use std::path::Path;
 use scriptd::secret::Secret;
 use scriptd::settings::{Origin, Settings, SettingsError};
 
+use crate::support::write_file;
+
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
-fn write(dir: &Path, name: &str, text: &str) {
-    std::fs::write(dir.join(name), text).expect("write test config");
 }
 
 /// Loads and expects exactly one problem; returns its (key, origin, message).
@@ -65,8 +63,12 @@ fn the_production_example_validates() {
 #[test]
 fn local_toml_overrides_default_toml_and_env_overrides_both() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "default.toml", "[mqtt]\nport = 1000\nhost = \"a\"\nclient_id = \"x\"\n");
-    write(dir.path(), "local.toml", "[mqtt]\nport = 2000\nhost = \"b\"\n");
+    write_file(
+        dir.path(),
+        "default.toml",
+        "[mqtt]\nport = 1000\nhost = \"a\"\nclient_id = \"x\"\n",
+    );
+    write_file(dir.path(), "local.toml", "[mqtt]\nport = 2000\nhost = \"b\"\n");
     let (s, sources) =
         Settings::load_from(dir.path(), env(&[("SCRIPTD__MQTT__PORT", "3000")])).expect("loads");
     assert_eq!(s.mqtt.port, 3000, "env wins");
@@ -117,8 +119,8 @@ fn a_single_underscore_after_the_prefix_is_not_an_override() {
 #[test]
 fn an_unknown_key_names_the_key_and_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "default.toml", "[mqtt]\nport = 1883\n");
-    write(dir.path(), "local.toml", "[mqtt]\nprot = 1884\n");
+    write_file(dir.path(), "default.toml", "[mqtt]\nport = 1883\n");
+    write_file(dir.path(), "local.toml", "[mqtt]\nprot = 1884\n");
     let (key, origin, message) = one_problem(dir.path(), &[]);
     assert_eq!(key, "mqtt.prot");
     assert_eq!(origin, Origin::File(dir.path().join("local.toml")));
@@ -128,7 +130,7 @@ fn an_unknown_key_names_the_key_and_the_file() {
 #[test]
 fn an_unknown_section_and_an_unknown_top_level_key_are_named() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "default.toml", "timezon = \"UTC\"\n[mqqt]\nport = 1\n");
+    write_file(dir.path(), "default.toml", "timezon = \"UTC\"\n[mqqt]\nport = 1\n");
     match Settings::load_from(dir.path(), env(&[])) {
         Err(SettingsError::Invalid(ps)) => {
             let keys: Vec<&str> = ps.iter().map(|p| p.key.as_str()).collect();
@@ -150,8 +152,8 @@ fn an_unknown_key_from_the_environment_names_the_variable() {
 #[test]
 fn a_wrong_type_names_the_key_and_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "default.toml", "[mqtt]\nport = 1883\n");
-    write(dir.path(), "local.toml", "[mqtt]\nport = \"abc\"\n");
+    write_file(dir.path(), "default.toml", "[mqtt]\nport = 1883\n");
+    write_file(dir.path(), "local.toml", "[mqtt]\nport = \"abc\"\n");
     let (key, origin, message) = one_problem(dir.path(), &[]);
     assert_eq!(key, "mqtt.port");
     assert_eq!(origin, Origin::File(dir.path().join("local.toml")));
@@ -161,7 +163,7 @@ fn a_wrong_type_names_the_key_and_the_file() {
 #[test]
 fn a_section_given_as_a_value_is_a_type_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "default.toml", "mqtt = 5\n");
+    write_file(dir.path(), "default.toml", "mqtt = 5\n");
     let (key, origin, message) = one_problem(dir.path(), &[]);
     assert_eq!(key, "mqtt");
     assert_eq!(origin, Origin::File(dir.path().join("default.toml")));
@@ -171,7 +173,7 @@ fn a_section_given_as_a_value_is_a_type_error() {
 #[test]
 fn a_wrong_type_from_the_environment_names_the_variable() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "default.toml", "[mqtt]\nport = 1883\n");
+    write_file(dir.path(), "default.toml", "[mqtt]\nport = 1883\n");
     let (key, origin, _) = one_problem(dir.path(), &[("SCRIPTD__MQTT__PORT", "eighty")]);
     assert_eq!(key, "mqtt.port");
     assert_eq!(origin, Origin::Env("SCRIPTD__MQTT__PORT".into()));
@@ -180,12 +182,12 @@ fn a_wrong_type_from_the_environment_names_the_variable() {
 #[test]
 fn a_port_out_of_range_names_the_key_and_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "local.toml", "[mqtt]\nport = 70000\n");
+    write_file(dir.path(), "local.toml", "[mqtt]\nport = 70000\n");
     let (key, origin, _) = one_problem(dir.path(), &[]);
     assert_eq!(key, "mqtt.port");
     assert_eq!(origin, Origin::File(dir.path().join("local.toml")));
 
-    write(dir.path(), "local.toml", "[mqtt]\nport = 0\n");
+    write_file(dir.path(), "local.toml", "[mqtt]\nport = 0\n");
     let (key, _, message) = one_problem(dir.path(), &[]);
     assert_eq!(key, "mqtt.port");
     assert!(message.contains("1–65535"), "{message}");
@@ -194,7 +196,7 @@ fn a_port_out_of_range_names_the_key_and_the_file() {
 #[test]
 fn out_of_range_and_malformed_values_are_all_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(
+    write_file(
         dir.path(),
         "local.toml",
         r#"timezone = "Mars/Olympus"
@@ -227,7 +229,7 @@ format = "xml"
         ("[mqtt]\npassword = \"p\"\n", "mqtt.password", "username"),
     ];
     for (text, want_key, want_msg) in cases {
-        write(dir.path(), "local.toml", text);
+        write_file(dir.path(), "local.toml", text);
         let (key, origin, message) = one_problem(dir.path(), &[]);
         assert_eq!(&key, want_key, "{text}: {message}");
         assert_eq!(origin, Origin::File(dir.path().join("local.toml")), "{text}");
@@ -238,7 +240,7 @@ format = "xml"
 #[test]
 fn several_range_problems_are_reported_together() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "default.toml", "[delivery]\nmax_in_flight = 0\n[mqtt]\ninflight = 0\n");
+    write_file(dir.path(), "default.toml", "[delivery]\nmax_in_flight = 0\n[mqtt]\ninflight = 0\n");
     match Settings::load_from(dir.path(), env(&[])) {
         Err(e @ SettingsError::Invalid(_)) => {
             let lines = e.lines();
@@ -252,7 +254,7 @@ fn several_range_problems_are_reported_together() {
 #[test]
 fn a_toml_syntax_error_names_the_file_on_one_line() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "local.toml", "[mqtt\nport = 1\n");
+    write_file(dir.path(), "local.toml", "[mqtt\nport = 1\n");
     match Settings::load_from(dir.path(), env(&[])) {
         Err(e @ SettingsError::Syntax { .. }) => {
             let text = e.to_string();

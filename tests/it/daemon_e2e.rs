@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::support::daemon::{Daemon, DaemonOptions, occurrence, script};
+use crate::support::daemon::{Daemon, DaemonOptions, all_day, occurrence, script};
 use crate::support::mosquitto::Mosquitto;
 use crate::support::telegram_stub::TelegramStub;
 use crate::support::webhook_receiver::WebhookReceiver;
@@ -31,10 +31,6 @@ fn never_stale() -> DaemonOptions {
 fn office_hours() -> Value {
     json!({"days": [{"type": "same_every_day", "from": "08:00Z", "to": "17:00Z",
                      "breaks": [{"from": "12:00Z", "to": "13:00Z"}]}]})
-}
-
-fn all_day() -> Value {
-    json!({"days": [{"type": "same_every_day", "from": "00:00Z", "to": "23:59Z", "breaks": []}]})
 }
 
 /// Receives pushes until `quiet` passes without one; returns (user, payload) pairs.

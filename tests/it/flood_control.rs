@@ -6,17 +6,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::support::TestClient;
-use crate::support::daemon::{Daemon, DaemonOptions, occurrence, script};
+use crate::support::daemon::{Daemon, DaemonOptions, all_day, occurrence, script};
 use crate::support::mosquitto::Mosquitto;
 use crate::support::telegram_stub::{Answer, TelegramStub};
 use serde_json::json;
 
 const TELEGRAM: i64 = 1;
 const LINE: i64 = 5;
-
-fn all_day() -> serde_json::Value {
-    json!({"days": [{"type": "same_every_day", "from": "00:00Z", "to": "23:59Z", "breaks": []}]})
-}
 
 fn options(broker: &Mosquitto, stub: &TelegramStub) -> DaemonOptions {
     DaemonOptions {

@@ -1,41 +1,20 @@
 //! Log output in both formats, and no secret in any of it.
 
-use std::sync::{Arc, Mutex};
-
 use scriptd::ops::logging;
 use scriptd::secret::Secret;
 use scriptd::settings::{LogFormat, LogSettings, Settings};
 
+use crate::support::logs::Buffer;
+
 const TOKEN: &str = "123456789:AAH-known-bot-token-for-grep";
 const PASSWORD: &str = "mqtt-pa55-for-grep";
-
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 fn capture(format: LogFormat, level: &str, f: impl FnOnce()) -> String {
     let buf = Buffer::default();
     let settings = LogSettings { format, level: level.into() };
     let (subscriber, _handle) = logging::build(&settings, buf.clone()).expect("subscriber");
     tracing::subscriber::with_default(subscriber, f);
-    let bytes = buf.0.lock().map(|b| b.clone()).unwrap_or_default();
-    String::from_utf8_lossy(&bytes).into_owned()
+    buf.text()
 }
 
 fn log_everything_secret() {

@@ -2,16 +2,15 @@
 //! running configuration. Also the sd_notify datagrams on a real socket.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use scriptd::ops::logging;
 use scriptd::ops::systemd::{Notifier, Reloader};
 use scriptd::settings::{LogSettings, Settings};
 
-fn write(dir: &Path, name: &str, text: &str) {
-    std::fs::write(dir.join(name), text).expect("write test config");
-}
+use crate::support::logs::Buffer;
+use crate::support::write_file;
 
 fn no_env() -> Vec<(String, String)> {
     Vec::new()
@@ -26,12 +25,16 @@ fn start(dir: &Path) -> (Settings, Arc<ArcSwap<scriptd::settings::LiveSettings>>
 #[test]
 fn live_keys_are_swapped_in_and_restart_keys_are_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "default.toml", "[mqtt]\nport = 1883\n[events]\nmax_age_seconds = 300\n");
+    write_file(
+        dir.path(),
+        "default.toml",
+        "[mqtt]\nport = 1883\n[events]\nmax_age_seconds = 300\n",
+    );
     let (settings, live) = start(dir.path());
     let mut reloader =
         Reloader::new(dir.path(), settings, live.clone(), None, Notifier::disabled());
 
-    write(
+    write_file(
         dir.path(),
         "local.toml",
         "[mqtt]\nport = 1999\n[events]\nmax_age_seconds = 60\n[telegram]\nrequest_timeout_seconds = 3\n[delivery]\nbackoff_max_ms = 1000\nmax_in_flight = 7\n",
@@ -64,12 +67,12 @@ fn live_keys_are_swapped_in_and_restart_keys_are_reported() {
 #[test]
 fn an_invalid_config_keeps_the_running_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "local.toml", "[events]\nmax_age_seconds = 42\n");
+    write_file(dir.path(), "local.toml", "[events]\nmax_age_seconds = 42\n");
     let (settings, live) = start(dir.path());
     let (notifier, sent) = Notifier::in_memory();
     let mut reloader = Reloader::new(dir.path(), settings.clone(), live.clone(), None, notifier);
 
-    write(
+    write_file(
         dir.path(),
         "local.toml",
         "[events]\nmax_age_seconds = 1\n[telegram]\napi_url = \"nope\"\n",
@@ -81,44 +84,17 @@ fn an_invalid_config_keeps_the_running_one() {
     assert_eq!(reloader.running(), &settings);
 
     // The SIGHUP path tells systemd RELOADING then READY either way.
-    write(dir.path(), "local.toml", "[events]\nmax_age_seconds = 1\nbogus = 1\n");
+    write_file(dir.path(), "local.toml", "[events]\nmax_age_seconds = 1\nbogus = 1\n");
     assert!(reloader.handle_sighup().is_err());
     let msgs = sent.all();
     assert!(msgs[0].starts_with("RELOADING=1\nMONOTONIC_USEC="), "{msgs:?}");
     assert!(msgs[1].starts_with("READY=1\nSTATUS=reload failed: `events.bogus`"), "{msgs:?}");
 }
 
-/// A `MakeWriter` into a shared buffer.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Buffer {
-    fn text(&self) -> String {
-        self.0.lock().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
-    }
-}
-
 #[test]
 fn a_reload_changes_the_log_level() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "local.toml", "[log]\nlevel = \"info\"\n");
+    write_file(dir.path(), "local.toml", "[log]\nlevel = \"info\"\n");
     let (settings, live) = start(dir.path());
     let buf = Buffer::default();
     let (subscriber, handle) = logging::build(&settings.log, buf.clone()).expect("subscriber");
@@ -126,7 +102,7 @@ fn a_reload_changes_the_log_level() {
         Reloader::new(dir.path(), settings, live, Some(handle), Notifier::disabled());
     tracing::subscriber::with_default(subscriber, || {
         tracing::debug!("before-reload");
-        write(dir.path(), "local.toml", "[log]\nlevel = \"debug\"\n");
+        write_file(dir.path(), "local.toml", "[log]\nlevel = \"debug\"\n");
         let report = reloader.reload_with_env(no_env()).expect("reload");
         assert_eq!(report.applied, vec!["log.level".to_string()]);
         tracing::debug!("after-reload");

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::support::clients::{PersistentSubscriber, ReliablePublisher};
-use crate::support::daemon::{Daemon, DaemonOptions, script};
+use crate::support::daemon::{Daemon, DaemonOptions, all_day, script};
 use crate::support::mosquitto::Mosquitto;
 use crate::support::webhook_receiver::WebhookReceiver;
 use crate::support::within;
@@ -21,10 +21,6 @@ const SOUND: i64 = 4;
 const WEBHOOK: i64 = 5;
 const FACE: i64 = 1;
 const TOPIC: &str = "vms/analytics/events/1";
-
-fn all_day() -> Value {
-    json!({"days": [{"type": "same_every_day", "from": "00:00Z", "to": "23:59Z", "breaks": []}]})
-}
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339()

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::support::clients::ReliablePublisher;
-use crate::support::daemon::{Daemon, DaemonOptions, script};
+use crate::support::daemon::{Daemon, DaemonOptions, all_day, script};
 use crate::support::mosquitto::Mosquitto;
 use crate::support::telegram_stub::TelegramStub;
 use crate::support::webhook_receiver::WebhookReceiver;
@@ -25,10 +25,6 @@ const N: usize = 1_000;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The bound: publish → push at the operator's app.
 const PUSH_BOUND: Duration = Duration::from_secs(2);
-
-fn all_day() -> Value {
-    json!({"days": [{"type": "same_every_day", "from": "00:00Z", "to": "23:59Z", "breaks": []}]})
-}
 
 fn occ(seq: usize) -> Vec<u8> {
     json!({"id": format!("bh-{seq}"), "event_id": FACE, "camera_id": 1,

@@ -6,18 +6,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::support::clients::ReliablePublisher;
-use crate::support::daemon::{Daemon, DaemonOptions, script};
+use crate::support::daemon::{Daemon, DaemonOptions, all_day, script};
 use crate::support::mosquitto::Mosquitto;
 use crate::support::telegram_stub::{Answer, TelegramStub};
 use crate::support::within;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const TELEGRAM: i64 = 1;
 const FACE: i64 = 1;
-
-fn all_day() -> Value {
-    json!({"days": [{"type": "same_every_day", "from": "00:00Z", "to": "23:59Z", "breaks": []}]})
-}
 
 fn occ(seq: usize, camera: i64) -> Vec<u8> {
     occ_at(seq, camera, chrono::Utc::now())

@@ -9,20 +9,22 @@
 //! - [`webhook_receiver::WebhookReceiver`]: checks `X-Scriptd-Signature`, scripted statuses.
 //!
 //! Plus [`daemon`] (the real `scriptd run` as a child process), [`api`] (the API in-process
-//! over a temporary database), [`clients`], [`timetables`] (proptest generators),
-//! [`free_port`], [`wait_for_port`], [`within`] (a timeout that fails the test),
-//! [`proptest_config`] and [`TestClient`], a plain rumqttc client that publishes and
+//! over a temporary database), [`clients`], [`logs`] (log capture), [`timetables`]
+//! (proptest generators), [`free_port`], [`wait_for_port`], [`within`] (a timeout that fails
+//! the test), [`write_file`], [`proptest_config`] and [`TestClient`], a plain rumqttc client that publishes and
 //! subscribes like an analytics server or a client app would.
 
 pub mod api;
 pub mod clients;
 pub mod daemon;
+pub mod logs;
 pub mod mosquitto;
 pub mod telegram_stub;
 pub mod timetables;
 pub mod webhook_receiver;
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 /// A port that was free a moment ago on 127.0.0.1 (bind port 0, read it, release it).
@@ -45,6 +47,11 @@ pub async fn wait_for_port(port: u16, timeout: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Writes `text` to `dir`/`name` (a configuration file for a test).
+pub fn write_file(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).expect("write test config");
 }
 
 /// proptest's configuration for the suite's properties: `cases` cases, failures kept in
