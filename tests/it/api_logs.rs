@@ -4,18 +4,15 @@
 use std::time::Duration;
 
 use crate::support::api::{seed_body, start};
-use crate::support::logs::Buffer;
+use crate::support::logs;
 use reqwest::Method;
 use serde_json::json;
 
 #[tokio::test]
 async fn logs_have_client_headers_and_no_secrets() {
-    let captured = Buffer::default();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .init();
+    // Every thread's events, at TRACE: the API's store work and the live watcher's check of
+    // the hand-edited row run in spawn_blocking.
+    let captured = logs::capture_global();
 
     let api = start().await;
     let bot_token = "123456:SECRET-BOT-TOKEN";

@@ -30,8 +30,9 @@
 //! All tests share one process. What is process-wide: `ops_sighup` installs a SIGHUP
 //! handler before signalling itself (nothing else listens for SIGHUP in-process);
 //! `ops_health` installs the global metrics recorder (nothing else in-process counts stale
-//! occurrences); `api_logs` installs the global tracing subscriber. No test changes the
-//! environment, the working directory or the umask.
+//! occurrences); the global tracing subscriber is `support::logs::capture_global`'s, off
+//! except during `api_logs`. No test changes the environment, the working directory or the
+//! umask.
 
 #[path = "../support/mod.rs"]
 mod support;
