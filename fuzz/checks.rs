@@ -1,5 +1,5 @@
 //! The checks of the fuzz targets, one function per target: the targets under
-//! `fuzz_targets/` call them on libFuzzer's inputs, and `tests/fuzz_regressions.rs` replays
+//! `fuzz_targets/` call them on libFuzzer's inputs, and `tests/it/fuzz_regressions.rs` replays
 //! the kept inputs through the very same functions (both include this file with `#[path]`).
 
 use std::collections::{HashMap, HashSet};

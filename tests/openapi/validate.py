@@ -2,7 +2,7 @@
 
 Usage: validate.py SPEC EXCHANGES.json
 EXCHANGES.json is a list of {"method", "path", "query", "status", "content_type", "body"}
-written by tests/openapi_conformance.rs. Prints one line per exchange and exits 1 when any
+written by tests/it/openapi_conformance.rs. Prints one line per exchange and exits 1 when any
 answer does not match the spec (unknown route, undocumented status, body of the wrong shape).
 """
 

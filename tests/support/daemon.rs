@@ -299,6 +299,11 @@ pub fn script(
     })
 }
 
+/// A timetable active all day every day, in UTC (`00:00Z`–`23:59Z`, no breaks).
+pub fn all_day() -> Value {
+    json!({"days": [{"type": "same_every_day", "from": "00:00Z", "to": "23:59Z", "breaks": []}]})
+}
+
 /// An occurrence payload (CONTRACT §4).
 pub fn occurrence(id: &str, event_id: i64, camera_id: i64, occurred_at: &str) -> Vec<u8> {
     json!({"id": id, "event_id": event_id, "camera_id": camera_id, "occurred_at": occurred_at, "data": {"plate": "A123BC"}})

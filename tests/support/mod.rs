@@ -1,25 +1,30 @@
-//! Real peers for integration tests, shared by every `tests/*.rs` file (`mod support;`).
+//! Helpers shared by the integration tests (`tests/it/`, one test binary; `tests/it/main.rs`
+//! includes this directory as `crate::support`).
 //!
-//! Each peer listens on 127.0.0.1 on a free port, records what it received, can be scripted
-//! to answer badly, and stops when dropped:
+//! Real peers, each listening on 127.0.0.1 on a free port, recording what it received,
+//! scriptable to answer badly, and stopping when dropped:
 //!
 //! - [`mosquitto::Mosquitto`]: Debian's `mosquitto` broker in a temp dir (persistent).
 //! - [`telegram_stub::TelegramStub`]: a Bot API stand-in (ok, 429, 400, 401, 403, 500, hang).
 //! - [`webhook_receiver::WebhookReceiver`]: checks `X-Scriptd-Signature`, scripted statuses.
 //!
-//! Plus [`free_port`], [`wait_for_port`], [`within`] (a timeout that fails the test) and
-//! [`TestClient`], a plain rumqttc client that publishes and subscribes like an analytics
-//! server or a client app would.
-#![allow(dead_code)]
+//! Plus [`daemon`] (the real `scriptd run` as a child process), [`api`] (the API in-process
+//! over a temporary database), [`clients`], [`logs`] (log capture), [`timetables`]
+//! (proptest generators), [`free_port`], [`wait_for_port`], [`within`] (a timeout that fails
+//! the test), [`write_file`], [`proptest_config`] and [`TestClient`], a plain rumqttc client that publishes and
+//! subscribes like an analytics server or a client app would.
 
+pub mod api;
 pub mod clients;
 pub mod daemon;
+pub mod logs;
 pub mod mosquitto;
 pub mod telegram_stub;
 pub mod timetables;
 pub mod webhook_receiver;
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 /// A port that was free a moment ago on 127.0.0.1 (bind port 0, read it, release it).
@@ -41,6 +46,26 @@ pub async fn wait_for_port(port: u16, timeout: Duration) {
             "127.0.0.1:{port} did not open in {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes `text` to `dir`/`name` (a configuration file for a test).
+pub fn write_file(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).expect("write test config");
+}
+
+/// proptest's configuration for the suite's properties: `cases` cases, failures kept in
+/// `<source>.proptest-regressions` beside `source_file` (pass `file!()`). Named explicitly:
+/// the default (`SourceParallel`) would put them in `tests/proptest-regressions/*.txt`, as
+/// it looks for the `main.rs` next to the source.
+pub fn proptest_config(cases: u32, source_file: &'static str) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases,
+        source_file: Some(source_file),
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..proptest::test_runner::Config::default()
     }
 }
 

@@ -71,8 +71,6 @@ struct Inner {
     recorded: Mutex<Vec<Recorded>>,
     /// While set, every request is accepted and never answered (nor recorded).
     hang: std::sync::atomic::AtomicBool,
-    /// Requests left hanging so far.
-    hung: std::sync::atomic::AtomicUsize,
 }
 
 /// The running stub; stops when dropped.
@@ -122,15 +120,10 @@ impl TelegramStub {
             .push_back(answer);
     }
 
-    /// `true`: from now on every request is accepted and never answered (not recorded;
-    /// counted by [`Self::hung`]), like a hung Bot API; `false`: answers again.
+    /// `true`: from now on every request is accepted and never answered (not recorded),
+    /// like a hung Bot API; `false`: answers again.
     pub fn hang_all(&self, on: bool) {
         self.inner.hang.store(on, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Requests left without an answer so far.
-    pub fn hung(&self) -> usize {
-        self.inner.hung.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Everything received so far, in arrival order.
@@ -190,7 +183,6 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     if inner.hang.load(std::sync::atomic::Ordering::SeqCst) {
-        inner.hung.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::future::pending::<()>().await;
     }
     let token = bot.strip_prefix("bot").unwrap_or(&bot).to_owned();

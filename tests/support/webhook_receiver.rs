@@ -22,8 +22,6 @@ use axum::routing::post;
 /// One request the receiver got.
 #[derive(Debug, Clone)]
 pub struct Received {
-    /// The path, e.g. `/hook`.
-    pub path: String,
     /// The raw body bytes.
     pub body: Vec<u8>,
     /// The `X-Scriptd-Signature` header, if any.
@@ -32,8 +30,6 @@ pub struct Received {
     pub signature_valid: bool,
     /// The status the receiver answered.
     pub status: u16,
-    /// When it arrived.
-    pub at: Instant,
 }
 
 impl Received {
@@ -132,12 +128,7 @@ impl Drop for WebhookReceiver {
     }
 }
 
-async fn handle(
-    State(inner): State<Arc<Inner>>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
+async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> StatusCode {
     if inner.hang.load(std::sync::atomic::Ordering::SeqCst) {
         inner.hung.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::future::pending::<()>().await;
@@ -153,12 +144,10 @@ async fn handle(
     };
     let status = inner.statuses.lock().unwrap().pop_front().unwrap_or(200);
     inner.received.lock().unwrap().push(Received {
-        path: uri.path().to_owned(),
         body: body.to_vec(),
         signature,
         signature_valid,
         status,
-        at: Instant::now(),
     });
     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }

@@ -1,0 +1,288 @@
+//! The status page in a real browser (Debian's Chromium through its WebDriver, headless):
+//! sign in with a token, the list shows only the caller's scripts, a script's week grid
+//! shows its break as a gap, a published occurrence appears in the live list within 2 s,
+//! the explain form names the break, an occurrence can be looked up, health shows its
+//! components; also at a phone's width. Screenshots of each step go to
+//! `target/status-page/`.
+//!
+//! Needs `chromium` and `chromedriver` (Debian: `chromium`, `chromium-driver`; `.ci/run`
+//! installs them): the test fails with that message when they are missing.
+
+use crate::support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::TestClient;
+use crate::support::daemon::{Daemon, DaemonOptions, script};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+const SIDEBAR: i64 = 2;
+const FACE: i64 = 1;
+
+/// `chromedriver` on a free loopback port; killed on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        for tool in ["chromedriver", "chromium"] {
+            let found = Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            assert!(
+                found,
+                "{tool} is not installed (Debian: apt-get install chromium chromium-driver)"
+            );
+        }
+        let port = support::free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        support::wait_for_port(port, Duration::from_secs(20)).await;
+        Driver { child, port }
+    }
+
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                            "--disable-gpu", "--window-size=1280,1100", "--no-first-run",
+                            "--disable-background-networking", "--disable-sync",
+                            "--disable-component-update", "--disable-default-apps"]}),
+        );
+        // Plain HTTP to the driver on loopback: no TLS stack needed.
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a Chromium session")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn shots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("status-page");
+    std::fs::create_dir_all(&dir).expect("screenshot folder");
+    dir
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(shots().join(format!("{name}.png")), png).expect("write screenshot");
+}
+
+async fn wait_css(c: &Client, css: &str, secs: u64) -> fantoccini::elements::Element {
+    c.wait()
+        .at_most(Duration::from_secs(secs))
+        .every(Duration::from_millis(50))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css} did not appear within {secs} s: {e}"))
+}
+
+/// Clicks the element `css` finds.
+async fn click(c: &Client, css: &str) {
+    let e = c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+    e.click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+/// Types `text` into the element `css` finds.
+async fn type_into(c: &Client, css: &str, text: &str) {
+    let e = c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+    e.send_keys(text).await.unwrap_or_else(|e| panic!("type into {css}: {e}"));
+}
+
+async fn attr(e: &fantoccini::elements::Element, name: &str) -> String {
+    e.attr(name).await.expect("attribute").unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_signs_in_and_sees_scripts_weeks_live_reactions_and_reasons() {
+    let driver = Driver::start().await;
+    let d = Daemon::start(DaemonOptions::default()).await;
+    let office = json!({"days": [{"type": "same_every_day", "from": "08:00Z", "to": "18:00Z",
+                                  "breaks": [{"from": "12:00Z", "to": "13:00Z"}]}]});
+    let office = d.create_script(&script("office", SIDEBAR, FACE, &[1], office)).await["id"]
+        .as_i64()
+        .expect("id");
+    let all_day = json!({"days": [{"type": "same_every_day", "from": "00:00", "to": "23:59"}]});
+    let always =
+        d.create_script(&script("always", SIDEBAR, FACE, &[1], all_day.clone())).await["id"]
+            .as_i64()
+            .expect("id");
+    let theirs = d.create_script(&script("B's", SIDEBAR, FACE, &[4], all_day)).await["id"]
+        .as_i64()
+        .expect("id");
+
+    let c = driver.browser().await;
+    c.goto(&format!("http://127.0.0.1:{}/", d.api_port)).await.expect("open the page");
+    shot(&c, "01-sign-in").await;
+    let token = wait_css(&c, "#token", 10).await;
+    token.send_keys(&d.token).await.expect("type the token");
+    click(&c, "#sign-in-form button[type=submit]").await;
+
+    // Only the caller's scripts.
+    wait_css(&c, &format!("#scripts tbody tr[data-script-id='{always}']"), 10).await;
+    let rows = c.find_all(Locator::Css("#scripts tbody tr")).await.expect("rows");
+    let mut ids = Vec::new();
+    for r in rows {
+        ids.push(attr(&r, "data-script-id").await);
+    }
+    assert_eq!(ids, [office.to_string(), always.to_string()], "B's script {theirs} must not show");
+    shot(&c, "02-scripts").await;
+
+    // The title filter narrows the list (a query parameter of GET /scripts).
+    type_into(&c, "#filters input[name=q]", "offi").await;
+    click(&c, "#filters button[type=submit]").await;
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath("//p[@id='scripts-count'][starts-with(., '1 script ')]"))
+        .await
+        .expect("one script after filtering");
+
+    // The week grid: the break is a gap between two active stretches, every day.
+    click(&c, &format!("#scripts tbody tr[data-script-id='{office}'] button")).await;
+    wait_css(&c, "#week-grid .day .seg", 10).await;
+    let days = c.find_all(Locator::Css("#week-grid .day")).await.expect("days");
+    assert_eq!(days.len(), 7);
+    let segs = days[0].find_all(Locator::Css(".seg")).await.expect("segments");
+    let mut shape = Vec::new();
+    for s in &segs {
+        shape.push((attr(s, "data-active").await, attr(s, "data-reason").await));
+    }
+    let shape: Vec<(&str, &str)> = shape.iter().map(|(a, r)| (a.as_str(), r.as_str())).collect();
+    assert_eq!(
+        shape,
+        [
+            ("false", "outside days"),
+            ("true", "in window timetable.days.0"),
+            ("false", "in break timetable.days.0.breaks.0"),
+            ("true", "in window timetable.days.0"),
+            ("false", "outside days"),
+        ]
+    );
+    let gap = days[0].find(Locator::Css(".seg.brk")).await.expect("the break is drawn");
+    assert_eq!(attr(&gap, "data-from").await[11..16].to_owned(), "12:00");
+    shot(&c, "03-week").await;
+
+    // Live: an occurrence published now appears within 2 s.
+    click(&c, "#tab-live").await;
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath("//p[@id='live-state'][starts-with(., 'Connected')]"))
+        .await
+        .expect("the stream connects");
+    let vms = TestClient::connect(d.mqtt_port, "vms-page").await;
+    let published = Instant::now();
+    vms.publish(
+        "vms/analytics/events/7",
+        json!({"id": "live-1", "event_id": FACE, "camera_id": 7,
+               "occurred_at": chrono::Utc::now().to_rfc3339()})
+        .to_string()
+        .into_bytes(),
+    )
+    .await;
+    wait_css(&c, "#live-list li[data-occurrence-id='live-1']", 10).await;
+    let took = published.elapsed();
+    eprintln!("live reaction shown {took:?} after its publish");
+    assert!(took < Duration::from_secs(2), "shown after {took:?}");
+    shot(&c, "04-live").await;
+
+    // Why: the explain form names the break.
+    click(&c, "#tab-why").await;
+    let form = c.find(Locator::Css("#explain-form")).await.expect("explain form");
+    form.find(Locator::Css("select[name=event_id]"))
+        .await
+        .expect("event select")
+        .select_by_value("1")
+        .await
+        .expect("event");
+    type_into(&c, "#explain-form input[name=camera_id]", "7").await;
+    // A datetime-local input takes its value through script (typing is locale-bound).
+    c.execute(
+        "document.querySelector('#explain-form input[name=occurred_at]').value = arguments[0];",
+        vec![Value::from("2026-12-07T12:30:00")],
+    )
+    .await
+    .expect("set the time");
+    form.find(Locator::Css("button[type=submit]"))
+        .await
+        .expect("explain")
+        .click()
+        .await
+        .expect("explain");
+    let verdict = wait_css(&c, &format!("#explain-result li[data-script-id='{office}']"), 10).await;
+    assert_eq!(attr(&verdict, "data-reason").await, "in break timetable.days.0.breaks.0");
+    assert!(verdict.text().await.expect("text").contains("does not fire"));
+    let other = wait_css(&c, &format!("#explain-result li[data-script-id='{always}']"), 10).await;
+    assert_eq!(attr(&other, "data-reason").await, "active in window timetable.days.0");
+    shot(&c, "05-why").await;
+
+    // An occurrence lookup.
+    type_into(&c, "#occurrence-form input[name=id]", "live-1").await;
+    click(&c, "#occurrence-form button").await;
+    wait_css(&c, "#occurrence-result tbody tr td", 10).await;
+    // The first cell of each row is the script: `always` fired (and `office` too when the
+    // test runs during its hours).
+    let mut scripts = Vec::new();
+    for cell in
+        c.find_all(Locator::Css("#occurrence-result tbody tr td:first-child")).await.expect("cells")
+    {
+        scripts.push(cell.text().await.expect("text"));
+    }
+    assert!(scripts.contains(&always.to_string()), "{scripts:?}");
+    assert!(
+        scripts.iter().all(|s| *s == always.to_string() || *s == office.to_string()),
+        "{scripts:?}"
+    );
+    shot(&c, "06-occurrence").await;
+
+    // Health.
+    click(&c, "#tab-health").await;
+    wait_css(&c, "#health-components tbody tr", 10).await;
+    let status =
+        c.find(Locator::Css("#health-status")).await.expect("status").text().await.expect("text");
+    assert!(status.starts_with("Status: "), "{status}");
+    shot(&c, "07-health").await;
+
+    // A phone's width: the page still fits (no horizontal scroll of the whole page).
+    c.set_window_size(390, 844).await.expect("phone size");
+    click(&c, "#tab-scripts").await;
+    let overflow = c
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            vec![],
+        )
+        .await
+        .expect("measure");
+    let wide = c
+        .execute(
+            "return [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1 && e.offsetParent !== null && !e.closest('.scroll, .grid')).slice(0, 8).map(e => e.tagName + '#' + e.id + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right)).join(', ');",
+            vec![],
+        )
+        .await
+        .expect("measure");
+    assert!(
+        overflow.as_i64().unwrap_or(0) <= 0,
+        "the page scrolls sideways by {overflow} px on a phone: {wide}"
+    );
+    shot(&c, "08-phone").await;
+    c.close().await.expect("close the browser");
+}
