@@ -27,7 +27,7 @@
 //! an instant inside an IANA zone's repeated hour (its wall-clock reading is ambiguous, so
 //! the week position alone cannot apply the DST policy), and entries whose bounds are written
 //! in zones whose difference depends on the date. Both are rare, and the property test
-//! `tests/index_matches_naive.rs` checks that the index always equals the naive scan.
+//! `tests/it/index_matches_naive.rs` checks that the index always equals the naive scan.
 //!
 //! ## What is kept
 //!

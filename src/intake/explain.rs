@@ -8,7 +8,7 @@
 //! (disabled accounts, snoozes). Only the *reason* of a timetable verdict, the window or
 //! break that decided, is read from the script's timetable ([`crate::timetable::Timetable::explain_at`], the
 //! reference evaluation the index is tested against). A property test
-//! (`tests/explain_matches_pipeline.rs`) checks that what explain says is delivered is
+//! (`tests/it/explain_matches_pipeline.rs`) checks that what explain says is delivered is
 //! exactly what the intake plans, for random scripts and occurrences.
 //!
 //! Reasons, in the order they are checked:

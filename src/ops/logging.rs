@@ -8,7 +8,7 @@
 //! itself (it checks the port before starting the broker).
 //!
 //! Secrets never reach a log line because every secret is a [`crate::secret::Secret`],
-//! whose `Debug` and `Display` print a mask; `tests/ops_logging.rs` greps captured output.
+//! whose `Debug` and `Display` print a mask; `tests/it/ops_logging.rs` greps captured output.
 //!
 //! # `RUST_LOG`
 //!

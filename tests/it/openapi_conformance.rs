@@ -60,14 +60,19 @@ fn case(method: Method, path: &str, body: Option<Value>) -> Case {
 }
 
 /// A script body; `event_id` 1 is the one the test publishes, so only the sidebar script
-/// (reaction 2) uses it: the Telegram script must never send anything.
+/// (reaction 2) uses it: the Telegram script must never send anything. The Telegram script
+/// has the documented timetable (with a break); the sidebar script is active all day, so
+/// its delivery does not depend on the hour the test runs.
 fn script_body(reaction_id: i64, event_id: i64, extra: Value) -> Value {
+    let timetable = if event_id == 1 {
+        support::daemon::all_day()
+    } else {
+        json!({"days": [{"type": "same_every_day", "from": "00:00:00+05:00",
+            "to": "23:59:00+05:00", "breaks": [{"from": "16:00:00+05:00", "to": "17:00:00+05:00"}]}]})
+    };
     json!({
         "reaction_id": reaction_id, "event_id": event_id, "title": "script", "status": "active",
-        "cameras": null, "users": [1],
-        "timetable": {"days": [{"type": "same_every_day", "from": "00:00:00+05:00",
-            "to": "23:59:00+05:00", "breaks": [{"from": "16:00:00+05:00", "to": "17:00:00+05:00"}]}]},
-        "extra": extra
+        "cameras": null, "users": [1], "timetable": timetable, "extra": extra
     })
 }
 
