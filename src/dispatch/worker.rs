@@ -5,6 +5,7 @@
 //! One task owns the outbox connection and the scheduling state. It repeatedly
 //!
 //! 1. records the outcomes of finished attempts in one transaction (sent, failed, retry),
+//!    in groups (at most 10 ms or 256 outcomes, sooner when a channel runs out of slots),
 //!    and only then frees their in-flight slots,
 //! 2. claims due rows per channel (a lane's head only, see [`crate::store::outbox::due_in`]) within
 //!    the bulkheads of [`super::bulkhead`] (budgets per channel and per target, circuit
@@ -91,6 +92,10 @@ use crate::store::{Store, StoreError, now_ms};
 /// An attempt that takes longer than this is abandoned as retryable (the senders have
 /// their own, shorter, timeouts; this is the safety net).
 pub(super) const ATTEMPT_DEADLINE: Duration = Duration::from_secs(120);
+/// The longest an outcome waits to be recorded with others (see `Loop::record_due`).
+const RECORD_WINDOW: Duration = Duration::from_millis(10);
+/// Outcomes that are recorded at once without waiting for the window.
+const RECORD_GROUP: usize = 256;
 /// Due rows read per channel beyond its attempts in flight and free slots, so rows of a
 /// target that has no free share do not hide other targets' rows of the same channel.
 const SCAN_EXTRA: usize = 256;
@@ -126,6 +131,7 @@ impl Dispatcher {
             tasks: JoinSet::new(),
             task_rows: HashMap::new(),
             finished: Vec::new(),
+            finished_since: None,
             telegram: SenderCache::default(),
             upkeep: Upkeep::new(),
             handoff,
@@ -157,6 +163,8 @@ struct Loop {
     task_rows: HashMap<tokio::task::Id, Slot>,
     /// Outcomes not yet committed.
     finished: Vec<Finished>,
+    /// When the oldest of them finished.
+    finished_since: Option<Instant>,
     telegram: SenderCache,
     /// The outbox gauges and the retention sweep.
     upkeep: Upkeep,
@@ -179,6 +187,7 @@ impl Loop {
             self.beat();
             // Wait for something to do.
             let sleep_until = wake.min(Instant::now() + poll);
+            let record_at = self.record_at();
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -191,6 +200,8 @@ impl Loop {
                         self.set_backlog();
                     }
                 }
+                // Only a wake-up to record outcomes (see `record_due`).
+                () = tokio::time::sleep_until(record_at.unwrap_or(sleep_until)), if record_at.is_some_and(|r| r < sleep_until) => {}
                 () = tokio::time::sleep_until(sleep_until) => self.set_backlog(),
             }
             while let Some(joined) = self.tasks.try_join_next_with_id() {
@@ -203,7 +214,7 @@ impl Loop {
                 wake = Instant::now() + self.trouble_pause();
                 continue;
             }
-            if !self.commit().await {
+            if self.record_due() && !self.commit().await {
                 wake = Instant::now() + self.trouble_pause();
                 continue;
             }
@@ -281,7 +292,7 @@ impl Loop {
                 {
                     self.breaker_changed(change);
                 }
-                self.finished.push(f);
+                self.finish(f);
             }
             Err(e) => {
                 let Some(slot) = self.task_rows.remove(&e.id()) else {
@@ -299,7 +310,7 @@ impl Loop {
                 };
                 let _ =
                     self.bulk.finished(slot.target.as_ref(), Verdict::NotAttempted, Instant::now());
-                self.finished.push(Finished {
+                self.finish(Finished {
                     slot,
                     recorded,
                     verdict: Verdict::NotAttempted,
@@ -332,6 +343,32 @@ impl Loop {
         linked.db
     }
 
+    /// Queues a finished attempt (or a deferral) for [`Loop::commit`].
+    fn finish(&mut self, f: Finished) {
+        if self.finished.is_empty() {
+            self.finished_since = Some(Instant::now());
+        }
+        self.finished.push(f);
+    }
+
+    /// When the queued outcomes must be recorded at the latest.
+    fn record_at(&self) -> Option<Instant> {
+        self.finished_since.map(|t| t + RECORD_WINDOW)
+    }
+
+    /// Whether to record the queued outcomes now. They are recorded in groups (group
+    /// commit): a transaction per outcome would cost more than the sends at a few hundred
+    /// outcomes per second. A group is recorded once [`RECORD_WINDOW`] passed since its
+    /// first outcome, or it holds [`RECORD_GROUP`] outcomes, or a channel has no free slot
+    /// left (slots are freed only by the commit). The bound on repeats after a crash is the
+    /// same: an unrecorded outcome keeps its in-flight slot.
+    fn record_due(&self) -> bool {
+        !self.finished.is_empty()
+            && (self.finished.len() >= RECORD_GROUP
+                || self.record_at().is_some_and(|t| t <= Instant::now())
+                || Channel::ALL.into_iter().any(|c| self.bulk.free(c) == 0))
+    }
+
     /// Records finished attempts; frees their slots only after the commit. False when the
     /// database failed (the outcomes stay for the next try).
     async fn commit(&mut self) -> bool {
@@ -355,6 +392,7 @@ impl Loop {
         match with_db(&db, move |c| outbox::record(c, &outcomes, now_ms())).await {
             Ok(()) => {
                 self.db_ok();
+                self.finished_since = None;
                 for f in std::mem::take(&mut self.finished) {
                     self.in_flight.remove(&f.slot);
                     if f.attempted {
@@ -445,7 +483,8 @@ impl Loop {
         }
         self.publish_in_flight();
         if deferred {
-            return Some(Instant::now()); // record the deferrals, then look again
+            // Record the deferrals (with the group), then look again.
+            return Some(self.record_at().unwrap_or_else(Instant::now));
         }
         if !self.backlog.iter().any(|b| *b) {
             self.last_query = Instant::now();
@@ -469,7 +508,7 @@ impl Loop {
     /// without an attempt (recorded with the next outcomes).
     fn defer(&mut self, row: Claimed, wait: Duration) {
         self.in_flight.insert(&row);
-        self.finished.push(Finished {
+        self.finish(Finished {
             slot: Slot::of(&row),
             recorded: Recorded::Deferred { next_attempt_at: now_ms() + millis(wait) },
             verdict: Verdict::NotAttempted,
