@@ -315,8 +315,7 @@ pub(super) fn report(change: &Change, bulk: &Bulkheads, limits: &Limits, health:
         }
     }
     if let Change::Opened(t) = change {
-        let channel = if t.name().starts_with("bot ") { "telegram" } else { "webhook" };
-        metrics::counter!(telemetry::BREAKER_OPENED, telemetry::LABEL_CHANNEL => channel)
+        metrics::counter!(telemetry::BREAKER_OPENED, telemetry::LABEL_CHANNEL => t.channel.name())
             .increment(1);
     }
     if let Some(h) = health {
