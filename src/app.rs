@@ -1,6 +1,7 @@
 //! `scriptd run`: wiring the components together, and stopping them in order.
 //!
-//! Start-up: metrics recorder → store (migrated, catalogs seeded) → live snapshot and its
+//! Start-up: metrics recorder → store (migrated, catalogs seeded, WAL checkpoints in the
+//! background: [`crate::store::checkpoint`]) → live snapshot and its
 //! file watcher → HTTP API (`/api/v1`, `/healthz`, `/metrics`) → `READY=1` to systemd (the
 //! broker is not waited for) → embedded broker (when configured) → MQTT push connection →
 //! dispatcher → MQTT source → intake pipeline; plus SIGHUP reloads and the watchdog.
@@ -36,6 +37,7 @@ use crate::ops::systemd::Notifier;
 use crate::ops::telemetry;
 use crate::settings::Settings;
 use crate::source::mqtt::{MqttSource, SourceOptions};
+use crate::store::checkpoint::{self, Checkpointer};
 use crate::store::outbox::Handoff;
 use crate::store::{Store, StoreError};
 
@@ -151,7 +153,9 @@ pub async fn start(
         let busy = settings.database.busy_timeout();
         let sync = settings.database.synchronous;
         tokio::task::spawn_blocking(move || {
-            Store::migrate(&db).map(|s| s.with_busy_timeout(busy).with_synchronous(sync))
+            Store::migrate(&db).map(|s| {
+                s.with_busy_timeout(busy).with_synchronous(sync).with_background_checkpoints()
+            })
         })
         .await
         .map_err(|e| store_err(StoreError::TaskFailed(e.to_string())))?
@@ -276,6 +280,11 @@ pub async fn start(
         None,
         stop_rest.clone().cancelled_owned(),
     );
+    tokio::spawn(run_checkpoints(
+        Checkpointer::new(store.clone()),
+        checkpoint::CHECKPOINT_PERIOD,
+        stop_rest.clone().cancelled_owned(),
+    ));
     tokio::spawn(probe_store(
         store.clone(),
         health.clone(),
@@ -432,6 +441,50 @@ async fn probe_store(
             Ok(Ok(())) => health.set_up(health::STORE),
             Ok(Err(e)) => health.set_down(health::STORE, format!("database: {e}")),
             Err(e) => health.set_down(health::STORE, format!("database probe failed: {e}")),
+        }
+    }
+}
+
+/// Runs a passive WAL checkpoint every `period` on the blocking pool (see
+/// [`crate::store::checkpoint`]) until `stop`. A failure is logged once per streak (the
+/// next runs retry; the commits' own fallback keeps the log bounded meanwhile).
+async fn run_checkpoints(
+    checkpointer: Checkpointer,
+    period: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    let mut checkpointer = Some(checkpointer);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = ticker.tick() => {}
+        }
+        let Some(mut c) = checkpointer.take() else { return };
+        let Ok((c, result)) = tokio::task::spawn_blocking(move || {
+            let r = c.run();
+            (c, r)
+        })
+        .await
+        else {
+            tracing::error!("the WAL checkpointer panicked; checkpoints fall back to commits");
+            return;
+        };
+        checkpointer = Some(c);
+        match result {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("WAL checkpoints work again");
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot checkpoint the WAL; retrying");
+            }
+            Err(_) => {}
         }
     }
 }

@@ -15,6 +15,7 @@
 //! safely (see [`Conn`]).
 
 pub mod catalog;
+pub mod checkpoint;
 pub mod deliveries;
 mod file;
 pub mod migrations;
@@ -135,6 +136,9 @@ pub struct Store {
     busy_timeout: Duration,
     synchronous: Synchronous,
     file: Arc<FileGate>,
+    /// `wal_autocheckpoint` of every connection; `None`: SQLite's default (see
+    /// [`checkpoint`]).
+    autocheckpoint: Option<u32>,
     /// Seed the default catalogs into a file that replaces the database ([`Store::migrate`]).
     seed: bool,
 }
@@ -149,6 +153,7 @@ impl Store {
             busy_timeout: BUSY_TIMEOUT,
             synchronous: Synchronous::default(),
             file: Arc::new(FileGate::default()),
+            autocheckpoint: None,
             seed: false,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -178,6 +183,13 @@ impl Store {
     /// Sets `synchronous` for every connection opened from now on (`database.synchronous`).
     pub fn with_synchronous(mut self, synchronous: Synchronous) -> Store {
         self.synchronous = synchronous;
+        self
+    }
+
+    /// For a process that runs a [`checkpoint::Checkpointer`]: connections opened from now
+    /// on checkpoint inside a commit only past [`checkpoint::FALLBACK_PAGES`] of log.
+    pub fn with_background_checkpoints(mut self) -> Store {
+        self.autocheckpoint = Some(checkpoint::FALLBACK_PAGES);
         self
     }
 
@@ -231,6 +243,9 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", self.synchronous.pragma())?;
         conn.pragma_update(None, "foreign_keys", true)?;
+        if let Some(pages) = self.autocheckpoint {
+            conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        }
         if reservation.prepare {
             self.prepare_new_file(&mut conn)?;
         }
