@@ -413,6 +413,28 @@ fn spawn_connection_health(
     });
 }
 
+/// The clock of a periodic task: [`Every::next`] waits for the next tick (a late tick is
+/// delayed, not bunched) and is false once `stop` completed.
+struct Every<S> {
+    ticker: tokio::time::Interval,
+    stop: std::pin::Pin<Box<S>>,
+}
+
+impl<S: std::future::Future<Output = ()>> Every<S> {
+    fn new(period: Duration, stop: S) -> Every<S> {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Every { ticker, stop: Box::pin(stop) }
+    }
+
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            () = &mut self.stop => false,
+            _ = self.ticker.tick() => true,
+        }
+    }
+}
+
 /// Reads the database every `period` and reports the store up, or down with the error
 /// (file removed, unreadable, being replaced, corrupt), until `stop`.
 async fn probe_store(
@@ -421,14 +443,8 @@ async fn probe_store(
     period: Duration,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => return,
-            _ = ticker.tick() => {}
-        }
+    let mut every = Every::new(period, stop);
+    while every.next().await {
         let s = store.clone();
         let probe = tokio::task::spawn_blocking(move || {
             s.read(|tx| {
@@ -449,31 +465,23 @@ async fn probe_store(
 /// [`crate::store::checkpoint`]) until `stop`. A failure is logged once per streak (the
 /// next runs retry; the commits' own fallback keeps the log bounded meanwhile).
 async fn run_checkpoints(
-    checkpointer: Checkpointer,
+    mut checkpointer: Checkpointer,
     period: Duration,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
-    let mut checkpointer = Some(checkpointer);
+    let mut every = Every::new(period, stop);
     let mut failing = false;
-    loop {
-        tokio::select! {
-            () = &mut stop => return,
-            _ = ticker.tick() => {}
-        }
-        let Some(mut c) = checkpointer.take() else { return };
+    while every.next().await {
         let Ok((c, result)) = tokio::task::spawn_blocking(move || {
-            let r = c.run();
-            (c, r)
+            let r = checkpointer.run();
+            (checkpointer, r)
         })
         .await
         else {
             tracing::error!("the WAL checkpointer panicked; checkpoints fall back to commits");
             return;
         };
-        checkpointer = Some(c);
+        checkpointer = c;
         match result {
             Ok(_) if failing => {
                 failing = false;

@@ -235,19 +235,10 @@ pub(super) async fn with_db<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::outbox::{NewDelivery, OutboxWriter, Target};
+    use crate::store::outbox::{NewDelivery, OutboxWriter};
 
     fn push(id: &str) -> NewDelivery {
-        NewDelivery {
-            id: id.into(),
-            occurrence_id: id.into(),
-            script_id: 1,
-            reaction: "sound".into(),
-            recipient: "42".into(),
-            lane: String::new(),
-            payload: "{}".into(),
-            target: Target::Push { user_id: 42 },
-        }
+        NewDelivery::test_push(id)
     }
 
     fn pending_ids(db: &Db) -> Vec<String> {

@@ -81,7 +81,7 @@ mod tests {
 
     use super::*;
     use crate::store::now_ms;
-    use crate::store::outbox::{Handoff, NewDelivery, OutboxWriter, Target};
+    use crate::store::outbox::{Handoff, NewDelivery, OutboxWriter};
 
     /// A commit of one delivery per occurrence number in `occurrences` (about 7 log pages
     /// each).
@@ -89,17 +89,7 @@ mod tests {
         let handoff = Arc::new(Handoff::default());
         let mut writer = OutboxWriter::new(store, handoff.clone()).unwrap();
         for i in occurrences {
-            let id = format!("occ-{i}:1:42");
-            let push = NewDelivery {
-                payload: format!(r#"{{"reaction":"sound","delivery_id":"{id}"}}"#),
-                id,
-                occurrence_id: format!("occ-{i}"),
-                script_id: 1,
-                reaction: "sound".into(),
-                recipient: "42".into(),
-                lane: String::new(),
-                target: Target::Push { user_id: 42 },
-            };
+            let push = NewDelivery::test_push(&format!("occ-{i}:1:42"));
             assert_eq!(writer.enqueue(&[push], now_ms()).unwrap(), 1);
             handoff.take(usize::MAX);
         }

@@ -242,6 +242,23 @@ pub struct NewDelivery {
     pub target: Target,
 }
 
+#[cfg(test)]
+impl NewDelivery {
+    /// A sound push to user 42 of script 1, its occurrence id the delivery id (tests).
+    pub(crate) fn test_push(id: &str) -> NewDelivery {
+        NewDelivery {
+            id: id.into(),
+            occurrence_id: id.into(),
+            script_id: 1,
+            reaction: "sound".into(),
+            recipient: "42".into(),
+            lane: String::new(),
+            payload: format!(r#"{{"reaction":"sound","delivery_id":"{id}"}}"#),
+            target: Target::Push { user_id: 42 },
+        }
+    }
+}
+
 /// A pending row claimed for an attempt, read without trusting its column types.
 #[derive(Debug, Clone)]
 pub struct Claimed {
