@@ -152,11 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 passes: a.passes,
             })
             .map_err(anyhow::Error::msg)?;
-            if a.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{report}");
-            }
+            print_report(&report, a.json)?;
             if !report.identical {
                 anyhow::bail!("the index and the naive scan disagree on the sample");
             }
@@ -181,11 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     cooldown_seconds: a.cooldown_seconds,
                 })
                 .map_err(anyhow::Error::msg)?;
-            if a.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{report}");
-            }
+            print_report(&report, a.json)?;
             if report.lost > 0 || report.unexpected > 0 {
                 anyhow::bail!("{} deliveries lost, {} unexpected", report.lost, report.unexpected);
             }
@@ -201,6 +193,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// `scriptd generate-assets DIR`: `man/scriptd.1` and one page per subcommand
 /// (`scriptd-run.1`, …), and `completions/` for bash, zsh and fish, all from the same clap
 /// definition the binary parses with, so they cannot drift from it.
+/// A benchmark's report on stdout: one JSON object with `--json`, else its text.
+fn print_report(
+    report: &(impl serde::Serialize + std::fmt::Display),
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
+
 fn generate_assets(dir: &Path) -> anyhow::Result<()> {
     use clap::CommandFactory;
     let man = dir.join("man");
