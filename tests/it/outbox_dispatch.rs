@@ -577,10 +577,13 @@ async fn max_in_flight_is_respected() {
     d.stop(10).await;
 }
 
-#[tokio::test]
-async fn shutdown_returns_within_the_deadline_and_leaves_the_rest_pending() {
-    // Attempts that outlive the deadline are abandoned.
-    let peer = slow_peer(Duration::from_secs(30)).await;
+/// 500 webhooks to a peer that answers after `answer_after`, 20 in flight, then a stop with
+/// `deadline`: the store, the peer, and how long the stop took.
+async fn stop_with_attempts_in_flight(
+    answer_after: Duration,
+    deadline: Duration,
+) -> (Db, SlowPeer, Duration) {
+    let peer = slow_peer(answer_after).await;
     let mut db = fresh_db();
     let batch: Vec<_> = (0..500).map(|i| webhook(i, &peer.url)).collect();
     db.writer.enqueue(&batch, now_ms()).unwrap();
@@ -589,35 +592,29 @@ async fn shutdown_returns_within_the_deadline_and_leaves_the_rest_pending() {
         &db.handoff,
         senders(None, PushHub::new(8)),
         20,
-        Duration::from_millis(500),
+        deadline,
         live("http://127.0.0.1:9"),
     );
     let now = peer.now.clone();
     wait_until(10, "attempts in flight", || now.load(Ordering::SeqCst) == 20).await;
     let t = Instant::now();
     d.stop(5).await;
-    assert!(t.elapsed() < Duration::from_millis(1500), "join took {:?}", t.elapsed());
+    (db, peer, t.elapsed())
+}
+
+#[tokio::test]
+async fn shutdown_returns_within_the_deadline_and_leaves_the_rest_pending() {
+    // Attempts that outlive the deadline are abandoned.
+    let (db, _peer, took) =
+        stop_with_attempts_in_flight(Duration::from_secs(30), Duration::from_millis(500)).await;
+    assert!(took < Duration::from_millis(1500), "join took {took:?}");
     let r = rows(&db.store);
     assert!(r.iter().all(|r| r.state == "pending" && r.attempts == 0), "nothing recorded");
 
     // Attempts that finish within the deadline are recorded.
-    let peer = slow_peer(Duration::from_millis(300)).await;
-    let mut db = fresh_db();
-    let batch: Vec<_> = (0..500).map(|i| webhook(i, &peer.url)).collect();
-    db.writer.enqueue(&batch, now_ms()).unwrap();
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(None, PushHub::new(8)),
-        20,
-        Duration::from_secs(3),
-        live("http://127.0.0.1:9"),
-    );
-    let now = peer.now.clone();
-    wait_until(10, "attempts in flight", || now.load(Ordering::SeqCst) == 20).await;
-    let t = Instant::now();
-    d.stop(5).await;
-    assert!(t.elapsed() < Duration::from_secs(3), "join took {:?}", t.elapsed());
+    let (db, peer, took) =
+        stop_with_attempts_in_flight(Duration::from_millis(300), Duration::from_secs(3)).await;
+    assert!(took < Duration::from_secs(3), "join took {took:?}");
     let sent = count(&db.store, "sent");
     let pending = count(&db.store, "pending");
     assert_eq!(sent, peer.total.load(Ordering::SeqCst), "every finished request is recorded");
