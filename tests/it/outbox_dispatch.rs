@@ -93,6 +93,17 @@ fn start(
     Running { handle, stop }
 }
 
+/// [`start`] on `db` with `push` (the MQTT pusher, if any) and a stream hub of its own.
+fn start_on(
+    db: &Db,
+    push: Option<Arc<MqttPusher>>,
+    max_in_flight: usize,
+    deadline: Duration,
+    live: Arc<ArcSwap<LiveSettings>>,
+) -> Running {
+    start(&db.store, &db.handoff, senders(push, PushHub::new(8)), max_in_flight, deadline, live)
+}
+
 fn payload(id: &str, reaction: &str) -> String {
     serde_json::json!({"reaction": reaction, "delivery_id": id, "camera_id": 17}).to_string()
 }
@@ -268,14 +279,7 @@ async fn after_a_restart_pending_pushes_are_delivered_exactly_once() {
     let batch: Vec<_> = (0..50).map(|i| push(i, 7)).collect();
     db.writer.enqueue(&batch, now_ms()).unwrap();
     // First run: no broker connection at all.
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(None, PushHub::new(8)),
-        10,
-        Duration::from_secs(2),
-        live("http://127.0.0.1:9"),
-    );
+    let d = start_on(&db, None, 10, Duration::from_secs(2), live("http://127.0.0.1:9"));
     let h = d.handle.clone();
     wait_until(10, "failed attempts", || h.stats().retried >= 10).await;
     d.stop(5).await;
@@ -288,14 +292,7 @@ async fn after_a_restart_pending_pushes_are_delivered_exactly_once() {
     let mut app = TestClient::connect(broker.port(), "client-app").await;
     app.subscribe("vms/users/+/reactions").await;
     let (p, _stop_pusher) = pusher(broker.port()).await;
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(Some(p), PushHub::new(8)),
-        10,
-        Duration::from_secs(2),
-        live("http://127.0.0.1:9"),
-    );
+    let d = start_on(&db, Some(p), 10, Duration::from_secs(2), live("http://127.0.0.1:9"));
     let mut seen: HashMap<String, usize> = HashMap::new();
     for _ in 0..50 {
         let m = app.next(10).await;
@@ -331,14 +328,7 @@ async fn throughput_of_pushes_through_mosquitto() {
     }
     let enqueue = t.elapsed();
     let t = Instant::now();
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(Some(p), PushHub::new(8)),
-        100,
-        Duration::from_secs(5),
-        live("http://127.0.0.1:9"),
-    );
+    let d = start_on(&db, Some(p), 100, Duration::from_secs(5), live("http://127.0.0.1:9"));
     let h = d.handle.clone();
     wait_until(120, "all sent", || h.stats().sent as usize >= N).await;
     let took = t.elapsed();
@@ -359,14 +349,7 @@ async fn twenty_messages_to_one_chat_arrive_in_order() {
     let mut db = fresh_db();
     let batch: Vec<_> = (0..20).map(|i| telegram(i, TOKEN, "1")).collect();
     db.writer.enqueue(&batch, now_ms()).unwrap();
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(None, PushHub::new(8)),
-        50,
-        Duration::from_secs(5),
-        live(&stub.api_url()),
-    );
+    let d = start_on(&db, None, 50, Duration::from_secs(5), live(&stub.api_url()));
     let got = stub.wait_for(20, Duration::from_secs(20)).await;
     let texts: Vec<_> = got.iter().map(|r| r.text.clone().unwrap_or_default()).collect();
     let expected: Vec<_> = (0..20).map(|i| format!("m{i}")).collect();
@@ -382,14 +365,7 @@ async fn a_429_is_retried_after_retry_after_and_delivered_once() {
     stub.answer_for_chat("5", Answer::RetryAfter(2));
     let mut db = fresh_db();
     db.writer.enqueue(&[telegram(1, TOKEN, "5"), telegram(2, TOKEN, "5")], now_ms()).unwrap();
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(None, PushHub::new(8)),
-        10,
-        Duration::from_secs(5),
-        live(&stub.api_url()),
-    );
+    let d = start_on(&db, None, 10, Duration::from_secs(5), live(&stub.api_url()));
     let got = stub.wait_for(3, Duration::from_secs(15)).await;
     assert_eq!(got[0].answer, Answer::RetryAfter(2));
     assert_eq!(got[1].answer, Answer::Ok);
@@ -424,14 +400,7 @@ async fn permanent_telegram_errors_fail_without_retries() {
             now_ms(),
         )
         .unwrap();
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(None, PushHub::new(8)),
-        10,
-        Duration::from_secs(5),
-        live(&stub.api_url()),
-    );
+    let d = start_on(&db, None, 10, Duration::from_secs(5), live(&stub.api_url()));
     let store = db.store.clone();
     wait_until(10, "rows failed", || count(&store, "failed") == 3).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -453,14 +422,7 @@ async fn a_hung_chat_does_not_block_another_chat() {
     stub.answer_for_chat("9", Answer::Hang);
     let mut db = fresh_db();
     db.writer.enqueue(&[telegram(1, TOKEN, "9"), telegram(2, TOKEN, "10")], now_ms()).unwrap();
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(None, PushHub::new(8)),
-        10,
-        Duration::from_secs(1),
-        live(&stub.api_url()),
-    );
+    let d = start_on(&db, None, 10, Duration::from_secs(1), live(&stub.api_url()));
     let store = db.store.clone();
     let t = Instant::now();
     wait_until(5, "the other chat's row sent", || {
@@ -481,14 +443,7 @@ async fn a_webhook_500_then_200_is_delivered_on_the_second_attempt() {
     rx.push_status(500);
     let mut db = fresh_db();
     db.writer.enqueue(&[webhook(1, &rx.url())], now_ms()).unwrap();
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(None, PushHub::new(8)),
-        10,
-        Duration::from_secs(5),
-        live("http://127.0.0.1:9"),
-    );
+    let d = start_on(&db, None, 10, Duration::from_secs(5), live("http://127.0.0.1:9"));
     let store = db.store.clone();
     wait_until(10, "row sent", || count(&store, "sent") == 1).await;
     let got = rx.received();
@@ -553,14 +508,7 @@ async fn max_in_flight_is_respected() {
     let mut db = fresh_db();
     let batch: Vec<_> = (0..200).map(|i| webhook(i, &peer.url)).collect();
     db.writer.enqueue(&batch, now_ms()).unwrap();
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(None, PushHub::new(8)),
-        7,
-        Duration::from_secs(5),
-        live("http://127.0.0.1:9"),
-    );
+    let d = start_on(&db, None, 7, Duration::from_secs(5), live("http://127.0.0.1:9"));
     let h = d.handle.clone();
     let mut most = 0;
     within(30, "all sent", async {
@@ -587,14 +535,7 @@ async fn stop_with_attempts_in_flight(
     let mut db = fresh_db();
     let batch: Vec<_> = (0..500).map(|i| webhook(i, &peer.url)).collect();
     db.writer.enqueue(&batch, now_ms()).unwrap();
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(None, PushHub::new(8)),
-        20,
-        deadline,
-        live("http://127.0.0.1:9"),
-    );
+    let d = start_on(&db, None, 20, deadline, live("http://127.0.0.1:9"));
     let now = peer.now.clone();
     wait_until(10, "attempts in flight", || now.load(Ordering::SeqCst) == 20).await;
     let t = Instant::now();
@@ -637,14 +578,7 @@ async fn a_hand_edited_garbage_row_fails_alone() {
             Ok(())
         })
         .unwrap();
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(None, PushHub::new(8)),
-        10,
-        Duration::from_secs(5),
-        live("http://127.0.0.1:9"),
-    );
+    let d = start_on(&db, None, 10, Duration::from_secs(5), live("http://127.0.0.1:9"));
     let store = db.store.clone();
     wait_until(10, "all finished", || count(&store, "pending") == 0).await;
     let r = rows(&db.store);
@@ -666,14 +600,7 @@ async fn exhausted_retries_fail_with_the_count() {
         s.delivery.max_attempts = 3;
         s.delivery.backoff_initial_ms = 20;
     });
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(None, PushHub::new(8)),
-        10,
-        Duration::from_secs(5),
-        live,
-    );
+    let d = start_on(&db, None, 10, Duration::from_secs(5), live);
     let store = db.store.clone();
     wait_until(10, "row failed", || count(&store, "failed") == 1).await;
     let r = &rows(&db.store)[0];
@@ -722,14 +649,7 @@ async fn a_sighup_change_of_the_telegram_url_reaches_the_next_message() {
     let mut db = fresh_db();
     let live = live(&old.api_url());
     db.writer.enqueue(&[telegram(1, TOKEN, "1")], now_ms()).unwrap();
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(None, PushHub::new(8)),
-        10,
-        Duration::from_secs(5),
-        live.clone(),
-    );
+    let d = start_on(&db, None, 10, Duration::from_secs(5), live.clone());
     old.wait_for(1, Duration::from_secs(10)).await;
     let mut changed = (**live.load()).clone();
     changed.telegram.api_url = new.api_url();
@@ -763,14 +683,7 @@ async fn finished_rows_older_than_the_retention_are_pruned() {
         })
         .unwrap();
     let live = live_with("http://127.0.0.1:9", |s| s.delivery.retention_hours = 1);
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(None, PushHub::new(8)),
-        10,
-        Duration::from_secs(5),
-        live,
-    );
+    let d = start_on(&db, None, 10, Duration::from_secs(5), live);
     let store = db.store.clone();
     wait_until(10, "pruned", || rows(&store).len() == 2).await;
     let r = rows(&db.store);
@@ -814,27 +727,13 @@ async fn a_stop_without_grace_repeats_at_most_max_in_flight_deliveries() {
     let mut db = fresh_db();
     let batch: Vec<_> = (0..60).map(|i| webhook(i, &peer.url)).collect();
     db.writer.enqueue(&batch, now_ms()).unwrap();
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(None, PushHub::new(8)),
-        5,
-        Duration::ZERO,
-        live("http://127.0.0.1:9"),
-    );
+    let d = start_on(&db, None, 5, Duration::ZERO, live("http://127.0.0.1:9"));
     let total = peer.total.clone();
     wait_until(10, "some delivered", || total.load(Ordering::SeqCst) >= 12).await;
     d.stop(5).await;
     assert!(count(&db.store, "pending") > 0);
 
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(None, PushHub::new(8)),
-        5,
-        Duration::from_secs(5),
-        live("http://127.0.0.1:9"),
-    );
+    let d = start_on(&db, None, 5, Duration::from_secs(5), live("http://127.0.0.1:9"));
     let store = db.store.clone();
     wait_until(20, "all sent", || count(&store, "sent") == 60).await;
     d.stop(10).await;
@@ -858,14 +757,7 @@ async fn steady_producer_and_dispatcher_through_mosquitto() {
     let broker = Mosquitto::start().await;
     let (p, _stop_pusher) = pusher(broker.port()).await;
     let db = fresh_db();
-    let d = start(
-        &db.store,
-        &db.handoff,
-        senders(Some(p), PushHub::new(8)),
-        100,
-        Duration::from_secs(5),
-        live("http://127.0.0.1:9"),
-    );
+    let d = start_on(&db, Some(p), 100, Duration::from_secs(5), live("http://127.0.0.1:9"));
     let handle = d.handle.clone();
     let mut writer = db.writer;
     let t = Instant::now();
