@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use super::{Conn, Store, StoreError};
+use super::{HeldConn, Store, StoreError};
 
 /// How often the daemon's [`Checkpointer`] runs.
 pub const CHECKPOINT_PERIOD: Duration = Duration::from_millis(200);
@@ -45,27 +45,20 @@ pub struct Checkpointed {
 /// Runs passive checkpoints over a connection of its own (see the module documentation).
 #[derive(Debug)]
 pub struct Checkpointer {
-    store: Store,
-    conn: Option<Conn>,
+    conn: HeldConn,
 }
 
 impl Checkpointer {
     /// A checkpointer for `store`; it connects on its first run.
     pub fn new(store: Store) -> Checkpointer {
-        Checkpointer { store, conn: None }
+        Checkpointer { conn: HeldConn::new(store) }
     }
 
     /// One passive checkpoint (blocking). A connection to a replaced database file is let
     /// go first, so the replacement is never held up (the next run connects to the new
     /// file).
     pub fn run(&mut self) -> Result<Checkpointed, StoreError> {
-        if self.conn.as_ref().is_some_and(Conn::is_stale) {
-            self.conn = None;
-        }
-        let conn = match &mut self.conn {
-            Some(c) => c,
-            None => self.conn.insert(self.store.connect()?),
-        };
+        let conn = self.conn.get()?;
         let (log_frames, copied_frames) =
             conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                 Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))

@@ -297,6 +297,51 @@ pub fn now_text() -> String {
     chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
+/// A connection kept open between uses, for a component that talks to the database
+/// often (the outbox writer, the WAL checkpointer, the intake's snooze checks): opened on
+/// first use, let go once the database file was replaced (see [`Conn`]) or on
+/// [`HeldConn::close`], and opened again on the next use.
+#[derive(Debug)]
+pub struct HeldConn {
+    store: Store,
+    conn: Option<Conn>,
+}
+
+impl HeldConn {
+    /// Nothing is opened until [`HeldConn::get`].
+    pub fn new(store: Store) -> HeldConn {
+        HeldConn { store, conn: None }
+    }
+
+    /// [`HeldConn::new`] with the connection opened now.
+    pub fn open(store: Store) -> Result<HeldConn, StoreError> {
+        let conn = store.connect()?;
+        Ok(HeldConn { store, conn: Some(conn) })
+    }
+
+    /// The held connection, or a new one; a connection to a replaced file is let go first.
+    pub fn get(&mut self) -> Result<&mut Conn, StoreError> {
+        self.release_replaced_file();
+        let conn = match self.conn.take() {
+            Some(c) => c,
+            None => self.store.connect()?,
+        };
+        Ok(self.conn.insert(conn))
+    }
+
+    /// Closes the connection if the database file was replaced.
+    pub fn release_replaced_file(&mut self) {
+        if self.conn.as_ref().is_some_and(Conn::is_stale) {
+            self.conn = None;
+        }
+    }
+
+    /// Closes the connection (e.g. after an error, so that it is not reused).
+    pub fn close(&mut self) {
+        self.conn = None;
+    }
+}
+
 /// Now in unix milliseconds (the outbox's clock).
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

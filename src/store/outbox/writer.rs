@@ -75,9 +75,8 @@ pub fn cooldown_of(
 /// assert_eq!(writer.enqueue(&[push], now_ms()).unwrap(), 0);
 /// ```
 pub struct OutboxWriter {
-    pub(super) store: Store,
-    pub(super) conn: Option<Conn>,
-    pub(super) handoff: Arc<Handoff>,
+    conn: HeldConn,
+    handoff: Arc<Handoff>,
 }
 
 impl std::fmt::Debug for OutboxWriter {
@@ -95,7 +94,7 @@ impl OutboxWriter {
     /// A writer with a dedicated connection to `store`, handing new rows over through
     /// `handoff` (the dispatcher's).
     pub fn new(store: &Store, handoff: Arc<Handoff>) -> Result<OutboxWriter, StoreError> {
-        Ok(OutboxWriter { store: store.clone(), conn: Some(store.connect()?), handoff })
+        Ok(OutboxWriter { conn: HeldConn::open(store.clone())?, handoff })
     }
 
     /// Writes `deliveries` in one transaction begun IMMEDIATE; an id already in the outbox
@@ -126,25 +125,19 @@ impl OutboxWriter {
         if deliveries.is_empty() && fired.is_empty() {
             return Ok(0);
         }
-        self.release_replaced_file();
-        let conn = match &mut self.conn {
-            Some(c) => c,
-            None => self.conn.insert(self.store.connect()?),
-        };
+        let conn = self.conn.get()?;
         let epoch = conn.epoch();
         let staleness = conn.staleness();
         let result = Self::write(conn, &self.handoff, &staleness, epoch, deliveries, fired, now_ms);
         if matches!(result, Err(StoreError::Replaced)) {
-            self.conn = None;
+            self.conn.close();
         }
         result
     }
 
     /// Closes the connection if the database file was replaced (see [`Conn`]).
     pub fn release_replaced_file(&mut self) {
-        if self.conn.as_ref().is_some_and(Conn::is_stale) {
-            self.conn = None;
-        }
+        self.conn.release_replaced_file();
     }
 
     pub(super) fn write(
