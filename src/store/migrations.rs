@@ -257,8 +257,16 @@ CREATE TRIGGER snoozes_version_delete AFTER DELETE ON snoozes
 BEGIN UPDATE snoozes_version SET version = version + 1; END;
 "#;
 
+/// Migration 7: the lane index holds only the pending rows that have a lane (Telegram's).
+/// Every other pending row used to enter it with the empty lane, one more index page per
+/// write of a push or webhook row; the lane queries say `lane <> ''` so they use it.
+const V7: &str = r#"
+DROP INDEX deliveries_pending_lane;
+CREATE INDEX deliveries_pending_lane ON deliveries(lane) WHERE state = 'pending' AND lane <> '';
+"#;
+
 const MIGRATIONS: &[M<'static>] =
-    &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5), M::up(V6)];
+    &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5), M::up(V6), M::up(V7)];
 
 /// The schema version this binary writes and understands.
 pub fn latest_version() -> usize {
@@ -291,10 +299,56 @@ pub fn to_latest(conn: &mut Connection) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::params;
 
     #[test]
     fn migrations_are_valid() {
         assert!(Migrations::from_slice(MIGRATIONS).validate().is_ok());
+    }
+
+    #[test]
+    fn version_7_lane_index_holds_laned_rows_only_and_lane_queries_use_it() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        Migrations::from_slice(MIGRATIONS).to_version(&mut conn, 6).unwrap();
+        let insert = |conn: &Connection, id: &str, lane: &str| {
+            conn.execute(
+                "INSERT INTO deliveries (id, occurrence_id, script_id, reaction, recipient, lane,
+                   payload, state, attempts, next_attempt_at, created_at, updated_at, target)
+                 VALUES (?1, 'o', 1, 'r', '1', ?2, '{}', 'pending', 0, 1, 1, 1, '{}')",
+                params![id, lane],
+            )
+            .unwrap();
+        };
+        insert(&conn, "a", "");
+        insert(&conn, "b", "bot:1");
+        to_latest(&mut conn).unwrap();
+        insert(&conn, "c", "");
+        insert(&conn, "d", "bot:1");
+        let in_index: Vec<String> = conn
+            .prepare(
+                "SELECT id FROM deliveries INDEXED BY deliveries_pending_lane
+                 WHERE state = 'pending' AND lane <> '' ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(in_index, ["b", "d"]);
+        let plan = |sql: &str| -> String {
+            conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(params!["bot:1"], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap()
+                .join("; ")
+        };
+        let with = "SELECT 1 FROM deliveries WHERE state = 'pending' AND lane <> '' AND lane = ?1";
+        assert!(plan(with).contains("deliveries_pending_lane"), "{}", plan(with));
+        // Without `lane <> ''` the partial index cannot be proven to cover the query.
+        let without = "SELECT 1 FROM deliveries WHERE state = 'pending' AND lane = ?1";
+        assert!(!plan(without).contains("deliveries_pending_lane"), "{}", plan(without));
     }
 
     #[test]

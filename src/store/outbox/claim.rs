@@ -33,7 +33,8 @@ pub(super) fn due_where(
          WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 AND {condition}
            AND (d.lane = '' OR NOT EXISTS (
                 SELECT 1 FROM deliveries e
-                WHERE e.state = 'pending' AND e.lane = d.lane AND e.rowid < d.rowid))
+                WHERE e.state = 'pending' AND e.lane <> '' AND e.lane = d.lane
+                  AND e.rowid < d.rowid))
          ORDER BY d.next_attempt_at, d.rowid
          LIMIT ?2"
     ))?;
@@ -195,7 +196,8 @@ pub fn coalesce(
     let more: bool = conn
         .prepare_cached(
             "SELECT EXISTS(SELECT 1 FROM deliveries d JOIN deliveries h ON h.id = ?1
-             WHERE d.state = 'pending' AND d.lane = ?2 AND d.script_id = h.script_id
+             WHERE d.state = 'pending' AND d.lane <> '' AND d.lane = ?2
+               AND d.script_id = h.script_id
                AND d.rowid > h.rowid)",
         )?
         .query_row(params![head.id, head.lane], |r| r.get(0))?;
@@ -214,7 +216,8 @@ pub fn coalesce(
     let n = tx
         .prepare_cached(
             "UPDATE deliveries SET state = 'coalesced', coalesced_into = ?1, updated_at = ?2
-             WHERE state = 'pending' AND lane = ?3 AND script_id = ?4 AND id <> ?1
+             WHERE state = 'pending' AND lane <> '' AND lane = ?3 AND script_id = ?4
+               AND id <> ?1
                AND rowid > (SELECT rowid FROM deliveries WHERE id = ?1)",
         )?
         .execute(params![head.id, now_ms, head.lane, script])?;
