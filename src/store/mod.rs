@@ -199,6 +199,16 @@ impl Store {
         self.file.epoch()
     }
 
+    /// How long a connection waits for another writer (`database.busy_timeout_ms`).
+    pub fn busy_timeout(&self) -> Duration {
+        self.busy_timeout
+    }
+
+    /// The `synchronous` setting of this handle's connections.
+    pub fn synchronous(&self) -> Synchronous {
+        self.synchronous
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -327,6 +337,17 @@ impl HeldConn {
             None => self.store.connect()?,
         };
         Ok(self.conn.insert(conn))
+    }
+
+    /// The held connection if one is open (and not to a replaced file); never opens one.
+    pub fn get_open(&mut self) -> Option<&mut Conn> {
+        self.release_replaced_file();
+        self.conn.as_mut()
+    }
+
+    /// The store the connection is opened from.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Closes the connection if the database file was replaced.

@@ -222,3 +222,53 @@ fn a_claim_never_waits_for_the_write_lock_while_holding_the_hand_over() {
 fn now_ms_for_test() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
+
+#[test]
+fn a_write_without_waiting_is_made_only_when_nothing_can_make_it_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = Store::migrate(&path).unwrap().with_busy_timeout(std::time::Duration::from_secs(3));
+    let handoff = Arc::new(Handoff::default());
+    let mut writer = OutboxWriter::new(&store, handoff.clone()).unwrap();
+    let now = now_ms_for_test();
+    let pending = || {
+        let conn = store.connect().unwrap();
+        due(&conn, i64::MAX, 100).unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>()
+    };
+
+    // Nothing in the way: written and handed over.
+    let done = writer.try_enqueue_without_waiting(&[NewDelivery::test_push("a")], &[], now);
+    assert_eq!(done.unwrap().unwrap(), 1);
+    assert_eq!(handoff.take(10).len(), 1);
+
+    // Another writer holds the lock: not made, nothing written, nothing handed over.
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    let (go, release) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let mut conn = store.connect().unwrap();
+            let lock = conn.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
+            locked.send(()).unwrap();
+            release.recv().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            lock.commit().unwrap();
+        })
+    };
+    is_locked.recv().unwrap();
+    let started = std::time::Instant::now();
+    assert!(writer.try_enqueue_without_waiting(&[NewDelivery::test_push("b")], &[], now).is_none());
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "it waited for the lock");
+    assert!(handoff.is_empty());
+    // The usual write still waits for the lock (the busy timeout was restored).
+    go.send(()).unwrap();
+    assert_eq!(writer.enqueue(&[NewDelivery::test_push("b")], now).unwrap(), 1);
+    holder.join().unwrap();
+    assert_eq!(pending(), ["a", "b"]);
+
+    // `synchronous = full` (a commit waits for the disk): never made.
+    let full = Store::migrate(&path).unwrap().with_synchronous(crate::store::Synchronous::Full);
+    let mut writer = OutboxWriter::new(&full, Arc::new(Handoff::default())).unwrap();
+    assert!(writer.try_enqueue_without_waiting(&[NewDelivery::test_push("c")], &[], now).is_none());
+    assert_eq!(pending(), ["a", "b"]);
+}

@@ -1,7 +1,10 @@
 //! The intake's side of the outbox: new deliveries and the cooldown state of their
 //! firings, written in one transaction.
 
+use std::time::Duration;
+
 use super::*;
+use crate::store::Synchronous;
 
 /// A script's firing on a camera, kept as its cooldown state (table `cooldowns`): written
 /// by [`OutboxWriter::enqueue_with_cooldowns`] in the same transaction as the deliveries.
@@ -133,6 +136,46 @@ impl OutboxWriter {
             self.conn.close();
         }
         result
+    }
+
+    /// [`Self::enqueue_with_cooldowns`] for a caller that must not wait: it is made only
+    /// when it cannot wait for the disk or another writer. That is, only over a connection
+    /// that is already open, with `synchronous = normal` (a commit writes the log and does
+    /// not fsync), and without waiting for the write lock. `None` when it was not made:
+    /// nothing was written, and the caller writes the batch with
+    /// [`Self::enqueue_with_cooldowns`] off its thread.
+    pub fn try_enqueue_without_waiting(
+        &mut self,
+        deliveries: &[NewDelivery],
+        fired: &[Fired],
+        now_ms: i64,
+    ) -> Option<Result<usize, StoreError>> {
+        if self.conn.store().synchronous() != Synchronous::Normal {
+            return None;
+        }
+        let wait = self.conn.store().busy_timeout();
+        let conn = self.conn.get_open()?;
+        if conn.busy_timeout(Duration::ZERO).is_err() {
+            return None;
+        }
+        let epoch = conn.epoch();
+        let staleness = conn.staleness();
+        let result = Self::write(conn, &self.handoff, &staleness, epoch, deliveries, fired, now_ms);
+        let restored = conn.busy_timeout(wait);
+        match result {
+            // The lock was taken: nothing was written (the transaction rolled back).
+            Err(StoreError::Busy) => None,
+            _ if restored.is_err() => {
+                // Never keep a connection that would not wait for the lock any more.
+                self.conn.close();
+                Some(result)
+            }
+            Err(StoreError::Replaced) => {
+                self.conn.close();
+                Some(result)
+            }
+            _ => Some(result),
+        }
     }
 
     /// Closes the connection if the database file was replaced (see [`Conn`]).
