@@ -100,6 +100,17 @@ const RECORD_GROUP: usize = 256;
 /// target that has no free share do not hide other targets' rows of the same channel.
 const SCAN_EXTRA: usize = 256;
 
+/// [`SCAN_EXTRA`] for `channel`: none for pushes, which all go to one broker (a single
+/// target, no lanes), so no due push row can be hidden behind another that may not start.
+/// Reading them anyway cost a sixth of the throughput at full speed with a backlog (306
+/// rows read per claim to start ~27).
+fn scan_extra(channel: Channel) -> usize {
+    match channel {
+        Channel::Push => 0,
+        Channel::Telegram | Channel::Webhook => SCAN_EXTRA,
+    }
+}
+
 /// Drains the outbox; see the module documentation.
 #[derive(Debug)]
 pub struct Dispatcher;
@@ -431,7 +442,7 @@ impl Loop {
         let asks: Vec<(Channel, usize)> = Channel::ALL
             .into_iter()
             .filter(|c| self.backlog[c.index()] && self.bulk.free(*c) > 0)
-            .map(|c| (c, self.bulk.free(c) + self.bulk.in_flight(c) + SCAN_EXTRA))
+            .map(|c| (c, self.bulk.free(c) + self.bulk.in_flight(c) + scan_extra(c)))
             .collect();
         if asks.is_empty() {
             return Some(far); // an attempt finishing wakes the loop
