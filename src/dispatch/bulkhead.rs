@@ -176,6 +176,11 @@ impl Bulkheads {
         self.in_flight[channel.index()]
     }
 
+    /// Attempts `channel` may have in flight at most.
+    pub fn budget(&self, channel: Channel) -> usize {
+        self.limits.channel[channel.index()].min(self.limits.total)
+    }
+
     /// Attempts `channel` may start now.
     pub fn free(&self, channel: Channel) -> usize {
         let own = self.limits.channel[channel.index()].saturating_sub(self.in_flight(channel));
