@@ -15,6 +15,7 @@
 mod attempt;
 pub mod bulkhead;
 mod db_link;
+mod group;
 mod handle;
 pub mod hub;
 mod in_flight;

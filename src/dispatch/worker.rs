@@ -5,9 +5,9 @@
 //! One task owns the outbox connection and the scheduling state. It repeatedly
 //!
 //! 1. records the outcomes of finished attempts in one transaction (sent, failed, retry),
-//!    in groups (at most 10 ms or 256 outcomes, sooner when half a channel's budget
-//!    waits to be recorded or a channel runs out of slots),
-//!    and only then frees their in-flight slots,
+//!    in groups ([`super::group`]: at most 10 ms or 256 outcomes, sooner when half a
+//!    channel's budget waits or a channel runs out of slots), and only then frees their
+//!    in-flight slots,
 //! 2. claims due rows per channel (a lane's head only, see [`crate::store::outbox::due_in`]) within
 //!    the bulkheads of [`super::bulkhead`] (budgets per channel and per target, circuit
 //!    breakers), skipping rows already in flight and lanes that have an attempt in flight,
@@ -78,6 +78,7 @@ use super::SendError;
 use super::attempt::{Finished, millis, run};
 use super::bulkhead::{Admit, Bulkheads, Change, TargetKey, Verdict, report};
 use super::db_link::{Db, DbLink, with_db};
+use super::group::Group;
 use super::handle::Stats;
 pub use super::handle::{DispatchStats, DispatcherConfig, DispatcherHandle, Senders};
 use super::in_flight::{InFlight, Slot};
@@ -93,10 +94,6 @@ use crate::store::{Store, StoreError, now_ms};
 /// An attempt that takes longer than this is abandoned as retryable (the senders have
 /// their own, shorter, timeouts; this is the safety net).
 pub(super) const ATTEMPT_DEADLINE: Duration = Duration::from_secs(120);
-/// The longest an outcome waits to be recorded with others (see `Loop::record_due`).
-const RECORD_WINDOW: Duration = Duration::from_millis(10);
-/// Outcomes that are recorded at once without waiting for the window.
-const RECORD_GROUP: usize = 256;
 /// Due rows read per channel beyond its attempts in flight and free slots, so rows of a
 /// target that has no free share do not hide other targets' rows of the same channel.
 const SCAN_EXTRA: usize = 256;
@@ -142,8 +139,7 @@ impl Dispatcher {
             bulk,
             tasks: JoinSet::new(),
             task_rows: HashMap::new(),
-            finished: Vec::new(),
-            finished_since: None,
+            group: Group::default(),
             telegram: SenderCache::default(),
             upkeep: Upkeep::new(),
             handoff,
@@ -174,9 +170,7 @@ struct Loop {
     /// Which row each running attempt belongs to (to free a panicked attempt's slot).
     task_rows: HashMap<tokio::task::Id, Slot>,
     /// Outcomes not yet committed.
-    finished: Vec<Finished>,
-    /// When the oldest of them finished.
-    finished_since: Option<Instant>,
+    group: Group,
     telegram: SenderCache,
     /// The outbox gauges and the retention sweep.
     upkeep: Upkeep,
@@ -357,49 +351,29 @@ impl Loop {
 
     /// Queues a finished attempt (or a deferral) for [`Loop::commit`].
     fn finish(&mut self, f: Finished) {
-        if self.finished.is_empty() {
-            self.finished_since = Some(Instant::now());
-        }
-        self.finished.push(f);
+        self.group.push(f, Instant::now());
     }
 
     /// When the queued outcomes must be recorded at the latest.
     fn record_at(&self) -> Option<Instant> {
-        self.finished_since.map(|t| t + RECORD_WINDOW)
+        self.group.record_at()
     }
 
-    /// Whether to record the queued outcomes now. They are recorded in groups (group
-    /// commit): a transaction per outcome would cost more than the sends at a few hundred
-    /// outcomes per second. A group is recorded once [`RECORD_WINDOW`] passed since its
-    /// first outcome, or it holds [`RECORD_GROUP`] outcomes, or a channel has no free slot
-    /// left (slots are freed only by the commit). The bound on repeats after a crash is the
-    /// same: an unrecorded outcome keeps its in-flight slot. Under load a group is recorded
-    /// once half a channel's budget waits (see [`Loop::half_waits`]).
+    /// Whether to record the queued outcomes now (see [`super::group`]).
     fn record_due(&self) -> bool {
-        !self.finished.is_empty()
-            && (self.finished.len() >= RECORD_GROUP
-                || self.record_at().is_some_and(|t| t <= Instant::now())
-                || Channel::ALL.into_iter().any(|c| self.bulk.free(c) == 0 || self.half_waits(c)))
-    }
-
-    /// Whether half of `channel`'s budget or more is outcomes waiting to be recorded: they
-    /// are recorded while the other half is still in flight, instead of after it (the
-    /// window of attempts keeps moving; measured +1–8 % at full speed with a backlog).
-    fn half_waits(&self, channel: Channel) -> bool {
-        let waiting = self.finished.iter().filter(|f| f.slot.channel == channel).count();
-        waiting > 0 && waiting * 2 >= self.bulk.budget(channel)
+        self.group.due(&self.bulk, Instant::now())
     }
 
     /// Records finished attempts; frees their slots only after the commit. False when the
     /// database failed (the outcomes stay for the next try).
     async fn commit(&mut self) -> bool {
-        if self.finished.is_empty() {
+        if self.group.is_empty() {
             return true;
         }
         let Some(db) = self.db().await else { return false };
         let epoch = self.link.epoch();
         let outcomes: Vec<(RowRef, Recorded)> = self
-            .finished
+            .group
             .iter()
             .map(|f| {
                 let row = if f.slot.epoch == epoch {
@@ -413,8 +387,7 @@ impl Loop {
         match with_db(&db, move |c| outbox::record(c, &outcomes, now_ms())).await {
             Ok(()) => {
                 self.db_ok();
-                self.finished_since = None;
-                for f in std::mem::take(&mut self.finished) {
+                for f in self.group.take() {
                     self.in_flight.remove(&f.slot);
                     if f.attempted {
                         self.bulk.release(f.slot.channel, f.slot.target.as_ref());
@@ -598,9 +571,9 @@ impl Loop {
             }
             tokio::time::sleep(self.trouble_pause().min(Duration::from_millis(500))).await;
         }
-        if !self.finished.is_empty() {
+        if !self.group.is_empty() {
             tracing::warn!(
-                unrecorded = self.finished.len(),
+                unrecorded = self.group.len(),
                 "could not record some outcomes before the deadline; they stay pending"
             );
         }
