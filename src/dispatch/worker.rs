@@ -100,7 +100,7 @@ const SCAN_EXTRA: usize = 256;
 
 /// [`SCAN_EXTRA`] for `channel`: none for pushes, which all go to one broker (a single
 /// target, no lanes), so no due push row can be hidden behind another that may not start.
-/// Reading them anyway cost a sixth of the throughput at full speed with a backlog (306
+/// Reading them anyway cost 10–17 % of the throughput at full speed with a backlog (306
 /// rows read per claim to start ~27).
 fn scan_extra(channel: Channel) -> usize {
     match channel {

@@ -165,15 +165,13 @@ impl OutboxWriter {
         let epoch = conn.epoch();
         let staleness = conn.staleness();
         let result = Self::write(conn, &self.handoff, &staleness, epoch, deliveries, fired, now_ms);
-        let restored = conn.busy_timeout(wait);
+        if conn.busy_timeout(wait).is_err() {
+            // Never keep a connection that would not wait for the lock any more.
+            self.conn.close();
+        }
         match result {
             // The lock was taken: nothing was written (the transaction rolled back).
             Err(StoreError::Busy) => None,
-            _ if restored.is_err() => {
-                // Never keep a connection that would not wait for the lock any more.
-                self.conn.close();
-                Some(result)
-            }
             Err(StoreError::Replaced) => {
                 self.conn.close();
                 Some(result)
