@@ -76,7 +76,7 @@ mod tests {
     use crate::store::now_ms;
     use crate::store::outbox::{Handoff, NewDelivery, OutboxWriter};
 
-    /// A commit of one delivery per occurrence number in `occurrences` (about 7 log pages
+    /// A commit of one delivery per occurrence number in `occurrences` (5–6 log pages
     /// each).
     fn commit_deliveries(store: &Store, occurrences: Range<usize>) {
         let handoff = Arc::new(Handoff::default());

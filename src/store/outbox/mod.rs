@@ -58,7 +58,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::delivery::ReactionKind;
 use crate::secret::Secret;
-use crate::store::{Conn, HeldConn, Staleness, Store, StoreError};
+use crate::store::{Conn, HeldConn, Store, StoreError};
 
 pub use claim::{
     ClaimFound, claim_rows, coalesce, due, due_in, expire, next_due_after, pending_summary,

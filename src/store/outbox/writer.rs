@@ -129,9 +129,7 @@ impl OutboxWriter {
             return Ok(0);
         }
         let conn = self.conn.get()?;
-        let epoch = conn.epoch();
-        let staleness = conn.staleness();
-        let result = Self::write(conn, &self.handoff, &staleness, epoch, deliveries, fired, now_ms);
+        let result = Self::write(conn, &self.handoff, deliveries, fired, now_ms);
         if matches!(result, Err(StoreError::Replaced)) {
             self.conn.close();
         }
@@ -162,9 +160,7 @@ impl OutboxWriter {
         if conn.busy_timeout(Duration::ZERO).is_err() {
             return None;
         }
-        let epoch = conn.epoch();
-        let staleness = conn.staleness();
-        let result = Self::write(conn, &self.handoff, &staleness, epoch, deliveries, fired, now_ms);
+        let result = Self::write(conn, &self.handoff, deliveries, fired, now_ms);
         if conn.busy_timeout(wait).is_err() {
             // Never keep a connection that would not wait for the lock any more.
             self.conn.close();
@@ -185,15 +181,15 @@ impl OutboxWriter {
         self.conn.release_replaced_file();
     }
 
-    pub(super) fn write(
+    fn write(
         conn: &mut Conn,
         handoff: &Handoff,
-        staleness: &Staleness,
-        epoch: u64,
         deliveries: &[NewDelivery],
         fired: &[Fired],
         now_ms: i64,
     ) -> Result<usize, StoreError> {
+        let epoch = conn.epoch();
+        let staleness = conn.staleness();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if !fired.is_empty() {
             let mut stmt = tx.prepare_cached(
