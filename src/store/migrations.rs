@@ -265,8 +265,26 @@ DROP INDEX deliveries_pending_lane;
 CREATE INDEX deliveries_pending_lane ON deliveries(lane) WHERE state = 'pending' AND lane <> '';
 "#;
 
+/// Migration 8: one index of pending rows by due time per channel, instead of one over
+/// every pending row. The dispatcher claims per channel; with the shared index a claim of
+/// Telegram or webhook rows walked past every pending push, one table lookup and one `LIKE`
+/// each, so a backlog of pushes made every claim read all of it twice (at full speed with a
+/// backlog, most of the daemon's CPU). Each row enters exactly one of the three, so a write
+/// touches as many index pages as before. The conditions are the ones the claim's queries
+/// use (`Channel::condition`); a test checks that the queries use these indexes.
+const V8: &str = r#"
+DROP INDEX deliveries_pending;
+CREATE INDEX deliveries_due_push ON deliveries(next_attempt_at)
+  WHERE state = 'pending' AND (target IS NULL OR NOT (target LIKE '{"kind":"telegram"%'
+                                                      OR target LIKE '{"kind":"webhook"%'));
+CREATE INDEX deliveries_due_telegram ON deliveries(next_attempt_at)
+  WHERE state = 'pending' AND target LIKE '{"kind":"telegram"%';
+CREATE INDEX deliveries_due_webhook ON deliveries(next_attempt_at)
+  WHERE state = 'pending' AND target LIKE '{"kind":"webhook"%';
+"#;
+
 const MIGRATIONS: &[M<'static>] =
-    &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5), M::up(V6), M::up(V7)];
+    &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5), M::up(V6), M::up(V7), M::up(V8)];
 
 /// The schema version this binary writes and understands.
 pub fn latest_version() -> usize {

@@ -2,9 +2,12 @@
 
 use super::*;
 
-/// Up to `limit` due pending rows, oldest due first. A row with a non-empty lane is
-/// returned only when it is its lane's head (no older pending row in the lane), so a lane
-/// waiting for a retry blocks itself and nothing else.
+/// Up to `limit` due pending rows of every channel, oldest due first (tests: no index
+/// serves every channel at once, so this reads all pending rows; the dispatcher asks
+/// [`due_in`] per channel). A row with a non-empty lane is returned only when it is its
+/// lane's head (no older pending row in the lane), so a lane waiting for a retry blocks
+/// itself and nothing else.
+#[cfg(test)]
 pub fn due(conn: &Conn, now_ms: i64, limit: usize) -> Result<Vec<Claimed>, StoreError> {
     due_where(conn, "1", now_ms, limit)
 }
@@ -20,14 +23,10 @@ pub fn due_in(
     due_where(conn, channel.condition(), now_ms, limit)
 }
 
-pub(super) fn due_where(
-    conn: &Conn,
-    condition: &str,
-    now_ms: i64,
-    limit: usize,
-) -> Result<Vec<Claimed>, StoreError> {
-    let epoch = conn.epoch();
-    let mut stmt = conn.prepare_cached(&format!(
+/// The query of [`due_where`] (`?1` now, `?2` the limit). With a channel's condition it
+/// reads that channel's index of due rows (migration 8) in order, no sort.
+pub(super) fn due_sql(condition: &str) -> String {
+    format!(
         "SELECT d.rowid, d.id, d.reaction, d.lane, d.attempts, d.payload, d.target, d.recipient
          FROM deliveries d
          WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 AND {condition}
@@ -37,7 +36,17 @@ pub(super) fn due_where(
                   AND e.rowid < d.rowid))
          ORDER BY d.next_attempt_at, d.rowid
          LIMIT ?2"
-    ))?;
+    )
+}
+
+pub(super) fn due_where(
+    conn: &Conn,
+    condition: &str,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<Claimed>, StoreError> {
+    let epoch = conn.epoch();
+    let mut stmt = conn.prepare_cached(&due_sql(condition))?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = stmt.query_map(params![now_ms, limit], |r| {
         let reaction = lossy_text(r.get(2)?);
@@ -105,13 +114,26 @@ pub fn claim_rows(
 /// The earliest `next_attempt_at` after `now_ms` among pending rows, if any.
 pub fn next_due_after(conn: &Connection, now_ms: i64) -> Result<Option<i64>, StoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT MIN(next_attempt_at) FROM deliveries
-             WHERE state = 'pending' AND next_attempt_at > ?1",
-        )?
+        .prepare_cached(&next_due_sql())?
         .query_row([now_ms], |r| r.get::<_, Option<i64>>(0))
         .optional()?
         .flatten())
+}
+
+/// The query of [`next_due_after`]: the earliest of each channel's, so each reads one entry
+/// of its channel's index (migration 8).
+pub(super) fn next_due_sql() -> String {
+    let per_channel: Vec<String> = Channel::ALL
+        .iter()
+        .map(|c| {
+            format!(
+                "SELECT MIN(d.next_attempt_at) AS at FROM deliveries d
+                 WHERE d.state = 'pending' AND d.next_attempt_at > ?1 AND {}",
+                c.condition()
+            )
+        })
+        .collect();
+    format!("SELECT MIN(at) FROM ({})", per_channel.join(" UNION ALL "))
 }
 
 /// Pending rows and the `created_at` (unix ms) of the oldest.

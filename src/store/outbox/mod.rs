@@ -60,8 +60,10 @@ use crate::delivery::ReactionKind;
 use crate::secret::Secret;
 use crate::store::{Conn, HeldConn, Store, StoreError};
 
+#[cfg(test)]
+pub use claim::due;
 pub use claim::{
-    ClaimFound, claim_rows, coalesce, due, due_in, expire, next_due_after, pending_summary,
+    ClaimFound, claim_rows, coalesce, due_in, expire, next_due_after, pending_summary,
 };
 pub use handoff::{Fresh, HANDOFF_MAX, Handoff};
 pub use record::{Carried, carry_over, pending_rows, prune, record};
@@ -207,7 +209,9 @@ impl Channel {
     }
 
     /// The SQL condition on `d.target` selecting this channel's rows. The stored JSON
-    /// starts with its `kind` tag ([`Target::to_json`]).
+    /// starts with its `kind` tag ([`Target::to_json`]). Each channel's index of due rows
+    /// (migration 8) has the same condition, without the `d.`, so changing one means a
+    /// migration for the other.
     fn condition(self) -> &'static str {
         match self {
             Channel::Telegram => "d.target LIKE '{\"kind\":\"telegram\"%'",

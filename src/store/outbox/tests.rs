@@ -272,3 +272,78 @@ fn a_write_without_waiting_is_made_only_when_nothing_can_make_it_wait() {
     assert!(writer.try_enqueue_without_waiting(&[NewDelivery::test_push("c")], &[], now).is_none());
     assert_eq!(pending(), ["a", "b"]);
 }
+
+#[test]
+fn each_channel_is_claimed_from_its_own_index_of_due_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::migrate(&dir.path().join("t.db")).unwrap();
+    let conn = store.connect().unwrap();
+    let plan = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> String {
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(params, |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .join("; ")
+    };
+    for channel in Channel::ALL {
+        let claim = plan(&claim::due_sql(channel.condition()), &[&1, &10]);
+        let index = format!("deliveries_due_{}", channel.name());
+        // Read in the index's order: no pass over other channels' rows, no sort.
+        assert!(claim.contains(&format!("SEARCH d USING INDEX {index} ")), "{claim}");
+        assert!(!claim.contains("TEMP B-TREE"), "{claim}");
+    }
+    let next = plan(&claim::next_due_sql(), &[&1]);
+    for channel in Channel::ALL {
+        let index = format!("SEARCH d USING INDEX deliveries_due_{} ", channel.name());
+        assert!(next.contains(&index), "{next}");
+    }
+
+    // Each channel's index holds its rows, a row without a target in push's.
+    let tg = Target::Telegram {
+        bot_token: Secret::new("1:t"),
+        chat_id: "5".into(),
+        text: "t".into(),
+        photo_url: None,
+    };
+    let hook = Target::Webhook { url: "http://127.0.0.1:1/".into(), secret: None };
+    let mut writer = OutboxWriter::new(&store, Arc::new(Handoff::default())).unwrap();
+    let rows: Vec<NewDelivery> = [("p", Target::Push { user_id: 1 }), ("t", tg), ("w", hook)]
+        .into_iter()
+        .map(|(id, target)| NewDelivery { id: id.into(), target, ..NewDelivery::test_push(id) })
+        .collect();
+    writer.enqueue(&rows, 5).unwrap();
+    conn.execute(
+        "INSERT INTO deliveries (id, occurrence_id, script_id, reaction, recipient, lane, payload,
+           state, attempts, next_attempt_at, created_at, updated_at, target)
+         VALUES ('old', 'o', 1, 'sound', '1', '', '{}', 'pending', 0, 9, 9, 9, NULL)",
+        [],
+    )
+    .unwrap();
+    for channel in Channel::ALL {
+        let ids: Vec<String> = conn
+            .prepare(&format!(
+                "SELECT d.id FROM deliveries d INDEXED BY deliveries_due_{}
+                 WHERE d.state = 'pending' AND {} ORDER BY d.next_attempt_at",
+                channel.name(),
+                channel.condition()
+            ))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let by_claim: Vec<String> =
+            due_in(&conn, channel, 100, 10).unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, by_claim, "{}", channel.name());
+        let expected: &[&str] = match channel {
+            Channel::Push => &["p", "old"],
+            Channel::Telegram => &["t"],
+            Channel::Webhook => &["w"],
+        };
+        assert_eq!(ids, expected, "{}", channel.name());
+    }
+    assert_eq!(next_due_after(&conn, 5).unwrap(), Some(9));
+    assert_eq!(next_due_after(&conn, 9).unwrap(), None);
+}
