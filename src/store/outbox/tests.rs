@@ -288,7 +288,7 @@ fn each_channel_is_claimed_from_its_own_index_of_due_rows() {
             .join("; ")
     };
     for channel in Channel::ALL {
-        let claim = plan(&claim::due_sql(channel.condition()), &[&1, &10]);
+        let claim = plan(&claim::due_sql(channel.condition()), &[&1]);
         let index = format!("deliveries_due_{}", channel.name());
         // Read in the index's order: no pass over other channels' rows, no sort.
         assert!(claim.contains(&format!("SEARCH d USING INDEX {index} ")), "{claim}");
@@ -346,4 +346,20 @@ fn each_channel_is_claimed_from_its_own_index_of_due_rows() {
     }
     assert_eq!(next_due_after(&conn, 5).unwrap(), Some(9));
     assert_eq!(next_due_after(&conn, 9).unwrap(), None);
+}
+
+#[test]
+fn a_claim_is_not_prepared_again_when_its_limit_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::migrate(&dir.path().join("t.db")).unwrap();
+    let mut writer = OutboxWriter::new(&store, Arc::new(Handoff::default())).unwrap();
+    let rows: Vec<NewDelivery> = (0..5).map(|i| NewDelivery::test_push(&i.to_string())).collect();
+    writer.enqueue(&rows, 5).unwrap();
+    let conn = store.connect().unwrap();
+    // The dispatcher asks for its free slots, a different number on nearly every claim.
+    for limit in [1, 3, 2, 5, 4] {
+        assert_eq!(due_in(&conn, Channel::Push, 10, limit).unwrap().len(), limit);
+    }
+    let stmt = conn.prepare_cached(&claim::due_sql(Channel::Push.condition())).unwrap();
+    assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
 }
