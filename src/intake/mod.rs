@@ -264,16 +264,16 @@ impl Intake {
         }
     }
 
-    fn resolve(&mut self, snap: &Snapshot, event: &EventRef) -> Option<Event> {
+    fn resolve<'s>(&mut self, snap: &'s Snapshot, event: &EventRef) -> Option<&'s Event> {
         match event {
-            EventRef::Id(id) => snap.events.get(id).cloned(),
+            EventRef::Id(id) => snap.events.get(id),
             EventRef::Name(name) => {
                 if self.names.as_ref().is_none_or(|n| n.generation != snap.generation) {
                     let by_name = snap.events.values().map(|e| (e.name.clone(), e.id)).collect();
                     self.names = Some(EventNames { generation: snap.generation, by_name });
                 }
                 let id = self.names.as_ref()?.by_name.get(name)?;
-                snap.events.get(id).cloned()
+                snap.events.get(id)
             }
         }
     }
@@ -356,7 +356,7 @@ impl Intake {
                 }
                 let at_ms = occ.occurred_at_utc().timestamp_millis();
                 let gate = Gate { snoozes: &self.snoozes, at_ms };
-                if plan_script(snap, script, &event, &shared, &gate, self.timezone, out) {
+                if plan_script(snap, script, event, &shared, &gate, self.timezone, out) {
                     self.meters.snoozed.increment(1);
                 }
             }

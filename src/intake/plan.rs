@@ -139,7 +139,6 @@ pub(super) fn plan_script(
             data_truncated,
             snapshot_url: occ.snapshot_url.as_deref(),
         })
-        .to_string()
     };
     // One delivery: id, payload and the script's fields; the rest per reaction.
     let mut push =

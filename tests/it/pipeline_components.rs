@@ -61,7 +61,7 @@ async fn occurrence_to_push(port: u16) {
     assert_eq!(occ.event, EventRef::Id(1));
     let did = delivery_id(&occ.id, 5, 42);
     let occurred_at = occ.occurred_at_rfc3339();
-    let payload = push_payload(&PushParts {
+    let payload: serde_json::Value = serde_json::from_str(&push_payload(&PushParts {
         reaction: "show-camera-sidebar",
         delivery_id: &did,
         script_id: 5,
@@ -76,7 +76,8 @@ async fn occurrence_to_push(port: u16) {
         data: occ.data.as_ref(),
         data_truncated: false,
         snapshot_url: occ.snapshot_url.as_deref(),
-    });
+    }))
+    .unwrap();
     within(10, "push", pusher.push(42, &payload)).await.unwrap();
     // The outcome is durable (here: the broker has the push): acknowledge.
     within(5, "ack", m.ack.ack()).await.unwrap();
