@@ -35,6 +35,17 @@ fn rows_without_a_target_are_pushes_for_push_reactions_only() {
     assert!(target_of(SqlValue::Integer(3), "sound", "7").is_err());
 }
 
+/// A Telegram target and a webhook target (to an unused loopback port).
+fn telegram_and_webhook() -> (Target, Target) {
+    let tg = Target::Telegram {
+        bot_token: Secret::new("1:t"),
+        chat_id: "5".into(),
+        text: "t".into(),
+        photo_url: None,
+    };
+    (tg, Target::Webhook { url: "http://127.0.0.1:1/".into(), secret: None })
+}
+
 #[test]
 fn expiry_ends_old_pending_rows_per_channel_and_a_late_success_still_counts() {
     let dir = tempfile::tempdir().unwrap();
@@ -51,13 +62,7 @@ fn expiry_ends_old_pending_rows_per_channel_and_a_late_success_still_counts() {
         payload: "{}".into(),
         target,
     };
-    let tg = Target::Telegram {
-        bot_token: Secret::new("1:t"),
-        chat_id: "5".into(),
-        text: "t".into(),
-        photo_url: None,
-    };
-    let hook = Target::Webhook { url: "http://127.0.0.1:1/".into(), secret: None };
+    let (tg, hook) = telegram_and_webhook();
     let t0 = 1_000_000;
     writer
         .enqueue(&[row("p", Target::Push { user_id: 1 }), row("t", tg), row("w", hook)], t0)
@@ -301,13 +306,7 @@ fn each_channel_is_claimed_from_its_own_index_of_due_rows() {
     }
 
     // Each channel's index holds its rows, a row without a target in push's.
-    let tg = Target::Telegram {
-        bot_token: Secret::new("1:t"),
-        chat_id: "5".into(),
-        text: "t".into(),
-        photo_url: None,
-    };
-    let hook = Target::Webhook { url: "http://127.0.0.1:1/".into(), secret: None };
+    let (tg, hook) = telegram_and_webhook();
     let mut writer = OutboxWriter::new(&store, Arc::new(Handoff::default())).unwrap();
     let rows: Vec<NewDelivery> = [("p", Target::Push { user_id: 1 }), ("t", tg), ("w", hook)]
         .into_iter()
