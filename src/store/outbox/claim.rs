@@ -1,5 +1,7 @@
 //! The dispatcher's queries: due rows (a lane's head only), expiry, Telegram coalescing.
 
+use std::sync::LazyLock;
+
 use super::*;
 
 /// Up to `limit` due pending rows of every channel, oldest due first (tests: no index
@@ -9,7 +11,7 @@ use super::*;
 /// itself and nothing else.
 #[cfg(test)]
 pub fn due(conn: &Conn, now_ms: i64, limit: usize) -> Result<Vec<Claimed>, StoreError> {
-    due_where(conn, "1", now_ms, limit)
+    due_where(conn, &due_sql("1"), now_ms, limit)
 }
 
 /// [`due`] for one [`Channel`]'s rows only, so a channel's backlog cannot hide another's
@@ -20,7 +22,13 @@ pub fn due_in(
     now_ms: i64,
     limit: usize,
 ) -> Result<Vec<Claimed>, StoreError> {
-    due_where(conn, channel.condition(), now_ms, limit)
+    // Built once: a claim runs many times a second.
+    static SQL: [LazyLock<String>; 3] = [
+        LazyLock::new(|| due_sql(Channel::Push.condition())),
+        LazyLock::new(|| due_sql(Channel::Telegram.condition())),
+        LazyLock::new(|| due_sql(Channel::Webhook.condition())),
+    ];
+    due_where(conn, &SQL[channel.index()], now_ms, limit)
 }
 
 /// The query of [`due_where`] (`?1` now). With a channel's condition it reads that
@@ -41,14 +49,15 @@ pub(super) fn due_sql(condition: &str) -> String {
     )
 }
 
-pub(super) fn due_where(
+/// Runs `sql`, a [`due_sql`] query.
+fn due_where(
     conn: &Conn,
-    condition: &str,
+    sql: &str,
     now_ms: i64,
     limit: usize,
 ) -> Result<Vec<Claimed>, StoreError> {
     let epoch = conn.epoch();
-    let mut stmt = conn.prepare_cached(&due_sql(condition))?;
+    let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(params![now_ms], |r| {
         let reaction = lossy_text(r.get(2)?);
         let recipient = lossy_text(r.get(7)?);
@@ -115,11 +124,14 @@ pub fn claim_rows(
 /// The earliest `next_attempt_at` after `now_ms` among pending rows, if any.
 pub fn next_due_after(conn: &Connection, now_ms: i64) -> Result<Option<i64>, StoreError> {
     Ok(conn
-        .prepare_cached(&next_due_sql())?
+        .prepare_cached(&NEXT_DUE_SQL)?
         .query_row([now_ms], |r| r.get::<_, Option<i64>>(0))
         .optional()?
         .flatten())
 }
+
+/// [`next_due_sql`], built once.
+static NEXT_DUE_SQL: LazyLock<String> = LazyLock::new(next_due_sql);
 
 /// The query of [`next_due_after`]: the earliest of each channel's, so each reads one entry
 /// of its channel's index (migration 8).
