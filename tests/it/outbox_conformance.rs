@@ -224,6 +224,28 @@ async fn finished_rows_are_pruned_pending_ones_kept<B: OutboxBackend>(b: &B) {
     assert_eq!(state(b, "c").await.0, "pending");
 }
 
+async fn concurrent_claims_never_take_the_same_row<B: OutboxBackend>(b: &B) {
+    let rows: Vec<NewDelivery> = (0..200).map(|i| push(&format!("r{i:03}"))).collect();
+    b.enqueue(&rows, &[], T0).await.unwrap();
+    // Four claimers at once (on PostgreSQL each on a connection of its own).
+    let claimer = || async {
+        let mut mine = Vec::new();
+        loop {
+            let got = b.claim(Channel::Push, T0, 7, LEASE).await.unwrap();
+            if got.is_empty() {
+                return mine;
+            }
+            mine.extend(got.into_iter().map(|r| r.id));
+        }
+    };
+    let all = futures_util::future::join_all((0..4).map(|_| claimer())).await;
+    let mut ids: Vec<String> = all.into_iter().flatten().collect();
+    let claimed = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((claimed, ids.len()), (200, 200), "every row claimed exactly once");
+}
+
 /// A fresh SQLite outbox (and the folder that holds it).
 fn sqlite() -> (SqliteOutbox, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -273,4 +295,5 @@ conformance!(
     coalescing_replaces_a_chats_queue_of_one_script_with_a_summary,
     cooldown_state_is_written_with_the_deliveries,
     finished_rows_are_pruned_pending_ones_kept,
+    concurrent_claims_never_take_the_same_row,
 );

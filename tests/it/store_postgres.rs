@@ -101,6 +101,13 @@ fn check_config_names_the_backend_and_masks_the_password() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert!(text(&out.stdout).contains("password = \"********\""), "{}", text(&out.stdout));
     assert!(!text(&out.stdout).contains("r1ght-pa55"));
+    // `run` migrates, then says plainly that the daemon does not run on PostgreSQL yet.
+    let run = scriptd(dir.path(), &["run"], &[("SCRIPTD__DATABASE__URL", &url)]);
+    assert_eq!(run.status.code(), Some(1), "{}", text(&run.stderr));
+    assert!(text(&run.stderr).contains("does not run on PostgreSQL yet"), "{}", text(&run.stderr));
+    let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    assert_eq!(pg.psql(db, "SELECT count(*) FROM scriptd_schema"), "1");
+
     let file = dir.path().join("db-password");
     std::fs::write(&file, "r1ght-pa55\n").expect("write");
     let file = file.display().to_string();
@@ -269,4 +276,48 @@ fn store_copy_moves_every_kind_of_row_once_and_refuses_a_non_empty_target() {
     assert!(text(&again.stderr).contains("not empty"), "{}", text(&again.stderr));
     assert_eq!(q("SELECT count(*) FROM users"), "3", "nothing written");
     assert_eq!(q("SELECT count(*) FROM deliveries"), "2");
+}
+
+/// Connects with `url` (and `ca_file`) and says whether the session is encrypted.
+async fn encrypted(url: &str, ca_file: Option<std::path::PathBuf>) -> Result<bool, String> {
+    use scriptd::settings::{DatabaseSettings, DatabaseUrl};
+    let settings =
+        DatabaseSettings { url: Some(DatabaseUrl::new(url)), ca_file, ..Default::default() };
+    let store =
+        scriptd::store::postgres::connect_settings(&settings).await.map_err(|e| e.to_string())?;
+    let conn = store.get().await.map_err(|e| e.to_string())?;
+    let row = conn
+        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.get(0))
+}
+
+#[tokio::test]
+async fn every_sslmode_does_what_it_says_and_certificates_are_checked_against_the_ca_file() {
+    let pg = server();
+    let url = pg.database();
+    let base = url.split('?').next().unwrap().to_owned();
+    let with = |mode: &str| format!("{base}?sslmode={mode}");
+    let (ca, other) = (Some(pg.ca_file()), Some(pg.other_ca_file()));
+    assert_eq!(encrypted(&with("disable"), None).await, Ok(false));
+    assert_eq!(encrypted(&with("prefer"), None).await, Ok(true), "the server offers TLS");
+    assert_eq!(encrypted(&with("require"), None).await, Ok(true));
+    assert_eq!(encrypted(&with("require"), ca.clone()).await, Ok(true));
+    assert_eq!(encrypted(&with("verify-full"), ca.clone()).await, Ok(true));
+    for mode in ["require", "verify-full"] {
+        let e = encrypted(&with(mode), other.clone()).await.unwrap_err();
+        assert!(e.contains("certificate") && e.contains(&pg.port().to_string()), "{mode}: {e}");
+    }
+    // The same through check-config: exit 78, naming the host.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = pg.other_ca_file().display().to_string();
+    let out = scriptd(
+        dir.path(),
+        &["check-config"],
+        &[("SCRIPTD__DATABASE__URL", &with("verify-full")), ("SCRIPTD__DATABASE__CA_FILE", &other)],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{}", pg.port())), "{stderr}");
 }

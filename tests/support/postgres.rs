@@ -79,6 +79,61 @@ fn command(program: &Path) -> Command {
     }
 }
 
+/// Runs `openssl ARGS` in `dir`; a missing `openssl` names its Debian package.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| {
+        panic!("cannot run openssl ({e}): install the Debian package `openssl`")
+    });
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A test CA, a server certificate it signed for 127.0.0.1 and localhost (TLS is on, so
+/// the tests can use every `sslmode`), and a second, unrelated CA.
+fn make_certificates(dir: &Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    for (name, cn) in [("ca", "scriptd test CA"), ("other-ca", "another CA")] {
+        let (key, crt, subj) = (format!("{name}.key"), format!("{name}.crt"), format!("/CN={cn}"));
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &crt, "-days", "2", "-subj", &subj]);
+        openssl(dir, &args);
+    }
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    openssl(dir, &args);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    );
+    // PostgreSQL refuses a key others can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("server.key"), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod server.key");
+}
+
 impl PgServer {
     fn start() -> PgServer {
         let bin = find_bin();
@@ -88,6 +143,7 @@ impl PgServer {
             .expect("temp dir for PostgreSQL")
             .keep();
         let data = dir.join("data");
+        make_certificates(&dir);
         if is_root() {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -117,6 +173,9 @@ impl PgServer {
             .args(["-c", &format!("unix_socket_directories={}", dir.display())])
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+            .args(["-c", "ssl=on"])
+            .args(["-c", &format!("ssl_cert_file={}", dir.join("server.crt").display())])
+            .args(["-c", &format!("ssl_key_file={}", dir.join("server.key").display())])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -156,6 +215,16 @@ impl PgServer {
     /// The server's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
+    }
+
+    /// The CA that signed the server's certificate (for `127.0.0.1` and `localhost`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// A CA that signed nothing the server has.
+    pub fn other_ca_file(&self) -> PathBuf {
+        self.dir.join("other-ca.crt")
     }
 
     /// Its port on 127.0.0.1.
