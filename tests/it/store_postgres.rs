@@ -321,3 +321,40 @@ async fn every_sslmode_does_what_it_says_and_certificates_are_checked_against_th
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains(&format!("127.0.0.1:{}", pg.port())), "{stderr}");
 }
+
+#[test]
+fn each_channels_claim_reads_its_own_due_index_also_in_a_generic_plan() {
+    use scriptd::store::outbox::Channel;
+    use scriptd::store::postgres::outbox::claim_sql;
+    let pg = server();
+    let url = pg.database();
+    let db = url.rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = scriptd(dir.path(), &["migrate"], &[("SCRIPTD__DATABASE__URL", &url)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // 20,000 finished rows and 30 pending ones per channel.
+    pg.psql(
+        &db,
+        "INSERT INTO deliveries (id, occurrence_id, script_id, reaction, recipient, lane,
+           channel, payload, state, next_attempt_at, created_at, updated_at)
+         SELECT 'r' || i, 'o', 1, 'sound', '1', '', (ARRAY['push','telegram','webhook'])[1 + i % 3],
+                '{}', CASE WHEN i <= 20000 THEN 'sent' ELSE 'pending' END, i, i, i
+         FROM generate_series(1, 20090) i;
+         ANALYZE deliveries;",
+    );
+    for channel in Channel::ALL {
+        // The plan a statement gets after its first executions: parameters unknown.
+        let plan = pg.psql(
+            &db,
+            &format!(
+                "SET plan_cache_mode = force_generic_plan;
+                 PREPARE c(int8, int8, int8) AS {};
+                 EXPLAIN (COSTS OFF) EXECUTE c(100000, 10, 0);",
+                claim_sql(channel)
+            ),
+        );
+        let index = format!("deliveries_due_{}", channel.name());
+        assert!(plan.contains(&index), "{index} in {plan}");
+        assert!(!plan.contains("Seq Scan on deliveries d"), "{plan}");
+    }
+}

@@ -44,6 +44,28 @@ impl PgOutbox {
 const CLAIMED: &str =
     "d.seq, d.id, d.reaction, d.lane, d.attempts, d.payload, d.target, d.recipient";
 
+/// The claim of one channel's due rows (`$1` now, `$2` limit, `$3` the lease's end). The
+/// channel is a literal, not a parameter: a partial index's condition (`channel = 'push'`)
+/// can only be proven from a constant, so with `channel = $1` PostgreSQL's generic plan
+/// (used after a statement's first executions) could not read the channel's due index.
+pub fn claim_sql(channel: Channel) -> String {
+    format!(
+        "WITH due AS (
+           SELECT d.seq, d.next_attempt_at AS due_at FROM deliveries d
+           WHERE d.state = 'pending' AND d.channel = '{}' AND d.next_attempt_at <= $1
+             AND (d.lane = '' OR NOT EXISTS (
+                  SELECT 1 FROM deliveries e
+                  WHERE e.state = 'pending' AND e.lane <> '' AND e.lane = d.lane
+                    AND e.seq < d.seq))
+           ORDER BY d.next_attempt_at, d.seq
+           LIMIT $2
+           FOR UPDATE SKIP LOCKED)
+         UPDATE deliveries d SET next_attempt_at = $3 FROM due WHERE d.seq = due.seq
+         RETURNING {CLAIMED}, due.due_at",
+        channel.name()
+    )
+}
+
 fn claimed(r: &Row) -> Claimed {
     let reaction: String = r.get(2);
     let recipient: String = r.get(7);
@@ -154,29 +176,10 @@ impl OutboxBackend for PgOutbox {
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
         let conn = self.store.get().await?;
-        let stmt = conn
-            .prepare_cached(&format!(
-                "WITH due AS (
-                   SELECT d.seq, d.next_attempt_at AS due_at FROM deliveries d
-                   WHERE d.state = 'pending' AND d.channel = $1 AND d.next_attempt_at <= $2
-                     AND (d.lane = '' OR NOT EXISTS (
-                          SELECT 1 FROM deliveries e
-                          WHERE e.state = 'pending' AND e.lane <> '' AND e.lane = d.lane
-                            AND e.seq < d.seq))
-                   ORDER BY d.next_attempt_at, d.seq
-                   LIMIT $3
-                   FOR UPDATE SKIP LOCKED)
-                 UPDATE deliveries d SET next_attempt_at = $4 FROM due WHERE d.seq = due.seq
-                 RETURNING {CLAIMED}, due.due_at"
-            ))
-            .await
-            .map_err(|e| self.err(e))?;
+        let stmt = conn.prepare_cached(&claim_sql(channel)).await.map_err(|e| self.err(e))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let until = now_ms.saturating_add(lease_ms(lease));
-        let rows = conn
-            .query(&stmt, &[&channel.name(), &now_ms, &limit, &until])
-            .await
-            .map_err(|e| self.err(e))?;
+        let rows = conn.query(&stmt, &[&now_ms, &limit, &until]).await.map_err(|e| self.err(e))?;
         let mut out: Vec<(i64, Claimed)> = rows.iter().map(|r| (r.get(8), claimed(r))).collect();
         out.sort_by_key(|(due_at, c)| (*due_at, c.rowid));
         Ok(out.into_iter().map(|(_, c)| c).collect())
@@ -234,14 +237,6 @@ impl OutboxBackend for PgOutbox {
         after: &ExpireAfter,
     ) -> Result<Vec<(&'static str, usize)>, StoreError> {
         let conn = self.store.get().await?;
-        let stmt = conn
-            .prepare_cached(
-                "UPDATE deliveries SET state = 'expired', updated_at = $3,
-                        last_error = 'expired: not delivered within ' || $4 || ' s'
-                 WHERE state = 'pending' AND created_at < $2 AND channel = $1",
-            )
-            .await
-            .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for (channel, secs) in
             [("push", after.push), ("telegram", after.telegram), ("webhook", after.webhook)]
@@ -249,10 +244,19 @@ impl OutboxBackend for PgOutbox {
             if secs == 0 {
                 continue;
             }
+            // The channel as a literal, as in `claim_sql`.
+            let stmt = conn
+                .prepare_cached(&format!(
+                    "UPDATE deliveries SET state = 'expired', updated_at = $2,
+                            last_error = 'expired: not delivered within ' || $3 || ' s'
+                     WHERE state = 'pending' AND created_at < $1 AND channel = '{channel}'"
+                ))
+                .await
+                .map_err(|e| self.err(e))?;
             let secs = i64::try_from(secs).unwrap_or(i64::MAX);
             let cutoff = now_ms.saturating_sub(secs.saturating_mul(1000));
             let n = conn
-                .execute(&stmt, &[&channel, &cutoff, &now_ms, &secs.to_string()])
+                .execute(&stmt, &[&cutoff, &now_ms, &secs.to_string()])
                 .await
                 .map_err(|e| self.err(e))?;
             if n > 0 {
