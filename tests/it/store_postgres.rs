@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use crate::support::postgres::server;
 
@@ -357,4 +358,55 @@ fn each_channels_claim_reads_its_own_due_index_also_in_a_generic_plan() {
         assert!(plan.contains(&index), "{index} in {plan}");
         assert!(!plan.contains("Seq Scan on deliveries d"), "{plan}");
     }
+}
+
+#[tokio::test]
+async fn while_postgresql_is_down_the_outbox_fails_naming_the_host_and_recovers_when_it_returns() {
+    use scriptd::settings::{DatabaseSettings, DatabaseUrl};
+    use scriptd::store::outbox::backend::OutboxBackend;
+    use scriptd::store::outbox::{Channel, NewDelivery, Target};
+    use scriptd::store::postgres::outbox::PgOutbox;
+    // A server of its own: this test stops it.
+    let pg = crate::support::postgres::PgServer::start();
+    let settings =
+        DatabaseSettings { url: Some(DatabaseUrl::new(pg.database())), ..Default::default() };
+    let store = scriptd::store::postgres::connect_settings(&settings).await.expect("connect");
+    scriptd::store::postgres::migrations::migrate(&store).await.expect("migrate");
+    let outbox = PgOutbox::new(store);
+    let push = |id: &str| NewDelivery {
+        id: id.into(),
+        occurrence_id: id.into(),
+        script_id: 1,
+        reaction: "sound".into(),
+        recipient: "42".into(),
+        lane: String::new(),
+        payload: "{}".into(),
+        target: Target::Push { user_id: 42 },
+    };
+    assert_eq!(outbox.enqueue(&[push("before")], &[], 1).await.unwrap(), 1);
+
+    pg.halt();
+    let host = format!("127.0.0.1:{}", pg.port());
+    let e = outbox.enqueue(&[push("during")], &[], 2).await.unwrap_err().to_string();
+    assert!(e.contains(&host), "{e}");
+    let e = outbox.claim(Channel::Push, 10, 10, Duration::from_secs(30)).await.unwrap_err();
+    assert!(e.to_string().contains(&host), "{e}");
+
+    pg.restart();
+    // The pool opens new connections by itself; the row written before the outage is there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let added = loop {
+        match outbox.enqueue(&[push("during")], &[], 3).await {
+            Ok(n) => break n,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no recovery in 10 s: {e}"),
+        }
+    };
+    assert_eq!(added, 1);
+    let claimed = outbox.claim(Channel::Push, 10, 10, Duration::from_secs(30)).await.unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["before", "during"]);
 }

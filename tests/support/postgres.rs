@@ -7,7 +7,9 @@
 //! TEMPLATE` copy of an empty one). PostgreSQL refuses to run as root: when the tests run
 //! as root, `initdb` and `postgres` run as the `postgres` user (`runuser -u postgres --`)
 //! and the folder is handed to it. The server is stopped by its PID (SIGINT, a fast
-//! shutdown) when the test process exits, and the folder is removed.
+//! shutdown) when the test process exits, and the folder is removed. A test that stops the
+//! server ([`PgServer::halt`], [`PgServer::restart`]) starts one of its own
+//! ([`PgServer::start`]), stopped when dropped.
 //!
 //! A missing server binary fails the test with a message naming the Debian package
 //! `postgresql`: these tests are never skipped silently.
@@ -135,7 +137,9 @@ fn make_certificates(dir: &Path) {
 }
 
 impl PgServer {
-    fn start() -> PgServer {
+    /// A server of the caller's own (most tests share [`server`]'s), stopped when dropped:
+    /// for tests that stop and restart it.
+    pub fn start() -> PgServer {
         let bin = find_bin();
         let dir = tempfile::Builder::new()
             .prefix("scriptd-pg-")
@@ -164,12 +168,30 @@ impl PgServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("postgres.log")).expect("postgres.log");
-        let child = command(&bin.join("postgres"))
+        let server = PgServer {
+            port: free_port(),
+            bin,
+            dir,
+            child: Mutex::new(None),
+            next_db: AtomicUsize::new(0),
+        };
+        server.spawn();
+        server.psql("postgres", "CREATE DATABASE scriptd_template");
+        server
+    }
+
+    /// Starts `postgres` on the data folder and waits until it accepts connections.
+    fn spawn(&self) {
+        let dir = &self.dir;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("postgres.log"))
+            .expect("postgres.log");
+        let child = command(&self.bin.join("postgres"))
             .arg("-D")
-            .arg(&data)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", &format!("port={port}")])
+            .arg(dir.join("data"))
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", &format!("port={}", self.port)])
             .args(["-c", &format!("unix_socket_directories={}", dir.display())])
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
@@ -180,16 +202,13 @@ impl PgServer {
             .stderr(log)
             .spawn()
             .expect("start postgres");
-        let server = PgServer {
-            port,
-            bin,
-            dir,
-            child: Mutex::new(Some(child)),
-            next_db: AtomicUsize::new(0),
-        };
-        server.wait_ready();
-        server.psql("postgres", "CREATE DATABASE scriptd_template");
-        server
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        self.wait_ready();
+    }
+
+    /// Starts it again after [`Self::halt`], on the same port with the same data.
+    pub fn restart(&self) {
+        self.spawn();
     }
 
     fn wait_ready(&self) {
@@ -277,9 +296,10 @@ impl PgServer {
 }
 
 impl PgServer {
-    /// Stops the server: SIGINT (a fast shutdown) to the postmaster's PID, read from
-    /// `postmaster.pid` (as root the child is `runuser`, not the server), then waits.
-    fn stop(&self) {
+    /// Stops the server, keeping its data for [`Self::restart`]: SIGINT (a fast shutdown)
+    /// to the postmaster's PID, read from `postmaster.pid` (as root the child is `runuser`,
+    /// not the server), then waits for it.
+    pub fn halt(&self) {
         let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
@@ -296,7 +316,18 @@ impl PgServer {
             }
         }
         let _ = child.wait();
+    }
+
+    /// Stops the server and removes its folder.
+    fn stop(&self) {
+        self.halt();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
