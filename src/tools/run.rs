@@ -97,7 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Users(UsersCommand::Add { login, name, parent, id, mut permissions }) => {
-            let settings = load_settings(cli.config.as_deref())?;
+            let settings = load_sqlite_settings(cli.config.as_deref(), "users")?;
             if permissions.is_empty() {
                 permissions = vec!["scripts.view".to_owned(), "scripts.manage".to_owned()];
             }
@@ -109,29 +109,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Users(cmd) => {
-            let settings = load_settings(cli.config.as_deref())?;
+            let settings = load_sqlite_settings(cli.config.as_deref(), "users")?;
             accounts::users(cmd, &settings.database.path)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokens(TokensCommand::Create { user, expires_in }) => {
-            let settings = load_settings(cli.config.as_deref())?;
+            let settings = load_sqlite_settings(cli.config.as_deref(), "tokens")?;
             let token = crate::store::Store::migrate(&settings.database.path)?
                 .write(|tx| crate::store::tokens::create_expiring(tx, user, expires_in))?;
             println!("{}", token.expose());
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokens(cmd) => {
-            let settings = load_settings(cli.config.as_deref())?;
+            let settings = load_sqlite_settings(cli.config.as_deref(), "tokens")?;
             accounts::tokens(cmd, &settings.database.path)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Scripts(cmd) => {
-            let settings = load_settings(cli.config.as_deref())?;
+            let settings = load_sqlite_settings(cli.config.as_deref(), "scripts")?;
             scripts_command(cmd, &settings.database.path, settings.timezone.tz())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain(args) => {
-            let settings = load_settings(cli.config.as_deref())?;
+            let settings = load_sqlite_settings(cli.config.as_deref(), "explain")?;
             let store = crate::store::Store::migrate(&settings.database.path)?;
             let at = args.at.map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
             let lines = cli::explain(store, settings.timezone.tz(), &args.event, args.camera, at)?;
@@ -141,7 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Snooze(SnoozeCommand::List) => {
-            let settings = load_settings(cli.config.as_deref())?;
+            let settings = load_sqlite_settings(cli.config.as_deref(), "snooze")?;
             let now = crate::store::now_ms();
             let list = crate::store::Store::migrate(&settings.database.path)?
                 .read(|tx| crate::store::snoozes::list_active(tx, now))?;
@@ -293,6 +293,19 @@ fn run_on_postgres(settings: &Settings) -> anyhow::Result<ExitCode> {
          (see docs/postgresql.md); unset database.url to run on SQLite",
         store.endpoint()
     )
+}
+
+/// [`load_settings`] for a command that works on SQLite only so far: with `database.url`
+/// set it fails rather than read or write a SQLite file the daemon does not use.
+fn load_sqlite_settings(dir: Option<&Path>, command: &str) -> anyhow::Result<Settings> {
+    let settings = load_settings(dir)?;
+    if settings.database.url.is_some() {
+        anyhow::bail!(
+            "`scriptd {command}` works on SQLite only so far and database.url is set \
+             (see docs/postgresql.md)"
+        );
+    }
+    Ok(settings)
 }
 
 /// Prints all but the last problem line; the last becomes the error `main` prints.

@@ -109,6 +109,18 @@ fn check_config_names_the_backend_and_masks_the_password() {
     let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
     assert_eq!(pg.psql(db, "SELECT count(*) FROM scriptd_schema"), "1");
 
+    // The commands that work on SQLite only refuse to touch a SQLite file instead.
+    let sqlite = dir.path().join("site.db").display().to_string();
+    for args in
+        [&["users", "list"][..], &["tokens", "list"], &["scripts", "list"], &["snooze", "list"]]
+    {
+        let vars = [("SCRIPTD__DATABASE__URL", url.as_str()), ("SCRIPTD__DATABASE__PATH", &sqlite)];
+        let out = scriptd(dir.path(), args, &vars);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(text(&out.stderr).contains("works on SQLite only so far"), "{}", text(&out.stderr));
+    }
+    assert!(!dir.path().join("site.db").exists(), "no SQLite file was made");
+
     let file = dir.path().join("db-password");
     std::fs::write(&file, "r1ght-pa55\n").expect("write");
     let file = file.display().to_string();
