@@ -26,6 +26,7 @@
 //! - [`reload`]: what SIGHUP may change ([`LiveSettings`]) and the reload plan.
 //! - `sections` and `delivery`: one type per configuration section, with its defaults.
 
+mod database;
 mod delivery;
 pub mod load;
 pub mod reload;
@@ -44,6 +45,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::secret::Secret;
 
+pub use database::DatabaseUrl;
 pub use delivery::{ChannelBudgets, DeliverySettings, ExpireAfter, RetryPolicy};
 pub use load::{
     ConfigSources, Origin, Problem, SettingsError, process_env, resolve_config_dir,

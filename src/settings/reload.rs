@@ -82,6 +82,12 @@ impl Settings {
         if self.mqtt.password != other.mqtt.password {
             keys.insert("mqtt.password".into());
         }
+        if self.database.password != other.database.password {
+            keys.insert("database.password".into());
+        }
+        if self.database.url != other.database.url {
+            keys.insert("database.url".into());
+        }
         keys.into_iter().collect()
     }
 

@@ -2,13 +2,25 @@
 
 use super::*;
 
-/// `[database]`: the SQLite store.
+/// `[database]`: the SQLite store (the default), or PostgreSQL when `url` is set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
     /// SQLite file; created with its folder if missing. Relative paths are relative to the
-    /// working directory.
+    /// working directory. Not used when `url` is set.
     pub path: PathBuf,
+    /// PostgreSQL instead of SQLite: a libpq-style URL,
+    /// `postgresql://user@host:port/dbname?sslmode=...`; a password in it is masked in
+    /// every output.
+    pub url: Option<DatabaseUrl>,
+    /// The PostgreSQL password, when not in `url` (env `SCRIPTD__DATABASE__PASSWORD`).
+    pub password: Option<Secret>,
+    /// A file holding the PostgreSQL password (e.g. a systemd credential); one trailing
+    /// newline is ignored.
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the certificate authority that signed the PostgreSQL server's
+    /// certificate (`sslmode` `verify-full`, and `require`/`prefer` verify the chain with it).
+    pub ca_file: Option<PathBuf>,
     /// How long a statement waits for a lock held by another connection, in milliseconds.
     pub busy_timeout_ms: u64,
     /// SQLite `synchronous` on every connection: when a commit waits for the disk.
@@ -203,6 +215,10 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             path: PathBuf::from("data/scriptd.db"),
+            url: None,
+            password: None,
+            password_file: None,
+            ca_file: None,
             busy_timeout_ms: 5000,
             synchronous: crate::store::Synchronous::default(),
         }

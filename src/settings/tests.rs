@@ -104,6 +104,10 @@ fn all_changed() -> Settings {
         timezone: Timezone(chrono_tz::Europe::Berlin),
         database: DatabaseSettings {
             path: "x.db".into(),
+            url: Some(DatabaseUrl::new("postgresql://u@h/d")),
+            password: Some(Secret::new("p")),
+            password_file: Some("pw".into()),
+            ca_file: Some("ca.pem".into()),
             busy_timeout_ms: 1,
             synchronous: crate::store::Synchronous::Full,
         },
@@ -157,7 +161,7 @@ fn with_live_from_copies_exactly_the_live_keys() {
     let old = Settings::default();
     let new = all_changed();
     let all = old.changed_keys(&new);
-    assert_eq!(all.len(), 1 + 3 + 13 + 1 + 6 + 1 + 2 + 12 + 3 + 2, "{all:?}");
+    assert_eq!(all.len(), 1 + 7 + 13 + 1 + 6 + 1 + 2 + 12 + 3 + 2, "{all:?}");
     let running = old.with_live_from(&new);
     let applied = old.changed_keys(&running);
     let pending = running.changed_keys(&new);

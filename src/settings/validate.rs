@@ -11,6 +11,23 @@ impl Settings {
         if self.database.path.as_os_str().is_empty() {
             bad("database.path", "must not be empty".into());
         }
+        if self.database.url.is_some() {
+            if let Err((key, message)) =
+                crate::store::postgres::ConnectOptions::from_settings(&self.database)
+            {
+                bad(&key, message);
+            }
+        } else {
+            for (key, set) in [
+                ("database.password", self.database.password.is_some()),
+                ("database.password_file", self.database.password_file.is_some()),
+                ("database.ca_file", self.database.ca_file.is_some()),
+            ] {
+                if set {
+                    bad(key, "is for PostgreSQL and needs database.url".into());
+                }
+            }
+        }
         let m = &self.mqtt;
         if m.host.trim().is_empty() {
             bad("mqtt.host", "must not be empty".into());

@@ -20,8 +20,10 @@ pub mod deliveries;
 mod file;
 pub mod migrations;
 pub mod outbox;
+pub mod postgres;
 pub mod scripts;
 pub mod snoozes;
+pub mod sqlite;
 pub mod tokens;
 pub mod transfer;
 pub mod users;
@@ -84,6 +86,15 @@ pub enum StoreError {
     /// text says which task. Nothing about the file itself is known to be wrong.
     #[error("database task failed: {0}")]
     TaskFailed(String),
+    /// PostgreSQL failed or could not be reached; the text names the endpoint
+    /// (`user@host:port/dbname`), never the password.
+    #[error("PostgreSQL at {endpoint}: {message}")]
+    Postgres {
+        /// `user@host:port/dbname`.
+        endpoint: String,
+        /// What went wrong.
+        message: String,
+    },
     /// Any other SQLite error.
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),

@@ -24,8 +24,12 @@ pub enum Command {
     Run,
     /// Load and validate the configuration, print the effective values (secrets masked).
     CheckConfig,
-    /// Create or upgrade the SQLite schema and seed the event and reaction catalogs.
+    /// Create or upgrade the schema (SQLite, or PostgreSQL with `database.url`) and seed
+    /// the event and reaction catalogs.
     Migrate,
+    /// Store tools: copy a SQLite store into PostgreSQL.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Manage users.
     #[command(subcommand)]
     Users(UsersCommand),
@@ -146,6 +150,22 @@ pub struct ExplainArgs {
     /// The occurrence's `occurred_at`, RFC 3339 (default: now).
     #[arg(long, value_name = "T", value_parser = parse_rfc3339)]
     pub at: Option<DateTime<FixedOffset>>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Copy users, permissions, tokens, scripts, snoozes, cooldown state and pending
+    /// deliveries from a SQLite file into an empty PostgreSQL database (migrated first), in
+    /// one transaction, and print the counts. A non-empty target is refused.
+    Copy {
+        /// The SQLite file.
+        #[arg(long, value_name = "PATH")]
+        from: PathBuf,
+        /// The PostgreSQL URL (`postgresql://user@host:port/dbname?sslmode=...`); the
+        /// password may come from `database.password` or `database.password_file`.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -48,6 +48,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(loaded) => loaded,
                 Err(e) => return Err(config_error(&e)),
             };
+            if settings.database.url.is_some() {
+                return run_on_postgres(&settings);
+            }
             let log = crate::ops::logging::init(&settings.log)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -59,13 +62,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Migrate => {
             let settings = load_settings(cli.config.as_deref())?;
+            if settings.database.url.is_some() {
+                let (store, runtime) = postgres_store(&settings)?;
+                let done = runtime.block_on(crate::store::postgres::migrations::migrate(&store))?;
+                println!(
+                    "PostgreSQL database {} is up to date (schema version {}, {} applied now)",
+                    store.endpoint(),
+                    crate::store::postgres::migrations::latest_version(),
+                    done.applied.len()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let db_path = &settings.database.path;
             crate::store::Store::migrate(db_path)?;
             println!("database {} is up to date", db_path.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Store(StoreCommand::Copy { from, to }) => {
+            let mut settings = load_settings(cli.config.as_deref())?;
+            if !from.exists() {
+                anyhow::bail!("--from {}: no such file", from.display());
+            }
+            let source = crate::store::Store::open(&from)?;
+            settings.database.url = Some(crate::settings::DatabaseUrl::new(to));
+            let (target, runtime) = postgres_store(&settings)?;
+            let counts = runtime.block_on(async {
+                crate::store::postgres::migrations::migrate(&target).await?;
+                crate::store::postgres::copy::copy(&source, &target).await
+            })?;
+            for (table, n) in counts {
+                println!("{table}: {n}");
+            }
+            println!("copied {} into {}", from.display(), target.endpoint());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Users(UsersCommand::Add { login, name, parent, id, mut permissions }) => {
-            let settings = load_settings(cli.config.as_deref())?;
+            let settings = load_sqlite_settings(cli.config.as_deref(), "users")?;
             if permissions.is_empty() {
                 permissions = vec!["scripts.view".to_owned(), "scripts.manage".to_owned()];
             }
@@ -77,29 +109,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Users(cmd) => {
-            let settings = load_settings(cli.config.as_deref())?;
+            let settings = load_sqlite_settings(cli.config.as_deref(), "users")?;
             accounts::users(cmd, &settings.database.path)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokens(TokensCommand::Create { user, expires_in }) => {
-            let settings = load_settings(cli.config.as_deref())?;
+            let settings = load_sqlite_settings(cli.config.as_deref(), "tokens")?;
             let token = crate::store::Store::migrate(&settings.database.path)?
                 .write(|tx| crate::store::tokens::create_expiring(tx, user, expires_in))?;
             println!("{}", token.expose());
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokens(cmd) => {
-            let settings = load_settings(cli.config.as_deref())?;
+            let settings = load_sqlite_settings(cli.config.as_deref(), "tokens")?;
             accounts::tokens(cmd, &settings.database.path)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Scripts(cmd) => {
-            let settings = load_settings(cli.config.as_deref())?;
+            let settings = load_sqlite_settings(cli.config.as_deref(), "scripts")?;
             scripts_command(cmd, &settings.database.path, settings.timezone.tz())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain(args) => {
-            let settings = load_settings(cli.config.as_deref())?;
+            let settings = load_sqlite_settings(cli.config.as_deref(), "explain")?;
             let store = crate::store::Store::migrate(&settings.database.path)?;
             let at = args.at.map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
             let lines = cli::explain(store, settings.timezone.tz(), &args.event, args.camera, at)?;
@@ -109,7 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Snooze(SnoozeCommand::List) => {
-            let settings = load_settings(cli.config.as_deref())?;
+            let settings = load_sqlite_settings(cli.config.as_deref(), "snooze")?;
             let now = crate::store::now_ms();
             let list = crate::store::Store::migrate(&settings.database.path)?
                 .read(|tx| crate::store::snoozes::list_active(tx, now))?;
@@ -234,6 +266,48 @@ fn load_settings(dir: Option<&Path>) -> anyhow::Result<Settings> {
     }
 }
 
+/// Connects to the PostgreSQL of `database.url`; any failure (unreachable host, wrong
+/// password, missing database, TLS) is a configuration error (exit 78) naming the endpoint,
+/// never the password. The runtime the pool lives on is returned with it.
+fn postgres_store(
+    settings: &Settings,
+) -> anyhow::Result<(crate::store::postgres::PgStore, tokio::runtime::Runtime)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match runtime.block_on(crate::store::postgres::connect_settings(&settings.database)) {
+        Ok(store) => Ok((store, runtime)),
+        Err(e) => Err(ConfigError(format!("database.url: cannot use {e}")).into()),
+    }
+}
+
+/// `scriptd run` with `database.url`: connects and migrates (several hosts at once are
+/// fine), then stops with a plain message: the daemon's intake, dispatch and API run on
+/// SQLite only so far (docs/postgresql.md).
+fn run_on_postgres(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let (store, runtime) = postgres_store(settings)?;
+    runtime.block_on(crate::store::postgres::migrations::migrate(&store))?;
+    anyhow::bail!(
+        "PostgreSQL database {} is migrated, but the daemon does not run on PostgreSQL yet \
+         (see docs/postgresql.md); unset database.url to run on SQLite",
+        store.endpoint()
+    )
+}
+
+/// [`load_settings`] for a command that works on SQLite only so far: with `database.url`
+/// set it fails rather than read or write a SQLite file the daemon does not use.
+fn load_sqlite_settings(dir: Option<&Path>, command: &str) -> anyhow::Result<Settings> {
+    let settings = load_settings(dir)?;
+    if settings.database.url.is_some() {
+        anyhow::bail!(
+            "`scriptd {command}` works on SQLite only so far and database.url is set \
+             (see docs/postgresql.md)"
+        );
+    }
+    Ok(settings)
+}
+
 /// Prints all but the last problem line; the last becomes the error `main` prints.
 fn config_error(e: &crate::settings::SettingsError) -> anyhow::Error {
     let lines = e.lines();
@@ -259,6 +333,13 @@ fn check_config(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
             }
             for v in &sources.env_vars {
                 println!("# environment: {v}");
+            }
+            match &settings.database.url {
+                Some(url) => {
+                    let (store, _runtime) = postgres_store(&settings)?;
+                    println!("# backend: postgresql {url} (connected to {})", store.endpoint());
+                }
+                None => println!("# backend: sqlite {}", settings.database.path.display()),
             }
             print!("{}", settings.to_masked_toml());
             Ok(ExitCode::SUCCESS)

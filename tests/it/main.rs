@@ -18,7 +18,8 @@
 //! - **Schedules** (properties and a simulated year): `index_matches_naive`,
 //!   `explain_matches_pipeline` (their seeds in `<module>.proptest-regressions` beside them),
 //!   `dst_year`.
-//! - **Store**: `store_migrations`, `store_replace`, `store_live`, `store_cli`.
+//! - **Store**: `store_migrations`, `store_replace`, `store_live`, `store_cli`, `store_postgres`
+//!   and `outbox_conformance` (against a real PostgreSQL too).
 //! - **Configuration and operations**: `config_layers`, `config_check_command`, `ops_health`,
 //!   `ops_logging`, `ops_reload`, `ops_sighup`, `ops_unit_file`.
 //! - **Packaging**: `packaging`.
@@ -52,6 +53,7 @@ mod status_api;
 mod status_page;
 
 // Pipeline
+mod outbox_conformance;
 mod outbox_dispatch;
 mod pipeline_components;
 mod pipeline_push;
@@ -80,6 +82,7 @@ mod index_matches_naive;
 mod store_cli;
 mod store_live;
 mod store_migrations;
+mod store_postgres;
 mod store_replace;
 
 // Configuration and operations

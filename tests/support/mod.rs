@@ -5,6 +5,7 @@
 //! scriptable to answer badly, and stopping when dropped:
 //!
 //! - [`mosquitto::Mosquitto`]: Debian's `mosquitto` broker in a temp dir (persistent).
+//! - [`postgres::server`]: Debian's PostgreSQL in a temp dir, one database per test.
 //! - [`telegram_stub::TelegramStub`]: a Bot API stand-in (ok, 429, 400, 401, 403, 500, hang).
 //! - [`webhook_receiver::WebhookReceiver`]: checks `X-Scriptd-Signature`, scripted statuses.
 //!
@@ -19,6 +20,7 @@ pub mod clients;
 pub mod daemon;
 pub mod logs;
 pub mod mosquitto;
+pub mod postgres;
 pub mod telegram_stub;
 pub mod timetables;
 pub mod webhook_receiver;

@@ -289,7 +289,7 @@ pub fn coalesce(
 }
 
 /// The summary text of the payloads of coalesced deliveries (CONTRACT §5 push payloads).
-pub(super) fn summary_of(payloads: &[String]) -> String {
+pub(crate) fn summary_of(payloads: &[String]) -> String {
     let mut title = String::new();
     let mut cameras: Vec<i64> = Vec::new();
     let mut times: Vec<String> = Vec::new();

@@ -44,6 +44,7 @@
 //! queries: due rows, lane heads, expiry, coalescing), [`record`] (outcomes, carrying rows
 //! into a replaced file, retention).
 
+pub mod backend;
 pub mod claim;
 pub mod handoff;
 pub mod record;
@@ -300,13 +301,25 @@ fn lossy_text(v: SqlValue) -> String {
 fn target_of(target: SqlValue, reaction: &str, recipient: &str) -> Result<Target, String> {
     match target {
         SqlValue::Text(t) => Target::from_json(&t),
-        SqlValue::Null => match recipient.parse::<i64>() {
+        SqlValue::Null => target_from(None, reaction, recipient),
+        _ => Err("unreadable delivery target (not text)".into()),
+    }
+}
+
+/// The [`Target`] of a row's `target` text (`None`: a row without one, see `target_of`).
+pub(crate) fn target_from(
+    target: Option<&str>,
+    reaction: &str,
+    recipient: &str,
+) -> Result<Target, String> {
+    match target {
+        Some(t) => Target::from_json(t),
+        None => match recipient.parse::<i64>() {
             Ok(user_id) if ReactionKind::of(reaction) == ReactionKind::Client => {
                 Ok(Target::Push { user_id })
             }
             _ => Err("the delivery has no target (written before the outbox stored one)".into()),
         },
-        _ => Err("unreadable delivery target (not text)".into()),
     }
 }
 
