@@ -271,7 +271,7 @@ async fn sigkill_and_downtime_lose_nothing() {
     assert!(repeats <= 100, "{repeats} repeats for one kill, more than delivery.max_in_flight");
     assert!(ids.values().all(|s| s.len() == 1), "a repeat carried another delivery id");
     println!("sigkill: {} occurrences delivered, {repeats} repeated", counts.len());
-    let integrity = std::process::Command::new("sqlite3")
+    let integrity = std::process::Command::new(crate::support::tools::require("sqlite3"))
         .arg(d.dir.path().join("scriptd.db"))
         .arg("PRAGMA integrity_check;")
         .output()

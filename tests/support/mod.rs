@@ -8,6 +8,11 @@
 //! - [`telegram_stub::TelegramStub`]: a Bot API stand-in (ok, 429, 400, 401, 403, 500, hang).
 //! - [`webhook_receiver::WebhookReceiver`]: checks `X-Scriptd-Signature`, scripted statuses.
 //!
+//! Programs besides Rust come through [`tools::require`]`("mosquitto")`, which returns the
+//! program's path or fails naming its Debian package; each program must be listed in
+//! `scripts/test-packages` (what `scripts/test` installs; `tests/it/test_packages.rs` checks
+//! that the list and the tests agree).
+//!
 //! Plus [`daemon`] (the real `scriptd run` as a child process), [`api`] (the API in-process
 //! over a temporary database), [`clients`], [`logs`] (log capture), [`timetables`]
 //! (proptest generators), [`free_port`], [`wait_for_port`], [`within`] (a timeout that fails
@@ -21,6 +26,7 @@ pub mod logs;
 pub mod mosquitto;
 pub mod telegram_stub;
 pub mod timetables;
+pub mod tools;
 pub mod webhook_receiver;
 
 use std::future::Future;
