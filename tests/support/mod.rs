@@ -5,7 +5,7 @@
 //! scriptable to answer badly, and stopping when dropped:
 //!
 //! - [`mosquitto::Mosquitto`]: Debian's `mosquitto` broker in a temp dir (persistent).
-//! - [`telegram_stub::TelegramStub`]: a Bot API stand-in (ok, 429, 400, 401, 403, 500, hang).
+//! - [`telegram_stub::TelegramStub`]: a Bot API stand-in (ok, 429, 400, 401, 403, 500, a late 500, hang).
 //! - [`webhook_receiver::WebhookReceiver`]: checks `X-Scriptd-Signature`, scripted statuses.
 //!
 //! Programs besides Rust come through [`tools::require`]`("mosquitto")`, which returns the
