@@ -405,6 +405,7 @@ pub struct RejectionLog {
 struct Slot {
     last_logged: Option<Instant>,
     suppressed: u64,
+    counted: u64,
 }
 
 impl Default for RejectionLog {
@@ -434,6 +435,7 @@ impl RejectionLog {
         let suppressed = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             let slot = &mut slots[rejected.reason.index()];
+            slot.counted += 1;
             let due = slot.last_logged.is_none_or(|t| now.duration_since(t) >= self.interval);
             if !due {
                 slot.suppressed += 1;
@@ -450,6 +452,13 @@ impl RejectionLog {
             rejected.message
         );
         Some(suppressed)
+    }
+
+    /// Rejections recorded since this log was made, per reason (logged or not; the same
+    /// count `scriptd_occurrences_rejected_total` adds to, for tests and diagnostics).
+    pub fn counted(&self) -> HashMap<Reason, u64> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        Reason::ALL.iter().map(|r| (*r, slots[r.index()].counted)).collect()
     }
 
     /// Rejections suppressed since the last line, per reason (for tests and diagnostics).

@@ -228,9 +228,21 @@ async fn sigkill_and_downtime_lose_nothing() {
         )
         .await;
     }
-    // Kill it while it is working through the burst.
+    // Kill it while it is working through the burst: after the first push, with deliveries
+    // still pending in its outbox (counted just before the kill).
     let first = app.next(20).await;
+    let db = rusqlite::Connection::open_with_flags(
+        d.dir.path().join("scriptd.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the daemon's database read-only");
+    let pending: i64 = db
+        .query_row("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'", [], |r| r.get(0))
+        .expect("count pending deliveries");
     d.kill9();
+    drop(db);
+    println!("sigkill: {pending} deliveries pending at the kill");
+    assert!(pending > 0, "nothing was pending when the daemon was killed: the kill proves nothing");
     for i in BEFORE..BEFORE + DOWN {
         vms.publish(
             "vms/analytics/events/1",
@@ -271,7 +283,7 @@ async fn sigkill_and_downtime_lose_nothing() {
     assert!(repeats <= 100, "{repeats} repeats for one kill, more than delivery.max_in_flight");
     assert!(ids.values().all(|s| s.len() == 1), "a repeat carried another delivery id");
     println!("sigkill: {} occurrences delivered, {repeats} repeated", counts.len());
-    let integrity = std::process::Command::new("sqlite3")
+    let integrity = std::process::Command::new(crate::support::tools::require("sqlite3"))
         .arg(d.dir.path().join("scriptd.db"))
         .arg("PRAGMA integrity_check;")
         .output()

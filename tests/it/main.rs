@@ -22,7 +22,8 @@
 //!   and `outbox_conformance` (against a real PostgreSQL too).
 //! - **Configuration and operations**: `config_layers`, `config_check_command`, `ops_health`,
 //!   `ops_logging`, `ops_reload`, `ops_sighup`, `ops_unit_file`.
-//! - **Packaging**: `packaging`.
+//! - **Packaging**: `packaging`; `test_packages` (scripts/test-packages matches what the tests
+//!   run).
 //!
 //! Helpers live in `tests/support/` only (`crate::support`: real peers, the daemon, the API
 //! in-process, log capture). Inputs found by path: `tests/fuzz-regressions/`,
@@ -96,3 +97,4 @@ mod ops_unit_file;
 
 // Packaging
 mod packaging;
+mod test_packages;

@@ -17,10 +17,8 @@ use crate::support::daemon::{Daemon, DaemonOptions};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const INSTALL: &str = "python3 -m venv target/openapi-venv && \
-                       target/openapi-venv/bin/pip install openapi-core==0.19.5";
-
-/// The Python that has `openapi-core`: `SCRIPTD_OPENAPI_PYTHON`, else the venv `.ci/run` makes.
+/// The Python that has `openapi-core`: `SCRIPTD_OPENAPI_PYTHON`, else the virtual environment
+/// `scripts/test` creates (`target/openapi-venv`, with Debian's `python3-venv`).
 fn validator_python() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = std::env::var_os("SCRIPTD_OPENAPI_PYTHON")
@@ -31,13 +29,16 @@ fn validator_python() -> PathBuf {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(
-        has_core,
-        "the OpenAPI validator is missing: {} cannot import openapi_core.\n\
-         Install it from the repository root with:\n    {INSTALL}\n\
-         (or set SCRIPTD_OPENAPI_PYTHON to a python that has openapi-core)",
-        python.display()
-    );
+    if !has_core {
+        // Without python3-venv the environment cannot be made: name that package first.
+        support::tools::require("ensurepip");
+        panic!(
+            "the OpenAPI validator is missing: {} cannot import openapi_core.\n\
+             `scripts/test` creates it (target/openapi-venv, PyPI openapi-core 0.19.5), or set \
+             SCRIPTD_OPENAPI_PYTHON to a python that has openapi-core",
+            python.display()
+        );
+    }
     python
 }
 

@@ -1,6 +1,7 @@
 //! The systemd unit: required directives, and `systemd-analyze security` rates it ≤ 2.0
-//! (needs systemd-analyze: `apt-get install systemd`; .ci/run installs it).
+//! (needs systemd-analyze: Debian's `systemd`, which `scripts/test` installs).
 
+use crate::support::tools;
 use std::path::Path;
 use std::process::Command;
 
@@ -40,15 +41,13 @@ fn the_unit_has_the_required_directives() {
 
 #[test]
 fn systemd_analyze_rates_the_unit_2_0_or_lower() {
-    let out = match Command::new("systemd-analyze")
+    let out = match Command::new(tools::require("systemd-analyze"))
         .args(["security", "--offline=yes", "--no-pager"])
         .arg(unit_path())
         .output()
     {
         Ok(out) => out,
-        Err(e) => panic!(
-            "systemd-analyze cannot run ({e}); install it with `apt-get install systemd` to check the unit's hardening"
-        ),
+        Err(e) => panic!("systemd-analyze cannot run: {e}"),
     };
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);

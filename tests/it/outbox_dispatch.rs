@@ -313,34 +313,6 @@ async fn after_a_restart_pending_pushes_are_delivered_exactly_once() {
     d.stop(10).await;
 }
 
-/// `cargo test --release --test it -- --ignored --nocapture outbox_dispatch::throughput`
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement"]
-async fn throughput_of_pushes_through_mosquitto() {
-    const N: usize = 10_000;
-    let broker = Mosquitto::start().await;
-    let (p, _stop_pusher) = pusher(broker.port()).await;
-    let mut db = fresh_db();
-    let batch: Vec<_> = (0..N).map(|i| push(i, (i % 100) as i64)).collect();
-    let t = Instant::now();
-    for chunk in batch.chunks(500) {
-        db.writer.enqueue(chunk, now_ms()).unwrap();
-    }
-    let enqueue = t.elapsed();
-    let t = Instant::now();
-    let d = start_on(&db, Some(p), 100, Duration::from_secs(5), live("http://127.0.0.1:9"));
-    let h = d.handle.clone();
-    wait_until(120, "all sent", || h.stats().sent as usize >= N).await;
-    let took = t.elapsed();
-    println!(
-        "enqueue {N} rows: {:.0} rows/s; delivered {N} pushes in {took:?}: {:.0} pushes/s",
-        N as f64 / enqueue.as_secs_f64(),
-        N as f64 / took.as_secs_f64()
-    );
-    assert_eq!(count(&db.store, "sent"), N);
-    d.stop(10).await;
-}
-
 // --- Telegram ----------------------------------------------------------------------------
 
 #[tokio::test]
@@ -746,37 +718,4 @@ async fn a_stop_without_grace_repeats_at_most_max_in_flight_deliveries() {
     let repeats = arrived.len() - 60;
     assert!(repeats <= 5, "{repeats} repeats, more than max_in_flight");
     assert!(per_id.values().all(|n| *n <= 2));
-}
-
-/// `cargo test --release --test it -- --ignored --nocapture outbox_dispatch::steady`
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement"]
-async fn steady_producer_and_dispatcher_through_mosquitto() {
-    const N: usize = 20_000;
-    const BATCH: usize = 20;
-    let broker = Mosquitto::start().await;
-    let (p, _stop_pusher) = pusher(broker.port()).await;
-    let db = fresh_db();
-    let d = start_on(&db, Some(p), 100, Duration::from_secs(5), live("http://127.0.0.1:9"));
-    let handle = d.handle.clone();
-    let mut writer = db.writer;
-    let t = Instant::now();
-    let producer = tokio::task::spawn_blocking(move || {
-        for start in (0..N).step_by(BATCH) {
-            let batch: Vec<_> = (start..start + BATCH).map(|i| push(i, (i % 100) as i64)).collect();
-            writer.enqueue(&batch, now_ms()).unwrap();
-            handle.notify();
-        }
-    });
-    within(120, "producer", producer).await.unwrap();
-    let produced = t.elapsed();
-    let h = d.handle.clone();
-    wait_until(120, "all sent", || h.stats().sent as usize >= N).await;
-    let took = t.elapsed();
-    println!(
-        "producer: {N} deliveries in batches of {BATCH} in {produced:?} ({:.0}/s); all delivered after {took:?}: {:.0} pushes/s end to end",
-        N as f64 / produced.as_secs_f64(),
-        N as f64 / took.as_secs_f64()
-    );
-    d.stop(10).await;
 }

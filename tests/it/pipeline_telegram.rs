@@ -176,6 +176,16 @@ async fn a_server_error_is_retryable_within_the_timeout() {
     let r = within(10, "send", s.send(&token(), "1", "x", None)).await;
     assert!(matches!(r, Err(SendError::Retryable { .. })), "{r:?}");
     assert!(t0.elapsed() < Duration::from_secs(3), "took {:?}", t0.elapsed());
+    // A server that stalls 10 s before its 500: the 800 ms request timeout ends the wait.
+    stub.answer_next(Answer::LateServerError(Duration::from_secs(10)));
+    let t0 = Instant::now();
+    let r = within(10, "send to a stalled server", s.send(&token(), "1", "x", None)).await;
+    assert!(matches!(r, Err(SendError::Retryable { .. })), "{r:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "the timeout did not end the stall: {:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -206,7 +206,8 @@ async fn a_stalled_bot_api_for_a_minute_delays_but_loses_nothing() {
         vms.publish("vms/analytics/events/2", occ(seq + 1, 2)).await;
         seq += 2;
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        rss_max = rss_max.max(d.rss_mb().unwrap_or(0.0));
+        let rss = d.rss_mb().expect("the daemon's VmRSS cannot be read from /proc/<pid>/status");
+        rss_max = rss_max.max(rss);
         let health = reqwest::get(format!("http://127.0.0.1:{}/healthz", d.api_port))
             .await
             .expect("healthz");

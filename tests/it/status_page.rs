@@ -5,7 +5,7 @@
 //! components; also at a phone's width. Screenshots of each step go to
 //! `target/status-page/`.
 //!
-//! Needs `chromium` and `chromedriver` (Debian: `chromium`, `chromium-driver`; `.ci/run`
+//! Needs `chromium` and `chromedriver` (Debian: `chromium`, `chromium-driver`; `scripts/test`
 //! installs them): the test fails with that message when they are missing.
 
 use crate::support;
@@ -30,18 +30,9 @@ struct Driver {
 
 impl Driver {
     async fn start() -> Driver {
-        for tool in ["chromedriver", "chromium"] {
-            let found = Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            assert!(
-                found,
-                "{tool} is not installed (Debian: apt-get install chromium chromium-driver)"
-            );
-        }
+        support::tools::require("chromium");
         let port = support::free_port();
-        let child = Command::new("chromedriver")
+        let child = Command::new(support::tools::require("chromedriver"))
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdout(Stdio::null())

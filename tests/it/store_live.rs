@@ -193,9 +193,10 @@ async fn an_api_write_rebuilds_once_not_again_by_the_watcher() {
 
 #[tokio::test]
 async fn the_real_sqlite3_shell_is_seen_too() {
-    let out = match std::process::Command::new("sqlite3").arg("--version").output() {
+    let sqlite3 = crate::support::tools::require("sqlite3");
+    let out = match std::process::Command::new(&sqlite3).arg("--version").output() {
         Ok(out) => out,
-        Err(e) => panic!("the sqlite3 shell cannot run ({e}): apt-get install sqlite3"),
+        Err(e) => panic!("the sqlite3 shell cannot run: {e}"),
     };
     assert!(out.status.success());
     let api = start().await;
@@ -204,7 +205,7 @@ async fn the_real_sqlite3_shell_is_seen_too() {
          VALUES (500, 'shell', 5, 2, 'active', '{ALL_DAY}', '{{}}'); \
          INSERT INTO script_users (script_id, user_id) VALUES (500, 1);"
     );
-    let out = std::process::Command::new("sqlite3").arg(&api.db_path).arg(sql).output().unwrap();
+    let out = std::process::Command::new(&sqlite3).arg(&api.db_path).arg(sql).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let took = within(Duration::from_secs(2), || {
         api.live.load().index.matches(5, 1, Utc::now()).contains(&500)

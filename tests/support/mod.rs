@@ -6,8 +6,13 @@
 //!
 //! - [`mosquitto::Mosquitto`]: Debian's `mosquitto` broker in a temp dir (persistent).
 //! - [`postgres::server`]: Debian's PostgreSQL in a temp dir, one database per test.
-//! - [`telegram_stub::TelegramStub`]: a Bot API stand-in (ok, 429, 400, 401, 403, 500, hang).
+//! - [`telegram_stub::TelegramStub`]: a Bot API stand-in (ok, 429, 400, 401, 403, 500, a late 500, hang).
 //! - [`webhook_receiver::WebhookReceiver`]: checks `X-Scriptd-Signature`, scripted statuses.
+//!
+//! Programs besides Rust come through [`tools::require`]`("mosquitto")`, which returns the
+//! program's path or fails naming its Debian package; each program must be listed in
+//! `scripts/test-packages` (what `scripts/test` installs; `tests/it/test_packages.rs` checks
+//! that the list and the tests agree).
 //!
 //! Plus [`daemon`] (the real `scriptd run` as a child process), [`api`] (the API in-process
 //! over a temporary database), [`clients`], [`logs`] (log capture), [`timetables`]
@@ -23,6 +28,7 @@ pub mod mosquitto;
 pub mod postgres;
 pub mod telegram_stub;
 pub mod timetables;
+pub mod tools;
 pub mod webhook_receiver;
 
 use std::future::Future;

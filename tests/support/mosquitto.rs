@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, wait_for_port};
+use super::{free_port, tools, wait_for_port};
 
 /// A running Mosquitto.
 pub struct Mosquitto {
@@ -96,7 +96,7 @@ impl Mosquitto {
     pub async fn spawn(&mut self) {
         assert!(self.child.is_none(), "mosquitto is already running");
         let conf: PathBuf = self.dir.path().join("mosquitto.conf");
-        let child = match Command::new("mosquitto")
+        let child = match Command::new(tools::require("mosquitto"))
             .arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())
@@ -105,10 +105,6 @@ impl Mosquitto {
             .spawn()
         {
             Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "the `mosquitto` binary is not installed; these tests need a real broker: \
-                 apt-get install -y mosquitto mosquitto-clients"
-            ),
             Err(e) => panic!("cannot start mosquitto: {e}"),
         };
         self.child = Some(child);

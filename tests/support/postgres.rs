@@ -43,25 +43,13 @@ pub fn server() -> &'static PgServer {
 
 static SERVER: OnceLock<PgServer> = OnceLock::new();
 
-/// The folder of the newest installed PostgreSQL's binaries.
+/// The folder of the newest installed PostgreSQL's binaries (that of its `initdb`; a missing
+/// server fails naming the Debian package, from `scripts/test-packages`).
 fn find_bin() -> PathBuf {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("postgres").exists().then_some((version, bin))
-        })
-        .collect();
-    found.sort();
-    match found.pop() {
-        Some((_, bin)) => bin,
-        None => panic!(
-            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/postgres): \
-             install the Debian package `postgresql` (apt-get install postgresql)"
-        ),
+    let initdb = super::tools::require("initdb");
+    match initdb.parent() {
+        Some(bin) => bin.to_path_buf(),
+        None => panic!("{} has no folder", initdb.display()),
     }
 }
 
@@ -73,7 +61,7 @@ fn is_root() -> bool {
 /// `program args...`, as the `postgres` user when running as root.
 fn command(program: &Path) -> Command {
     if is_root() {
-        let mut c = Command::new("runuser");
+        let mut c = Command::new(super::tools::require("runuser"));
         c.args(["-u", "postgres", "--"]).arg(program);
         c
     } else {
@@ -83,8 +71,9 @@ fn command(program: &Path) -> Command {
 
 /// Runs `openssl ARGS` in `dir`; a missing `openssl` names its Debian package.
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| {
-        panic!("cannot run openssl ({e}): install the Debian package `openssl`")
+    let openssl = super::tools::require("openssl");
+    let out = Command::new(&openssl).args(args).current_dir(dir).output().unwrap_or_else(|e| {
+        panic!("cannot run {} ({e})", openssl.display())
     });
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
@@ -149,7 +138,7 @@ impl PgServer {
         let data = dir.join("data");
         make_certificates(&dir);
         if is_root() {
-            let status = Command::new("chown")
+            let status = Command::new(super::tools::require("chown"))
                 .args(["-R", "postgres:postgres"])
                 .arg(&dir)
                 .status()

@@ -41,6 +41,8 @@ pub enum Answer {
     BadPhoto,
     /// Never answers.
     Hang,
+    /// 500 `Internal Server Error`, but only after stalling this long.
+    LateServerError(std::time::Duration),
 }
 
 /// One request the stub received.
@@ -248,6 +250,10 @@ async fn handle(
         Answer::Unauthorized => error(StatusCode::UNAUTHORIZED, "Unauthorized"),
         Answer::Blocked => error(StatusCode::FORBIDDEN, "Forbidden: bot was blocked by the user"),
         Answer::ServerError => error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+        Answer::LateServerError(stall) => {
+            tokio::time::sleep(stall).await;
+            error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+        }
         Answer::BadPhoto => {
             error(StatusCode::BAD_REQUEST, "Bad Request: failed to get HTTP URL content")
         }

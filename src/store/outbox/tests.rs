@@ -359,6 +359,10 @@ fn a_claim_is_not_prepared_again_when_its_limit_changes() {
     for limit in [1, 3, 2, 5, 4] {
         assert_eq!(due_in(&conn, Channel::Push, 10, limit).unwrap().len(), limit);
     }
+    // The claim's own statement, from the connection's cache: run by all five claims (a
+    // claim that prepared its own statement, or put the limit into the SQL text, would
+    // leave a fresh one here, never run), and never prepared again.
     let stmt = conn.prepare_cached(&claim::due_sql(Channel::Push.condition())).unwrap();
+    assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), 5, "the claims' statement");
     assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
 }
