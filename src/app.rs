@@ -64,6 +64,9 @@ pub enum AppError {
     #[cfg(feature = "embedded-broker")]
     #[error(transparent)]
     Broker(#[from] crate::mqtt::broker::BrokerError),
+    /// The API's certificate or key file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] api::tls::TlsFileError),
     /// The metrics recorder could not be installed.
     #[error(transparent)]
     Telemetry(#[from] telemetry::TelemetryError),
@@ -91,6 +94,30 @@ pub fn http_router(
     api::router_with(state, api::stream::routes(hub))
         .merge(health::routes(health, metrics))
         .merge(api::ui::routes())
+}
+
+/// The API's accept-loop options from `[api]`: the certificate (reloaded on SIGHUP) when
+/// HTTPS is on.
+fn api_serve_options(
+    settings: &Settings,
+    health: &Health,
+    stop: CancellationToken,
+) -> Result<api::serve::ServeOptions, AppError> {
+    let tls = match settings.api.tls.files() {
+        None => None,
+        Some((cert, key)) => {
+            let resolver = Arc::new(api::tls::CertResolver::load(cert, key)?);
+            resolver.clone().reload_on_sighup(stop.cancelled_owned()).map_err(AppError::Signals)?;
+            Some(resolver)
+        }
+    };
+    Ok(api::serve::ServeOptions {
+        max_connections: settings.api.max_connections as usize,
+        header_read_timeout: settings.api.header_read_timeout(),
+        body_timeout: settings.api.request_timeout(),
+        tls,
+        health: Some(health.clone()),
+    })
 }
 
 /// How long open API requests get to finish once the daemon stops.
@@ -182,14 +209,21 @@ pub async fn start(
         .local_addr()
         .map_err(|source| AppError::Listen { addr: settings.api.bind, source })?;
     let router = http_router(
-        AppState::new(store.clone(), live.clone()),
+        AppState::with_settings(store.clone(), live.clone(), &settings.api),
         hub.clone(),
         health.clone(),
         metrics.clone(),
     );
-    let api_task =
-        tokio::spawn(api::serve_router(listener, router, stop_rest.clone().cancelled_owned()));
-    tracing::info!(addr = %api_addr, database = %db.display(), "API listening");
+    let serve_options = api_serve_options(&settings, &health, stop_rest.clone())?;
+    let https = serve_options.tls.is_some();
+    let api_task = tokio::spawn(api::serve::serve(
+        listener,
+        router,
+        serve_options,
+        stop_rest.clone().cancelled_owned(),
+    ));
+    tracing::info!(addr = %api_addr, https, database = %db.display(), "API listening");
+    api::limits::log_descriptor_budget(&settings);
     notifier.ready_with_status("running; mqtt connecting");
 
     // MQTT.
