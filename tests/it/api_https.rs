@@ -40,8 +40,23 @@ impl TestCa {
         let (cert_file, key_file) = (dir.join("api.crt"), dir.join("api.key"));
         std::fs::write(&cert_file, cert.pem()).expect("write certificate");
         std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+        std::fs::write(dir.join("api.spki"), spki_pin(&key)).expect("write pin");
         (cert_file, key_file)
     }
+}
+
+/// Chromium's pin of a key: base64 of the SHA-256 of its SubjectPublicKeyInfo (for
+/// `--ignore-certificate-errors-spki-list`, which accepts that one key and nothing else).
+fn spki_pin(key: &KeyPair) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    base64::engine::general_purpose::STANDARD
+        .encode(sha2::Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(key)))
+}
+
+/// The pin of the key [`TestCa::issue`] last wrote into `dir`.
+pub fn pin_in(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("api.spki")).expect("read pin")
 }
 
 /// Daemon options serving HTTPS with `cert_file` and `key_file`.

@@ -267,7 +267,8 @@ level = "info,scriptd=debug"
     /// 4); returns the created script (asserts 201).
     pub async fn create_script(&self, body: &Value) -> Value {
         let token = if body["users"][0] == 4 { &self.token_4 } else { &self.token };
-        let r = reqwest::Client::new()
+        let r = self
+            .client()
             .post(self.url("/scripts"))
             .bearer_auth(token)
             .header("X-Client", "web")
@@ -283,7 +284,9 @@ level = "info,scriptd=debug"
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.api_port))
+        self.client()
+            .get(format!("{}/metrics", self.base()))
+            .send()
             .await
             .expect("GET /metrics")
             .text()
@@ -298,7 +301,7 @@ level = "info,scriptd=debug"
 
     /// GET with `token`.
     pub async fn get_as(&self, token: &str, path: &str) -> Value {
-        reqwest::Client::new()
+        self.client()
             .get(self.url(path))
             .bearer_auth(token)
             .send()
