@@ -96,30 +96,6 @@ pub fn http_router(
         .merge(api::ui::routes())
 }
 
-/// The API's accept-loop options from `[api]`: the certificate (reloaded on SIGHUP) when
-/// HTTPS is on.
-fn api_serve_options(
-    settings: &Settings,
-    health: &Health,
-    stop: CancellationToken,
-) -> Result<api::serve::ServeOptions, AppError> {
-    let tls = match settings.api.tls.files() {
-        None => None,
-        Some((cert, key)) => {
-            let resolver = Arc::new(api::tls::CertResolver::load(cert, key)?);
-            resolver.clone().reload_on_sighup(stop.cancelled_owned()).map_err(AppError::Signals)?;
-            Some(resolver)
-        }
-    };
-    Ok(api::serve::ServeOptions {
-        max_connections: settings.api.max_connections as usize,
-        header_read_timeout: settings.api.header_read_timeout(),
-        body_timeout: settings.api.request_timeout(),
-        tls,
-        health: Some(health.clone()),
-    })
-}
-
 /// How long open API requests get to finish once the daemon stops.
 const API_DRAIN: Duration = Duration::from_secs(1);
 
@@ -214,7 +190,11 @@ pub async fn start(
         health.clone(),
         metrics.clone(),
     );
-    let serve_options = api_serve_options(&settings, &health, stop_rest.clone())?;
+    let serve_options = api::serve::ServeOptions::from_settings(
+        &settings.api,
+        &health,
+        stop_rest.clone().cancelled_owned(),
+    )?;
     let https = serve_options.tls.is_some();
     let api_task = tokio::spawn(api::serve::serve(
         listener,

@@ -24,7 +24,7 @@ pub const PER_CONNECTION: u64 = 3;
 /// The descriptors the configuration needs (see the module documentation).
 pub fn descriptors_needed(settings: &Settings) -> u64 {
     PER_CONNECTION * u64::from(settings.api.max_connections)
-        + settings.delivery.max_in_flight as u64
+        + u64::from(settings.delivery.max_in_flight)
         + RESERVE
 }
 
@@ -33,7 +33,7 @@ pub fn nofile_limit() -> Option<(u64, u64)> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    (rc == 0).then_some((limit.rlim_cur as u64, limit.rlim_max as u64))
+    (rc == 0).then_some((limit.rlim_cur, limit.rlim_max))
 }
 
 /// Logs the effective descriptor limit and the budget; warns when the budget exceeds it.

@@ -48,9 +48,10 @@ use tokio::sync::Notify;
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 
-use super::tls::CertResolver;
+use super::tls::{CertResolver, TlsFileError};
 use crate::ops::health::{self, Health};
 use crate::ops::telemetry;
+use crate::settings::ApiSettings;
 
 /// Pause after an accept error such as `EMFILE` before the next accept.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -80,6 +81,34 @@ impl Default for ServeOptions {
             tls: None,
             health: None,
         }
+    }
+}
+
+impl ServeOptions {
+    /// The options `[api]` sets; with HTTPS, loads the certificate and reloads it on every
+    /// SIGHUP until `stop`.
+    pub fn from_settings(
+        api: &ApiSettings,
+        health: &Health,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<ServeOptions, TlsFileError> {
+        let tls = match api.tls.files() {
+            None => None,
+            Some((cert, key)) => {
+                let resolver = Arc::new(CertResolver::load(cert, key)?);
+                if let Err(e) = resolver.clone().reload_on_sighup(stop) {
+                    tracing::error!(error = %e, "cannot handle SIGHUP; certificate renewals need a restart");
+                }
+                Some(resolver)
+            }
+        };
+        Ok(ServeOptions {
+            max_connections: api.max_connections as usize,
+            header_read_timeout: api.header_read_timeout(),
+            body_timeout: api.request_timeout(),
+            tls,
+            health: Some(health.clone()),
+        })
     }
 }
 
