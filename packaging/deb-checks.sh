@@ -129,6 +129,13 @@ else
 fi
 check "reload kept the process ($pid)" test "$(prop MainPID)" = "$pid"
 
+# --- the descriptor limit the unit sets (LimitNOFILE=) ---------------------------------------
+check "the unit sets LimitNOFILE=8192" test "$(prop LimitNOFILE)" = 8192
+check "the daemon runs with 8192 open files" \
+  sh -c "grep -E '^Max open files +8192 +8192' /proc/$pid/limits"
+check "the daemon logged its descriptor budget" \
+  sh -c "journalctl -u scriptd -o cat | grep -q 'file descriptor budget fits'"
+
 # --- systemctl stop with a reaction stream open --------------------------------------------
 curl -sN "${auth[@]}" "$api/api/v1/reactions/stream" >/root/stream.txt 2>&1 &
 stream=$!

@@ -64,6 +64,9 @@ pub enum AppError {
     #[cfg(feature = "embedded-broker")]
     #[error(transparent)]
     Broker(#[from] crate::mqtt::broker::BrokerError),
+    /// The API's certificate or key file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] api::tls::TlsFileError),
     /// The metrics recorder could not be installed.
     #[error(transparent)]
     Telemetry(#[from] telemetry::TelemetryError),
@@ -182,14 +185,25 @@ pub async fn start(
         .local_addr()
         .map_err(|source| AppError::Listen { addr: settings.api.bind, source })?;
     let router = http_router(
-        AppState::new(store.clone(), live.clone()),
+        AppState::with_settings(store.clone(), live.clone(), &settings.api),
         hub.clone(),
         health.clone(),
         metrics.clone(),
     );
-    let api_task =
-        tokio::spawn(api::serve_router(listener, router, stop_rest.clone().cancelled_owned()));
-    tracing::info!(addr = %api_addr, database = %db.display(), "API listening");
+    let serve_options = api::serve::ServeOptions::from_settings(
+        &settings.api,
+        &health,
+        stop_rest.clone().cancelled_owned(),
+    )?;
+    let https = serve_options.tls.is_some();
+    let api_task = tokio::spawn(api::serve::serve(
+        listener,
+        router,
+        serve_options,
+        stop_rest.clone().cancelled_owned(),
+    ));
+    tracing::info!(addr = %api_addr, https, database = %db.display(), "API listening");
+    api::limits::log_descriptor_budget(&settings);
     notifier.ready_with_status("running; mqtt connecting");
 
     // MQTT.

@@ -5,7 +5,8 @@
 //! 401 `{"message": "Unauthenticated."}`. The presented token is hashed and compared with
 //! stored digests in constant time, against the database on every request (see
 //! [`crate::store::tokens`]), so a revocation by the CLI counts at once. Failed attempts
-//! are counted per client address ([`super::guard`]): past 20 a minute, 429 with
+//! are counted per client address ([`super::guard`], behind a trusted proxy the
+//! forwarded client: [`super::client`]): past `api.auth_failures_per_minute`, 429 with
 //! `Retry-After`. `X-Client` must be one of [`ALLOWED_CLIENTS`] when present (422 on the
 //! `X-Client` key otherwise); it and `X-UUID` are logged with the request.
 //!
@@ -15,10 +16,9 @@
 //! [`Caller::owns`] (a script outside the reach is answered as a missing one) and
 //! [`Caller::reaches`] (ids in a body's `users`).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -128,15 +128,6 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
-/// The client address the limiter counts: the TCP peer (`X-Forwarded-For` is ignored).
-/// Without connection information (a router called directly, in tests) every request
-/// counts as 0.0.0.0.
-fn client_ip(req: &Request) -> IpAddr {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
-}
-
 /// The `ticket` query parameter of `GET /reactions/stream` (see
 /// [`super::stream::Tickets`]); nothing on any other route.
 fn stream_ticket(req: &Request) -> Option<&str> {
@@ -184,7 +175,7 @@ pub async fn require_token(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let ip = client_ip(&req);
+    let ip = state.proxies.client_of(&req);
     if let Some(retry) = state.guard.blocked(ip) {
         return ApiError::TooManyAttempts(retry).into_response();
     }
@@ -239,7 +230,9 @@ pub async fn require_token(
     let status = response.status().as_u16();
     let x_client = x_client.as_deref().unwrap_or("-");
     let x_uuid = x_uuid.as_deref().unwrap_or("-");
-    tracing::info!(%method, path, status, user_id = user.id, x_client, x_uuid, "api request");
+    tracing::info!(
+        %method, path, status, user_id = user.id, client = %ip, x_client, x_uuid, "api request"
+    );
     response
 }
 

@@ -1,9 +1,12 @@
 //! Brute-force protection for the API's authentication, and the `last_used_at` throttle.
 //!
-//! Only *failed* authentications are counted, per client address (the TCP peer; an
-//! `X-Forwarded-For` header is ignored, since any client can send one). The count is a
-//! `governor` keyed GCRA limiter with the quota "20 a minute": 20 failures at once, then one
-//! more every 3 s. The failure that exceeds it blocks the address for [`BLOCK`]: every
+//! Only *failed* authentications are counted, per client address (the TCP peer, or behind a
+//! trusted reverse proxy the forwarded client: [`super::client`]; an `X-Forwarded-For`
+//! from any other peer is ignored, since any client can send one). The count is a
+//! `governor` keyed GCRA limiter with the quota `api.auth_failures_per_minute` (default 20
+//! a minute: 20 failures at once, then one more every 3 s; 0 turns the limiter off). The
+//! failure that exceeds it blocks the address for `api.auth_block_seconds` ([`BLOCK`] by
+//! default): every
 //! request from it, with a valid token or not, gets 429 with `Retry-After` until the block
 //! ends, so guessing on cannot tell a right token from a wrong one. Valid tokens from other
 //! addresses never touch the limiter.
@@ -33,7 +36,9 @@ pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Failed-authentication limiter and token-use throttle shared by the API's requests.
 pub struct AuthGuard {
-    failures: DefaultKeyedRateLimiter<IpAddr>,
+    /// `None` when the limiter is off (`api.auth_failures_per_minute = 0`).
+    failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    block: Duration,
     blocked: Mutex<HashMap<IpAddr, Instant>>,
     last_cleanup: Mutex<Instant>,
     touched: Mutex<HashMap<String, Instant>>,
@@ -41,7 +46,7 @@ pub struct AuthGuard {
 
 impl std::fmt::Debug for AuthGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthGuard").field("tracked", &self.failures.len()).finish_non_exhaustive()
+        f.debug_struct("AuthGuard").field("tracked", &self.tracked()).finish_non_exhaustive()
     }
 }
 
@@ -71,11 +76,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl AuthGuard {
-    /// A guard with nothing recorded.
+    /// A guard with nothing recorded and the default limits.
     pub fn new() -> AuthGuard {
-        let per_minute = NonZeroU32::new(FAILURES_PER_MINUTE).unwrap_or(NonZeroU32::MIN);
+        AuthGuard::with_limits(FAILURES_PER_MINUTE, BLOCK)
+    }
+
+    /// A guard allowing `per_minute` failures per address (0 = no limit) and blocking for
+    /// `block` past them.
+    pub fn with_limits(per_minute: u32, block: Duration) -> AuthGuard {
         AuthGuard {
-            failures: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            failures: NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            block,
             blocked: Mutex::new(HashMap::new()),
             last_cleanup: Mutex::new(Instant::now()),
             touched: Mutex::new(HashMap::new()),
@@ -101,12 +112,13 @@ impl AuthGuard {
     /// now blocked (answer 429), `None` when it may still fail (answer 401).
     pub fn failed(&self, ip: IpAddr) -> Option<Duration> {
         let key = client_key(ip);
+        let failures = self.failures.as_ref()?;
         self.cleanup();
-        if self.failures.len() >= MAX_TRACKED {
+        if failures.len() >= MAX_TRACKED {
             // Too many addresses at once: refuse failures rather than grow.
-            return Some(BLOCK);
+            return Some(self.block);
         }
-        if self.failures.check_key(&key).is_ok() {
+        if failures.check_key(&key).is_ok() {
             return None;
         }
         let mut blocked = lock(&self.blocked);
@@ -115,9 +127,9 @@ impl AuthGuard {
             blocked.retain(|_, until| *until > now);
         }
         if blocked.len() < MAX_TRACKED {
-            blocked.insert(key, Instant::now() + BLOCK);
+            blocked.insert(key, Instant::now() + self.block);
         }
-        Some(BLOCK)
+        Some(self.block)
     }
 
     /// At most once a second: forget addresses whose count is back to zero, and ended
@@ -131,14 +143,16 @@ impl AuthGuard {
             }
             *last = now;
         }
-        self.failures.retain_recent();
-        self.failures.shrink_to_fit();
+        if let Some(failures) = &self.failures {
+            failures.retain_recent();
+            failures.shrink_to_fit();
+        }
         lock(&self.blocked).retain(|_, until| *until > now);
     }
 
     /// Number of client addresses the limiter holds (for tests and metrics).
     pub fn tracked(&self) -> usize {
-        self.failures.len()
+        self.failures.as_ref().map_or(0, |f| f.len())
     }
 
     /// True when the token `public_id` was last recorded as used over [`TOUCH_INTERVAL`]
@@ -178,6 +192,19 @@ mod tests {
         assert!(g.blocked(ip("::ffff:10.0.0.1")).is_some(), "mapped IPv4 is the same");
         assert_eq!(g.blocked(ip("10.0.0.2")), None);
         assert_eq!(g.failed(ip("10.0.0.2")), None);
+    }
+
+    #[test]
+    fn the_limits_are_configurable_and_zero_turns_the_limiter_off() {
+        let g = AuthGuard::with_limits(2, Duration::from_secs(5));
+        assert_eq!(g.failed(ip("10.0.0.1")), None);
+        assert_eq!(g.failed(ip("10.0.0.1")), None);
+        assert_eq!(g.failed(ip("10.0.0.1")), Some(Duration::from_secs(5)));
+        let off = AuthGuard::with_limits(0, BLOCK);
+        for _ in 0..100 {
+            assert_eq!(off.failed(ip("10.0.0.1")), None);
+        }
+        assert_eq!(off.blocked(ip("10.0.0.1")), None);
     }
 
     #[test]

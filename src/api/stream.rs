@@ -13,6 +13,11 @@
 //! The stream ends within [`RECHECK`] once its token is revoked or expires or its user is
 //! disabled: a leaked token does not keep an open stream.
 //!
+//! Streams are capped ([`StreamSlots`]): at most `api.max_streams` open at once and
+//! `api.max_streams_per_token` per token; past either, 429 with `Retry-After` and
+//! `{"message": ...}` naming the cap. A stream's place is freed when it ends (client gone,
+//! token refused, shutdown).
+//!
 //! A browser's `EventSource` cannot send an `Authorization` header, so
 //! `POST /reactions/stream/ticket` (with the token) hands out a [`Tickets`] entry: a random
 //! ticket valid once, for [`TICKET_TTL`], that `GET /reactions/stream?ticket=…` accepts
@@ -49,6 +54,96 @@ pub const TICKET_TTL: Duration = Duration::from_secs(30);
 /// Most tickets held at once (each request for one beyond this drops the oldest expired
 /// ones first; a caller cannot grow the map without bound).
 pub const TICKETS_MAX: usize = 10_000;
+
+/// How long a client refused for the stream cap is told to wait (`Retry-After`).
+pub const STREAM_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// The open streams, in total and per token.
+#[derive(Debug)]
+pub struct StreamSlots {
+    max: usize,
+    per_token: usize,
+    open: Mutex<(usize, HashMap<String, usize>)>,
+}
+
+/// Which cap refused a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamCap {
+    /// `api.max_streams`.
+    Total(usize),
+    /// `api.max_streams_per_token`.
+    PerToken(usize),
+}
+
+/// A stream's place; freed on drop.
+#[derive(Debug)]
+pub struct StreamSlot {
+    slots: std::sync::Arc<StreamSlots>,
+    token: String,
+}
+
+impl StreamSlots {
+    /// At most `max` streams, `per_token` of them with one token.
+    pub fn new(max: usize, per_token: usize) -> StreamSlots {
+        StreamSlots { max, per_token, open: Mutex::new((0, HashMap::new())) }
+    }
+
+    /// A place for a stream with `token`, or the cap that refuses it.
+    pub fn acquire(self: &std::sync::Arc<Self>, token: &str) -> Result<StreamSlot, StreamCap> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, by_token) = &mut *open;
+        if *total >= self.max {
+            return Err(StreamCap::Total(self.max));
+        }
+        let mine = by_token.entry(token.to_owned()).or_insert(0);
+        if *mine >= self.per_token {
+            return Err(StreamCap::PerToken(self.per_token));
+        }
+        *mine += 1;
+        *total += 1;
+        metrics::gauge!(crate::ops::telemetry::API_STREAMS_OPEN).increment(1.0);
+        Ok(StreamSlot { slots: self.clone(), token: token.to_owned() })
+    }
+
+    /// Streams open now.
+    pub fn open(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::ops::telemetry::API_STREAMS_OPEN).decrement(1.0);
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, by_token) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(n) = by_token.get_mut(&self.token) {
+            *n -= 1;
+            if *n == 0 {
+                by_token.remove(&self.token);
+            }
+        }
+    }
+}
+
+/// 429 for a stream past a cap.
+fn refused(cap: StreamCap) -> axum::response::Response {
+    metrics::counter!(crate::ops::telemetry::API_STREAMS_REFUSED).increment(1);
+    let message = match cap {
+        StreamCap::Total(n) => {
+            format!("Too many reaction streams are open ({n}, api.max_streams); try again later.")
+        }
+        StreamCap::PerToken(n) => format!(
+            "Too many reaction streams are open with this token ({n}, api.max_streams_per_token)."
+        ),
+    };
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(axum::http::header::RETRY_AFTER, STREAM_RETRY_AFTER.as_secs().to_string())],
+        Json(serde_json::json!({ "message": message })),
+    )
+        .into_response()
+}
 
 /// Single-use stream tickets in memory (a restart invalidates them, as it ends streams).
 #[derive(Debug, Default)]
@@ -101,7 +196,13 @@ pub fn routes(hub: PushHub) -> Router<AppState> {
                   Extension(user): Extension<AuthUser>,
                   Extension(token): Extension<TokenId>| {
                 let hub = hub.clone();
-                async move { stream(&hub, user, until_refused(state.store, token)) }
+                async move {
+                    match state.streams.acquire(&token.0) {
+                        Ok(slot) => stream(&hub, user, until_refused(state.store, token), slot)
+                            .into_response(),
+                        Err(cap) => refused(cap),
+                    }
+                }
             },
         ),
     )
@@ -147,21 +248,26 @@ fn stream<F: std::future::Future<Output = ()> + Send + 'static>(
     hub: &PushHub,
     user: AuthUser,
     refused: F,
+    slot: StreamSlot,
 ) -> Sse<impl tokio_stream::Stream<Item = Result<Event, Infallible>> + use<F>> {
-    let events = BroadcastStream::new(hub.subscribe()).filter_map(move |item| match item {
-        Ok(push) if push.user_id == user.id => {
-            let mut event = Event::default().event("reaction").data(&*push.payload);
-            let id = serde_json::from_str::<serde_json::Value>(&push.payload)
-                .ok()
-                .and_then(|v| v.get("delivery_id").and_then(|d| d.as_str()).map(str::to_owned));
-            if let Some(id) = id {
-                event = event.id(id);
+    let events = BroadcastStream::new(hub.subscribe()).filter_map(move |item| {
+        // The closure owns the stream's place: it is freed when the stream is dropped.
+        let _held = &slot;
+        match item {
+            Ok(push) if push.user_id == user.id => {
+                let mut event = Event::default().event("reaction").data(&*push.payload);
+                let id = serde_json::from_str::<serde_json::Value>(&push.payload)
+                    .ok()
+                    .and_then(|v| v.get("delivery_id").and_then(|d| d.as_str()).map(str::to_owned));
+                if let Some(id) = id {
+                    event = event.id(id);
+                }
+                Some(Ok(event))
             }
-            Some(Ok(event))
-        }
-        Ok(_) => None,
-        Err(BroadcastStreamRecvError::Lagged(n)) => {
-            Some(Ok(Event::default().event("lagged").data(n.to_string())))
+            Ok(_) => None,
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                Some(Ok(Event::default().event("lagged").data(n.to_string())))
+            }
         }
     });
     let events = futures_util::StreamExt::take_until(events, refused);

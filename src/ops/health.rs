@@ -42,6 +42,9 @@ pub const BROKER: &str = "broker";
 pub const PUSH: &str = "push";
 /// Component name: the delivery dispatchers.
 pub const DISPATCHERS: &str = "dispatchers";
+/// Component name: the HTTP API's listener; degraded while `api.max_connections` is
+/// reached (registered by the API's accept loop).
+pub const API: &str = "api";
 
 /// Content type of the Prometheus text exposition format.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -84,6 +84,21 @@ pub const LABEL_CHANNEL: &str = "channel";
 pub const WATCHDOG_STALLED: &str = "scriptd_watchdog_stalled_components";
 /// Counter: times the watchdog started withholding pings (a stall began).
 pub const WATCHDOG_STALLS: &str = "scriptd_watchdog_stalls_total";
+/// Gauge: HTTP API connections open (reaction streams included).
+pub const API_CONNECTIONS_OPEN: &str = "scriptd_api_connections_open";
+/// Counter: API connections closed at once because `api.max_connections` were open and
+/// every one was busy.
+pub const API_CONNECTIONS_REFUSED: &str = "scriptd_api_connections_refused_total";
+/// Counter: idle API connections closed to make room for a new one (at the cap, or when
+/// the process ran out of descriptors).
+pub const API_CONNECTIONS_EVICTED: &str = "scriptd_api_connections_evicted_total";
+/// Counter: failed `accept` calls on the API listener (e.g. `EMFILE`).
+pub const API_ACCEPT_ERRORS: &str = "scriptd_api_accept_errors_total";
+/// Gauge: reaction streams open.
+pub const API_STREAMS_OPEN: &str = "scriptd_api_streams_open";
+/// Counter: reaction streams refused with 429 (`api.max_streams` or
+/// `api.max_streams_per_token` reached).
+pub const API_STREAMS_REFUSED: &str = "scriptd_api_streams_refused_total";
 
 /// Label of [`OCCURRENCES_REJECTED`]: why the payload was dropped.
 pub const LABEL_REASON: &str = "reason";
@@ -254,6 +269,37 @@ pub fn describe() {
     metrics::counter!(OCCURRENCES_SUPPRESSED, LABEL_REASON => REASON_COOLDOWN).increment(0);
     metrics::counter!(OCCURRENCES_SUPPRESSED, LABEL_REASON => REASON_SNOOZE).increment(0);
     metrics::counter!(DELIVERIES_COALESCED).increment(0);
+    describe_api();
+}
+
+/// The HTTP API's connection and stream metrics, at zero.
+fn describe_api() {
+    describe_gauge!(API_CONNECTIONS_OPEN, Unit::Count, "HTTP API connections open.");
+    describe_counter!(
+        API_CONNECTIONS_REFUSED,
+        Unit::Count,
+        "API connections closed at once: api.max_connections open, all busy."
+    );
+    describe_counter!(
+        API_CONNECTIONS_EVICTED,
+        Unit::Count,
+        "Idle API connections closed to make room for new ones."
+    );
+    describe_counter!(API_ACCEPT_ERRORS, Unit::Count, "Failed accepts on the API listener.");
+    describe_gauge!(API_STREAMS_OPEN, Unit::Count, "Reaction streams open.");
+    describe_counter!(
+        API_STREAMS_REFUSED,
+        Unit::Count,
+        "Reaction streams refused with 429 (api.max_streams, api.max_streams_per_token)."
+    );
+    for name in
+        [API_CONNECTIONS_REFUSED, API_CONNECTIONS_EVICTED, API_ACCEPT_ERRORS, API_STREAMS_REFUSED]
+    {
+        metrics::counter!(name).increment(0);
+    }
+    for name in [API_CONNECTIONS_OPEN, API_STREAMS_OPEN] {
+        metrics::gauge!(name).set(0.0);
+    }
 }
 
 /// Counts deliveries expired per channel, as returned by [`crate::store::outbox::expire`].

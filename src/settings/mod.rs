@@ -53,8 +53,8 @@ pub use load::{
 };
 pub use reload::{LiveSettings, ReloadPlan, is_live_key};
 pub use sections::{
-    ApiSettings, DatabaseSettings, EventsSettings, LogFormat, LogSettings, MqttProtocol,
-    MqttSettings, TelegramSettings, Timezone, WebhookSettings,
+    ApiSettings, ApiTlsSettings, DatabaseSettings, EventsSettings, LogFormat, LogSettings,
+    MqttProtocol, MqttSettings, TelegramSettings, Timezone, WebhookSettings,
 };
 pub use validate::check_level;
 
@@ -136,9 +136,16 @@ impl Settings {
                     match v {
                         serde_json::Value::Null => out.push_str(&format!("# {k} is unset\n")),
                         // A sub-table of scalars (`delivery.expire_after_seconds`): inline.
+                        // Unset keys of it (`api.tls.cert_file`) as comments.
                         serde_json::Value::Object(sub) => {
-                            let inner: Vec<String> =
-                                sub.iter().map(|(sk, sv)| format!("{sk} = {sv}")).collect();
+                            let inner: Vec<String> = sub
+                                .iter()
+                                .filter(|(_, sv)| !sv.is_null())
+                                .map(|(sk, sv)| format!("{sk} = {sv}"))
+                                .collect();
+                            for (sk, _) in sub.iter().filter(|(_, sv)| sv.is_null()) {
+                                out.push_str(&format!("# {k}.{sk} is unset\n"));
+                            }
                             out.push_str(&format!("{k} = {{ {} }}\n", inner.join(", ")));
                         }
                         // JSON scalars and strings are valid TOML scalars and basic strings.

@@ -92,13 +92,104 @@ impl<'de> Deserialize<'de> for MqttProtocol {
     }
 }
 
-/// `[api]`: the HTTP API.
+/// `[api]`: the HTTP API (and the status page, `/healthz`, `/metrics`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
     /// Socket address the HTTP API listens on.
     #[serde(deserialize_with = "socket_addr")]
     pub bind: SocketAddr,
+    /// Most API connections open at once (reaction streams included). Past it an idle
+    /// connection is closed to make room, or the new one is closed when none is idle.
+    pub max_connections: u32,
+    /// Most reaction streams open at once (429 past it); below `max_connections`.
+    pub max_streams: u32,
+    /// Most reaction streams open at once with one token (429 past it).
+    pub max_streams_per_token: u32,
+    /// Time a connection gets to send a complete request head, counted from its opening
+    /// (and the TLS handshake) or from the end of its previous response: also the
+    /// keep-alive idle timeout.
+    pub header_read_timeout_seconds: u64,
+    /// Deadline for a request (body read and answer; reaction streams excepted): 408.
+    pub request_timeout_seconds: u64,
+    /// Reverse proxies whose `X-Forwarded-For` is believed: addresses or CIDRs.
+    #[serde(deserialize_with = "proxy_list", serialize_with = "proxy_list_out")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Failed authentications per client address per minute before it is blocked
+    /// (0 = no limit).
+    pub auth_failures_per_minute: u32,
+    /// How long a blocked client address gets 429, in seconds.
+    pub auth_block_seconds: u64,
+    /// `[api.tls]`: HTTPS.
+    pub tls: ApiTlsSettings,
+}
+
+/// `[api.tls]`: serve the API over HTTPS. Both files or neither; SIGHUP re-reads them.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiTlsSettings {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate.
+    pub key_file: Option<PathBuf>,
+}
+
+impl ApiTlsSettings {
+    /// The certificate and key files when HTTPS is on.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
+    }
+}
+
+impl ApiSettings {
+    /// [`Self::header_read_timeout_seconds`] as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_seconds)
+    }
+
+    /// [`Self::request_timeout_seconds`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_seconds)
+    }
+
+    /// [`Self::auth_block_seconds`] as a duration.
+    pub fn auth_block(&self) -> Duration {
+        Duration::from_secs(self.auth_block_seconds)
+    }
+}
+
+/// Accepts a list of addresses or CIDRs, or one string of them separated by commas (as an
+/// environment variable gives it); a bare address is a single-host network.
+fn proxy_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match Raw::deserialize(deserializer)? {
+        Raw::One(s) => {
+            s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+        }
+        Raw::Many(v) => v,
+    };
+    items
+        .iter()
+        .map(|item| {
+            let item = item.trim();
+            item.parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{item:?} is not an IP address or CIDR (e.g. \"10.0.0.5\", \"10.0.0.0/24\")"
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn proxy_list_out<S: Serializer>(nets: &[ipnet::IpNet], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(nets.iter().map(|n| n.to_string()))
 }
 
 /// `[telegram]`: the Bot API client. Changes apply on SIGHUP.
@@ -249,7 +340,18 @@ impl Default for MqttSettings {
 
 impl Default for ApiSettings {
     fn default() -> Self {
-        Self { bind: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_connections: 256,
+            max_streams: 128,
+            max_streams_per_token: 8,
+            header_read_timeout_seconds: 10,
+            request_timeout_seconds: 30,
+            trusted_proxies: Vec::new(),
+            auth_failures_per_minute: 20,
+            auth_block_seconds: 60,
+            tls: ApiTlsSettings::default(),
+        }
     }
 }
 

@@ -126,7 +126,18 @@ fn all_changed() -> Settings {
             inflight: 3,
             protocol: MqttProtocol::V311,
         },
-        api: ApiSettings { bind: SocketAddr::from(([127, 0, 0, 1], 9)) },
+        api: ApiSettings {
+            bind: SocketAddr::from(([127, 0, 0, 1], 9)),
+            max_connections: 40,
+            max_streams: 30,
+            max_streams_per_token: 2,
+            header_read_timeout_seconds: 4,
+            request_timeout_seconds: 5,
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            auth_failures_per_minute: 0,
+            auth_block_seconds: 6,
+            tls: ApiTlsSettings::default(),
+        },
         telegram: TelegramSettings {
             api_url: "http://t".into(),
             request_timeout_seconds: 1,
@@ -161,7 +172,7 @@ fn with_live_from_copies_exactly_the_live_keys() {
     let old = Settings::default();
     let new = all_changed();
     let all = old.changed_keys(&new);
-    assert_eq!(all.len(), 1 + 7 + 13 + 1 + 6 + 1 + 2 + 12 + 3 + 2, "{all:?}");
+    assert_eq!(all.len(), 1 + 7 + 13 + 9 + 6 + 1 + 2 + 12 + 3 + 2, "{all:?}");
     let running = old.with_live_from(&new);
     let applied = old.changed_keys(&running);
     let pending = running.changed_keys(&new);

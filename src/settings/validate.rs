@@ -83,6 +83,9 @@ impl Settings {
         if self.api.bind.port() == 0 {
             bad("api.bind", format!("needs a port 1–65535 (got {})", self.api.bind));
         }
+        for (key, message) in self.api.problems() {
+            bad(key, message);
+        }
 
         let t = &self.telegram;
         if let Err(why) = check_http_url(&t.api_url) {
@@ -236,4 +239,62 @@ fn delay_bounds(
         problems.push((max_key, format!("must be at least {min_key} ({min}) (got {max})")));
     }
     problems
+}
+
+impl ApiSettings {
+    /// The `[api]` section's problems: ranges, the stream caps against the connection cap,
+    /// and the TLS files (both or neither; each readable, parsable and matching).
+    pub(super) fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            p.push(("api.max_connections", range_msg("1–1000000", self.max_connections)));
+        }
+        if self.max_streams >= self.max_connections {
+            p.push((
+                "api.max_streams",
+                format!(
+                    "must be below api.max_connections ({}), so that requests always have \
+                     connections left (got {})",
+                    self.max_connections, self.max_streams
+                ),
+            ));
+        }
+        if self.max_streams_per_token == 0 {
+            p.push(("api.max_streams_per_token", "must be at least 1".into()));
+        }
+        if !(1..=3600).contains(&self.header_read_timeout_seconds) {
+            p.push((
+                "api.header_read_timeout_seconds",
+                range_msg("1–3600", self.header_read_timeout_seconds),
+            ));
+        }
+        if !(1..=3600).contains(&self.request_timeout_seconds) {
+            p.push((
+                "api.request_timeout_seconds",
+                range_msg("1–3600", self.request_timeout_seconds),
+            ));
+        }
+        if !(1..=86_400).contains(&self.auth_block_seconds) {
+            p.push(("api.auth_block_seconds", range_msg("1–86400", self.auth_block_seconds)));
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (None, None) => {}
+            (Some(_), None) => {
+                p.push(("api.tls.key_file", "must be set with api.tls.cert_file".into()))
+            }
+            (None, Some(_)) => {
+                p.push(("api.tls.cert_file", "must be set with api.tls.key_file".into()))
+            }
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::api::tls::load_certified_key(cert, key) {
+                    let key_name = match e {
+                        crate::api::tls::TlsFileError::Key { .. } => "api.tls.key_file",
+                        _ => "api.tls.cert_file",
+                    };
+                    p.push((key_name, e.to_string()));
+                }
+            }
+        }
+        p
+    }
 }

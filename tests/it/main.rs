@@ -4,7 +4,9 @@
 //!
 //! - **API** (over real HTTP): `api_scripts` (CRUD, pagination, catalogs), `api_validation`
 //!   (422 bodies), `api_abuse` (hostile requests), `api_accounts` (ownership, permissions,
-//!   tokens), `api_logs` (client headers, no secrets), `explain` and `snoozes`, and
+//!   tokens), `api_logs` (client headers, no secrets), `api_connection_limits` (idle floods under a
+//!   1,024 descriptor limit, stream caps), `api_https` (TLS and renewal), `api_proxy`
+//!   (trusted proxies and the limiter), `explain` and `snoozes`, and
 //!   `openapi_conformance` (answers checked against `docs/openapi.yaml`).
 //! - **Status page**: `status_api` (the routes it stands on), `status_page` (headless
 //!   Chromium).
@@ -42,7 +44,10 @@ mod support;
 // API
 mod api_abuse;
 mod api_accounts;
+mod api_connection_limits;
+mod api_https;
 mod api_logs;
+mod api_proxy;
 mod api_scripts;
 mod api_validation;
 mod explain;

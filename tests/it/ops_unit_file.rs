@@ -63,3 +63,26 @@ fn systemd_analyze_rates_the_unit_2_0_or_lower() {
         ),
     }
 }
+
+/// The unit's `LimitNOFILE=` holds what the packaged configuration's caps need
+/// (`scriptd::api::limits`), with room to raise them.
+#[test]
+fn the_unit_sets_a_descriptor_limit_that_fits_the_packaged_caps() {
+    let text = std::fs::read_to_string(unit_path()).expect("read unit");
+    let limit: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("LimitNOFILE="))
+        .expect("the unit sets LimitNOFILE=")
+        .parse()
+        .expect("LimitNOFILE= is one number");
+    let packaged = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/deb");
+    let (settings, _) =
+        scriptd::settings::Settings::load_from(&packaged, Vec::<(String, String)>::new())
+            .expect("the packaged configuration loads");
+    let needed = scriptd::api::limits::descriptors_needed(&settings);
+    assert!(limit >= needed, "LimitNOFILE={limit} is below the {needed} the packaged caps need");
+    assert!(
+        limit >= 4 * needed,
+        "LimitNOFILE={limit} leaves no room to raise api.max_connections (needs {needed})"
+    );
+}

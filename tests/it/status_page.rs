@@ -23,13 +23,13 @@ const SIDEBAR: i64 = 2;
 const FACE: i64 = 1;
 
 /// `chromedriver` on a free loopback port; killed on drop.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     port: u16,
 }
 
 impl Driver {
-    async fn start() -> Driver {
+    pub(crate) async fn start() -> Driver {
         support::tools::require("chromium");
         let port = support::free_port();
         let child = Command::new(support::tools::require("chromedriver"))
@@ -43,15 +43,25 @@ impl Driver {
         Driver { child, port }
     }
 
-    async fn browser(&self) -> Client {
+    /// A browser session with `extra` command-line switches.
+    pub(crate) async fn browser_with(&self, extra: &[String]) -> Client {
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--disable-gpu",
+            "--window-size=1280,1100",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-sync",
+            "--disable-component-update",
+            "--disable-default-apps",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend_from_slice(extra);
         let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                            "--disable-gpu", "--window-size=1280,1100", "--no-first-run",
-                            "--disable-background-networking", "--disable-sync",
-                            "--disable-component-update", "--disable-default-apps"]}),
-        );
+        caps.insert("goog:chromeOptions".into(), json!({ "args": args }));
         // Plain HTTP to the driver on loopback: no TLS stack needed.
         ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
@@ -79,7 +89,7 @@ async fn shot(c: &Client, name: &str) {
     std::fs::write(shots().join(format!("{name}.png")), png).expect("write screenshot");
 }
 
-async fn wait_css(c: &Client, css: &str, secs: u64) -> fantoccini::elements::Element {
+pub(crate) async fn wait_css(c: &Client, css: &str, secs: u64) -> fantoccini::elements::Element {
     c.wait()
         .at_most(Duration::from_secs(secs))
         .every(Duration::from_millis(50))
@@ -89,7 +99,7 @@ async fn wait_css(c: &Client, css: &str, secs: u64) -> fantoccini::elements::Ele
 }
 
 /// Clicks the element `css` finds.
-async fn click(c: &Client, css: &str) {
+pub(crate) async fn click(c: &Client, css: &str) {
     let e = c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
     e.click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
 }
@@ -106,8 +116,29 @@ async fn attr(e: &fantoccini::elements::Element, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_signs_in_and_sees_scripts_weeks_live_reactions_and_reasons() {
+    walkthrough(false).await;
+}
+
+/// The same walk over HTTPS (`api.tls.*`, a certificate from a test CA). Chromium is told
+/// to accept exactly that certificate's key (`--ignore-certificate-errors-spki-list`), not
+/// every certificate error: a wrong certificate would still fail the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walkthrough_works_over_https() {
+    walkthrough(true).await;
+}
+
+async fn walkthrough(https: bool) {
     let driver = Driver::start().await;
-    let d = Daemon::start(DaemonOptions::default()).await;
+    let certs = tempfile::tempdir().expect("temp dir");
+    let (d, switches) = if https {
+        let ca = crate::api_https::TestCa::new();
+        let (cert, key) = ca.issue(certs.path(), "status page");
+        let pin = crate::api_https::pin_in(certs.path());
+        let d = Daemon::start(crate::api_https::https_options(&ca, &cert, &key)).await;
+        (d, vec![format!("--ignore-certificate-errors-spki-list={pin}")])
+    } else {
+        (Daemon::start(DaemonOptions::default()).await, Vec::new())
+    };
     let office = json!({"days": [{"type": "same_every_day", "from": "08:00Z", "to": "18:00Z",
                                   "breaks": [{"from": "12:00Z", "to": "13:00Z"}]}]});
     let office = d.create_script(&script("office", SIDEBAR, FACE, &[1], office)).await["id"]
@@ -122,8 +153,14 @@ async fn an_operator_signs_in_and_sees_scripts_weeks_live_reactions_and_reasons(
         .as_i64()
         .expect("id");
 
-    let c = driver.browser().await;
-    c.goto(&format!("http://127.0.0.1:{}/", d.api_port)).await.expect("open the page");
+    let c = driver.browser_with(&switches).await;
+    c.goto(&format!("{}/", d.base())).await.expect("open the page");
+    assert!(c.current_url().await.expect("url").as_str().starts_with(&d.base()));
+    let shot = |c: &Client, name: &str| {
+        let name = if https { format!("https-{name}") } else { name.to_owned() };
+        let c = c.clone();
+        async move { shot(&c, &name).await }
+    };
     shot(&c, "01-sign-in").await;
     let token = wait_css(&c, "#token", 10).await;
     token.send_keys(&d.token).await.expect("type the token");

@@ -26,6 +26,11 @@ pub struct DaemonOptions {
     pub extra_toml: String,
     /// Extra environment (`SCRIPTD__SECTION__KEY`).
     pub env: Vec<(String, String)>,
+    /// `Some(n)`: the daemon runs with `RLIMIT_NOFILE` n (soft and hard), set before exec.
+    pub nofile: Option<u64>,
+    /// `Some(PEM)`: the API serves HTTPS (configured in `extra_toml` or `env`) with a
+    /// certificate for `localhost` issued by this CA; requests go to `https://localhost`.
+    pub tls_ca_pem: Option<String>,
 }
 
 /// A running `scriptd run`; killed on drop.
@@ -150,9 +155,23 @@ level = "info,scriptd=debug"
         for (k, v) in &self.options.env {
             cmd.env(k, v);
         }
+        if let Some(n) = self.options.nofile {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
+            // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         self.child = Some(cmd.spawn().expect("spawn scriptd run"));
-        let url = format!("http://127.0.0.1:{}/healthz", self.api_port);
-        let client = reqwest::Client::new();
+        let url = format!("{}/healthz", self.base());
+        let client = self.client();
         let ok = within(20, "daemon healthy", async {
             loop {
                 if let Some(child) = self.child.as_mut()
@@ -215,9 +234,27 @@ level = "info,scriptd=debug"
         .await
     }
 
-    /// `http://127.0.0.1:{port}/api/v1{path}`.
+    /// `http://127.0.0.1:{port}`, or `https://localhost:{port}` with HTTPS.
+    pub fn base(&self) -> String {
+        match self.options.tls_ca_pem {
+            Some(_) => format!("https://localhost:{}", self.api_port),
+            None => format!("http://127.0.0.1:{}", self.api_port),
+        }
+    }
+
+    /// A new HTTP client (new connections) that trusts the test CA when HTTPS is on.
+    pub fn client(&self) -> reqwest::Client {
+        let mut b = reqwest::Client::builder();
+        if let Some(pem) = &self.options.tls_ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem.as_bytes()).expect("test CA");
+            b = b.tls_built_in_root_certs(false).add_root_certificate(ca);
+        }
+        b.build().expect("HTTP client")
+    }
+
+    /// `{base}/api/v1{path}` (see [`Daemon::base`]).
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/api/v1{path}", self.api_port)
+        format!("{}/api/v1{path}", self.base())
     }
 
     /// Runs an operator command (`scriptd --config DIR args…`) against this daemon's
@@ -230,7 +267,8 @@ level = "info,scriptd=debug"
     /// 4); returns the created script (asserts 201).
     pub async fn create_script(&self, body: &Value) -> Value {
         let token = if body["users"][0] == 4 { &self.token_4 } else { &self.token };
-        let r = reqwest::Client::new()
+        let r = self
+            .client()
             .post(self.url("/scripts"))
             .bearer_auth(token)
             .header("X-Client", "web")
@@ -246,7 +284,9 @@ level = "info,scriptd=debug"
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.api_port))
+        self.client()
+            .get(format!("{}/metrics", self.base()))
+            .send()
             .await
             .expect("GET /metrics")
             .text()
@@ -261,7 +301,7 @@ level = "info,scriptd=debug"
 
     /// GET with `token`.
     pub async fn get_as(&self, token: &str, path: &str) -> Value {
-        reqwest::Client::new()
+        self.client()
             .get(self.url(path))
             .bearer_auth(token)
             .send()
