@@ -52,7 +52,7 @@ pub use load::{
 pub use reload::{LiveSettings, ReloadPlan, is_live_key};
 pub use sections::{
     ApiSettings, DatabaseSettings, EventsSettings, LogFormat, LogSettings, MqttProtocol,
-    MqttSettings, TelegramSettings, Timezone, WebhookSettings,
+    MqttSettings, MqttTlsSettings, TelegramSettings, Timezone, WebhookSettings,
 };
 pub use validate::check_level;
 
@@ -133,11 +133,23 @@ impl Settings {
                 for (k, v) in fields {
                     match v {
                         serde_json::Value::Null => out.push_str(&format!("# {k} is unset\n")),
-                        // A sub-table of scalars (`delivery.expire_after_seconds`): inline.
+                        // A sub-table of scalars (`delivery.expire_after_seconds`,
+                        // `mqtt.tls`): inline, its unset keys in a comment.
                         serde_json::Value::Object(sub) => {
-                            let inner: Vec<String> =
-                                sub.iter().map(|(sk, sv)| format!("{sk} = {sv}")).collect();
+                            let inner: Vec<String> = sub
+                                .iter()
+                                .filter(|(_, sv)| !sv.is_null())
+                                .map(|(sk, sv)| format!("{sk} = {sv}"))
+                                .collect();
                             out.push_str(&format!("{k} = {{ {} }}\n", inner.join(", ")));
+                            let unset: Vec<&str> = sub
+                                .iter()
+                                .filter(|(_, sv)| sv.is_null())
+                                .map(|(sk, _)| sk.as_str())
+                                .collect();
+                            if !unset.is_empty() {
+                                out.push_str(&format!("# {k}: unset {}\n", unset.join(", ")));
+                            }
                         }
                         // JSON scalars and strings are valid TOML scalars and basic strings.
                         _ => out.push_str(&format!("{k} = {v}\n")),
