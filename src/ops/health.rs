@@ -13,7 +13,8 @@
 //!
 //! ```json
 //! {"status": "unavailable", "failing": ["broker"],
-//!  "components": {"broker": {"state": "down", "reason": "not connected to the MQTT broker"},
+//!  "components": {"broker": {"state": "down",
+//!                            "reason": "not connected to the MQTT broker: I/O: Connection refused (os error 111)"},
 //!                 "dispatchers": {"state": "up"}, "push": {"state": "up"},
 //!                 "store": {"state": "up"}}}
 //! ```

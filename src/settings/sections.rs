@@ -29,8 +29,9 @@ pub struct MqttSettings {
     pub username: Option<String>,
     /// Login password; masked in every output.
     pub password: Option<Secret>,
-    /// File holding the login password (e.g. `$CREDENTIALS_DIRECTORY/mqtt-password`); one
-    /// trailing newline is stripped. Excludes [`Self::password`]; read at start-up, and
+    /// File holding the login password (e.g. `$CREDENTIALS_DIRECTORY/mqtt-password`: a
+    /// leading `$CREDENTIALS_DIRECTORY` is that variable's value); one trailing newline is
+    /// stripped. Excludes [`Self::password`]; read at start-up, and
     /// again by `check-config` and on reload.
     pub password_file: Option<PathBuf>,
     /// Topic filter the occurrences arrive on (may be a `$share/...` subscription).
@@ -329,6 +330,7 @@ impl MqttSettings {
     /// is unset. The error names the file, never its content.
     pub fn read_password_file(&self) -> Result<Option<Secret>, String> {
         let Some(path) = &self.password_file else { return Ok(None) };
+        let path = &credentials_path(path)?;
         let bytes =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let mut text = String::from_utf8(bytes)
@@ -343,6 +345,21 @@ impl MqttSettings {
             return Err(format!("{} is empty", path.display()));
         }
         Ok(Some(Secret::new(text)))
+    }
+}
+
+/// `path` with a leading `$CREDENTIALS_DIRECTORY` replaced by that variable (set by
+/// systemd for a unit with `LoadCredential=`).
+fn credentials_path(path: &Path) -> Result<PathBuf, String> {
+    const VAR: &str = "$CREDENTIALS_DIRECTORY";
+    let Ok(rest) = path.strip_prefix(VAR) else { return Ok(path.to_path_buf()) };
+    match std::env::var_os(&VAR[1..]) {
+        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir).join(rest)),
+        _ => Err(format!(
+            "{} names {VAR}, which is not set (systemd sets it for a unit with \
+             LoadCredential=)",
+            path.display()
+        )),
     }
 }
 
