@@ -25,6 +25,9 @@
 //!
 //! A push while the connection is down fails at once as retryable; a push without PUBACK
 //! within `ack_timeout` is retryable as well.
+//!
+//! With `[mqtt.tls]` the connection uses TLS like the source's: the files are read again
+//! before every connection attempt (see [`crate::mqtt::tls`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;

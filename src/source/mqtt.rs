@@ -17,8 +17,10 @@
 //! `tokio::sync::mpsc` channel of [`Incoming`] messages (see *Backpressure*). On every
 //! `ConnAck` it subscribes again at QoS 1 (rumqttc never resubscribes by itself, and a
 //! broker that lost our session has lost the subscription too). A `$share/group/...` filter works unchanged.
-//! Connection errors are logged once per state change and retried forever with
-//! exponential backoff and jitter between `backoff_min` and `backoff_max`.
+//! Connection errors are logged once per state change (and again when the error changes)
+//! and retried forever with exponential backoff and jitter between `backoff_min` and
+//! `backoff_max`; the last one is the reason [`MqttSource::down_reason`] reports. With
+//! `[mqtt.tls]` the TLS files are read again before every attempt ([`crate::mqtt::tls`]).
 //!
 //! # Backpressure, and why the connection stays alive
 //!
