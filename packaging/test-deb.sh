@@ -4,7 +4,8 @@
 # in target/deb-test/bookworm-base; delete it to start over), boots a fresh copy with
 # `systemd-nspawn --register=no --keep-unit -b` on a private network (its own loopback, so
 # its 1883 and 8080 touch nothing on this machine), and runs packaging/deb-checks.sh inside
-# as a oneshot unit that powers the container off. Needs root, debootstrap and
+# as a oneshot unit that powers the container off; the broker-over-TLS checks use a test CA
+# made here with openssl. Needs root, debootstrap and
 # systemd-container. Exit 0 only when every check passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,21 @@ rm -rf "$run"
 cp -a "$base" "$run"
 cp "$deb" "$run/root/"
 install -m 0755 packaging/deb-checks.sh "$run/usr/local/sbin/scriptd-deb-checks"
+# A test CA, a broker certificate for localhost/127.0.0.1 and a client certificate for the
+# checks of the broker over mutual TLS (made here: the container has no openssl).
+command -v openssl >/dev/null 2>&1 || { echo "openssl is missing: apt-get install openssl" >&2; exit 1; }
+tls="$run/root/tls"
+mkdir -p "$tls"
+ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+openssl req -x509 "${ec[@]}" -days 2 -subj /CN=scriptd-deb-test-CA -keyout "$tls/ca.key" -out "$tls/ca.pem" \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+for leaf in "server serverAuth DNS:localhost,IP:127.0.0.1" "client clientAuth DNS:scriptd"; do
+  read -r name usage san <<<"$leaf"
+  openssl req "${ec[@]}" -subj "/CN=scriptd-deb-$name" -keyout "$tls/$name.key" -out "$tls/$name.csr" 2>/dev/null
+  printf 'subjectAltName=%s\nextendedKeyUsage=%s\nbasicConstraints=CA:FALSE\n' "$san" "$usage" >"$tls/$name.ext"
+  openssl x509 -req -in "$tls/$name.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial -days 2 \
+    -extfile "$tls/$name.ext" -out "$tls/$name.pem" 2>/dev/null
+done
 cat >"$run/etc/systemd/system/scriptd-deb-checks.service" <<'EOF'
 [Unit]
 Description=scriptd package checks

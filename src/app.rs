@@ -226,6 +226,7 @@ pub async fn start(
     connect.keep_alive = settings.mqtt.keep_alive();
     (connect.backoff_min, connect.backoff_max) = settings.mqtt.reconnect_backoff();
     connect.inflight = settings.mqtt.inflight;
+    connect.tls = settings.mqtt.tls_files();
     connect.protocol = match settings.mqtt.protocol {
         crate::settings::MqttProtocol::V5 => crate::mqtt::link::Protocol::V5,
         crate::settings::MqttProtocol::V311 => crate::mqtt::link::Protocol::V311,
@@ -282,6 +283,7 @@ pub async fn start(
     // Connection states → health (and the events connection → systemd status).
     spawn_connection_health(
         source.connected(),
+        source.down_reason(),
         health::BROKER,
         &health,
         Some(notifier.clone()),
@@ -289,6 +291,7 @@ pub async fn start(
     );
     spawn_connection_health(
         pusher.connected(),
+        pusher.down_reason(),
         health::PUSH,
         &health,
         None,
@@ -312,7 +315,8 @@ pub async fn start(
         live_settings.clone(),
         Arc::new(RejectionLog::default()),
     )
-    .map_err(store_err)?;
+    .map_err(store_err)?
+    .with_health(health.clone());
     let intake_progress = beat_for(INTAKE);
     let wake = dispatcher.clone();
     let intake_task = tokio::spawn(intake::run(
@@ -397,10 +401,12 @@ const INTAKE: &str = "intake";
 /// How often the store is probed for `/healthz`.
 const STORE_PROBE_PERIOD: Duration = Duration::from_secs(2);
 
-/// Mirrors an MQTT connection's state into the health registry (and, for the events
-/// connection, into systemd's `STATUS=`).
+/// Mirrors an MQTT connection's state, with the last connection error (e.g. a failed TLS
+/// handshake) as the reason, into the health registry (and, for the events connection,
+/// into systemd's `STATUS=`).
 fn spawn_connection_health(
     mut connected: watch::Receiver<bool>,
+    mut down_reason: watch::Receiver<Option<String>>,
     component: &'static str,
     health: &Health,
     notifier: Option<Notifier>,
@@ -411,10 +417,15 @@ fn spawn_connection_health(
         tokio::pin!(stop);
         loop {
             let up = *connected.borrow_and_update();
+            let why = down_reason.borrow_and_update().clone();
             if up {
                 health.set_up(component);
             } else {
-                health.set_down(component, "not connected to the MQTT broker");
+                let reason = match why {
+                    Some(why) => format!("not connected to the MQTT broker: {why}"),
+                    None => "not connected to the MQTT broker".to_owned(),
+                };
+                health.set_down(component, reason);
             }
             if let Some(n) = &notifier {
                 n.status(if up { "running" } else { "mqtt reconnecting" });
@@ -422,6 +433,7 @@ fn spawn_connection_health(
             tokio::select! {
                 () = &mut stop => return,
                 changed = connected.changed() => if changed.is_err() { return },
+                changed = down_reason.changed() => if changed.is_err() { return },
             }
         }
     });

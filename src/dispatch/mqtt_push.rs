@@ -25,6 +25,9 @@
 //!
 //! A push while the connection is down fails at once as retryable; a push without PUBACK
 //! within `ack_timeout` is retryable as well.
+//!
+//! With `[mqtt.tls]` the connection uses TLS like the source's: the files are read again
+//! before every connection attempt (see [`crate::mqtt::tls`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -36,6 +39,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::SendError;
+use crate::mqtt::tls::TlsFiles;
 use crate::mqtt::{ConnState, GracefulStop, MqttConnectOptions};
 
 /// Publishes pushes and waits for the broker's PUBACK; cheap to share behind an `Arc`.
@@ -44,6 +48,7 @@ pub struct MqttPusher {
     client: AsyncClient,
     waiters: Arc<Mutex<Waiters>>,
     connected: watch::Receiver<bool>,
+    down_reason: watch::Receiver<Option<String>>,
     prefix: String,
     ack_timeout: Duration,
     task: JoinHandle<()>,
@@ -107,8 +112,9 @@ impl MqttPusher {
         options.set_inflight(connect.inflight.max(1));
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let (state_tx, connected) = watch::channel(false);
+        let (reason_tx, down_reason) = watch::channel(Some("connecting".to_owned()));
         let waiters = Arc::new(Mutex::new(Waiters::default()));
-        let conn = ConnState::new("push", state_tx, connect);
+        let conn = ConnState::new("push", state_tx, reason_tx, connect);
         let disconnect = client.clone();
         let stop = GracefulStop::new(
             move || {
@@ -116,11 +122,12 @@ impl MqttPusher {
             },
             shutdown,
         );
-        let task = tokio::spawn(run(eventloop, waiters.clone(), conn, stop));
+        let task = tokio::spawn(run(eventloop, waiters.clone(), conn, stop, connect.tls.clone()));
         MqttPusher {
             client,
             waiters,
             connected,
+            down_reason,
             prefix: push_topic_prefix.trim_end_matches('/').to_owned(),
             ack_timeout,
             task,
@@ -177,6 +184,12 @@ impl MqttPusher {
         self.connected.clone()
     }
 
+    /// The last connection error while not connected (`None` while connected), e.g. a
+    /// failed TLS handshake, for `/healthz`.
+    pub fn down_reason(&self) -> watch::Receiver<Option<String>> {
+        self.down_reason.clone()
+    }
+
     /// Waits for the poll task to end (after shutdown).
     pub async fn join(self) {
         let _ = self.task.await;
@@ -188,8 +201,11 @@ async fn run(
     waiters: Arc<Mutex<Waiters>>,
     mut conn: ConnState,
     mut stop: GracefulStop,
+    tls: Option<TlsFiles>,
 ) {
-    while let Some(event) = stop.poll(&mut eventloop).await {
+    while stop.load_tls(&mut eventloop, &mut conn, tls.as_ref()).await
+        && let Some(event) = stop.poll(&mut eventloop).await
+    {
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => conn.up(ack.session_present),
             Ok(event) => lock(&waiters).on_event(&event),

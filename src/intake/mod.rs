@@ -55,6 +55,7 @@ use crate::delivery::{
 };
 use crate::index::Matches;
 use crate::live::{Live, ScriptRecord, Snapshot};
+use crate::ops::health::Health;
 use crate::ops::telemetry;
 use crate::settings::LiveSettings;
 use crate::source::mqtt::Incoming;
@@ -119,6 +120,8 @@ pub struct Intake {
     snooze_conn: Option<HeldConn>,
     /// When expired snoozes were last deleted.
     snoozes_purged: Option<Instant>,
+    /// Where the outcome of every outbox write is reported (the store's health).
+    health: Option<Health>,
 }
 
 /// A script on a camera (the unit a cooldown applies to).
@@ -209,6 +212,7 @@ impl Intake {
             snoozes_checked: None,
             snooze_conn: None,
             snoozes_purged: None,
+            health: None,
         })
     }
 
@@ -276,6 +280,13 @@ impl Intake {
                 snap.events.get(id)
             }
         }
+    }
+
+    /// Reports the outcome of every outbox write to `health`: the store is down while
+    /// writes fail (a full disk, a read-only file), up again with the next that succeeds.
+    pub fn with_health(mut self, health: Health) -> Intake {
+        self.health = Some(health);
+        self
     }
 
     /// Decodes, matches and builds the deliveries of one message (no I/O), with the snoozes
@@ -401,6 +412,12 @@ impl Intake {
             return Ok((outcomes, 0));
         }
         let written = self.write(deliveries, fired, now, batch.len() <= INLINE_MESSAGES).await;
+        if let Some(h) = &self.health {
+            match &written {
+                Ok(_) => h.store_write_succeeded(),
+                Err(e) => h.store_write_failed(e.to_string()),
+            }
+        }
         if written.is_err() {
             // Nothing of the batch is durable: neither is its cooldown state.
             for (key, previous) in self.cooldown_undo.drain(..).rev() {

@@ -1,17 +1,19 @@
 //! MQTT plumbing shared by the source (occurrences in) and the push sender (pushes out):
 //! where and how to connect ([`MqttConnectOptions`]), the v3.1.1/v5 connection wrapper
 //! ([`link`]), shutdown without losing queued acknowledgements (`GracefulStop`), connection state
-//! and its metrics (`ConnState`, with its reconnect [`Backoff`]), and the embedded
-//! broker ([`broker`]).
+//! and its metrics (`ConnState`, with its reconnect [`Backoff`]), TLS to the broker
+//! ([`tls`]), and the embedded broker ([`broker`]).
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod link;
+pub mod tls;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{Event, EventLoop, MqttOptions};
+use rumqttc::{Event, EventLoop, MqttOptions, TlsConfiguration, Transport};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::secret::Secret;
 use link::{Ev, Loop, Protocol};
+use tls::TlsFiles;
 
 /// Largest MQTT packet the pusher sends (8 MiB; pushes carry at most
 /// [`crate::delivery::MAX_PUSH_DATA_BYTES`] of `data`, so they stay far below it).
@@ -57,6 +60,9 @@ pub struct MqttConnectOptions {
     /// The MQTT version of the events connection (`mqtt.protocol`). The push connection
     /// always speaks 3.1.1: it only publishes and reads acknowledgements.
     pub protocol: Protocol,
+    /// TLS to the broker (`[mqtt.tls]`); `None`: plain TCP. The files are read before
+    /// every connection attempt (see [`tls`]).
+    pub tls: Option<TlsFiles>,
 }
 
 impl MqttConnectOptions {
@@ -76,6 +82,7 @@ impl MqttConnectOptions {
             // The daemon sets `mqtt.protocol` (default 5); a connection made in code speaks
             // 3.1.1 unless told otherwise, which every broker understands.
             protocol: Protocol::V311,
+            tls: None,
         }
     }
 
@@ -127,6 +134,12 @@ pub(crate) trait PollLoop {
     fn next(&mut self) -> impl Future<Output = Result<Self::Event, Self::Error>> + Send;
     /// True for "our DISCONNECT was written".
     fn is_disconnect(event: &Self::Event) -> bool;
+    /// The TLS configuration of the next connection attempt.
+    fn set_tls(&mut self, config: Arc<rustls::ClientConfig>);
+}
+
+fn tls_transport(config: Arc<rustls::ClientConfig>) -> Transport {
+    Transport::tls_with_config(TlsConfiguration::Rustls(config))
 }
 
 impl PollLoop for EventLoop {
@@ -141,6 +154,9 @@ impl PollLoop for EventLoop {
     fn is_disconnect(event: &Event) -> bool {
         matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect))
     }
+    fn set_tls(&mut self, config: Arc<rustls::ClientConfig>) {
+        self.mqtt_options.set_transport(tls_transport(config));
+    }
 }
 
 impl PollLoop for Loop {
@@ -154,6 +170,16 @@ impl PollLoop for Loop {
     }
     fn is_disconnect(event: &Ev) -> bool {
         matches!(event, Ev::DisconnectWritten)
+    }
+    fn set_tls(&mut self, config: Arc<rustls::ClientConfig>) {
+        match self {
+            Loop::V4(l) => {
+                l.mqtt_options.set_transport(tls_transport(config));
+            }
+            Loop::V5(l, _) => {
+                l.options.set_transport(tls_transport(config));
+            }
+        }
     }
 }
 
@@ -207,6 +233,33 @@ impl GracefulStop {
         }
     }
 
+    /// Before a connection attempt: reads the TLS files afresh into `eventloop` (nothing
+    /// to do without TLS or while connected). A file that cannot be used counts as a failed
+    /// attempt (logged, reported, backed off) and is read again after the backoff. Returns
+    /// false when shutdown was requested: end the loop.
+    pub(crate) async fn load_tls<L: PollLoop>(
+        &mut self,
+        eventloop: &mut L,
+        conn: &mut ConnState,
+        tls: Option<&TlsFiles>,
+    ) -> bool {
+        let Some(tls) = tls else { return true };
+        while !eventloop.is_connected() && !self.requested() {
+            match tls.client_config() {
+                Ok(config) => {
+                    eventloop.set_tls(config);
+                    break;
+                }
+                Err(e) => {
+                    if !self.back_off(conn, &e).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
     /// The next event, or `None` when the loop should end.
     pub(crate) async fn poll<L: PollLoop>(
         &mut self,
@@ -256,15 +309,19 @@ pub(crate) struct ConnState {
     label: &'static str,
     addr: String,
     tx: watch::Sender<bool>,
+    reason: watch::Sender<Option<String>>,
     ever_connected: bool,
     failures: u64,
     pub(crate) backoff: Backoff,
 }
 
 impl ConnState {
+    /// `tx` carries connected or not; `reason` the last connection error while not
+    /// connected (`None` while connected).
     pub(crate) fn new(
         label: &'static str,
         tx: watch::Sender<bool>,
+        reason: watch::Sender<Option<String>>,
         o: &MqttConnectOptions,
     ) -> Self {
         metrics::gauge!("scriptd_mqtt_connected", "connection" => label).set(0.0);
@@ -272,6 +329,7 @@ impl ConnState {
             label,
             addr: format!("{}:{}", o.host, o.port),
             tx,
+            reason,
             ever_connected: false,
             failures: 0,
             backoff: Backoff::new(o.backoff_min, o.backoff_max),
@@ -294,16 +352,26 @@ impl ConnState {
         self.ever_connected = true;
         self.failures = 0;
         self.backoff.reset();
+        self.reason.send_replace(None);
         self.tx.send_replace(true);
     }
 
     pub(crate) fn down(&mut self, e: &(dyn std::fmt::Display + Sync)) {
         let was_up = self.tx.send_replace(false);
+        let reason = e.to_string();
+        let new_reason = self.reason.send_if_modified(|r| {
+            let changed = r.as_deref() != Some(reason.as_str());
+            if changed {
+                *r = Some(reason);
+            }
+            changed
+        });
         metrics::gauge!("scriptd_mqtt_connected", "connection" => self.label).set(0.0);
         self.failures += 1;
         if was_up {
             tracing::warn!(connection = self.label, broker = %self.addr, error = %e, "MQTT connection lost; reconnecting");
-        } else if self.failures == 1 {
+        } else if self.failures == 1 || new_reason {
+            // A new reason (e.g. refused, then a TLS failure) is worth a warning again.
             tracing::warn!(connection = self.label, broker = %self.addr, error = %e, "MQTT broker unreachable; retrying");
         } else {
             tracing::debug!(connection = self.label, broker = %self.addr, error = %e, attempt = self.failures, "MQTT reconnect failed");
@@ -312,6 +380,7 @@ impl ConnState {
 
     pub(crate) fn closed(&mut self) {
         self.tx.send_replace(false);
+        self.reason.send_replace(Some("disconnected (stopping)".into()));
         metrics::gauge!("scriptd_mqtt_connected", "connection" => self.label).set(0.0);
         tracing::info!(connection = self.label, "MQTT disconnected");
     }

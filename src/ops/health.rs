@@ -2,7 +2,8 @@
 //! routes.
 //!
 //! Components report their state into a shared [`Health`]: the store ([`STORE`], probed
-//! every few seconds), the events connection to the broker ([`BROKER`]), the push
+//! every few seconds with a read, and down while the intake's outbox writes fail: see
+//! [`Health::store_write_failed`]), the events connection to the broker ([`BROKER`]), the push
 //! connection ([`PUSH`]) and the dispatchers ([`DISPATCHERS`]). The same registry holds the
 //! systemd watchdog's heartbeats ([`Health::watchdog`]): a component that stopped making
 //! progress shows as down here, with the reason, at the moment the watchdog stops its pings.
@@ -12,7 +13,8 @@
 //!
 //! ```json
 //! {"status": "unavailable", "failing": ["broker"],
-//!  "components": {"broker": {"state": "down", "reason": "not connected to the MQTT broker"},
+//!  "components": {"broker": {"state": "down",
+//!                            "reason": "not connected to the MQTT broker: I/O: Connection refused (os error 111)"},
 //!                 "dispatchers": {"state": "up"}, "push": {"state": "up"},
 //!                 "store": {"state": "up"}}}
 //! ```
@@ -22,6 +24,7 @@
 //! the stalled components otherwise.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::Router;
@@ -81,6 +84,17 @@ impl ComponentState {
 pub struct Health {
     components: Arc<RwLock<BTreeMap<String, ComponentState>>>,
     watchdog: Watchdog,
+    store_writes: Arc<StoreWrites>,
+}
+
+/// The last outcome of the outbox writes: a read probe alone sees a full disk or a
+/// read-only file as healthy.
+#[derive(Debug, Default)]
+struct StoreWrites {
+    /// True while the last write failed (read without the lock on every write).
+    failing: AtomicBool,
+    /// Why it failed.
+    reason: RwLock<String>,
 }
 
 /// The body of `GET /healthz`.
@@ -139,6 +153,21 @@ impl Health {
         self.set(component, ComponentState::Down { reason: reason.into() });
     }
 
+    /// Records that a write to the store failed (disk full, read-only file, database
+    /// unreachable): [`STORE`] is down with `reason` until [`Health::store_write_succeeded`].
+    pub fn store_write_failed(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        *self.store_writes.reason.write().unwrap_or_else(PoisonError::into_inner) = reason;
+        self.store_writes.failing.store(true, Ordering::Release);
+    }
+
+    /// Records that a write to the store succeeded; the first after failures is logged.
+    pub fn store_write_succeeded(&self) {
+        if self.store_writes.failing.swap(false, Ordering::AcqRel) {
+            tracing::info!("writes to the store succeed again");
+        }
+    }
+
     /// The watchdog whose heartbeats this registry shows: components register with
     /// [`Watchdog::register`] under their health name, and one that stalls is reported down
     /// (reason `stalled: no progress for N s`) until it beats again.
@@ -149,6 +178,15 @@ impl Health {
     /// The current state of every component (a stalled one is down whatever it reported).
     pub fn report(&self) -> HealthReport {
         let mut components = self.components.read().unwrap_or_else(PoisonError::into_inner).clone();
+        if self.store_writes.failing.load(Ordering::Acquire)
+            && components.get(STORE).is_none_or(ComponentState::is_up)
+        {
+            let why = self.store_writes.reason.read().unwrap_or_else(PoisonError::into_inner);
+            components.insert(
+                STORE.to_owned(),
+                ComponentState::Down { reason: format!("writes fail: {why}") },
+            );
+        }
         for (name, silent) in self.watchdog.stalled_for() {
             components.insert(
                 name,
@@ -214,4 +252,42 @@ async fn livez(State(state): State<RouteState>) -> Response {
 
 async fn render_metrics(State(state): State<RouteState>) -> Response {
     ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], state.metrics.render()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_write_takes_the_store_down_until_a_write_succeeds() {
+        let h = Health::with_standard_components();
+        for name in [STORE, BROKER, PUSH, DISPATCHERS] {
+            h.set_up(name);
+        }
+        assert!(h.report().is_ok());
+        h.store_write_failed("database or disk is full");
+        let r = h.report();
+        assert_eq!(r.failing, vec![STORE.to_owned()]);
+        assert_eq!(
+            r.components[STORE],
+            ComponentState::Down { reason: "writes fail: database or disk is full".into() }
+        );
+        // The read probe still succeeds: the write failure wins.
+        h.set_up(STORE);
+        assert!(!h.report().is_ok());
+        h.store_write_succeeded();
+        assert!(h.report().is_ok());
+    }
+
+    #[test]
+    fn a_failing_read_probe_keeps_its_own_reason() {
+        let h = Health::new();
+        h.set_down(STORE, "database: unable to open database file");
+        h.store_write_failed("disk I/O error");
+        let r = h.report();
+        assert_eq!(
+            r.components[STORE],
+            ComponentState::Down { reason: "database: unable to open database file".into() }
+        );
+    }
 }

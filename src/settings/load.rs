@@ -347,13 +347,21 @@ impl Settings {
             SettingsError::Invalid(vec![Problem { key, origin, message: config_error_message(&e) }])
         })?;
 
-        let problems: Vec<Problem> = settings
-            .validate()
+        let mut settings = settings;
+        let mut found = settings.validate();
+        let password = settings.mqtt.read_password_file().unwrap_or_else(|message| {
+            found.push(("mqtt.password_file".into(), message));
+            None
+        });
+        let problems: Vec<Problem> = found
             .into_iter()
             .map(|(key, message)| Problem { origin: origin_of(&layers, &key), key, message })
             .collect();
         if !problems.is_empty() {
             return Err(SettingsError::Invalid(problems));
+        }
+        if password.is_some() {
+            settings.mqtt.password = password;
         }
         Ok((settings, ConfigSources { dir: dir.to_path_buf(), files, env_vars }))
     }

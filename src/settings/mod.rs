@@ -54,7 +54,7 @@ pub use load::{
 pub use reload::{LiveSettings, ReloadPlan, is_live_key};
 pub use sections::{
     ApiSettings, ApiTlsSettings, DatabaseSettings, EventsSettings, LogFormat, LogSettings,
-    MqttProtocol, MqttSettings, TelegramSettings, Timezone, WebhookSettings,
+    MqttProtocol, MqttSettings, MqttTlsSettings, TelegramSettings, Timezone, WebhookSettings,
 };
 pub use validate::check_level;
 
@@ -135,18 +135,23 @@ impl Settings {
                 for (k, v) in fields {
                     match v {
                         serde_json::Value::Null => out.push_str(&format!("# {k} is unset\n")),
-                        // A sub-table of scalars (`delivery.expire_after_seconds`): inline.
-                        // Unset keys of it (`api.tls.cert_file`) as comments.
+                        // A sub-table of scalars (`delivery.expire_after_seconds`,
+                        // `mqtt.tls`): inline, its unset keys in a comment.
                         serde_json::Value::Object(sub) => {
                             let inner: Vec<String> = sub
                                 .iter()
                                 .filter(|(_, sv)| !sv.is_null())
                                 .map(|(sk, sv)| format!("{sk} = {sv}"))
                                 .collect();
-                            for (sk, _) in sub.iter().filter(|(_, sv)| sv.is_null()) {
-                                out.push_str(&format!("# {k}.{sk} is unset\n"));
-                            }
                             out.push_str(&format!("{k} = {{ {} }}\n", inner.join(", ")));
+                            let unset: Vec<&str> = sub
+                                .iter()
+                                .filter(|(_, sv)| sv.is_null())
+                                .map(|(sk, _)| sk.as_str())
+                                .collect();
+                            if !unset.is_empty() {
+                                out.push_str(&format!("# {k}: unset {}\n", unset.join(", ")));
+                            }
                         }
                         // JSON scalars and strings are valid TOML scalars and basic strings.
                         _ => out.push_str(&format!("{k} = {v}\n")),

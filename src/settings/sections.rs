@@ -41,6 +41,11 @@ pub struct MqttSettings {
     pub username: Option<String>,
     /// Login password; masked in every output.
     pub password: Option<Secret>,
+    /// File holding the login password (e.g. `$CREDENTIALS_DIRECTORY/mqtt-password`: a
+    /// leading `$CREDENTIALS_DIRECTORY` is that variable's value); one trailing newline is
+    /// stripped. Excludes [`Self::password`]; read at start-up, and
+    /// again by `check-config` and on reload.
+    pub password_file: Option<PathBuf>,
     /// Topic filter the occurrences arrive on (may be a `$share/...` subscription).
     pub events_topic: String,
     /// Pushes go to `{push_topic_prefix}/{user_id}/reactions`.
@@ -58,6 +63,28 @@ pub struct MqttSettings {
     /// MQTT version of the events connection: `"5"` (the broker is told the largest packet
     /// the daemon accepts) or `"3.1.1"` (required with the embedded broker).
     pub protocol: MqttProtocol,
+    /// `[mqtt.tls]`: TLS to the broker, for both connections.
+    pub tls: MqttTlsSettings,
+}
+
+/// `[mqtt.tls]`: TLS (and mutual TLS) to the broker. The files are read before every
+/// connection attempt, so a fixed or renewed file needs neither a reload nor a restart;
+/// changing these keys needs a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttTlsSettings {
+    /// Connect with TLS (not with the embedded broker, which speaks plain MQTT only).
+    pub enabled: bool,
+    /// PEM file of the CA certificates that sign the broker's certificate; unset: the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS; needs [`Self::client_key_file`].
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub client_key_file: Option<PathBuf>,
+    /// The name the broker's certificate must carry (DNS name or IP address); unset:
+    /// `mqtt.host`.
+    pub server_name: Option<String>,
 }
 
 /// `mqtt.protocol`.
@@ -324,6 +351,7 @@ impl Default for MqttSettings {
             client_id: "scriptd".into(),
             username: None,
             password: None,
+            password_file: None,
             events_topic: "vms/analytics/events/#".into(),
             push_topic_prefix: "vms/users".into(),
             // Built-in default is an external broker; `config/default.toml` turns the
@@ -334,6 +362,7 @@ impl Default for MqttSettings {
             reconnect_max_ms: 3_000,
             inflight: 1000,
             protocol: MqttProtocol::V5,
+            tls: MqttTlsSettings::default(),
         }
     }
 }
@@ -402,6 +431,53 @@ impl MqttSettings {
     /// The reconnect backoff: first delay and longest delay.
     pub fn reconnect_backoff(&self) -> (Duration, Duration) {
         (Duration::from_millis(self.reconnect_min_ms), Duration::from_millis(self.reconnect_max_ms))
+    }
+
+    /// The TLS files and the name to verify, when `mqtt.tls.enabled`.
+    pub fn tls_files(&self) -> Option<crate::mqtt::tls::TlsFiles> {
+        let t = &self.tls;
+        t.enabled.then(|| crate::mqtt::tls::TlsFiles {
+            ca_file: t.ca_file.clone(),
+            client_cert_file: t.client_cert_file.clone(),
+            client_key_file: t.client_key_file.clone(),
+            server_name: t.server_name.clone().unwrap_or_else(|| self.host.clone()),
+        })
+    }
+
+    /// Reads [`Self::password_file`] (one trailing newline stripped); `Ok(None)` when it
+    /// is unset. The error names the file, never its content.
+    pub fn read_password_file(&self) -> Result<Option<Secret>, String> {
+        let Some(path) = &self.password_file else { return Ok(None) };
+        let path = &credentials_path(path)?;
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut text = String::from_utf8(bytes)
+            .map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+        if text.ends_with('\n') {
+            text.pop();
+            if text.ends_with('\r') {
+                text.pop();
+            }
+        }
+        if text.is_empty() {
+            return Err(format!("{} is empty", path.display()));
+        }
+        Ok(Some(Secret::new(text)))
+    }
+}
+
+/// `path` with a leading `$CREDENTIALS_DIRECTORY` replaced by that variable (set by
+/// systemd for a unit with `LoadCredential=`).
+fn credentials_path(path: &Path) -> Result<PathBuf, String> {
+    const VAR: &str = "$CREDENTIALS_DIRECTORY";
+    let Ok(rest) = path.strip_prefix(VAR) else { return Ok(path.to_path_buf()) };
+    match std::env::var_os(&VAR[1..]) {
+        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir).join(rest)),
+        _ => Err(format!(
+            "{} names {VAR}, which is not set (systemd sets it for a unit with \
+             LoadCredential=)",
+            path.display()
+        )),
     }
 }
 

@@ -117,6 +117,7 @@ fn all_changed() -> Settings {
             client_id: "c".into(),
             username: Some("u".into()),
             password: Some(Secret::new("p")),
+            password_file: Some("pw".into()),
             events_topic: "e/#".into(),
             push_topic_prefix: "p".into(),
             embedded_broker: true,
@@ -125,6 +126,13 @@ fn all_changed() -> Settings {
             reconnect_max_ms: 2,
             inflight: 3,
             protocol: MqttProtocol::V311,
+            tls: MqttTlsSettings {
+                enabled: true,
+                ca_file: Some("ca.pem".into()),
+                client_cert_file: Some("c.pem".into()),
+                client_key_file: Some("k.pem".into()),
+                server_name: Some("broker".into()),
+            },
         },
         api: ApiSettings {
             bind: SocketAddr::from(([127, 0, 0, 1], 9)),
@@ -172,7 +180,7 @@ fn with_live_from_copies_exactly_the_live_keys() {
     let old = Settings::default();
     let new = all_changed();
     let all = old.changed_keys(&new);
-    assert_eq!(all.len(), 1 + 7 + 13 + 9 + 6 + 1 + 2 + 12 + 3 + 2, "{all:?}");
+    assert_eq!(all.len(), 1 + 7 + 19 + 9 + 6 + 1 + 2 + 12 + 3 + 2, "{all:?}");
     let running = old.with_live_from(&new);
     let applied = old.changed_keys(&running);
     let pending = running.changed_keys(&new);
@@ -218,4 +226,39 @@ fn masked_toml_reparses_to_the_same_settings() {
     let mut expected = s.clone();
     expected.mqtt.password = Some(Secret::new(crate::secret::MASK));
     assert_eq!(back, expected, "{text}");
+}
+
+#[test]
+fn masked_toml_with_mqtt_tls_reparses() {
+    let mut s = Settings::default();
+    s.mqtt.tls.enabled = true;
+    s.mqtt.tls.ca_file = Some("/etc/scriptd/ca.pem".into());
+    let text = s.to_masked_toml();
+    assert!(text.contains("tls = { ca_file = \"/etc/scriptd/ca.pem\", enabled = true }"), "{text}");
+    assert!(text.contains("# tls: unset client_cert_file, client_key_file, server_name"), "{text}");
+    let back: Settings = Config::builder()
+        .add_source(File::from_str(&text, FileFormat::Toml))
+        .build()
+        .and_then(Config::try_deserialize)
+        .map_err(|e| e.to_string())
+        .unwrap();
+    assert_eq!(back.mqtt.tls, s.mqtt.tls);
+}
+
+#[test]
+fn the_password_file_loses_one_trailing_newline_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pw");
+    let mut m = MqttSettings { password_file: Some(path.clone()), ..MqttSettings::default() };
+    for (content, expected) in
+        [("s3cret\n", "s3cret"), ("s3cret\r\n", "s3cret"), (" a b \n\n", " a b \n")]
+    {
+        std::fs::write(&path, content).unwrap();
+        assert_eq!(m.read_password_file().unwrap().unwrap().expose(), expected);
+    }
+    std::fs::write(&path, "\n").unwrap();
+    assert!(m.read_password_file().unwrap_err().contains("is empty"));
+    m.password_file = Some(dir.path().join("missing"));
+    let e = m.read_password_file().unwrap_err();
+    assert!(e.contains("cannot read") && e.contains("missing"), "{e}");
 }

@@ -41,6 +41,45 @@ impl Settings {
         if m.password.is_some() && m.username.is_none() {
             bad("mqtt.password", "is set but mqtt.username is not".into());
         }
+        if m.password_file.is_some() {
+            if m.password.is_some() {
+                bad(
+                    "mqtt.password_file",
+                    "set mqtt.password or mqtt.password_file, not both".into(),
+                );
+            }
+            if m.username.is_none() {
+                bad("mqtt.password_file", "is set but mqtt.username is not".into());
+            }
+        }
+        let tls = &m.tls;
+        if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+            bad(
+                if tls.client_cert_file.is_some() {
+                    "mqtt.tls.client_key_file"
+                } else {
+                    "mqtt.tls.client_cert_file"
+                },
+                "set both mqtt.tls.client_cert_file and mqtt.tls.client_key_file, or neither"
+                    .into(),
+            );
+        } else if tls.enabled && m.embedded_broker {
+            bad(
+                "mqtt.tls.enabled",
+                "the embedded broker speaks plain MQTT only: use an external broker (e.g. \
+                 Mosquitto) for TLS, or set mqtt.tls.enabled = false"
+                    .into(),
+            );
+        } else if let Some(files) = m.tls_files()
+            && let Err(e) = files.client_config()
+        {
+            let message = if e.path.as_os_str().is_empty() {
+                e.message
+            } else {
+                format!("{}: {}", e.path.display(), e.message)
+            };
+            bad(e.key, message);
+        }
         if let Err(why) = check_topic_filter(&m.events_topic) {
             bad("mqtt.events_topic", why);
         }

@@ -17,8 +17,10 @@
 //! `tokio::sync::mpsc` channel of [`Incoming`] messages (see *Backpressure*). On every
 //! `ConnAck` it subscribes again at QoS 1 (rumqttc never resubscribes by itself, and a
 //! broker that lost our session has lost the subscription too). A `$share/group/...` filter works unchanged.
-//! Connection errors are logged once per state change and retried forever with
-//! exponential backoff and jitter between `backoff_min` and `backoff_max`.
+//! Connection errors are logged once per state change (and again when the error changes)
+//! and retried forever with exponential backoff and jitter between `backoff_min` and
+//! `backoff_max`; the last one is the reason [`MqttSource::down_reason`] reports. With
+//! `[mqtt.tls]` the TLS files are read again before every attempt ([`crate::mqtt::tls`]).
 //!
 //! # Backpressure, and why the connection stays alive
 //!
@@ -174,6 +176,7 @@ impl AckToken {
 #[derive(Debug)]
 pub struct MqttSource {
     connected: watch::Receiver<bool>,
+    down_reason: watch::Receiver<Option<String>>,
     subscribed: watch::Receiver<bool>,
     acks_written: Arc<AtomicU64>,
     task: JoinHandle<()>,
@@ -196,11 +199,12 @@ impl MqttSource {
             u16::MAX as usize + capacity,
         );
         let (state_tx, connected) = watch::channel(false);
+        let (reason_tx, down_reason) = watch::channel(Some("connecting".to_owned()));
         let (sub_tx, subscribed) = watch::channel(false);
         let acks_written = Arc::new(AtomicU64::new(0));
-        let links = Links { state_tx, sub_tx, acks_written: acks_written.clone() };
+        let links = Links { state_tx, reason_tx, sub_tx, acks_written: acks_written.clone() };
         let task = tokio::spawn(run(options, client, eventloop, tx, links, shutdown));
-        (MqttSource { connected, subscribed, acks_written, task }, rx)
+        (MqttSource { connected, down_reason, subscribed, acks_written, task }, rx)
     }
 
     /// Whether the source is connected right now.
@@ -211,6 +215,12 @@ impl MqttSource {
     /// A receiver of the connection state, for health checks and tests.
     pub fn connected(&self) -> watch::Receiver<bool> {
         self.connected.clone()
+    }
+
+    /// A receiver of the last connection error while not connected (`None` while
+    /// connected), e.g. a failed TLS handshake, for `/healthz`.
+    pub fn down_reason(&self) -> watch::Receiver<Option<String>> {
+        self.down_reason.clone()
     }
 
     /// A receiver of the subscription state: true once the broker granted the subscription
@@ -239,6 +249,7 @@ impl MqttSource {
 /// What the poll task reports to the [`MqttSource`] handle.
 struct Links {
     state_tx: watch::Sender<bool>,
+    reason_tx: watch::Sender<Option<String>>,
     sub_tx: watch::Sender<bool>,
     acks_written: Arc<AtomicU64>,
 }
@@ -251,17 +262,20 @@ async fn run(
     links: Links,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let Links { state_tx, sub_tx, acks_written } = links;
+    let Links { state_tx, reason_tx, sub_tx, acks_written } = links;
     let generation = Arc::new(AtomicU64::new(0));
     let buffered = Arc::new(AtomicUsize::new(0));
     let (fwd_tx, forwarder) = spawn_forwarder(tx, buffered.clone());
-    let mut conn = ConnState::new("events", state_tx, &options.connect);
+    let mut conn = ConnState::new("events", state_tx, reason_tx, &options.connect);
     let disconnect = client.clone();
     let mut stop = GracefulStop::new(move || disconnect.try_disconnect(), shutdown);
     // Handles registered once; the per-message macros would look them up every time.
     let buffered_gauge = metrics::gauge!("scriptd_mqtt_receive_buffered");
     let acks_counter = metrics::counter!("scriptd_mqtt_acks_total");
-    while let Some(event) = stop.poll(&mut eventloop).await {
+    let tls = options.connect.tls.as_ref();
+    while stop.load_tls(&mut eventloop, &mut conn, tls).await
+        && let Some(event) = stop.poll(&mut eventloop).await
+    {
         if let Some(progress) = &options.progress {
             progress.beat();
         }

@@ -313,6 +313,7 @@ fn default_toml_documents_every_key() {
         let line = line.trim();
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = name.to_string();
+            seen.insert(section.clone());
         } else if let Some((key, _)) = line.trim_start_matches("# ").split_once(" = ") {
             let dotted =
                 if section.is_empty() { key.to_string() } else { format!("{section}.{key}") };
@@ -322,11 +323,22 @@ fn default_toml_documents_every_key() {
     for (name, v) in &top {
         match v {
             serde_json::Value::Object(fields) => {
-                for key in fields.keys() {
+                for (key, sub) in fields {
                     assert!(
                         seen.contains(&format!("{name}.{key}")),
                         "{name}.{key} not in default.toml"
                     );
+                    // A sub-table written as its own section: each of its keys too.
+                    if let serde_json::Value::Object(subs) = sub
+                        && text.contains(&format!("[{name}.{key}]"))
+                    {
+                        for k in subs.keys() {
+                            assert!(
+                                seen.contains(&format!("{name}.{key}.{k}")),
+                                "{name}.{key}.{k} not in default.toml"
+                            );
+                        }
+                    }
                 }
             }
             _ => assert!(seen.contains(name), "{name} not in default.toml"),

@@ -425,7 +425,8 @@ async fn healthz_follows_both_mqtt_connections_and_the_store() {
         "both MQTT connections down",
     )
     .await;
-    assert_eq!(body["components"]["push"]["reason"], "not connected to the MQTT broker");
+    let reason = body["components"]["push"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("not connected to the MQTT broker: "), "{body}");
     assert_eq!(get("/livez").await.0, 200);
     broker.spawn().await;
     wait_for(200, |_| true, "healthy again after the broker's return").await;

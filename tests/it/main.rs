@@ -94,11 +94,13 @@ mod store_replace;
 // Configuration and operations
 mod config_check_command;
 mod config_layers;
+mod mqtt_tls;
 mod ops_health;
 mod ops_logging;
 mod ops_reload;
 mod ops_sighup;
 mod ops_unit_file;
+mod store_health;
 
 // Packaging
 mod packaging;

@@ -6,6 +6,8 @@
 //! last autosave, like a crashed production broker with the default `autosave_interval`.
 //! The process is killed when the value is dropped.
 //!
+//! [`Mosquitto::start_tls`] starts one whose only listener speaks TLS ([`TlsListener`]).
+//!
 //! A missing `mosquitto` binary fails the test with the command that installs it: these
 //! tests are never skipped silently.
 
@@ -55,6 +57,11 @@ impl Mosquitto {
         let mut m = Mosquitto { port, dir, child: None };
         m.spawn().await;
         m
+    }
+
+    /// Like [`Mosquitto::start`], with a TLS listener instead of the plain one.
+    pub async fn start_tls(tls: &TlsListener) -> Self {
+        Self::start_with(&tls.config_lines()).await
     }
 
     /// The port it listens on (127.0.0.1).
@@ -117,6 +124,33 @@ impl Mosquitto {
         if started.is_err() {
             panic!("mosquitto did not open 127.0.0.1:{port}; log:\n{}", self.log());
         }
+    }
+}
+
+/// The TLS settings of the listener (PEM files; Mosquitto reads them at every start, so a
+/// test can replace a file and [`Mosquitto::restart`]).
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// CA that signs the client certificates it accepts (`cafile`).
+    pub cafile: PathBuf,
+    /// The server certificate (`certfile`).
+    pub certfile: PathBuf,
+    /// Its key (`keyfile`).
+    pub keyfile: PathBuf,
+    /// `require_certificate true`: clients without a certificate from `cafile` are refused.
+    pub require_certificate: bool,
+}
+
+impl TlsListener {
+    /// The listener options, appended after the `listener` line.
+    fn config_lines(&self) -> String {
+        format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+            self.cafile.display(),
+            self.certfile.display(),
+            self.keyfile.display(),
+            self.require_certificate
+        )
     }
 }
 
