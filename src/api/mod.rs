@@ -12,6 +12,7 @@ pub mod explain;
 pub mod extract;
 pub mod guard;
 pub mod handlers;
+pub mod me;
 pub mod snoozes;
 pub mod stream;
 pub mod ui;
@@ -79,6 +80,7 @@ pub fn router_with(state: AppState, extra_v1: Router<AppState>) -> Router {
         .route("/explain", post(explain::explain))
         .route("/occurrences/{id}", get(explain::occurrence))
         .route("/scripts/{id}/week", get(week::week))
+        .route("/me", get(me::me))
         .merge(extra_v1)
         .fallback(h::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
