@@ -276,6 +276,26 @@ async fn an_operator_signs_in_and_sees_scripts_weeks_live_reactions_and_reasons(
     assert!(attr(&gap, "title").await.starts_with("12:00–13:00 UTC: inactive"));
     let window = days[0].find(Locator::Css(".seg.on")).await.expect("a window");
     assert!(attr(&window, "title").await.starts_with("08:00–12:00 UTC: active, in window"));
+
+    // A day a holiday calendar marks (the week endpoint's `holiday` object) is a column of its
+    // own colour with the holiday's name; a day without the key is an ordinary day. The
+    // week is redrawn from the loaded answer with one day given a holiday.
+    let third = attr(&days[2], "data-date").await;
+    c.execute(
+        "state.week.days[2].holiday = {title: 'New Year', calendar_id: 1, \
+         reason: 'holiday calendar 1 \"New Year\"'}; drawWeek();",
+        vec![],
+    )
+    .await
+    .expect("redraw with a holiday");
+    let marked = c.find_all(Locator::Css("#week-grid .day.holiday")).await.expect("holidays");
+    assert_eq!(marked.len(), 1);
+    assert_eq!(attr(&marked[0], "data-date").await, third);
+    let label = marked[0].find(Locator::Css(".holiday-label")).await.expect("a label");
+    assert_eq!(label.text().await.expect("text"), "Holiday: New Year");
+    assert_eq!(attr(&label, "title").await, "holiday calendar 1 \"New Year\"");
+    shot(&c, "03-week-holiday").await;
+    c.execute("delete state.week.days[2].holiday; drawWeek();", vec![]).await.expect("redraw");
     shot(&c, "03-week").await;
 
     // Live: an occurrence published now appears within 2 s.
