@@ -15,6 +15,7 @@ pub mod extract;
 pub mod guard;
 pub mod handlers;
 pub mod limits;
+pub mod me;
 pub mod serve;
 pub mod snoozes;
 pub mod stream;
@@ -105,6 +106,7 @@ pub fn router_with(state: AppState, extra_v1: Router<AppState>) -> Router {
         .route("/explain", post(explain::explain))
         .route("/occurrences/{id}", get(explain::occurrence))
         .route("/scripts/{id}/week", get(week::week))
+        .route("/me", get(me::me))
         // Streams (in `extra_v1`) are long-lived by design: only the other routes time out.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

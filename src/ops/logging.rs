@@ -7,6 +7,11 @@
 //! wrote a `rumqttd` directive of their own. Broker start-up problems are reported by scriptd
 //! itself (it checks the port before starting the broker).
 //!
+//! The broker's router also logs `ERROR no-connection id N is already gone` when a client
+//! that sent DISCONNECT then closes its socket (the second notice finds the connection
+//! removed). That is routine, not an error, so [`BrokerNoise`] drops exactly those lines
+//! whatever the level; every other `rumqttd` warning and error still gets through.
+//!
 //! Secrets never reach a log line because every secret is a [`crate::secret::Secret`],
 //! whose `Debug` and `Display` print a mask; `tests/it/ops_logging.rs` greps captured output.
 //!
@@ -252,8 +257,59 @@ where
         }
         (LogFormat::Json, _) => json_layer().with_writer(writer).boxed(),
     };
-    let subscriber = Registry::default().with(filter).with(fmt_layer);
+    let subscriber = Registry::default().with(filter).with(BrokerNoise).with(fmt_layer);
     Ok((Box::new(subscriber), LogHandle { inner: handle, env_level }))
+}
+
+/// Drops the embedded broker's routine "already gone" lines (see the module header).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BrokerNoise;
+
+/// Messages of `rumqttd::router` that describe a normal disconnect, by prefix and suffix.
+const ROUTINE_BROKER_MESSAGES: &[(&str, &str)] = &[("no-connection id ", " is already gone")];
+
+impl BrokerNoise {
+    /// True for an event of the broker's router whose message is a routine one.
+    pub fn is_routine(target: &str, message: &str) -> bool {
+        target.starts_with("rumqttd::router")
+            && ROUTINE_BROKER_MESSAGES
+                .iter()
+                .any(|(start, end)| message.starts_with(start) && message.ends_with(end))
+    }
+}
+
+/// Reads an event's `message` field.
+#[derive(Default)]
+struct MessageText(String);
+
+impl tracing::field::Visit for MessageText {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0 = value.to_string();
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for BrokerNoise {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        let target = event.metadata().target();
+        if !target.starts_with("rumqttd::router") {
+            return true;
+        }
+        let mut message = MessageText::default();
+        event.record(&mut message);
+        !BrokerNoise::is_routine(target, &message.0)
+    }
 }
 
 fn json_layer<S>() -> tracing_subscriber::fmt::Layer<

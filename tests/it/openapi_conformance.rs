@@ -146,6 +146,8 @@ async fn every_route_answers_as_the_openapi_file_says() {
         case(Method::POST, "/api/v1/explain", Some(json!({"event": "nope", "camera_id": 0}))),
         case(Method::GET, "/api/v1/occurrences/occ-openapi", None),
         case(Method::GET, "/api/v1/occurrences/occ-unknown", None),
+        case(Method::GET, "/api/v1/me", None),
+        Case { token: false, ..case(Method::GET, "/api/v1/me", None) },
         case(Method::GET, "/api/v1/events", None),
         Case { token: false, ..case(Method::GET, "/api/v1/events", None) },
         case(Method::GET, "/api/v1/reactions", None),

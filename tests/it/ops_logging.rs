@@ -65,3 +65,21 @@ fn the_level_filters_and_rumqttd_is_quiet_at_info() {
     let text = capture(LogFormat::Pretty, "info", || tracing::debug!("per-occurrence line"));
     assert!(!text.contains("per-occurrence line"), "{text}");
 }
+
+#[test]
+fn the_embedded_brokers_routine_disconnect_line_is_dropped_and_its_errors_are_not() {
+    for format in [LogFormat::Pretty, LogFormat::Json] {
+        for level in ["info", "trace", "debug,rumqttd=trace"] {
+            let text = capture(format, level, || {
+                // What rumqttd's router logs when a client that sent DISCONNECT closes its socket.
+                tracing::error!(target: "rumqttd::router::routing", "no-connection id {} is already gone", 3);
+                tracing::error!(target: "rumqttd::router::routing", "Invalid client_id: {}", "bad/id");
+                tracing::error!(target: "scriptd::intake", "no-connection id 3 is already gone");
+            });
+            // Only scriptd's own line with the same words remains.
+            assert_eq!(text.matches("already gone").count(), 1, "{format:?} {level}: {text}");
+            assert!(text.contains("scriptd::intake"), "{format:?} {level}: {text}");
+            assert!(text.contains("Invalid client_id: bad/id"), "{format:?} {level}: {text}");
+        }
+    }
+}

@@ -1,9 +1,12 @@
 //! The status page in a real browser (Debian's Chromium through its WebDriver, headless):
-//! sign in with a token, the list shows only the caller's scripts, a script's week grid
-//! shows its break as a gap, a published occurrence appears in the live list within 2 s,
-//! the explain form names the break, an occurrence can be looked up, health shows its
-//! components; also at a phone's width. Screenshots of each step go to
-//! `target/status-page/`.
+//! sign in with a token, the header names the login and its permissions, the tabs are a
+//! tablist that arrow keys move through, `/favicon.ico` is served, the list shows only the
+//! caller's scripts, a script's week grid has hour labels and gridlines and shows its break
+//! as a gap with its exact times in the browser's zone (`TZ` of the browser: +05:00) and,
+//! switched, in the scripts' zone, a published occurrence appears in the live list within
+//! 2 s and its webhook call with its state, the explain form names the break, an occurrence
+//! can be looked up, health shows its components; also at a phone's width. Screenshots of
+//! each step go to `target/status-page/`.
 //!
 //! Needs `chromium` and `chromedriver` (Debian: `chromium`, `chromium-driver`; `scripts/test`
 //! installs them): the test fails with that message when they are missing.
@@ -16,11 +19,16 @@ use std::time::{Duration, Instant};
 
 use crate::support::TestClient;
 use crate::support::daemon::{Daemon, DaemonOptions, script};
+use crate::support::webhook_receiver::WebhookReceiver;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
 const SIDEBAR: i64 = 2;
+const WEBHOOK: i64 = 5;
 const FACE: i64 = 1;
+
+/// The browser's own zone in this test: a fixed +05:00 with no DST, unlike the daemon's UTC.
+const BROWSER_TZ: &str = "Asia/Tashkent";
 
 /// `chromedriver` on a free loopback port; killed on drop.
 pub(crate) struct Driver {
@@ -35,6 +43,8 @@ impl Driver {
         let child = Command::new(support::tools::require("chromedriver"))
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
+            // Chromium takes its local zone from `TZ`.
+            .env("TZ", BROWSER_TZ)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -149,9 +159,21 @@ async fn walkthrough(https: bool) {
         d.create_script(&script("always", SIDEBAR, FACE, &[1], all_day.clone())).await["id"]
             .as_i64()
             .expect("id");
-    let theirs = d.create_script(&script("B's", SIDEBAR, FACE, &[4], all_day)).await["id"]
+    let theirs = d.create_script(&script("B's", SIDEBAR, FACE, &[4], all_day.clone())).await["id"]
         .as_i64()
         .expect("id");
+    let receiver = WebhookReceiver::start(Some("s3cret")).await;
+    let mut hook = script("hook", WEBHOOK, FACE, &[1], all_day);
+    hook["extra"] = json!({"url": receiver.url(), "secret": "s3cret"});
+    let hook = d.create_script(&hook).await["id"].as_i64().expect("id");
+
+    // Browsers ask for /favicon.ico on every page: an icon, not a 404.
+    let icon = reqwest::get(format!("http://127.0.0.1:{}/favicon.ico", d.api_port))
+        .await
+        .expect("GET /favicon.ico");
+    assert_eq!(icon.status(), 200);
+    let kind = icon.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    assert!(kind.starts_with("image/"), "{kind}");
 
     let c = driver.browser_with(&switches).await;
     c.goto(&format!("{}/", d.base())).await.expect("open the page");
@@ -166,6 +188,35 @@ async fn walkthrough(https: bool) {
     token.send_keys(&d.token).await.expect("type the token");
     click(&c, "#sign-in-form button[type=submit]").await;
 
+    // The header says who is signed in and what the token may do.
+    let login = wait_css(&c, "#who-login", 10).await;
+    assert_eq!(login.text().await.expect("login"), "op@example.com");
+    let who = c.find(Locator::Css("#who")).await.expect("who").text().await.expect("text");
+    assert!(who.starts_with("Signed in as op@example.com (op@example.com)"), "{who}");
+    let perms = c.find(Locator::Css("#who-permissions")).await.expect("permissions");
+    assert!(perms.text().await.expect("text").contains("may: "), "{who}");
+    let icon = c.find(Locator::Css("link[rel=icon]")).await.expect("an icon link");
+    assert_eq!(attr(&icon, "href").await, "/favicon.ico");
+
+    // The sections are a tablist: roles, aria-selected, arrow keys move the selection.
+    let tabs = c
+        .find_all(Locator::Css("[role=tablist] > [role=presentation] > [role=tab]"))
+        .await
+        .expect("tabs");
+    assert_eq!(tabs.len(), 4);
+    assert_eq!(attr(&tabs[0], "aria-selected").await, "true");
+    tabs[0].send_keys("\u{e014}").await.expect("ArrowRight");
+    let live_tab = c.find(Locator::Css("#tab-live")).await.expect("live tab");
+    assert_eq!(attr(&live_tab, "aria-selected").await, "true");
+    assert_eq!(attr(&tabs[0], "aria-selected").await, "false");
+    let focused = c.execute("return document.activeElement.id;", vec![]).await.expect("focus");
+    assert_eq!(focused, "tab-live");
+    live_tab.send_keys("\u{e012}").await.expect("ArrowLeft");
+    assert_eq!(attr(&tabs[0], "aria-selected").await, "true");
+    let panel = c.find(Locator::Css("#panel-scripts")).await.expect("panel");
+    assert_eq!(attr(&panel, "role").await, "tabpanel");
+    assert_eq!(attr(&panel, "aria-labelledby").await, "tab-scripts");
+
     // Only the caller's scripts.
     wait_css(&c, &format!("#scripts tbody tr[data-script-id='{always}']"), 10).await;
     let rows = c.find_all(Locator::Css("#scripts tbody tr")).await.expect("rows");
@@ -173,7 +224,11 @@ async fn walkthrough(https: bool) {
     for r in rows {
         ids.push(attr(&r, "data-script-id").await);
     }
-    assert_eq!(ids, [office.to_string(), always.to_string()], "B's script {theirs} must not show");
+    assert_eq!(
+        ids,
+        [office.to_string(), always.to_string(), hook.to_string()],
+        "B's script {theirs} must not show"
+    );
     shot(&c, "02-scripts").await;
 
     // The title filter narrows the list (a query parameter of GET /scripts).
@@ -185,9 +240,47 @@ async fn walkthrough(https: bool) {
         .await
         .expect("one script after filtering");
 
-    // The week grid: the break is a gap between two active stretches, every day.
+    // The week grid: hour labels down the side, a gridline per hour.
     click(&c, &format!("#scripts tbody tr[data-script-id='{office}'] button")).await;
     wait_css(&c, "#week-grid .day .seg", 10).await;
+    let mut labels = Vec::new();
+    for l in c.find_all(Locator::Css("#week-grid .axis .hour-label")).await.expect("labels") {
+        labels.push(l.text().await.expect("label"));
+    }
+    let hours: Vec<String> = (0..=24).step_by(3).map(|h| format!("{h:02}:00")).collect();
+    assert_eq!(labels, hours);
+
+    // By default the times are the browser's (+05:00): the daemon's seven UTC days overlap
+    // eight local ones, and the 12:00Z break is 17:00-18:00 there.
+    let zone = c.find(Locator::Css("#week-zone")).await.expect("zone").text().await.expect("text");
+    assert_eq!(zone, BROWSER_TZ);
+    let days = c.find_all(Locator::Css("#week-grid .day")).await.expect("days");
+    assert_eq!(days.len(), 8);
+    assert_eq!(days[1].find_all(Locator::Css(".hour-line")).await.expect("lines").len(), 23);
+    days[0]
+        .find(Locator::Css(".seg.nodata"))
+        .await
+        .expect("local midnight to 05:00 is before the week");
+    let gap = days[1].find(Locator::Css(".seg.brk")).await.expect("the break is drawn");
+    let title = attr(&gap, "title").await;
+    assert!(
+        title.starts_with(&format!(
+            "17:00–18:00 {BROWSER_TZ}: inactive, in break timetable.days.0.breaks.0"
+        )),
+        "{title}"
+    );
+    let read = gap.find(Locator::Css(".sr")).await.expect("text for screen readers");
+    assert_eq!(read.prop("textContent").await.expect("text").unwrap_or_default(), title);
+    shot(&c, "03-week-local").await;
+
+    // Switched to the scripts' zone (the daemon's, UTC here): seven days, the break at 12:00,
+    // a gap between two active stretches, every day.
+    click(&c, "input[name=zone][value=script]").await;
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath("//strong[@id='week-zone'][.='UTC']"))
+        .await
+        .expect("the zone switches");
     let days = c.find_all(Locator::Css("#week-grid .day")).await.expect("days");
     assert_eq!(days.len(), 7);
     let segs = days[0].find_all(Locator::Css(".seg")).await.expect("segments");
@@ -208,6 +301,29 @@ async fn walkthrough(https: bool) {
     );
     let gap = days[0].find(Locator::Css(".seg.brk")).await.expect("the break is drawn");
     assert_eq!(attr(&gap, "data-from").await[11..16].to_owned(), "12:00");
+    assert!(attr(&gap, "title").await.starts_with("12:00–13:00 UTC: inactive"));
+    let window = days[0].find(Locator::Css(".seg.on")).await.expect("a window");
+    assert!(attr(&window, "title").await.starts_with("08:00–12:00 UTC: active, in window"));
+
+    // A day a holiday calendar marks (the week endpoint's `holiday` object) is a column of its
+    // own colour with the holiday's name; a day without the key is an ordinary day. The
+    // week is redrawn from the loaded answer with one day given a holiday.
+    let third = attr(&days[2], "data-date").await;
+    c.execute(
+        "state.week.days[2].holiday = {title: 'New Year', calendar_id: 1, \
+         reason: 'holiday calendar 1 \"New Year\"'}; drawWeek();",
+        vec![],
+    )
+    .await
+    .expect("redraw with a holiday");
+    let marked = c.find_all(Locator::Css("#week-grid .day.holiday")).await.expect("holidays");
+    assert_eq!(marked.len(), 1);
+    assert_eq!(attr(&marked[0], "data-date").await, third);
+    let label = marked[0].find(Locator::Css(".holiday-label")).await.expect("a label");
+    assert_eq!(label.text().await.expect("text"), "Holiday: New Year");
+    assert_eq!(attr(&label, "title").await, "holiday calendar 1 \"New Year\"");
+    shot(&c, "03-week-holiday").await;
+    c.execute("delete state.week.days[2].holiday; drawWeek();", vec![]).await.expect("redraw");
     shot(&c, "03-week").await;
 
     // Live: an occurrence published now appears within 2 s.
@@ -231,6 +347,13 @@ async fn walkthrough(https: bool) {
     let took = published.elapsed();
     eprintln!("live reaction shown {took:?} after its publish");
     assert!(took < Duration::from_secs(2), "shown after {took:?}");
+
+    // Its webhook call shows up below the pushes, with its state, from the polled deliveries.
+    let row = wait_css(&c, "#deliveries tbody tr[data-state='sent']", 20).await;
+    let cells = row.find_all(Locator::Css("td")).await.expect("cells");
+    assert_eq!(cells[1].text().await.expect("channel"), "webhook");
+    assert!(cells[2].text().await.expect("script").starts_with(&format!("{hook} ")));
+    assert_eq!(cells[4].text().await.expect("state"), "sent");
     shot(&c, "04-live").await;
 
     // Why: the explain form names the break.
@@ -277,7 +400,7 @@ async fn walkthrough(https: bool) {
     }
     assert!(scripts.contains(&always.to_string()), "{scripts:?}");
     assert!(
-        scripts.iter().all(|s| *s == always.to_string() || *s == office.to_string()),
+        scripts.iter().all(|s| [always, office, hook].iter().any(|id| *s == id.to_string())),
         "{scripts:?}"
     );
     shot(&c, "06-occurrence").await;

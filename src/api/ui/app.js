@@ -15,7 +15,13 @@ const el = (tag, props = {}, ...children) => {
   return e;
 };
 
-const state = { page: 1, lastPage: 1, events: new Map(), reactions: new Map(), script: null, live: null, samples: [] };
+const state = {
+  page: 1, lastPage: 1, events: new Map(), reactions: new Map(), script: null, week: null, live: null, samples: [],
+  // Which clock the page shows times in: "local" (the browser's zone), "script" (the zone the
+  // daemon evaluates timetables in) or "utc".
+  zoneMode: "local", scriptZone: "UTC",
+  deliveries: new Map(), deliveryScripts: [], deliveryTimer: null,
+};
 
 function token() { return sessionStorage.getItem(TOKEN_KEY); }
 
@@ -53,16 +59,30 @@ async function signIn(t) {
   $("#sign-in").hidden = true;
   $("#app").hidden = false;
   $("#sign-out").hidden = false;
-  $("#who").textContent = "Signed in.";
+  await loadMe();
   await loadCatalogs();
   await loadScripts();
   connectLive();
+  pollDeliveries();
   refreshHealth();
+}
+
+// The header: whose token this is and what it may do (`GET /me`).
+async function loadMe() {
+  const res = await api("/me");
+  const who = $("#who");
+  if (res.status !== 200 || !res.body || !res.body.data) { who.textContent = "Signed in."; return; }
+  const u = res.body.data;
+  const perms = (u.permissions || []).map((p) => p.display_name || p.name);
+  who.replaceChildren("Signed in as ", el("strong", { id: "who-login", text: u.login }), ` (${u.name})`,
+    el("span", { id: "who-permissions", class: "perms", text: perms.length ? ` · may: ${perms.join(", ")}` : " · no permissions" }));
 }
 
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   if (state.live) { state.live.close(); state.live = null; }
+  if (state.deliveryTimer) { clearTimeout(state.deliveryTimer); state.deliveryTimer = null; }
+  state.deliveries.clear();
   $("#app").hidden = true;
   $("#sign-in").hidden = false;
   $("#sign-out").hidden = true;
@@ -143,51 +163,6 @@ async function loadScripts() {
   }));
 }
 
-async function openWeek(script, start) {
-  state.script = script;
-  $("#week").hidden = false;
-  $("#week-title").textContent = `Week of script ${script.id}: ${script.title}`;
-  const q = start ? `?start=${encodeURIComponent(start)}` : "";
-  const res = await api(`/scripts/${script.id}/week${q}`);
-  const grid = $("#week-grid");
-  if (res.status !== 200) { grid.replaceChildren(el("p", { class: "error", text: errorText(res) })); return; }
-  const week = res.body.data;
-  $("#week-start").value = week.start;
-  $("#week-zone").textContent = week.timezone;
-  grid.replaceChildren(...week.days.map(dayColumn));
-  $("#week").scrollIntoView({ block: "nearest" });
-}
-
-function hhmm(rfc3339) { return rfc3339.slice(11, 16); }
-
-function dayColumn(day) {
-  const hours = Math.round(day.hours * 100) / 100;
-  const label = new Date(`${day.date}T12:00:00Z`).toLocaleDateString(undefined, { weekday: "short", timeZone: "UTC" });
-  const col = el("div", { class: "day", role: "listitem", "data-date": day.date, "data-hours": hours });
-  const head = el("div", { class: "day-head", text: `${label} ${day.date.slice(5)}${hours !== 24 ? ` (${hours} h)` : ""}` });
-  const body = el("div", { class: "day-body" });
-  // 24 h = 100 % of the base height; a 23 or 25 h day is shorter or longer.
-  body.style.setProperty("--hours", String(day.hours));
-  const seconds = day.hours * 3600;
-  for (const s of day.segments) {
-    const kind = s.active ? (s.reason.startsWith("in interval") ? "on iv" : "on") : (s.reason.startsWith("in break") ? "brk" : "off");
-    const seg = el("div", {
-      class: `seg ${kind}`,
-      "data-active": s.active ? "true" : "false",
-      "data-reason": s.reason,
-      "data-from": s.from,
-      "data-to": s.to,
-      title: `${hhmm(s.from)}–${hhmm(s.to)} ${s.reason}`,
-    });
-    seg.style.setProperty("top", `${(100 * s.from_second) / seconds}%`);
-    seg.style.setProperty("height", `${(100 * (s.to_second - s.from_second)) / seconds}%`);
-    if (kind !== "off") seg.append(el("span", { class: "sr", text: `${hhmm(s.from)} to ${hhmm(s.to)}: ${s.active ? "active" : "break"} (${s.reason})` }));
-    body.append(seg);
-  }
-  col.append(head, body);
-  return col;
-}
-
 // ---- live reactions -----------------------------------------------------------------
 
 async function connectLive() {
@@ -216,13 +191,79 @@ function addReaction(p) {
   const list = $("#live-list");
   const when = new Date(p.occurred_at);
   list.prepend(el("li", { "data-occurrence-id": p.occurrence_id, "data-delivery-id": p.delivery_id },
-    el("time", { dateTime: p.occurred_at, text: when.toLocaleTimeString() }), " ",
+    el("time", { dateTime: p.occurred_at, text: `${clock(when.getTime(), true)} ${zoneAbbrev()}` }), " ",
     el("strong", { text: p.script ? p.script.title : "" }), ` — ${p.event ? p.event.description : ""}, camera ${p.camera_id} (${p.reaction}) `,
     el("code", { text: p.occurrence_id })));
   while (list.children.length > 200) list.lastChild.remove();
 }
 
 function addNote(text) { $("#live-list").prepend(el("li", { class: "note", text })); }
+
+// ---- Telegram and webhook deliveries (polled) ----------------------------------------------
+//
+// The reaction stream carries pushes only. Telegram messages and webhook calls are read from
+// `GET /scripts/{id}/deliveries` of the caller's scripts with those reactions (the first
+// DELIVERY_SCRIPTS of them), every DELIVERY_POLL_MS, so a delivery's state (pending, sent,
+// failed, expired, coalesced) changes here as it changes in the outbox.
+
+const DELIVERY_REACTIONS = ["telegram-message", "webhook"];
+const DELIVERY_SCRIPTS = 20;
+const DELIVERY_POLL_MS = 5000;
+const DELIVERY_ROWS = 100;
+
+async function deliveryScripts() {
+  const ids = [...state.reactions.values()].filter((r) => DELIVERY_REACTIONS.includes(r.name)).map((r) => r.id);
+  const found = [];
+  for (const id of ids) {
+    const res = await api(`/scripts?reaction_id=${id}&per_page=${DELIVERY_SCRIPTS}`);
+    if (res.status === 200) found.push(...res.body.data);
+  }
+  return found.slice(0, DELIVERY_SCRIPTS);
+}
+
+async function pollDeliveries() {
+  if (!token()) return;
+  if (state.deliveryTimer) clearTimeout(state.deliveryTimer);
+  try {
+    state.deliveryScripts = await deliveryScripts();
+    const lists = await Promise.all(state.deliveryScripts.map((s) => api(`/scripts/${s.id}/deliveries?limit=20`).then((r) => [s, r])));
+    for (const [script, res] of lists) {
+      if (res.status !== 200) continue;
+      for (const d of res.body.data) {
+        const old = state.deliveries.get(d.id);
+        state.deliveries.set(d.id, { ...d, script, changed: old ? old.state !== d.state : false });
+      }
+    }
+    const kept = [...state.deliveries.values()].sort((a, b) => (b.created_at + b.id).localeCompare(a.created_at + a.id)).slice(0, DELIVERY_ROWS);
+    state.deliveries = new Map(kept.map((d) => [d.id, d]));
+    $("#deliveries-state").textContent = state.deliveryScripts.length
+      ? `Telegram and webhook deliveries of ${state.deliveryScripts.length} script${state.deliveryScripts.length === 1 ? "" : "s"}, refreshed every ${DELIVERY_POLL_MS / 1000} s.`
+      : "No script of yours sends Telegram messages or calls webhooks.";
+    renderDeliveries();
+  } catch (err) {
+    $("#deliveries-state").textContent = `Cannot read deliveries: ${err}`;
+  }
+  state.deliveryTimer = setTimeout(pollDeliveries, DELIVERY_POLL_MS);
+}
+
+function renderDeliveries() {
+  const tbody = $("#deliveries tbody");
+  if (!tbody) return;
+  tbody.replaceChildren(...[...state.deliveries.values()].map((d) => {
+    const at = Date.parse(`${d.created_at.replace(" ", "T")}Z`);
+    const kind = d.reaction === "webhook" ? "webhook" : "Telegram";
+    const stateText = d.state === "coalesced" && d.coalesced_into ? `coalesced into ${d.coalesced_into}` : d.state;
+    return el("tr", { class: `state-${d.state}${d.changed ? " changed" : ""}`, "data-delivery-id": d.id, "data-state": d.state },
+      el("td", {}, el("time", { dateTime: new Date(at).toISOString(), text: Number.isNaN(at) ? d.created_at : `${dayLabel(at)} ${clock(at, true)}` })),
+      el("td", { text: kind }),
+      el("td", { text: `${d.script.id} ${d.script.title}` }),
+      el("td", { text: d.recipient }),
+      el("td", { class: "state", text: stateText }),
+      el("td", { text: d.attempts }),
+      el("td", { text: d.last_error || "" }));
+  }));
+}
+
 
 // ---- explain and occurrences ----------------------------------------------------------
 
@@ -329,6 +370,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#filters").addEventListener("submit", (e) => { e.preventDefault(); state.page = 1; loadScripts(); });
   $("#prev-page").addEventListener("click", () => { state.page = Math.max(1, state.page - 1); loadScripts(); });
   $("#next-page").addEventListener("click", () => { state.page = Math.min(state.lastPage, state.page + 1); loadScripts(); });
+  setupZones();
   $("#week-form").addEventListener("submit", (e) => { e.preventDefault(); if (state.script) openWeek(state.script, $("#week-start").value); });
   $("#explain-form").addEventListener("submit", explain);
   $("#occurrence-form").addEventListener("submit", lookUp);
