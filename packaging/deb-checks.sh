@@ -41,7 +41,7 @@ api="http://127.0.0.1:8080"
 operator_config='[mqtt]
 host = "127.0.0.1"'
 
-# --- The package, installed the way the README says ----------------------------------------
+# --- The package, installed the way docs/install.md says ------------------------------------
 cd /root
 deb=$(ls scriptd_*.deb)
 if ! DEBIAN_FRONTEND=noninteractive apt-get install -y "./$deb" >/root/apt.log 2>&1; then

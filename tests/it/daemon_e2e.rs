@@ -51,7 +51,7 @@ async fn collect(app: &mut TestClient, expect: usize, quiet: Duration) -> Vec<(i
     got
 }
 
-/// The scenario of the issue: listed users and sub-users only, nothing outside the
+/// The scenario of the seed API description: listed users and sub-users only, nothing outside the
 /// timetable, breaks respected, a disabled script silent, a camera filter respected, a
 /// duplicate id delivered once, an event given by name, invalid payloads counted.
 async fn scenario(d: &Daemon) {

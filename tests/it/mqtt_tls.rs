@@ -159,6 +159,7 @@ async fn pushes_flow_over_mutual_tls_through_scriptd_run() {
         external_broker: Some(broker.port()),
         extra_toml: tls_toml(&pki.path("ca.pem"), true, None, &pki),
         env: vec![("SCRIPTD__EVENTS__MAX_AGE_SECONDS".into(), "0".into())],
+        ..DaemonOptions::default()
     })
     .await;
     d.create_script(&script("tls", 2, 1, &[1], all_day())).await;

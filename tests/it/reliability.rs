@@ -1,4 +1,4 @@
-//! Faults the daemon must survive (issue 7), driving the real `scriptd` binary with real
+//! Faults the daemon must survive, driving the real `scriptd` binary with real
 //! peers: Mosquitto with persistence, the Bot API stub, a webhook receiver. Occurrences are
 //! sequence-numbered and every one is accounted for: each ends with its delivery `sent` in
 //! the outbox (received = sent, 0 pending, 0 failed), and the client app's persistent

@@ -1,4 +1,4 @@
-//! Bulkheads through the real daemon and Mosquitto (issue 20): a hung webhook receiver or a
+//! Bulkheads through the real daemon and Mosquitto: a hung webhook receiver or a
 //! hung Bot API holds only its own channel's slots, so the camera pushes of the same
 //! occurrences still arrive within 2 s of their publish; the hung target's circuit breaker
 //! opens (`/healthz` degraded, `scriptd_breakers_open{channel=…}`), and once the target
@@ -23,7 +23,7 @@ const TOPIC: &str = "vms/analytics/events/1";
 const N: usize = 1_000;
 /// The two scenarios run one after the other: each measures latency on a shared machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-/// The issue's bound: publish → push at the operator's app.
+/// The bound: publish → push at the operator's app.
 const PUSH_BOUND: Duration = Duration::from_secs(2);
 
 fn occ(seq: usize) -> Vec<u8> {

@@ -1,4 +1,4 @@
-//! Telegram faults through the real daemon (issue 7, item 4). Slow by nature (Telegram's
+//! Telegram faults through the real daemon. Slow by nature (Telegram's
 //! one-message-per-second pacing, a one-minute outage), so `#[ignore]`d from the default run;
 //! `.ci/run` runs them with `--ignored`.
 
