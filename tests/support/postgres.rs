@@ -72,9 +72,11 @@ fn command(program: &Path) -> Command {
 /// Runs `openssl ARGS` in `dir`; a missing `openssl` names its Debian package.
 fn openssl(dir: &Path, args: &[&str]) {
     let openssl = super::tools::require("openssl");
-    let out = Command::new(&openssl).args(args).current_dir(dir).output().unwrap_or_else(|e| {
-        panic!("cannot run {} ({e})", openssl.display())
-    });
+    let out = Command::new(&openssl)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} ({e})", openssl.display()));
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
