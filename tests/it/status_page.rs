@@ -168,9 +168,8 @@ async fn walkthrough(https: bool) {
     let hook = d.create_script(&hook).await["id"].as_i64().expect("id");
 
     // Browsers ask for /favicon.ico on every page: an icon, not a 404.
-    let icon = reqwest::get(format!("http://127.0.0.1:{}/favicon.ico", d.api_port))
-        .await
-        .expect("GET /favicon.ico");
+    let icon =
+        d.client().get(format!("{}/favicon.ico", d.base())).send().await.expect("GET /favicon.ico");
     assert_eq!(icon.status(), 200);
     let kind = icon.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
     assert!(kind.starts_with("image/"), "{kind}");

@@ -21,7 +21,7 @@ struct Tmpfs {
 impl Tmpfs {
     fn mount(size: &str) -> Tmpfs {
         let dir = tempfile::tempdir().expect("temp dir");
-        let out = Command::new("mount")
+        let out = Command::new(crate::support::tools::require("mount"))
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir.path())
             .output()
@@ -42,7 +42,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new(crate::support::tools::require("umount"))
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
