@@ -7,6 +7,7 @@
 //! made where the contract is silent.
 
 pub mod auth;
+pub mod calendars;
 pub mod error;
 pub mod explain;
 pub mod extract;
@@ -79,6 +80,15 @@ pub fn router_with(state: AppState, extra_v1: Router<AppState>) -> Router {
         .route("/explain", post(explain::explain))
         .route("/occurrences/{id}", get(explain::occurrence))
         .route("/scripts/{id}/week", get(week::week))
+        .route("/calendars", get(calendars::list).post(calendars::create))
+        .route(
+            "/calendars/{id}",
+            get(calendars::show)
+                .put(calendars::update)
+                .patch(calendars::update)
+                .delete(calendars::destroy),
+        )
+        .route("/calendars/{id}/import", post(calendars::import))
         .merge(extra_v1)
         .fallback(h::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

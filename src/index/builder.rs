@@ -39,6 +39,10 @@ pub struct IndexBuilder {
     /// The reference timetables kept so far and those of a previous index, by value: an
     /// equal timetable is kept once.
     pub(super) timetables: FxHashSet<Arc<Timetable>>,
+    /// The distinct holiday span sets, and the set of each rule with holidays.
+    pub(super) holiday_sets: Vec<Arc<[(i64, i64)]>>,
+    pub(super) holiday_set_ids: FxHashMap<Arc<[(i64, i64)]>, u32>,
+    pub(super) holiday_of: FxHashMap<u32, u32>,
 }
 
 /// One enabled rule's compiled data, read back from an [`IndexBuilder`].
@@ -129,7 +133,19 @@ impl IndexBuilder {
         }
         // The reference timetable is kept for what the spans cannot answer: entries that
         // convert per date, and the repeated hour of an IANA zone.
-        let needs_reference = exact || frames.iter().any(|f| !f.frame.is_fixed());
+        // A rule with holidays takes the reference evaluation on its holidays only.
+        let holidays = rule.timetable.holiday_spans();
+        let needs_reference =
+            exact || !holidays.is_empty() || frames.iter().any(|f| !f.frame.is_fixed());
+        if !holidays.is_empty() {
+            let spans: Arc<[(i64, i64)]> = holidays.into();
+            let next = self.holiday_sets.len() as u32;
+            let set = *self.holiday_set_ids.entry(spans.clone()).or_insert(next);
+            if set == next {
+                self.holiday_sets.push(spans);
+            }
+            self.holiday_of.insert(position as u32, set);
+        }
         match &rule.cameras {
             None => self.member(Key::Event(rule.event_id), position as u32),
             Some(cams) => {
@@ -230,14 +246,37 @@ impl IndexBuilder {
         let (intervals, mut long) = Intervals::build(ivs);
         long.sort_unstable();
         long.dedup();
-        let rare = (!more.is_empty() || !long.is_empty() || !exact.is_empty()).then(|| {
-            Box::new(Rare {
-                frames: more,
-                long: long.into_boxed_slice(),
-                exact: exact.into_boxed_slice(),
-            })
-        });
+        let holidays = self.holiday_groups(members);
+        let rare =
+            (!more.is_empty() || !long.is_empty() || !exact.is_empty() || !holidays.is_empty())
+                .then(|| {
+                    Box::new(Rare {
+                        frames: more,
+                        long: long.into_boxed_slice(),
+                        exact: exact.into_boxed_slice(),
+                        holidays,
+                    })
+                });
         Table { frames: inline, intervals, rare }
+    }
+
+    /// The members with holidays (positions ascending), grouped by their holiday spans.
+    fn holiday_groups(&self, members: &[u32]) -> Box<[HolidayGroup]> {
+        let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
+        for &p in members {
+            let Some(&set) = self.holiday_of.get(&p) else { continue };
+            match groups.iter_mut().find(|g| g.0 == set) {
+                Some(g) => g.1.push(p),
+                None => groups.push((set, vec![p])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(set, members)| HolidayGroup {
+                spans: self.holiday_sets[set as usize].clone(),
+                members: members.into_boxed_slice(),
+            })
+            .collect()
     }
 
     /// Lays out every table and returns the finished index.

@@ -113,6 +113,25 @@ struct Rare {
     long: Box<[(i64, i64, u32)]>,
     /// Rules that always take the reference evaluation.
     exact: Box<[u32]>,
+    /// Rules with holidays, grouped by their holiday spans.
+    holidays: Box<[HolidayGroup]>,
+}
+
+/// Rules of a table that share their holidays. At an instant on one of the holidays, what
+/// the spans found for them is replaced by their reference evaluation; at any other
+/// instant they cost one binary search per group.
+struct HolidayGroup {
+    /// Sorted, disjoint `[from, to)` unix seconds.
+    spans: Arc<[(i64, i64)]>,
+    /// Rule positions, ascending.
+    members: Box<[u32]>,
+}
+
+impl HolidayGroup {
+    fn contains(&self, t: i64) -> bool {
+        let i = self.spans.partition_point(|&(from, _)| from <= t);
+        i > 0 && t < self.spans[i - 1].1
+    }
 }
 
 /// Asks the CPU to start loading the cache line at `p`; never faults, changes nothing.
@@ -373,6 +392,25 @@ impl ScheduleIndex {
                     m.push(rule);
                 }
             }
+            for group in &rare.holidays {
+                if group.contains(t) {
+                    self.holiday_fixup(group, t, m);
+                }
+            }
+        }
+    }
+
+    /// On a holiday of `group`: drops what the spans found for its members and adds those
+    /// the reference evaluation (which knows the holidays) finds active.
+    #[cold]
+    fn holiday_fixup(&self, group: &HolidayGroup, t: i64, m: &mut Matches) {
+        let members = &group.members;
+        m.positions.retain(|p| members.binary_search(p).is_err());
+        for &p in members.iter() {
+            m.seen[p as usize / 64] &= !(1 << (p % 64));
+            if self.active_by_reference(p, t) {
+                m.positions.push(p);
+            }
         }
     }
 
@@ -430,6 +468,9 @@ impl ScheduleIndex {
                     + r.frames.len() * std::mem::size_of::<FrameTable>();
                 b[5] += r.long.len() * 24;
                 b[1] += r.exact.len() * 4;
+                for g in &r.holidays {
+                    b[5] += g.members.len() * 4 + g.spans.len() * 16;
+                }
             }
         }
         b

@@ -40,6 +40,7 @@ mod support;
 // API
 mod api_abuse;
 mod api_accounts;
+mod api_calendars;
 mod api_logs;
 mod api_scripts;
 mod api_validation;
@@ -77,6 +78,7 @@ mod explain_matches_pipeline;
 mod index_matches_naive;
 
 // Store
+mod store_calendars;
 mod store_cli;
 mod store_live;
 mod store_migrations;
