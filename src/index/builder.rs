@@ -247,17 +247,15 @@ impl IndexBuilder {
         long.sort_unstable();
         long.dedup();
         let holidays = self.holiday_groups(members);
-        let rare =
-            (!more.is_empty() || !long.is_empty() || !exact.is_empty() || !holidays.is_empty())
-                .then(|| {
-                    Box::new(Rare {
-                        frames: more,
-                        long: long.into_boxed_slice(),
-                        exact: exact.into_boxed_slice(),
-                        holidays,
-                    })
-                });
-        Table { frames: inline, intervals, rare }
+        let rare = (!more.is_empty() || !long.is_empty() || !exact.is_empty()).then(|| {
+            Box::new(Rare {
+                frames: more,
+                long: long.into_boxed_slice(),
+                exact: exact.into_boxed_slice(),
+            })
+        });
+        let holidays = (!holidays.is_empty()).then_some(holidays);
+        Table { frames: inline, intervals, rare, holidays }
     }
 
     /// The members with holidays (positions ascending), grouped by their holiday spans.
@@ -313,7 +311,18 @@ impl IndexBuilder {
                 }
             }
         }
+        let mut holidays: Vec<(i64, i64)> =
+            self.holiday_sets.iter().flat_map(|s| s.iter().copied()).collect();
+        holidays.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::with_capacity(holidays.len());
+        for (f, t) in holidays {
+            match merged.last_mut() {
+                Some(last) if f <= last.1 => last.1 = last.1.max(t),
+                _ => merged.push((f, t)),
+            }
+        }
         ScheduleIndex {
+            holidays: merged.into_boxed_slice(),
             script_ids: self.script_ids.into_boxed_slice(),
             reference: self.reference.into_boxed_slice(),
             by_camera,

@@ -23,6 +23,14 @@
 //!    overlap (those longer than a month go to a short list that is always checked), so a
 //!    query reads the one day bucket of t.
 //!
+//! 4. **Holidays.** A rule with `timetable.holidays` is indexed by its days and intervals
+//!    as any other. Its holidays (calendar dates and inline dates, each resolved to a UTC
+//!    span in its zone when the index is built) are merged into one sorted list for the
+//!    whole index and, per table, into groups of rules sharing the same holiday spans. A
+//!    query at an instant on no holiday costs one binary search in that list; on a
+//!    holiday, the rules of each group whose spans hold the instant are taken out of the
+//!    answer and put back by the reference evaluation (which applies the holiday windows).
+//!
 //! Two cases go to the reference evaluation ([`crate::timetable::Timetable::is_active_at`]):
 //! an instant inside an IANA zone's repeated hour (its wall-clock reading is ambiguous, so
 //! the week position alone cannot apply the DST policy), and entries whose bounds are written
@@ -91,6 +99,8 @@ pub struct ScheduleIndex {
     by_camera: FxHashMap<(i64, i64), Table>,
     by_event: FxHashMap<i64, Table>,
     enabled: usize,
+    /// Every rule's holidays merged: sorted, disjoint `[from, to)` unix seconds.
+    holidays: Box<[(i64, i64)]>,
 }
 
 /// The rules of one (event, camera) or (event, any camera) key. The first two frames and
@@ -101,6 +111,9 @@ struct Table {
     frames: [Option<FrameTable>; 2],
     intervals: Intervals,
     rare: Option<Box<Rare>>,
+    /// Rules with holidays, grouped by their holiday spans; read only at an instant on a
+    /// holiday of some rule of the index.
+    holidays: Option<Box<[HolidayGroup]>>,
 }
 
 /// The parts of a table few tables have.
@@ -113,8 +126,6 @@ struct Rare {
     long: Box<[(i64, i64, u32)]>,
     /// Rules that always take the reference evaluation.
     exact: Box<[u32]>,
-    /// Rules with holidays, grouped by their holiday spans.
-    holidays: Box<[HolidayGroup]>,
 }
 
 /// Rules of a table that share their holidays. At an instant on one of the holidays, what
@@ -129,9 +140,14 @@ struct HolidayGroup {
 
 impl HolidayGroup {
     fn contains(&self, t: i64) -> bool {
-        let i = self.spans.partition_point(|&(from, _)| from <= t);
-        i > 0 && t < self.spans[i - 1].1
+        spans_hold(&self.spans, t)
     }
+}
+
+/// True when `t` lies in one of the sorted, disjoint `[from, to)` spans.
+fn spans_hold(spans: &[(i64, i64)], t: i64) -> bool {
+    let i = spans.partition_point(|&(from, _)| from <= t);
+    i > 0 && t < spans[i - 1].1
 }
 
 /// Asks the CPU to start loading the cache line at `p`; never faults, changes nothing.
@@ -320,6 +336,16 @@ impl ScheduleIndex {
         if let Some(table) = by_event {
             self.query_table(table, t, &mut positions, m);
         }
+        // Holidays: one binary search unless `t` is on a holiday of some rule.
+        if spans_hold(&self.holidays, t) {
+            for table in by_camera.iter().chain(by_event.iter()) {
+                for group in table.holidays.iter().flatten() {
+                    if group.contains(t) {
+                        self.holiday_fixup(group, t, m);
+                    }
+                }
+            }
+        }
         // Leave the seen-bits clean for the next query.
         for &p in &m.positions {
             m.seen[p as usize / 64] &= !(1 << (p % 64));
@@ -390,11 +416,6 @@ impl ScheduleIndex {
             for &rule in &rare.exact {
                 if self.active_by_reference(rule, t) {
                     m.push(rule);
-                }
-            }
-            for group in &rare.holidays {
-                if group.contains(t) {
-                    self.holiday_fixup(group, t, m);
                 }
             }
         }
@@ -468,9 +489,9 @@ impl ScheduleIndex {
                     + r.frames.len() * std::mem::size_of::<FrameTable>();
                 b[5] += r.long.len() * 24;
                 b[1] += r.exact.len() * 4;
-                for g in &r.holidays {
-                    b[5] += g.members.len() * 4 + g.spans.len() * 16;
-                }
+            }
+            for g in t.holidays.iter().flatten() {
+                b[5] += g.members.len() * 4 + g.spans.len() * 16;
             }
         }
         b
