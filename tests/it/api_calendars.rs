@@ -248,7 +248,10 @@ async fn bad_bodies_files_tenancy_and_permissions() {
     let (status, v) = post_raw(&d, &import, &t1, "text/calendar", many.into()).await;
     assert_eq!(status, 422, "{v}");
     assert!(v["errors"]["file"][0].as_str().unwrap_or("").contains("6000 events"), "{v}");
-    assert_eq!(raw_status(&d, &import, &t1, 5 * 1024 * 1024).await, "HTTP/1.1 413 Payload Too Large");
+    assert_eq!(
+        raw_status(&d, &import, &t1, 5 * 1024 * 1024).await,
+        "HTTP/1.1 413 Payload Too Large"
+    );
 
     // Account B does not see A's calendar, and cannot list it in a script.
     for (m, path) in
