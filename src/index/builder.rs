@@ -3,7 +3,7 @@
 use super::slots::build_slots;
 use super::spans::*;
 use super::*;
-use crate::timetable::compile::compile_days;
+use crate::timetable::compile::{FrameSpans, compile_days, compile_holiday_windows};
 
 /// The key of a table: rules on one camera of an event, or on every camera of it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,9 +22,10 @@ pub struct IndexBuilder {
     pub(super) reference: Vec<Option<Arc<Timetable>>>,
     /// Per position: where the rule's compiled data starts in `data`, or [`NONE`].
     pub(super) at: Vec<usize>,
-    /// Per enabled rule: `[word, exact, frame count, (frame, n, spans…)…, interval count,
-    /// first interval]` (spans encoded as in a packed table); an exact rule stops after
-    /// `exact`.
+    /// Per enabled rule: `[word, exact, frame count, (frame, n, spans…)…, holiday frame
+    /// count, (frame, n, spans…)…, interval count, first interval]` (spans encoded as in a
+    /// packed table; the holiday frames are the compiled holiday windows); an exact rule
+    /// stops after `exact`.
     pub(super) data: Vec<u32>,
     /// The enabled rules' intervals, each rule's consecutive.
     pub(super) intervals: Vec<(i64, i64)>,
@@ -49,26 +50,33 @@ pub struct IndexBuilder {
 pub(super) struct Compiled<'a> {
     pub(super) word: u32,
     pub(super) exact: bool,
-    /// `(frame, n, spans…)…`.
+    /// `(frame, n, spans…)…` of the day entries.
     pub(super) frames: &'a [u32],
+    /// `(frame, n, spans…)…` of the holiday windows.
+    pub(super) windows: &'a [u32],
     pub(super) intervals: &'a [(i64, i64)],
 }
 
 impl Compiled<'_> {
-    /// Frame number and spans `[n, spans…]` of each frame.
-    pub(super) fn frames(&self) -> impl Iterator<Item = (u32, &[u32])> {
-        let d = self.frames;
-        let mut at = 0;
-        std::iter::from_fn(move || {
-            if at >= d.len() {
-                return None;
-            }
-            let end = at + 2 + spans_len(d[at + 1]);
-            let item = (d[at], &d[at + 1..end]);
-            at = end;
-            Some(item)
-        })
+    /// Frame number and spans `[n, spans…]` of each frame of the day entries (`holiday`
+    /// false) or of the holiday windows (`holiday` true).
+    pub(super) fn part(&self, holiday: bool) -> impl Iterator<Item = (u32, &[u32])> {
+        frame_items(if holiday { self.windows } else { self.frames })
     }
+}
+
+/// Frame number and spans of each `(frame, n, spans…)` item of `d`.
+fn frame_items(d: &[u32]) -> impl Iterator<Item = (u32, &[u32])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= d.len() {
+            return None;
+        }
+        let end = at + 2 + spans_len(d[at + 1]);
+        let item = (d[at], &d[at + 1..end]);
+        at = end;
+        Some(item)
+    })
 }
 
 impl IndexBuilder {
@@ -105,27 +113,21 @@ impl IndexBuilder {
             return;
         }
         self.enabled += 1;
-        let compiled = compile_days(&rule.timetable);
+        let compiled = compile_days(&rule.timetable).zip(compile_holiday_windows(&rule.timetable));
         let exact = compiled.is_none();
-        let frames = compiled.unwrap_or_default();
-        // Each frame and each interval can find the rule once.
-        let sources = frames.len() + rule.timetable.intervals.len();
-        let word = position as u32 | if sources > 1 { REPEAT } else { 0 };
+        let (frames, windows) = compiled.unwrap_or_default();
+        let holidays = if exact { Vec::new() } else { rule.timetable.holiday_spans() };
+        // Each frame and each interval can find the rule once. A rule with holidays is
+        // always checked for a repeat: on a holiday its day spans are masked through the
+        // seen-bits (see `ScheduleIndex::matches_into`).
+        let sources = frames.len().max(windows.len()) + rule.timetable.intervals.len();
+        let repeat = sources > 1 || !holidays.is_empty();
+        let word = position as u32 | if repeat { REPEAT } else { 0 };
         self.at.push(self.data.len());
         self.data.extend([word, u32::from(exact)]);
         if !exact {
-            self.data.push(frames.len() as u32);
-            for fs in &frames {
-                let frame = match self.frames.iter().position(|&f| f == fs.frame) {
-                    Some(i) => i,
-                    None => {
-                        self.frames.push(fs.frame);
-                        self.frames.len() - 1
-                    }
-                };
-                self.data.push(frame as u32);
-                encode_spans(&fs.spans, &mut self.data);
-            }
+            self.push_frames(&frames);
+            self.push_frames(if holidays.is_empty() { &[] } else { &windows[..] });
             let first = u32::try_from(self.intervals.len()).unwrap_or(u32::MAX);
             assert!(first < u32::MAX, "too many intervals for one index");
             self.data.extend([rule.timetable.intervals.len() as u32, first]);
@@ -133,10 +135,7 @@ impl IndexBuilder {
         }
         // The reference timetable is kept for what the spans cannot answer: entries that
         // convert per date, and the repeated hour of an IANA zone.
-        // A rule with holidays takes the reference evaluation on its holidays only.
-        let holidays = rule.timetable.holiday_spans();
-        let needs_reference =
-            exact || !holidays.is_empty() || frames.iter().any(|f| !f.frame.is_fixed());
+        let needs_reference = exact || frames.iter().chain(&windows).any(|f| !f.frame.is_fixed());
         if !holidays.is_empty() {
             let spans: Arc<[(i64, i64)]> = holidays.into();
             let next = self.holiday_sets.len() as u32;
@@ -156,6 +155,22 @@ impl IndexBuilder {
         }
         let reference = needs_reference.then(|| self.keep(&rule.timetable));
         self.reference.push(reference);
+    }
+
+    /// Appends `frame count, (frame, n, spans…)…` to `data`.
+    fn push_frames(&mut self, frames: &[FrameSpans]) {
+        self.data.push(frames.len() as u32);
+        for fs in frames {
+            let frame = match self.frames.iter().position(|&f| f == fs.frame) {
+                Some(i) => i,
+                None => {
+                    self.frames.push(fs.frame);
+                    self.frames.len() - 1
+                }
+            };
+            self.data.push(frame as u32);
+            encode_spans(&fs.spans, &mut self.data);
+        }
     }
 
     /// The kept timetable equal to `timetable`, which is kept when there is none.
@@ -183,64 +198,40 @@ impl IndexBuilder {
         let d = self.data.get(at..)?;
         let (&word, &exact) = (d.first()?, d.get(1)?);
         if exact != 0 {
-            return Some(Compiled { word, exact: true, frames: &[], intervals: &[] });
+            return Some(Compiled { word, exact: true, frames: &[], windows: &[], intervals: &[] });
         }
-        let count = *d.get(2)? as usize;
-        let mut end = 3;
-        for _ in 0..count {
-            end += 2 + spans_len(*d.get(end + 1)?);
-        }
-        let (n, first) = (*d.get(end)? as usize, *d.get(end + 1)? as usize);
+        // `count, (frame, n, spans…)…` from `start`: the items' range.
+        let items = |start: usize| -> Option<(usize, usize)> {
+            let count = *d.get(start)? as usize;
+            let mut end = start + 1;
+            for _ in 0..count {
+                end += 2 + spans_len(*d.get(end + 1)?);
+            }
+            Some((start + 1, end))
+        };
+        let (f0, f1) = items(2)?;
+        let (w0, w1) = items(f1)?;
+        let (n, first) = (*d.get(w1)? as usize, *d.get(w1 + 1)? as usize);
         Some(Compiled {
             word,
             exact: false,
-            frames: d.get(3..end)?,
+            frames: d.get(f0..f1)?,
+            windows: d.get(w0..w1)?,
             intervals: self.intervals.get(first..first + n)?,
         })
     }
 
     /// Lays out one table from its members' positions (ascending).
     pub(super) fn table(&self, members: &[u32]) -> Table {
-        // First pass: the frames in order of first appearance with their sizes, the exact
-        // rules, the number of intervals.
-        let mut frames: Vec<(u32, usize, usize)> = Vec::new(); // (frame, packed len, members)
         let mut exact = Vec::new();
-        let mut intervals = 0;
+        let mut ivs = Vec::new();
         for c in members.iter().filter_map(|&p| self.compiled(p)) {
             if c.exact {
                 exact.push(c.word & !REPEAT);
-                continue;
-            }
-            for (frame, spans) in c.frames() {
-                let i = match frames.iter().position(|f| f.0 == frame) {
-                    Some(i) => i,
-                    None => {
-                        frames.push((frame, 0, 0));
-                        frames.len() - 1
-                    }
-                };
-                frames[i].1 += 1 + spans.len();
-                frames[i].2 += 1;
-            }
-            intervals += c.intervals.len();
-        }
-        // Second pass: fill each frame's packed array and collect the intervals.
-        let mut packed: Vec<Vec<u32>> = frames.iter().map(|f| Vec::with_capacity(f.1)).collect();
-        let mut ivs = Vec::with_capacity(intervals);
-        for c in members.iter().filter_map(|&p| self.compiled(p)) {
-            for (frame, spans) in c.frames() {
-                if let Some(i) = frames.iter().position(|f| f.0 == frame) {
-                    packed[i].push(c.word);
-                    packed[i].extend_from_slice(spans);
-                }
             }
             ivs.extend(c.intervals.iter().map(|&(f, t)| (f, t, c.word)));
         }
-        let mut tables = frames.iter().zip(packed).map(|(&(frame, _, members), packed)| {
-            let packed = packed.into_boxed_slice();
-            let slots = (members > SCAN_MAX).then(|| Box::new(build_slots(&packed, members)));
-            FrameTable { frame: self.frames[frame as usize], packed, slots }
-        });
+        let mut tables = self.frame_tables(members, false).into_iter();
         let inline = [tables.next(), tables.next()];
         let more: Box<[FrameTable]> = tables.collect();
         let (intervals, mut long) = Intervals::build(ivs);
@@ -258,7 +249,47 @@ impl IndexBuilder {
         Table { frames: inline, intervals, rare, holidays }
     }
 
-    /// The members with holidays (positions ascending), grouped by their holiday spans.
+    /// The frame tables of the members' day entries (`holiday` false) or holiday windows
+    /// (`holiday` true), frames in order of first appearance, each laid out at its size.
+    fn frame_tables(&self, members: &[u32], holiday: bool) -> Vec<FrameTable> {
+        // First pass: the frames with their sizes.
+        let mut frames: Vec<(u32, usize, usize)> = Vec::new(); // (frame, packed len, members)
+        for c in members.iter().filter_map(|&p| self.compiled(p)) {
+            for (frame, spans) in c.part(holiday) {
+                let i = match frames.iter().position(|f| f.0 == frame) {
+                    Some(i) => i,
+                    None => {
+                        frames.push((frame, 0, 0));
+                        frames.len() - 1
+                    }
+                };
+                frames[i].1 += 1 + spans.len();
+                frames[i].2 += 1;
+            }
+        }
+        // Second pass: fill each frame's packed array.
+        let mut packed: Vec<Vec<u32>> = frames.iter().map(|f| Vec::with_capacity(f.1)).collect();
+        for c in members.iter().filter_map(|&p| self.compiled(p)) {
+            for (frame, spans) in c.part(holiday) {
+                if let Some(i) = frames.iter().position(|f| f.0 == frame) {
+                    packed[i].push(c.word);
+                    packed[i].extend_from_slice(spans);
+                }
+            }
+        }
+        frames
+            .iter()
+            .zip(packed)
+            .map(|(&(frame, _, members), packed)| {
+                let packed = packed.into_boxed_slice();
+                let slots = (members > SCAN_MAX).then(|| Box::new(build_slots(&packed, members)));
+                FrameTable { frame: self.frames[frame as usize], packed, slots }
+            })
+            .collect()
+    }
+
+    /// The members with holidays (positions ascending), grouped by their holiday spans,
+    /// each group with its compiled holiday windows.
     fn holiday_groups(&self, members: &[u32]) -> Box<[HolidayGroup]> {
         let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
         for &p in members {
@@ -272,6 +303,7 @@ impl IndexBuilder {
             .into_iter()
             .map(|(set, members)| HolidayGroup {
                 spans: self.holiday_sets[set as usize].clone(),
+                windows: self.frame_tables(&members, true).into_boxed_slice(),
                 members: members.into_boxed_slice(),
             })
             .collect()
