@@ -169,11 +169,13 @@ pub fn check_validate(data: &[u8]) -> bool {
         })
         .collect();
     let users: HashSet<i64> = [1, 2, 3].into_iter().collect();
+    let calendars = HashMap::new();
     let ctx = ValidationContext {
         timezone: SCRIPT_ZONES[usize::from(zone_byte) % SCRIPT_ZONES.len()],
         events: &events,
         reactions: &reactions,
         users: &users,
+        calendars: &calendars,
     };
     match validate(&body, &ctx) {
         Ok(v) => {

@@ -91,10 +91,13 @@ fn positive(query: &HashMap<String, String>, key: &str, default: u64) -> Result<
     }
 }
 
-/// The catalogs, and as "existing users" only those in the caller's reach.
+/// The catalogs, and as "existing users" and calendars only those in the caller's reach
+/// (a calendar elsewhere is answered like a missing one on `timetable.holidays.calendars.N`).
 fn lookups_for(conn: &Connection, caller: &Caller) -> Result<Lookups, StoreError> {
     let mut lookups = Lookups::load(conn)?;
     lookups.users.retain(|u| caller.reaches(*u));
+    let owners = crate::store::calendars::owners(conn)?;
+    lookups.calendars.retain(|id, _| caller.reaches_owner(owners.get(id).copied().flatten()));
     Ok(lookups)
 }
 
@@ -286,7 +289,16 @@ async fn write_script(
         if !unfixed.is_empty() {
             return Err(StoreError::Invalid(unfixed));
         }
-        let lookups = lookups_for(tx, caller)?;
+        let mut lookups = lookups_for(tx, caller)?;
+        if let Some(owner) = current.owner_id.filter(|&o| o != caller.user_id) {
+            // The script lists calendars in its owner's reach, not the caller's.
+            let reach =
+                crate::store::users::descendants(&crate::store::users::parents(tx)?, &[owner]);
+            let owners = crate::store::calendars::owners(tx)?;
+            lookups.calendars.retain(|cid, _| {
+                owners.get(cid).copied().flatten().is_some_and(|o| reach.contains(&o))
+            });
+        }
         let valid = validate(&body, &lookups.context(tz)).map_err(StoreError::Invalid)?;
         scripts::update(tx, id, &valid.input)?;
         let stored =

@@ -8,6 +8,7 @@
 //! made where the contract is silent.
 
 pub mod auth;
+pub mod calendars;
 pub mod client;
 pub mod error;
 pub mod explain;
@@ -106,6 +107,15 @@ pub fn router_with(state: AppState, extra_v1: Router<AppState>) -> Router {
         .route("/explain", post(explain::explain))
         .route("/occurrences/{id}", get(explain::occurrence))
         .route("/scripts/{id}/week", get(week::week))
+        .route("/calendars", get(calendars::list).post(calendars::create))
+        .route(
+            "/calendars/{id}",
+            get(calendars::show)
+                .put(calendars::update)
+                .patch(calendars::update)
+                .delete(calendars::destroy),
+        )
+        .route("/calendars/{id}/import", post(calendars::import))
         .route("/me", get(me::me))
         // Streams (in `extra_v1`) are long-lived by design: only the other routes time out.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

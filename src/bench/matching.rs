@@ -24,6 +24,8 @@ pub struct MatchBenchOptions {
     pub naive_sample: usize,
     /// Timed passes; the median is reported.
     pub passes: usize,
+    /// Scripts with holidays.
+    pub holidays: synth::HolidayMix,
 }
 
 /// The result, printed as text or JSON.
@@ -59,6 +61,10 @@ pub struct MatchBenchReport {
     pub identical: bool,
     /// Peak resident memory of the process, MiB.
     pub rss_mb: f64,
+    /// Fraction of the scripts with holidays (`--holiday-fraction`).
+    pub holiday_fraction: f64,
+    /// Dates of the calendar they list (`--holiday-dates`).
+    pub holiday_dates: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -81,7 +87,7 @@ pub fn peak_rss_mb() -> f64 {
 
 /// Runs the benchmark.
 pub fn run(opts: &MatchBenchOptions) -> Result<MatchBenchReport, String> {
-    let rules = synth::rules_streamed(opts.scripts, opts.cameras, opts.seed)?;
+    let rules = synth::rules_with_holidays(opts.scripts, opts.cameras, opts.seed, opts.holidays)?;
     let occurrences = synth::occurrences(opts.events, opts.cameras, opts.seed);
     let scripts_active = rules.iter().filter(|r| r.enabled).count();
 
@@ -160,6 +166,8 @@ pub fn run(opts: &MatchBenchOptions) -> Result<MatchBenchReport, String> {
         matches_total,
         identical,
         rss_mb: peak_rss_mb(),
+        holiday_fraction: opts.holidays.fraction,
+        holiday_dates: opts.holidays.dates,
     })
 }
 
@@ -175,6 +183,14 @@ impl std::fmt::Display for MatchBenchReport {
             "occurrences        {} (naive scan on the first {})",
             self.events, self.naive_sample
         )?;
+        if self.holiday_fraction > 0.0 {
+            writeln!(
+                f,
+                "holidays           {:.0}% of the scripts on a calendar of {} dates",
+                self.holiday_fraction * 100.0,
+                self.holiday_dates
+            )?;
+        }
         writeln!(f, "index build        {:.1} ms", self.build_ms)?;
         writeln!(f, "indexed            {:.0} ns/occurrence (median)", self.indexed_ns_per_event)?;
         writeln!(f, "naive              {:.0} ns/occurrence (median)", self.naive_ns_per_event)?;

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::index::rules::Rule;
-use crate::timetable::{ParseContext, parse_timetable};
+use crate::timetable::{CalendarDates, DateRange, ParseContext, Zone, parse_timetable};
 
 /// Number of event kinds scripts and occurrences use (event ids `1..=EVENT_KINDS`).
 pub const EVENT_KINDS: i64 = 20;
@@ -183,6 +183,68 @@ pub fn rules_streamed(n: usize, cameras: i64, seed: u64) -> Result<Vec<Rule>, St
     Ok(out)
 }
 
+/// Holidays in a synthetic set: `fraction` of the scripts list one calendar of `dates` dates.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HolidayMix {
+    /// Fraction of the scripts with `timetable.holidays` (0 = none).
+    pub fraction: f64,
+    /// Dates in the calendar they list.
+    pub dates: usize,
+}
+
+/// The synthetic calendar (id 1, in [`ZONE`]): `dates` one-day holidays spaced evenly over
+/// the year around the stream, so the two-week stream holds one or two of them (30 dates:
+/// two, 16 and 28 November).
+pub fn calendar(dates: usize) -> Arc<CalendarDates> {
+    let first = DateTime::<Utc>::from_timestamp(stream_start(), 0).unwrap_or_default().date_naive()
+        - chrono::Duration::days(180);
+    let step = (365 / dates.max(1)).max(1) as i64;
+    Arc::new(CalendarDates {
+        id: 1,
+        name: "Synthetic holidays".to_owned(),
+        zone: Zone::from_tz(ZONE),
+        dates: (0..dates as i64)
+            .map(|k| {
+                let d = first + chrono::Duration::days(k * step);
+                DateRange { from: d, to: d, title: Some(format!("Holiday {k}")) }
+            })
+            .collect(),
+    })
+}
+
+/// The rules of `n` synthetic scripts (the same set as [`rules_streamed`]) of which a
+/// `mix.fraction` list the [`calendar`]; half of those have holiday hours 10:00–16:00, the
+/// others are inactive on holidays.
+pub fn rules_with_holidays(
+    n: usize,
+    cameras: i64,
+    seed: u64,
+    mix: HolidayMix,
+) -> Result<Vec<Rule>, String> {
+    if mix.fraction <= 0.0 || mix.dates == 0 {
+        return rules_streamed(n, cameras, seed);
+    }
+    let cal = calendar(mix.dates);
+    let mut pick = StdRng::seed_from_u64(seed ^ 0x4f1b_5eed);
+    let mut out = Vec::with_capacity(n);
+    for mut s in scripts_iter(n, cameras, seed) {
+        if pick.random_bool(mix.fraction.min(1.0)) {
+            let windows = if pick.random_bool(0.5) {
+                json!([{"from": "10:00", "to": "16:00"}])
+            } else {
+                json!([])
+            };
+            s.timetable["holidays"] = json!({"calendars": [1], "windows": windows});
+            let mut r = rule(&s)?;
+            r.timetable = Arc::new(r.timetable.with_calendars(|_| Some(cal.clone())));
+            out.push(r);
+        } else {
+            out.push(rule(&s)?);
+        }
+    }
+    Ok(out)
+}
+
 /// `m` occurrences spread uniformly over two weeks from [`STREAM_START`].
 pub fn occurrences(m: usize, cameras: i64, seed: u64) -> Vec<SyntheticOccurrence> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
@@ -213,5 +275,27 @@ mod tests {
         assert!((450..750).contains(&with_intervals), "{with_intervals}");
         // Same seed, same set.
         assert_eq!(scripts(5, 10, 1)[4].timetable, scripts(5, 10, 1)[4].timetable);
+    }
+
+    #[test]
+    fn holiday_mix_adds_the_calendar_to_a_fraction() {
+        let mix = HolidayMix { fraction: 0.1, dates: 30 };
+        let with = rules_with_holidays(2000, 100, 7, mix).unwrap();
+        let plain = rules_streamed(2000, 100, 7).unwrap();
+        let n = with.iter().filter(|r| r.timetable.has_holidays()).count();
+        assert!((120..290).contains(&n), "{n}");
+        // The same scripts otherwise.
+        assert!(
+            with.iter()
+                .zip(&plain)
+                .all(|(a, b)| a.script_id == b.script_id && a.enabled == b.enabled)
+        );
+        let cal = calendar(30);
+        assert_eq!(cal.dates.len(), 30);
+        let start = stream_start();
+        let spans: Vec<_> = cal.dates.iter().map(|d| d.span(cal.zone)).collect();
+        let inside =
+            spans.iter().filter(|&&(f, t)| f < start + STREAM_SECONDS && t > start).count();
+        assert_eq!(inside, 2, "two holidays fall in the stream");
     }
 }

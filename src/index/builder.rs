@@ -3,7 +3,7 @@
 use super::slots::build_slots;
 use super::spans::*;
 use super::*;
-use crate::timetable::compile::compile_days;
+use crate::timetable::compile::{FrameSpans, compile_days, compile_holiday_windows};
 
 /// The key of a table: rules on one camera of an event, or on every camera of it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,9 +22,10 @@ pub struct IndexBuilder {
     pub(super) reference: Vec<Option<Arc<Timetable>>>,
     /// Per position: where the rule's compiled data starts in `data`, or [`NONE`].
     pub(super) at: Vec<usize>,
-    /// Per enabled rule: `[word, exact, frame count, (frame, n, spans…)…, interval count,
-    /// first interval]` (spans encoded as in a packed table); an exact rule stops after
-    /// `exact`.
+    /// Per enabled rule: `[word, exact, frame count, (frame, n, spans…)…, holiday frame
+    /// count, (frame, n, spans…)…, interval count, first interval]` (spans encoded as in a
+    /// packed table; the holiday frames are the compiled holiday windows); an exact rule
+    /// stops after `exact`.
     pub(super) data: Vec<u32>,
     /// The enabled rules' intervals, each rule's consecutive.
     pub(super) intervals: Vec<(i64, i64)>,
@@ -39,32 +40,43 @@ pub struct IndexBuilder {
     /// The reference timetables kept so far and those of a previous index, by value: an
     /// equal timetable is kept once.
     pub(super) timetables: FxHashSet<Arc<Timetable>>,
+    /// The distinct holiday span sets, and the set of each rule with holidays.
+    pub(super) holiday_sets: Vec<Arc<[(i64, i64)]>>,
+    pub(super) holiday_set_ids: FxHashMap<Arc<[(i64, i64)]>, u32>,
+    pub(super) holiday_of: FxHashMap<u32, u32>,
 }
 
 /// One enabled rule's compiled data, read back from an [`IndexBuilder`].
 pub(super) struct Compiled<'a> {
     pub(super) word: u32,
     pub(super) exact: bool,
-    /// `(frame, n, spans…)…`.
+    /// `(frame, n, spans…)…` of the day entries.
     pub(super) frames: &'a [u32],
+    /// `(frame, n, spans…)…` of the holiday windows.
+    pub(super) windows: &'a [u32],
     pub(super) intervals: &'a [(i64, i64)],
 }
 
 impl Compiled<'_> {
-    /// Frame number and spans `[n, spans…]` of each frame.
-    pub(super) fn frames(&self) -> impl Iterator<Item = (u32, &[u32])> {
-        let d = self.frames;
-        let mut at = 0;
-        std::iter::from_fn(move || {
-            if at >= d.len() {
-                return None;
-            }
-            let end = at + 2 + spans_len(d[at + 1]);
-            let item = (d[at], &d[at + 1..end]);
-            at = end;
-            Some(item)
-        })
+    /// Frame number and spans `[n, spans…]` of each frame of the day entries (`holiday`
+    /// false) or of the holiday windows (`holiday` true).
+    pub(super) fn part(&self, holiday: bool) -> impl Iterator<Item = (u32, &[u32])> {
+        frame_items(if holiday { self.windows } else { self.frames })
     }
+}
+
+/// Frame number and spans of each `(frame, n, spans…)` item of `d`.
+fn frame_items(d: &[u32]) -> impl Iterator<Item = (u32, &[u32])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= d.len() {
+            return None;
+        }
+        let end = at + 2 + spans_len(d[at + 1]);
+        let item = (d[at], &d[at + 1..end]);
+        at = end;
+        Some(item)
+    })
 }
 
 impl IndexBuilder {
@@ -101,27 +113,21 @@ impl IndexBuilder {
             return;
         }
         self.enabled += 1;
-        let compiled = compile_days(&rule.timetable);
+        let compiled = compile_days(&rule.timetable).zip(compile_holiday_windows(&rule.timetable));
         let exact = compiled.is_none();
-        let frames = compiled.unwrap_or_default();
-        // Each frame and each interval can find the rule once.
-        let sources = frames.len() + rule.timetable.intervals.len();
-        let word = position as u32 | if sources > 1 { REPEAT } else { 0 };
+        let (frames, windows) = compiled.unwrap_or_default();
+        let holidays = if exact { Vec::new() } else { rule.timetable.holiday_spans() };
+        // Each frame and each interval can find the rule once. A rule with holidays is
+        // always checked for a repeat: on a holiday its day spans are masked through the
+        // seen-bits (see `ScheduleIndex::matches_into`).
+        let sources = frames.len().max(windows.len()) + rule.timetable.intervals.len();
+        let repeat = sources > 1 || !holidays.is_empty();
+        let word = position as u32 | if repeat { REPEAT } else { 0 };
         self.at.push(self.data.len());
         self.data.extend([word, u32::from(exact)]);
         if !exact {
-            self.data.push(frames.len() as u32);
-            for fs in &frames {
-                let frame = match self.frames.iter().position(|&f| f == fs.frame) {
-                    Some(i) => i,
-                    None => {
-                        self.frames.push(fs.frame);
-                        self.frames.len() - 1
-                    }
-                };
-                self.data.push(frame as u32);
-                encode_spans(&fs.spans, &mut self.data);
-            }
+            self.push_frames(&frames);
+            self.push_frames(if holidays.is_empty() { &[] } else { &windows[..] });
             let first = u32::try_from(self.intervals.len()).unwrap_or(u32::MAX);
             assert!(first < u32::MAX, "too many intervals for one index");
             self.data.extend([rule.timetable.intervals.len() as u32, first]);
@@ -129,7 +135,16 @@ impl IndexBuilder {
         }
         // The reference timetable is kept for what the spans cannot answer: entries that
         // convert per date, and the repeated hour of an IANA zone.
-        let needs_reference = exact || frames.iter().any(|f| !f.frame.is_fixed());
+        let needs_reference = exact || frames.iter().chain(&windows).any(|f| !f.frame.is_fixed());
+        if !holidays.is_empty() {
+            let spans: Arc<[(i64, i64)]> = holidays.into();
+            let next = self.holiday_sets.len() as u32;
+            let set = *self.holiday_set_ids.entry(spans.clone()).or_insert(next);
+            if set == next {
+                self.holiday_sets.push(spans);
+            }
+            self.holiday_of.insert(position as u32, set);
+        }
         match &rule.cameras {
             None => self.member(Key::Event(rule.event_id), position as u32),
             Some(cams) => {
@@ -140,6 +155,22 @@ impl IndexBuilder {
         }
         let reference = needs_reference.then(|| self.keep(&rule.timetable));
         self.reference.push(reference);
+    }
+
+    /// Appends `frame count, (frame, n, spans…)…` to `data`.
+    fn push_frames(&mut self, frames: &[FrameSpans]) {
+        self.data.push(frames.len() as u32);
+        for fs in frames {
+            let frame = match self.frames.iter().position(|&f| f == fs.frame) {
+                Some(i) => i,
+                None => {
+                    self.frames.push(fs.frame);
+                    self.frames.len() - 1
+                }
+            };
+            self.data.push(frame as u32);
+            encode_spans(&fs.spans, &mut self.data);
+        }
     }
 
     /// The kept timetable equal to `timetable`, which is kept when there is none.
@@ -167,35 +198,64 @@ impl IndexBuilder {
         let d = self.data.get(at..)?;
         let (&word, &exact) = (d.first()?, d.get(1)?);
         if exact != 0 {
-            return Some(Compiled { word, exact: true, frames: &[], intervals: &[] });
+            return Some(Compiled { word, exact: true, frames: &[], windows: &[], intervals: &[] });
         }
-        let count = *d.get(2)? as usize;
-        let mut end = 3;
-        for _ in 0..count {
-            end += 2 + spans_len(*d.get(end + 1)?);
-        }
-        let (n, first) = (*d.get(end)? as usize, *d.get(end + 1)? as usize);
+        // `count, (frame, n, spans…)…` from `start`: the items' range.
+        let items = |start: usize| -> Option<(usize, usize)> {
+            let count = *d.get(start)? as usize;
+            let mut end = start + 1;
+            for _ in 0..count {
+                end += 2 + spans_len(*d.get(end + 1)?);
+            }
+            Some((start + 1, end))
+        };
+        let (f0, f1) = items(2)?;
+        let (w0, w1) = items(f1)?;
+        let (n, first) = (*d.get(w1)? as usize, *d.get(w1 + 1)? as usize);
         Some(Compiled {
             word,
             exact: false,
-            frames: d.get(3..end)?,
+            frames: d.get(f0..f1)?,
+            windows: d.get(w0..w1)?,
             intervals: self.intervals.get(first..first + n)?,
         })
     }
 
     /// Lays out one table from its members' positions (ascending).
     pub(super) fn table(&self, members: &[u32]) -> Table {
-        // First pass: the frames in order of first appearance with their sizes, the exact
-        // rules, the number of intervals.
-        let mut frames: Vec<(u32, usize, usize)> = Vec::new(); // (frame, packed len, members)
         let mut exact = Vec::new();
-        let mut intervals = 0;
+        let mut ivs = Vec::new();
         for c in members.iter().filter_map(|&p| self.compiled(p)) {
             if c.exact {
                 exact.push(c.word & !REPEAT);
-                continue;
             }
-            for (frame, spans) in c.frames() {
+            ivs.extend(c.intervals.iter().map(|&(f, t)| (f, t, c.word)));
+        }
+        let mut tables = self.frame_tables(members, false).into_iter();
+        let inline = [tables.next(), tables.next()];
+        let more: Box<[FrameTable]> = tables.collect();
+        let (intervals, mut long) = Intervals::build(ivs);
+        long.sort_unstable();
+        long.dedup();
+        let holidays = self.holiday_groups(members);
+        let rare = (!more.is_empty() || !long.is_empty() || !exact.is_empty()).then(|| {
+            Box::new(Rare {
+                frames: more,
+                long: long.into_boxed_slice(),
+                exact: exact.into_boxed_slice(),
+            })
+        });
+        let holidays = (!holidays.is_empty()).then_some(holidays);
+        Table { frames: inline, intervals, rare, holidays }
+    }
+
+    /// The frame tables of the members' day entries (`holiday` false) or holiday windows
+    /// (`holiday` true), frames in order of first appearance, each laid out at its size.
+    fn frame_tables(&self, members: &[u32], holiday: bool) -> Vec<FrameTable> {
+        // First pass: the frames with their sizes.
+        let mut frames: Vec<(u32, usize, usize)> = Vec::new(); // (frame, packed len, members)
+        for c in members.iter().filter_map(|&p| self.compiled(p)) {
+            for (frame, spans) in c.part(holiday) {
                 let i = match frames.iter().position(|f| f.0 == frame) {
                     Some(i) => i,
                     None => {
@@ -206,38 +266,47 @@ impl IndexBuilder {
                 frames[i].1 += 1 + spans.len();
                 frames[i].2 += 1;
             }
-            intervals += c.intervals.len();
         }
-        // Second pass: fill each frame's packed array and collect the intervals.
+        // Second pass: fill each frame's packed array.
         let mut packed: Vec<Vec<u32>> = frames.iter().map(|f| Vec::with_capacity(f.1)).collect();
-        let mut ivs = Vec::with_capacity(intervals);
         for c in members.iter().filter_map(|&p| self.compiled(p)) {
-            for (frame, spans) in c.frames() {
+            for (frame, spans) in c.part(holiday) {
                 if let Some(i) = frames.iter().position(|f| f.0 == frame) {
                     packed[i].push(c.word);
                     packed[i].extend_from_slice(spans);
                 }
             }
-            ivs.extend(c.intervals.iter().map(|&(f, t)| (f, t, c.word)));
         }
-        let mut tables = frames.iter().zip(packed).map(|(&(frame, _, members), packed)| {
-            let packed = packed.into_boxed_slice();
-            let slots = (members > SCAN_MAX).then(|| Box::new(build_slots(&packed, members)));
-            FrameTable { frame: self.frames[frame as usize], packed, slots }
-        });
-        let inline = [tables.next(), tables.next()];
-        let more: Box<[FrameTable]> = tables.collect();
-        let (intervals, mut long) = Intervals::build(ivs);
-        long.sort_unstable();
-        long.dedup();
-        let rare = (!more.is_empty() || !long.is_empty() || !exact.is_empty()).then(|| {
-            Box::new(Rare {
-                frames: more,
-                long: long.into_boxed_slice(),
-                exact: exact.into_boxed_slice(),
+        frames
+            .iter()
+            .zip(packed)
+            .map(|(&(frame, _, members), packed)| {
+                let packed = packed.into_boxed_slice();
+                let slots = (members > SCAN_MAX).then(|| Box::new(build_slots(&packed, members)));
+                FrameTable { frame: self.frames[frame as usize], packed, slots }
             })
-        });
-        Table { frames: inline, intervals, rare }
+            .collect()
+    }
+
+    /// The members with holidays (positions ascending), grouped by their holiday spans,
+    /// each group with its compiled holiday windows.
+    fn holiday_groups(&self, members: &[u32]) -> Box<[HolidayGroup]> {
+        let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
+        for &p in members {
+            let Some(&set) = self.holiday_of.get(&p) else { continue };
+            match groups.iter_mut().find(|g| g.0 == set) {
+                Some(g) => g.1.push(p),
+                None => groups.push((set, vec![p])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(set, members)| HolidayGroup {
+                spans: self.holiday_sets[set as usize].clone(),
+                windows: self.frame_tables(&members, true).into_boxed_slice(),
+                members: members.into_boxed_slice(),
+            })
+            .collect()
     }
 
     /// Lays out every table and returns the finished index.
@@ -274,7 +343,18 @@ impl IndexBuilder {
                 }
             }
         }
+        let mut holidays: Vec<(i64, i64)> =
+            self.holiday_sets.iter().flat_map(|s| s.iter().copied()).collect();
+        holidays.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::with_capacity(holidays.len());
+        for (f, t) in holidays {
+            match merged.last_mut() {
+                Some(last) if f <= last.1 => last.1 = last.1.max(t),
+                _ => merged.push((f, t)),
+            }
+        }
         ScheduleIndex {
+            holidays: merged.into_boxed_slice(),
             script_ids: self.script_ids.into_boxed_slice(),
             reference: self.reference.into_boxed_slice(),
             by_camera,

@@ -23,6 +23,17 @@
 //!    overlap (those longer than a month go to a short list that is always checked), so a
 //!    query reads the one day bucket of t.
 //!
+//! 4. **Holidays.** A rule with `timetable.holidays` is indexed by its days and intervals
+//!    as any other, and its holiday windows are compiled the same way (as every-day
+//!    entries). Its holidays (calendar dates and inline dates, each resolved to a UTC span
+//!    in its zone when the index is built) are merged into one sorted list for the whole
+//!    index and, per table, into groups of rules sharing the same holiday spans; each group
+//!    keeps its members' compiled holiday windows as frame tables of its own. A query at an
+//!    instant on no holiday costs one binary search in that list. On a holiday, each group
+//!    whose spans hold the instant (one binary search) has its members' day spans masked
+//!    while the table's frames are read, and its holiday windows read instead: the same
+//!    work as an ordinary query, with no per-date zone resolution.
+//!
 //! Two cases go to the reference evaluation ([`crate::timetable::Timetable::is_active_at`]):
 //! an instant inside an IANA zone's repeated hour (its wall-clock reading is ambiguous, so
 //! the week position alone cannot apply the DST policy), and entries whose bounds are written
@@ -91,6 +102,8 @@ pub struct ScheduleIndex {
     by_camera: FxHashMap<(i64, i64), Table>,
     by_event: FxHashMap<i64, Table>,
     enabled: usize,
+    /// Every rule's holidays merged: sorted, disjoint `[from, to)` unix seconds.
+    holidays: Box<[(i64, i64)]>,
 }
 
 /// The rules of one (event, camera) or (event, any camera) key. The first two frames and
@@ -101,6 +114,9 @@ struct Table {
     frames: [Option<FrameTable>; 2],
     intervals: Intervals,
     rare: Option<Box<Rare>>,
+    /// Rules with holidays, grouped by their holiday spans; read only at an instant on a
+    /// holiday of some rule of the index.
+    holidays: Option<Box<[HolidayGroup]>>,
 }
 
 /// The parts of a table few tables have.
@@ -113,6 +129,30 @@ struct Rare {
     long: Box<[(i64, i64, u32)]>,
     /// Rules that always take the reference evaluation.
     exact: Box<[u32]>,
+}
+
+/// Rules of a table that share their holidays. Their day entries are in the table's frames
+/// like any other rule's; at an instant on one of the holidays those are masked for them
+/// and their compiled holiday windows are read instead.
+struct HolidayGroup {
+    /// Sorted, disjoint `[from, to)` unix seconds.
+    spans: Arc<[(i64, i64)]>,
+    /// Rule positions, ascending.
+    members: Box<[u32]>,
+    /// The members' holiday windows compiled as every-day day entries, per frame.
+    windows: Box<[FrameTable]>,
+}
+
+impl HolidayGroup {
+    fn contains(&self, t: i64) -> bool {
+        spans_hold(&self.spans, t)
+    }
+}
+
+/// True when `t` lies in one of the sorted, disjoint `[from, to)` spans.
+fn spans_hold(spans: &[(i64, i64)], t: i64) -> bool {
+    let i = spans.partition_point(|&(from, _)| from <= t);
+    i > 0 && t < spans[i - 1].1
 }
 
 /// Asks the CPU to start loading the cache line at `p`; never faults, changes nothing.
@@ -295,11 +335,13 @@ impl ScheduleIndex {
         for table in by_camera.iter().chain(by_event.iter()) {
             table.prefetch(t);
         }
+        // Holidays: one binary search unless `t` is on a holiday of some rule.
+        let on_holiday = spans_hold(&self.holidays, t);
         if let Some(table) = by_camera {
-            self.query_table(table, t, &mut positions, m);
+            self.query_table(table, t, on_holiday, &mut positions, m);
         }
         if let Some(table) = by_event {
-            self.query_table(table, t, &mut positions, m);
+            self.query_table(table, t, on_holiday, &mut positions, m);
         }
         // Leave the seen-bits clean for the next query.
         for &p in &m.positions {
@@ -315,50 +357,35 @@ impl ScheduleIndex {
             .is_some_and(|tt| tt.is_active_at(t))
     }
 
-    fn query_table(&self, table: &Table, t: i64, positions: &mut Positions, m: &mut Matches) {
-        for ft in table.frames() {
-            let (pos, ambiguous) = positions.get(ft.frame);
-            if ambiguous {
-                // The repeated hour: the week position cannot apply the DST policy.
-                for (_, word, _) in ft.each_member() {
-                    if self.active_by_reference(word & !REPEAT, t) {
-                        m.push(word);
-                    }
-                }
-                continue;
+    fn query_table(
+        &self,
+        table: &Table,
+        t: i64,
+        on_holiday: bool,
+        positions: &mut Positions,
+        m: &mut Matches,
+    ) {
+        // On a holiday of a group, its members' day spans are masked: their seen-bits are
+        // set while the frames are read (their words all carry `REPEAT`), then cleared and
+        // the group's holiday windows read instead. A rule is in one table of a query.
+        let groups = match &table.holidays {
+            Some(groups) if on_holiday => &groups[..],
+            _ => &[],
+        };
+        for group in groups.iter().filter(|g| g.contains(t)) {
+            for &p in &group.members {
+                m.seen[p as usize / 64] |= 1 << (p % 64);
             }
-            let pos_min = pos / 60;
-            match &ft.slots {
-                None => {
-                    let p = &ft.packed;
-                    let mut at = 0;
-                    while at < p.len() {
-                        let (hit, len) = spans_contain(&p[at + 1..], pos, pos_min);
-                        if hit {
-                            m.push(p[at]);
-                        }
-                        at += 1 + len;
-                    }
-                }
-                Some(slots) => {
-                    let s = (pos / slots.width) as usize;
-                    let row = &slots.full[s * slots.words..(s + 1) * slots.words];
-                    for (w, &bits) in row.iter().enumerate() {
-                        let mut bits = bits;
-                        while bits != 0 {
-                            let b = bits.trailing_zeros() as usize;
-                            bits &= bits - 1;
-                            m.push(slots.rules[w * 64 + b]);
-                        }
-                    }
-                    let (a, b) = (slots.partial_at[s] as usize, slots.partial_at[s + 1] as usize);
-                    for &at in &slots.partial[a..b] {
-                        let at = at as usize;
-                        if spans_contain(&ft.packed[at + 1..], pos, pos_min).0 {
-                            m.push(ft.packed[at]);
-                        }
-                    }
-                }
+        }
+        for ft in table.frames() {
+            self.query_frame(ft, t, positions, m);
+        }
+        for group in groups.iter().filter(|g| g.contains(t)) {
+            for &p in &group.members {
+                m.seen[p as usize / 64] &= !(1 << (p % 64));
+            }
+            for ft in &group.windows {
+                self.query_frame(ft, t, positions, m);
             }
         }
         table.intervals.query(t, |word| m.push(word));
@@ -371,6 +398,54 @@ impl ScheduleIndex {
             for &rule in &rare.exact {
                 if self.active_by_reference(rule, t) {
                     m.push(rule);
+                }
+            }
+        }
+    }
+
+    /// Pushes the members of one frame table active at `t`.
+    #[inline]
+    fn query_frame(&self, ft: &FrameTable, t: i64, positions: &mut Positions, m: &mut Matches) {
+        let (pos, ambiguous) = positions.get(ft.frame);
+        if ambiguous {
+            // The repeated hour: the week position cannot apply the DST policy.
+            for (_, word, _) in ft.each_member() {
+                if self.active_by_reference(word & !REPEAT, t) {
+                    m.push(word);
+                }
+            }
+            return;
+        }
+        let pos_min = pos / 60;
+        match &ft.slots {
+            None => {
+                let p = &ft.packed;
+                let mut at = 0;
+                while at < p.len() {
+                    let (hit, len) = spans_contain(&p[at + 1..], pos, pos_min);
+                    if hit {
+                        m.push(p[at]);
+                    }
+                    at += 1 + len;
+                }
+            }
+            Some(slots) => {
+                let s = (pos / slots.width) as usize;
+                let row = &slots.full[s * slots.words..(s + 1) * slots.words];
+                for (w, &bits) in row.iter().enumerate() {
+                    let mut bits = bits;
+                    while bits != 0 {
+                        let b = bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        m.push(slots.rules[w * 64 + b]);
+                    }
+                }
+                let (a, b) = (slots.partial_at[s] as usize, slots.partial_at[s + 1] as usize);
+                for &at in &slots.partial[a..b] {
+                    let at = at as usize;
+                    if spans_contain(&ft.packed[at + 1..], pos, pos_min).0 {
+                        m.push(ft.packed[at]);
+                    }
                 }
             }
         }
@@ -430,6 +505,16 @@ impl ScheduleIndex {
                     + r.frames.len() * std::mem::size_of::<FrameTable>();
                 b[5] += r.long.len() * 24;
                 b[1] += r.exact.len() * 4;
+            }
+            for g in t.holidays.iter().flatten() {
+                b[5] += g.members.len() * 4 + g.spans.len() * 16;
+                for ft in g.windows.iter() {
+                    b[2] += ft.packed.len() * 4;
+                    if let Some(s) = &ft.slots {
+                        b[3] += s.full.len() * 8 + s.rules.len() * 4;
+                        b[4] += (s.partial_at.len() + s.partial.len()) * 4;
+                    }
+                }
             }
         }
         b

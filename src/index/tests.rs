@@ -158,3 +158,53 @@ fn large_tables_use_slots_and_agree_with_the_naive_scan() {
         assert_eq!(index.matches(1, 5, t), naive_matches(&rules, 1, 5, t), "at {t}");
     }
 }
+
+/// Large holiday groups: the members' day spans are masked in slot bitsets and their
+/// holiday windows are read from slot bitsets of their own; the answer equals the naive
+/// scan on and off the holidays, over the autumn DST change in Berlin.
+#[test]
+fn large_holiday_groups_agree_with_the_naive_scan() {
+    let mut rules = Vec::new();
+    for i in 0..400usize {
+        let hour = |k: usize| format!("{:02}:{:02}", k % 24, (k * 13) % 60);
+        let (from, to) = (hour(i * 7), hour(i * 11 + 5));
+        let (from, to) = if from == to { ("08:00".into(), "09:00".into()) } else { (from, to) };
+        // Fixed offsets and the Berlin wall clock, in days and in holiday windows.
+        let zone = if i % 3 == 0 { "+02:00" } else { "" };
+        let kind = ["same_every_day", "weekdays", "weekends", "sunday"][i % 4];
+        let mut tt = json!({"days": [{"type": kind, "from": format!("{from}{zone}"),
+                                      "to": format!("{to}{zone}")}]});
+        if i % 5 == 0 {
+            tt["intervals"] =
+                json!([{"from": "2026-10-25 10:00:00Z", "to": "2026-10-26 03:00:00Z"}]);
+        }
+        if i % 4 != 3 {
+            let dates = [
+                json!([{"from": "2026-10-25", "to": "2026-10-26"}]),
+                json!([{"from": "2026-10-27"}, {"from": "2026-10-31"}]),
+            ][i % 2]
+                .clone();
+            let windows = match i % 3 {
+                0 => json!([]),
+                1 => json!([{"from": "22:00", "to": "06:00"}]),
+                _ => json!([{"from": format!("09:00{zone}"), "to": format!("16:00{zone}"),
+                             "breaks": [{"from": format!("12:00{zone}"), "to": format!("13:00{zone}")}]}]),
+            };
+            tt["holidays"] = json!({"dates": dates, "windows": windows});
+        }
+        rules.push(rule(i as i64, 1, None, tt));
+    }
+    let index = ScheduleIndex::build(rules.clone());
+    let groups = index.by_event[&1].holidays.as_deref().unwrap();
+    // Two sets of dates, each read in two zones (inline dates are in the script's zone).
+    assert_eq!(groups.len(), 4);
+    assert!(groups.iter().any(|g| g.windows.iter().any(|f| f.slots.is_some())));
+    let start = at("2026-10-22T00:00:00Z").timestamp();
+    let mut on_holiday = 0;
+    for k in 0..3000 {
+        let t = DateTime::<Utc>::from_timestamp(start + k * 331, 0).unwrap();
+        on_holiday += usize::from(spans_hold(&index.holidays, t.timestamp()));
+        assert_eq!(index.matches(1, 5, t), naive_matches(&rules, 1, 5, t), "at {t}");
+    }
+    assert!(on_holiday > 500, "{on_holiday} queries on a holiday");
+}

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::index::ScheduleIndex;
 use crate::index::rules::Rule;
-use crate::timetable::Timetable;
+use crate::timetable::{HolidayHit, Timetable};
 
 /// One stretch of a day with one state and reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +45,8 @@ pub struct Day {
     pub end: i64,
     /// Its stretches, in order, covering `[start, end)`.
     pub segments: Vec<Segment>,
+    /// The holiday the day is (partly) on, if any: the first one it overlaps.
+    pub holiday: Option<HolidayHit>,
 }
 
 /// The first instant of local `date` in `tz` (a midnight skipped by a DST change starts
@@ -69,11 +71,16 @@ pub fn week(timetable: Arc<Timetable>, tz: Tz, start: NaiveDate) -> Vec<Day> {
         let at = DateTime::<Utc>::from_timestamp(t, 0).unwrap_or_default();
         (!index.matches(1, 1, at).is_empty(), timetable.explain_at(t).reason)
     };
+    let holidays = timetable.holiday_spans();
     (0..7)
         .filter_map(|i| start.checked_add_days(Days::new(i)))
         .map(|date| {
             let (from, to) = (day_start(tz, date), day_start(tz, date.succ_opt().unwrap_or(date)));
-            Day { date, start: from, end: to, segments: segments(&state, from, to) }
+            let holiday = holidays
+                .iter()
+                .find(|&&(f, t)| f < to && from < t)
+                .and_then(|&(f, _)| timetable.holiday_at(f.max(from)));
+            Day { date, start: from, end: to, segments: segments(&state, from, to), holiday }
         })
         .collect()
 }
@@ -136,6 +143,11 @@ pub fn day_json(day: &Day, tz: Tz) -> Value {
         "ends_at": local(day.end),
         "hours": (day.end - day.start) as f64 / 3600.0,
         "segments": segments,
+        "holiday": day.holiday.as_ref().map(|h| json!({
+            "title": h.title(),
+            "calendar_id": h.calendar_id(),
+            "reason": h.reason(),
+        })),
     })
 }
 

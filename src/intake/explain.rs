@@ -19,8 +19,11 @@
 //! | `disabled` | no |
 //! | `camera not in filter` | no |
 //! | `in break timetable.days.N.breaks.M`, `outside days`, `outside intervals`, `outside days and intervals` | no |
+//! | on a holiday: `holiday calendar N "TITLE"`, `holiday timetable.holidays.dates.N`, `in break timetable.holidays.windows.N.breaks.M` | no |
 //! | `cooldown until T` | no |
-//! | `active in window timetable.days.N`, `in interval timetable.intervals.N` | yes |
+//! | `active in window timetable.days.N`, `in interval timetable.intervals.N`, `in holiday window timetable.holidays.windows.N` | yes |
+//!
+//! On a holiday the verdict also carries `holiday`, the holiday's name in the same words.
 //!
 //! Per recipient of a firing script: `delivers`, `snoozed until T` or `user disabled`.
 
@@ -65,6 +68,9 @@ pub struct ScriptVerdict {
     /// Per recipient of a firing script, whether it gets a delivery; empty when the script
     /// does not fire.
     pub recipients: Vec<RecipientVerdict>,
+    /// The holiday the occurrence falls on for this script (`holiday calendar 1 "New
+    /// Year"`, `holiday timetable.holidays.dates.0`), if any.
+    pub holiday: Option<String>,
 }
 
 /// Who a recipient is.
@@ -141,6 +147,7 @@ pub fn explain(
             fires,
             reason,
             recipients: Vec::new(),
+            holiday: None,
         };
         let first_error = |e: &crate::script::validation::FieldErrors| {
             let path = e.paths().next().unwrap_or("script").to_owned();
@@ -176,6 +183,11 @@ pub fn explain(
             continue;
         }
         let timetable = valid.timetable.explain_at(q.at.timestamp());
+        let holiday = valid.timetable.holiday_at(q.at.timestamp()).map(|h| h.reason());
+        let verdict = |fires: bool, reason: String| ScriptVerdict {
+            holiday: holiday.clone(),
+            ..verdict(fires, reason)
+        };
         if !matched.contains(&row.id) {
             if timetable.active {
                 // The index and the reference disagree: a defect, reported as such.
@@ -238,13 +250,17 @@ impl ScriptVerdict {
                 json!({key: value, "delivers": r.delivers, "reason": r.reason})
             })
             .collect();
-        json!({
+        let mut v = json!({
             "script_id": self.script_id,
             "title": self.title,
             "fires": self.fires,
             "reason": self.reason,
             "recipients": recipients,
-        })
+        });
+        if let (Some(h), Value::Object(m)) = (&self.holiday, &mut v) {
+            m.insert("holiday".into(), json!(h));
+        }
+        v
     }
 
     /// One line of `scriptd explain`: id, verdict, reason, title, then the recipients.
@@ -268,6 +284,9 @@ impl ScriptVerdict {
                 format!("{who} {}", r.reason)
             })
             .collect();
+        if let Some(h) = &self.holiday {
+            line.push_str(&format!(" on {h}"));
+        }
         if !recipients.is_empty() {
             line.push_str("; ");
             line.push_str(&recipients.join(", "));

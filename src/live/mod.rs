@@ -6,7 +6,8 @@
 //! - after every API write, before the API answers, so the next occurrence sees it;
 //! - by the watcher ([`Live::spawn_watcher`]) when another program changes the scripts: it
 //!   polls the `scripts_version` counter (bumped by triggers on scripts, their users, users,
-//!   permissions and the catalogs — not by the outbox's constant commits) on a dedicated
+//!   permissions, the catalogs and the holiday calendars — not by the outbox's constant
+//!   commits) on a dedicated
 //!   connection every 500 ms, and notices a replaced file (new device/inode at the path)
 //!   and reopens it.
 //!
@@ -232,7 +233,7 @@ struct Watch {
 }
 
 /// The scripts version: bumped by triggers on every write to the tables the snapshot is
-/// built from (migration 3), and by nothing else — outbox commits leave it alone.
+/// built from (migrations 3 and 9), and by nothing else — outbox commits leave it alone.
 fn data_version(conn: &rusqlite::Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT version FROM scripts_version WHERE id = 1", [], |r| r.get(0))?)
 }

@@ -5,6 +5,7 @@
 //! operator fixes a body in one round trip. The same function validates API bodies, imports
 //! and hand-edited rows, so the three can never disagree.
 
+pub mod calendar;
 pub mod validation;
 
 pub mod view;
@@ -24,7 +25,7 @@ pub use crate::index::ScheduleIndex;
 pub use crate::index::rules::Rule;
 use crate::index::rules::{parse_cameras, parse_status};
 pub use crate::timetable::Timetable;
-use crate::timetable::{ParseContext, parse_timetable as parse_timetable_model};
+use crate::timetable::{CalendarDates, ParseContext, parse_timetable as parse_timetable_model};
 
 /// Longest accepted title, in characters.
 pub const TITLE_MAX_CHARS: usize = 255;
@@ -76,6 +77,8 @@ pub struct ValidationContext<'a> {
     pub reactions: &'a HashMap<i64, Reaction>,
     /// Existing user ids.
     pub users: &'a HashSet<i64>,
+    /// Holiday calendars by id, attached to the timetables that list them.
+    pub calendars: &'a HashMap<i64, Arc<CalendarDates>>,
 }
 
 /// A valid script: its stored fields and its compiled timetable.
@@ -161,7 +164,7 @@ pub fn validate(
         Some(Value::Object(t)) => {
             let normalized = normalize_timetable(t);
             match parse_timetable(&normalized, ctx.timezone) {
-                Ok(tt) => (Some(normalized), Some(tt)),
+                Ok(tt) => (Some(normalized), attach_calendars(tt, ctx.calendars, &mut errors)),
                 Err(e) => {
                     errors.merge(e);
                     (None, None)
@@ -402,6 +405,28 @@ fn parse_timetable(value: &Value, timezone: Tz) -> Result<Arc<Timetable>, FieldE
     parse_timetable_model(value, &ParseContext { timezone }).map(Arc::new)
 }
 
+/// The timetable with its calendars attached; a listed calendar that does not exist is an
+/// error on `timetable.holidays.calendars.N`.
+fn attach_calendars(
+    tt: Arc<Timetable>,
+    calendars: &HashMap<i64, Arc<CalendarDates>>,
+    errors: &mut FieldErrors,
+) -> Option<Arc<Timetable>> {
+    if !tt.has_holidays() {
+        return Some(tt);
+    }
+    let before = errors.len();
+    for (i, id) in tt.calendar_ids().iter().enumerate() {
+        if !calendars.contains_key(id) {
+            errors.add(
+                format!("timetable.holidays.calendars.{i}"),
+                format!("calendar {id} does not exist"),
+            );
+        }
+    }
+    (errors.len() == before).then(|| Arc::new(tt.with_calendars(|id| calendars.get(&id).cloned())))
+}
+
 /// The catalogs and user ids validation checks against, loaded in one read.
 #[derive(Debug, Clone, Default)]
 pub struct Lookups {
@@ -411,6 +436,8 @@ pub struct Lookups {
     pub reactions: HashMap<i64, Reaction>,
     /// Existing user ids.
     pub users: HashSet<i64>,
+    /// Holiday calendars by id.
+    pub calendars: HashMap<i64, Arc<CalendarDates>>,
 }
 
 impl Lookups {
@@ -421,6 +448,7 @@ impl Lookups {
             events: catalog::events(conn)?.into_iter().map(|e| (e.id, e)).collect(),
             reactions: catalog::reactions(conn)?.into_iter().map(|r| (r.id, r)).collect(),
             users: users::all_ids(conn)?,
+            calendars: crate::store::calendars::all_dates(conn)?,
         })
     }
 
@@ -431,6 +459,7 @@ impl Lookups {
             events: &self.events,
             reactions: &self.reactions,
             users: &self.users,
+            calendars: &self.calendars,
         }
     }
 }

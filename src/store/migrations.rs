@@ -283,8 +283,38 @@ CREATE INDEX deliveries_due_webhook ON deliveries(next_attempt_at)
   WHERE state = 'pending' AND target LIKE '{"kind":"webhook"%';
 "#;
 
-const MIGRATIONS: &[M<'static>] =
-    &[M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5), M::up(V6), M::up(V7), M::up(V8)];
+/// Migration 9: holiday calendars (named lists of dates, owned like scripts). A change to a
+/// calendar bumps `scripts_version`, so the running daemons rebuild their snapshot.
+const V9: &str = r#"
+CREATE TABLE calendars (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL,
+  timezone TEXT NOT NULL,
+  dates TEXT NOT NULL DEFAULT '[]',
+  owner_id INTEGER REFERENCES users(id) ON DELETE SET NULL,
+  created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%S', 'now')),
+  updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%S', 'now'))
+);
+CREATE INDEX calendars_owner ON calendars(owner_id);
+CREATE TRIGGER scripts_version_calendars_insert AFTER INSERT ON calendars
+BEGIN UPDATE scripts_version SET version = version + 1; END;
+CREATE TRIGGER scripts_version_calendars_update AFTER UPDATE ON calendars
+BEGIN UPDATE scripts_version SET version = version + 1; END;
+CREATE TRIGGER scripts_version_calendars_delete AFTER DELETE ON calendars
+BEGIN UPDATE scripts_version SET version = version + 1; END;
+"#;
+
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(V1),
+    M::up(V2),
+    M::up(V3),
+    M::up(V4),
+    M::up(V5),
+    M::up(V6),
+    M::up(V7),
+    M::up(V8),
+    M::up(V9),
+];
 
 /// The schema version this binary writes and understands.
 pub fn latest_version() -> usize {

@@ -14,6 +14,7 @@
 //! connections per file so a database file replaced under the daemon is switched to
 //! safely (see [`Conn`]).
 
+pub mod calendars;
 pub mod catalog;
 pub mod checkpoint;
 pub mod deliveries;

@@ -83,8 +83,24 @@ pub(crate) fn window_pieces(axis: &Axis) -> Vec<(i64, i64)> {
 /// Compiles a timetable's day entries into week spans per frame, or `None` when an entry
 /// needs per-date conversion (the rule then takes the reference evaluation).
 pub(crate) fn compile_days(tt: &Timetable) -> Option<Vec<FrameSpans>> {
+    compile_entries(&tt.days)
+}
+
+/// Compiles a timetable's holiday windows (every-day windows, read only while the instant
+/// is on a holiday) into week spans per frame, exactly as [`compile_days`] compiles day
+/// entries; empty without holidays, `None` when a window needs per-date conversion.
+pub(crate) fn compile_holiday_windows(tt: &Timetable) -> Option<Vec<FrameSpans>> {
+    match &tt.holidays {
+        Some(h) => compile_entries(&h.windows),
+        None => Some(Vec::new()),
+    }
+}
+
+/// Compiles day entries into week spans per frame, or `None` when one needs per-date
+/// conversion.
+fn compile_entries(entries: &[DayEntry]) -> Option<Vec<FrameSpans>> {
     let mut frames: Vec<FrameSpans> = Vec::new();
-    for entry in &tt.days {
+    for entry in entries {
         let (frame, shift) = frame_of(entry.zone);
         let pieces = static_pieces(entry)?;
         let slot = match frames.iter().position(|f| f.frame == frame) {

@@ -14,11 +14,14 @@
 //! Time is always an argument: nothing here reads the clock.
 
 pub(crate) mod compile;
+pub mod holidays;
+pub mod ical;
 mod parse;
 pub mod zone;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc, Weekday};
 
+pub use holidays::{CalendarDates, DateRange, HolidayHit};
 pub use parse::{ParseContext, parse_timetable};
 pub use zone::Zone;
 
@@ -29,6 +32,8 @@ use zone::{DAY, at_seconds};
 pub struct Timetable {
     pub(crate) days: Vec<DayEntry>,
     pub(crate) intervals: Vec<Interval>,
+    /// `holidays`, when written.
+    pub(crate) holidays: Option<holidays::Holidays>,
 }
 
 /// Which days a day entry applies to (the day its window starts on).
@@ -208,44 +213,27 @@ impl Timetable {
 
     /// Active at `t`, and the rule that decided.
     pub fn explain_at(&self, t: i64) -> Verdict {
-        let mut in_break: Option<String> = None;
-        for (i, entry) in self.days.iter().enumerate() {
-            let today = entry.zone.local(t).date();
-            for date in [today - Duration::days(1), today] {
-                if !entry.kind.applies(date.weekday()) {
-                    continue;
-                }
-                let Some(axis) = entry.axis_on(date) else { continue };
-                let start = entry.zone.resolve_early(at_seconds(date, axis.from));
-                let end = entry.zone.resolve_late(at_seconds(date, axis.to));
-                if !(start <= t && t < end) {
-                    continue;
-                }
-                let hit = axis.breaks.iter().position(|&(bf, bt)| {
-                    let bs = entry.zone.resolve_early(at_seconds(date, bf));
-                    let be = entry.zone.resolve_late(at_seconds(date, bt));
-                    bs <= t && t < be
-                });
-                match hit {
-                    None => {
-                        return Verdict {
-                            active: true,
-                            reason: format!("in window timetable.days.{i}"),
-                        };
-                    }
-                    Some(j) => {
-                        in_break.get_or_insert_with(|| {
-                            format!("in break timetable.days.{i}.breaks.{j}")
-                        });
-                    }
-                }
-            }
-        }
+        let holiday = self.holiday_at(t);
+        let (entries, window, brk) = match (&holiday, &self.holidays) {
+            (Some(_), Some(h)) => (
+                &h.windows[..],
+                "in holiday window timetable.holidays.windows",
+                "timetable.holidays.windows",
+            ),
+            _ => (&self.days[..], "in window timetable.days", "timetable.days"),
+        };
+        let in_break = match window_at(entries, t) {
+            Ok(i) => return Verdict { active: true, reason: format!("{window}.{i}") },
+            Err(hit) => hit.map(|(i, j)| format!("in break {brk}.{i}.breaks.{j}")),
+        };
         if let Some(k) = self.intervals.iter().position(|iv| iv.from <= t && t < iv.to) {
             return Verdict {
                 active: true,
                 reason: format!("in interval timetable.intervals.{k}"),
             };
+        }
+        if let Some(h) = holiday {
+            return Verdict { active: false, reason: in_break.unwrap_or_else(|| h.reason()) };
         }
         let reason = match (in_break, self.days.is_empty(), self.intervals.is_empty()) {
             (Some(b), _, _) => b,
@@ -265,6 +253,38 @@ impl Timetable {
     pub fn interval_count(&self) -> usize {
         self.intervals.len()
     }
+}
+
+/// The first entry with a window containing `t` outside its breaks (`Ok(entry)`), else the
+/// first break containing it (`Err(Some((entry, break)))`).
+fn window_at(entries: &[DayEntry], t: i64) -> Result<usize, Option<(usize, usize)>> {
+    let mut in_break = None;
+    for (i, entry) in entries.iter().enumerate() {
+        let today = entry.zone.local(t).date();
+        for date in [today - Duration::days(1), today] {
+            if !entry.kind.applies(date.weekday()) {
+                continue;
+            }
+            let Some(axis) = entry.axis_on(date) else { continue };
+            let start = entry.zone.resolve_early(at_seconds(date, axis.from));
+            let end = entry.zone.resolve_late(at_seconds(date, axis.to));
+            if !(start <= t && t < end) {
+                continue;
+            }
+            let hit = axis.breaks.iter().position(|&(bf, bt)| {
+                let bs = entry.zone.resolve_early(at_seconds(date, bf));
+                let be = entry.zone.resolve_late(at_seconds(date, bt));
+                bs <= t && t < be
+            });
+            match hit {
+                None => return Ok(i),
+                Some(j) => {
+                    in_break.get_or_insert((i, j));
+                }
+            }
+        }
+    }
+    Err(in_break)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Weekday};
 use chrono_tz::Tz;
 use serde_json::Value;
 
+use super::holidays::parse_holidays;
 use super::zone::Zone;
 use super::{Axis, AxisError, Bound, Break, DayEntry, DayKind, Interval, Timetable};
 use crate::script::validation::FieldErrors;
@@ -210,18 +211,43 @@ fn parse_day(
     ctx: &ParseContext,
     errors: &mut FieldErrors,
 ) -> Option<DayEntry> {
+    parse_entry(value, path, ctx, errors, true)
+}
+
+/// Parses a holiday window: a day entry without `type` (read as every day).
+pub(super) fn parse_window(
+    value: &Value,
+    path: &str,
+    ctx: &ParseContext,
+    errors: &mut FieldErrors,
+) -> Option<DayEntry> {
+    parse_entry(value, path, ctx, errors, false)
+}
+
+fn parse_entry(
+    value: &Value,
+    path: &str,
+    ctx: &ParseContext,
+    errors: &mut FieldErrors,
+    typed: bool,
+) -> Option<DayEntry> {
     let Value::Object(obj) = value else {
-        errors.add(path, "must be an object with type, from, to and breaks");
+        let keys = if typed { "type, from, to and breaks" } else { "from, to and breaks" };
+        errors.add(path, format!("must be an object with {keys}"));
         return None;
     };
     let before = errors.len();
-    let kind = string_field(obj, "type", path, errors).and_then(|s| {
-        let k = parse_kind(s);
-        if k.is_none() {
-            errors.add(format!("{path}.type"), DAY_TYPES);
-        }
-        k
-    });
+    let kind = if typed {
+        string_field(obj, "type", path, errors).and_then(|s| {
+            let k = parse_kind(s);
+            if k.is_none() {
+                errors.add(format!("{path}.type"), DAY_TYPES);
+            }
+            k
+        })
+    } else {
+        Some(DayKind::EveryDay)
+    };
     let from = time_field(obj, "from", path, errors);
     let to = time_field(obj, "to", path, errors);
     let mut breaks_written = Vec::new();
@@ -361,10 +387,16 @@ pub fn parse_timetable(value: &Value, ctx: &ParseContext) -> Result<Timetable, F
             intervals.push(interval);
         }
     }
+    // The script's zone: its first day entry's, else `timezone`.
+    let zone = days.first().map_or_else(|| Zone::from_tz(ctx.timezone), |d| d.zone);
+    let holidays = match obj.get("holidays") {
+        None | Some(Value::Null) => None,
+        Some(h) => parse_holidays(h, zone, ctx, &mut errors),
+    };
     if errors.is_empty() && days.is_empty() && intervals.is_empty() {
         errors.add("timetable", "needs at least one entry in days or intervals");
     }
-    errors.into_result(Timetable { days, intervals })
+    errors.into_result(Timetable { days, intervals, holidays })
 }
 
 #[cfg(test)]

@@ -39,6 +39,9 @@ pub enum Command {
     /// List, export and import scripts.
     #[command(subcommand)]
     Scripts(ScriptsCommand),
+    /// Holiday calendars: list them, import an iCalendar file into one.
+    #[command(subcommand)]
+    Calendars(CalendarsCommand),
     /// Timetable tools for operators.
     #[command(subcommand)]
     Timetable(TimetableCommand),
@@ -136,6 +139,21 @@ pub enum ScriptsCommand {
         /// Owner of the scripts whose object has no `owner_id`.
         #[arg(long, value_name = "ID")]
         owner: Option<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CalendarsCommand {
+    /// One line per calendar: id, owner, zone, number of dates, name.
+    List,
+    /// Add the all-day events of an iCalendar (RFC 5545) file to a calendar, as the API's
+    /// `POST /calendars/{id}/import` does.
+    Import {
+        /// The calendar's id.
+        #[arg(long, value_name = "ID")]
+        calendar: i64,
+        /// The `.ics` file.
+        file: PathBuf,
     },
 }
 
@@ -263,9 +281,22 @@ pub struct MatchArgs {
     /// Timed passes (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub passes: usize,
+    /// Fraction of the scripts (0 to 1) whose timetable lists a holiday calendar.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub holiday_fraction: f64,
+    /// Dates in that calendar (one-day holidays spread over the year).
+    #[arg(long, default_value_t = 30)]
+    pub holiday_dates: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|f| (0.0..=1.0).contains(f))
+        .ok_or_else(|| format!("{s:?} is not a fraction between 0 and 1"))
 }
 
 pub fn parse_rfc3339(s: &str) -> Result<DateTime<FixedOffset>, String> {

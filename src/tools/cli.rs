@@ -142,4 +142,29 @@ mod tests {
         let out = timetable_check(s, &[at("2026-12-01T10:30:00Z")], &ParseContext::default());
         assert_eq!(out.stdout, "2026-12-01T10:30:00Z active in interval timetable.intervals.0\n");
     }
+
+    #[test]
+    fn inline_holiday_dates() {
+        let tt = r#"{"days":[{"type":"weekdays","from":"08:00Z","to":"20:00Z"}],
+            "holidays":{"dates":[{"from":"2026-05-01","title":"Labour Day"}],"windows":[{"from":"10:00Z","to":"14:00Z"}]}}"#;
+        let out = timetable_check(
+            tt,
+            &[at("2026-05-01T09:00:00Z"), at("2026-05-01T11:00:00Z"), at("2026-05-04T09:00:00Z")],
+            &ParseContext::default(),
+        );
+        assert_eq!(out.exit_code, 0, "{}", out.stdout);
+        assert_eq!(
+            out.stdout,
+            "2026-05-01T09:00:00Z inactive holiday timetable.holidays.dates.0\n\
+             2026-05-01T11:00:00Z active in holiday window timetable.holidays.windows.0\n\
+             2026-05-04T09:00:00Z active in window timetable.days.0\n"
+        );
+        let out = timetable_check(
+            r#"{"days":[{"type":"weekdays","from":"08:00","to":"20:00"}],"holidays":{"dates":[{"from":"May 1"}]}}"#,
+            &[],
+            &ParseContext::default(),
+        );
+        assert_eq!(out.exit_code, 1);
+        assert!(out.stdout.contains("timetable.holidays.dates.0.from"), "{}", out.stdout);
+    }
 }

@@ -130,6 +130,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             scripts_command(cmd, &settings.database.path, settings.timezone.tz())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Calendars(cmd) => {
+            let settings = load_settings(cli.config.as_deref())?;
+            super::calendars::run(cmd, &settings.database.path)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Explain(args) => {
             let settings = load_sqlite_settings(cli.config.as_deref(), "explain")?;
             let store = crate::store::Store::migrate(&settings.database.path)?;
@@ -182,6 +187,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 seed: a.seed,
                 naive_sample: a.naive_sample,
                 passes: a.passes,
+                holidays: crate::bench::synth::HolidayMix {
+                    fraction: a.holiday_fraction,
+                    dates: a.holiday_dates,
+                },
             })
             .map_err(anyhow::Error::msg)?;
             print_report(&report, a.json)?;

@@ -86,11 +86,13 @@ fn title_with_control_characters_is_refused() {
         panic!("test body")
     };
     let (events, reactions, users) = (HashMap::new(), HashMap::new(), HashSet::new());
+    let calendars = HashMap::new();
     let ctx = ValidationContext {
         timezone: chrono_tz::UTC,
         events: &events,
         reactions: &reactions,
         users: &users,
+        calendars: &calendars,
     };
     let e = validate(&body, &ctx).unwrap_err();
     assert_eq!(

@@ -44,6 +44,7 @@ mod support;
 // API
 mod api_abuse;
 mod api_accounts;
+mod api_calendars;
 mod api_connection_limits;
 mod api_https;
 mod api_logs;
@@ -85,6 +86,7 @@ mod explain_matches_pipeline;
 mod index_matches_naive;
 
 // Store
+mod store_calendars;
 mod store_cli;
 mod store_live;
 mod store_migrations;

@@ -49,6 +49,7 @@ struct Case {
     path: String,
     body: Option<Vec<u8>>,
     token: bool,
+    content_type: &'static str,
 }
 
 fn case(method: Method, path: &str, body: Option<Value>) -> Case {
@@ -57,6 +58,7 @@ fn case(method: Method, path: &str, body: Option<Value>) -> Case {
         path: path.to_owned(),
         body: body.map(|b| b.to_string().into_bytes()),
         token: true,
+        content_type: "application/json",
     }
 }
 
@@ -155,6 +157,35 @@ async fn every_route_answers_as_the_openapi_file_says() {
         case(Method::GET, "/healthz", None),
         case(Method::GET, "/livez", None),
         case(Method::GET, "/metrics", None),
+        case(Method::POST, "/api/v1/calendars", Some(json!({"name": "Holidays", "dates": [{"from": "2027-01-01", "title": "New Year"}]}))),
+        case(Method::POST, "/api/v1/calendars", Some(json!({"name": "", "timezone": "Nowhere"}))),
+        case(Method::GET, "/api/v1/calendars", None),
+        case(Method::GET, "/api/v1/calendars/1", None),
+        case(Method::GET, "/api/v1/calendars/999", None),
+        case(Method::PUT, "/api/v1/calendars/1", Some(json!({"name": "Public holidays"}))),
+        case(Method::PATCH, "/api/v1/calendars/1", Some(json!({"dates": [{"from": "2027-01-01", "to": "2027-01-08"}]}))),
+        case(Method::PATCH, "/api/v1/calendars/1", Some(json!({"dates": [{"from": "x"}]}))),
+        Case {
+            content_type: "text/calendar",
+            body: Some(b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:a\r\nDTSTART;VALUE=DATE:20270501\r\nSUMMARY:Labour Day\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n".to_vec()),
+            ..case(Method::POST, "/api/v1/calendars/1/import", None)
+        },
+        Case {
+            content_type: "text/calendar",
+            body: Some(b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:t\r\nDTSTART:20270501T100000Z\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n".to_vec()),
+            ..case(Method::POST, "/api/v1/calendars/1/import", None)
+        },
+        Case {
+            content_type: "text/calendar",
+            body: Some(vec![b'a'; 1024 * 1024 + 1]),
+            ..case(Method::POST, "/api/v1/calendars/1/import", None)
+        },
+        case(Method::POST, "/api/v1/scripts", Some(json!({
+            "reaction_id": 2, "event_id": 3, "title": "holidays", "status": "active", "cameras": null, "users": [1],
+            "timetable": {"days": [{"type": "weekdays", "from": "08:00", "to": "20:00"}],
+                          "holidays": {"calendars": [1], "windows": [{"from": "10:00", "to": "16:00"}]}}}))),
+        case(Method::DELETE, "/api/v1/calendars/1", None),
+        case(Method::DELETE, "/api/v1/calendars/999", None),
         case(Method::DELETE, "/api/v1/scripts/999", None),
         case(Method::DELETE, &format!("/api/v1/scripts/{sid}"), None),
         Case { token: false, ..case(Method::DELETE, "/api/v1/scripts/1", None) },
@@ -170,7 +201,7 @@ async fn every_route_answers_as_the_openapi_file_says() {
             req = req.bearer_auth(&daemon.token);
         }
         if let Some(body) = c.body {
-            req = req.header("Content-Type", "application/json").body(body);
+            req = req.header("Content-Type", c.content_type).body(body);
         }
         let resp = req.send().await.expect("request to the daemon");
         let status = resp.status().as_u16();

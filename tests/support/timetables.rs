@@ -129,3 +129,61 @@ pub fn instant() -> impl Strategy<Value = i64> {
     )
         .prop_map(|(c, minutes, delta)| center(c) + minutes * 60 + delta)
 }
+
+/// A local date near one of the [`CENTERS`] (±3 days), as `YYYY-MM-DD`, and a range of 1–3
+/// days from it.
+pub fn date_range() -> impl Strategy<Value = Value> {
+    (0usize..CENTERS.len(), -3i64..=3, 0i64..3, any::<bool>()).prop_map(
+        |(c, shift, len, titled)| {
+            let day = |d: i64| {
+                DateTime::<Utc>::from_timestamp(center(c) + d * 86_400, 0)
+                    .unwrap_or_default()
+                    .format("%Y-%m-%d")
+                    .to_string()
+            };
+            let mut v = json!({"from": day(shift), "to": day(shift + len)});
+            if titled {
+                v["title"] = json!(format!("Holiday {c}{shift}"));
+            }
+            v
+        },
+    )
+}
+
+/// A holiday window: a day entry without `type`.
+pub fn holiday_window() -> impl Strategy<Value = Value> {
+    day_entry().prop_map(|mut d| {
+        if let Value::Object(m) = &mut d {
+            m.remove("type");
+        }
+        d
+    })
+}
+
+/// `timetable.holidays` listing some of the calendars `1..=calendars`, inline dates and
+/// 0–2 holiday windows.
+pub fn holidays(calendars: i64) -> impl Strategy<Value = Value> {
+    (
+        prop::collection::btree_set(1i64..=calendars.max(1), 0..3),
+        prop::collection::vec(date_range(), 0..3),
+        prop::collection::vec(holiday_window(), 0..3),
+    )
+        .prop_map(|(cals, dates, windows)| {
+            json!({"calendars": cals.into_iter().collect::<Vec<_>>(), "dates": dates, "windows": windows})
+        })
+}
+
+/// A timetable that may have holidays (70 %) over calendars `1..=calendars`.
+pub fn timetable_with_holidays(calendars: i64) -> impl Strategy<Value = Value> {
+    (timetable(), prop::option::weighted(0.7, holidays(calendars))).prop_map(|(mut tt, h)| {
+        if let Some(h) = h {
+            tt["holidays"] = h;
+        }
+        tt
+    })
+}
+
+/// A calendar's contents: a zone of [`ZONES`] and 1–6 date ranges near the [`CENTERS`].
+pub fn calendar() -> impl Strategy<Value = (usize, Vec<Value>)> {
+    (0usize..ZONES.len(), prop::collection::vec(date_range(), 1..6))
+}
