@@ -220,6 +220,9 @@ fn store_copy_moves_every_kind_of_row_once_and_refuses_a_non_empty_target() {
            INSERT INTO scripts (id, title, event_id, reaction_id, status, cameras, timetable,
                                 extra, owner_id)
              VALUES (7, 'Gate', 1, 2, 'active', '[1,2]', '{"days":[]}', '{"b":1,"a":2}', 1);
+           INSERT INTO calendars (id, name, timezone, dates, owner_id) VALUES
+             (3, 'Holidays', 'Europe/Berlin',
+              '[{"from":"2026-12-25","to":"2026-12-26","title":"Christmas"}]', 1);
            INSERT INTO script_users VALUES (7, 5, 0), (7, 3, 1);
            INSERT INTO deleted_scripts (id, owner_id) VALUES (4, 1);
            INSERT INTO snoozes (id, script_id, scope, user_id, camera_id, starts_at, until)
@@ -248,6 +251,7 @@ fn store_copy_moves_every_kind_of_row_once_and_refuses_a_non_empty_target() {
         "user_permissions: 2",
         "api_tokens: 1",
         "scripts: 1",
+        "calendars: 1",
         "script_users: 2",
         "deleted_scripts: 1",
         "snoozes: 1",
@@ -277,6 +281,10 @@ fn store_copy_moves_every_kind_of_row_once_and_refuses_a_non_empty_target() {
             "SELECT string_agg(id || ':' || channel || ':' || attempts, ',' ORDER BY seq) FROM deliveries"
         ),
         "d-push:push:2,d-tg:telegram:0"
+    );
+    assert_eq!(
+        q("SELECT name || ' ' || timezone || ' ' || owner_id || ' ' || dates FROM calendars"),
+        r#"Holidays Europe/Berlin 1 [{"from":"2026-12-25","to":"2026-12-26","title":"Christmas"}]"#
     );
     assert_eq!(q("SELECT camera_id || until FROM snoozes"), "172");
     assert_eq!(q("SELECT fired_at || occurrence_id FROM cooldowns"), "1000occ-1");

@@ -2,7 +2,7 @@
 //!
 //! Everything but the finished deliveries is copied in one transaction: the catalogs (the
 //! target's seeded rows are replaced by the source's, operators' edits included), users,
-//! permissions, tokens, scripts and their users, deleted scripts' owners, snoozes, cooldown
+//! permissions, tokens, scripts and their users, calendars, deleted scripts' owners, snoozes, cooldown
 //! state and the pending deliveries (in their enqueue order). A target holding any row of
 //! its own beyond the seeded catalogs is refused before anything is written. Identity
 //! sequences are moved past the copied ids.
@@ -121,6 +121,20 @@ const TABLES: &[Table] = &[
         ],
     },
     Table {
+        name: "calendars",
+        select: "SELECT id, name, timezone, dates, owner_id, created_at, updated_at
+                 FROM calendars ORDER BY id",
+        columns: &[
+            ("id", Int),
+            ("name", Text),
+            ("timezone", Text),
+            ("dates", Text),
+            ("owner_id", Int),
+            ("created_at", Text),
+            ("updated_at", Text),
+        ],
+    },
+    Table {
         name: "script_users",
         select: "SELECT script_id, user_id, position FROM script_users ORDER BY script_id, user_id",
         columns: &[("script_id", Int), ("user_id", Int), ("position", Int4)],
@@ -192,6 +206,7 @@ const OWN_ROWS: &[&str] = &[
     "user_permissions",
     "api_tokens",
     "scripts",
+    "calendars",
     "script_users",
     "deleted_scripts",
     "snoozes",
@@ -305,6 +320,7 @@ pub async fn copy(from: &Store, to: &PgStore) -> Result<Counts, StoreError> {
         "users",
         "api_tokens",
         "scripts",
+        "calendars",
         "snoozes",
     ]))
     .await

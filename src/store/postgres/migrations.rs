@@ -14,7 +14,10 @@ use crate::store::StoreError;
 use crate::store::catalog::{DEFAULT_EVENTS, DEFAULT_PERMISSIONS, DEFAULT_REACTIONS};
 
 /// Every migration, oldest first: (version, SQL). Append only; never edit a released one.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_schema.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_schema.sql")),
+    (2, include_str!("migrations/0002_calendars.sql")),
+];
 
 /// The advisory lock key held while migrating: the ASCII bytes of `scriptm` and a zero
 /// byte (8314615134239878400).
