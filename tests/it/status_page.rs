@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::support::TestClient;
 use crate::support::daemon::{Daemon, DaemonOptions, script};
 use crate::support::webhook_receiver::WebhookReceiver;
+use chrono::Datelike;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -149,8 +150,26 @@ async fn walkthrough(https: bool) {
     } else {
         (Daemon::start(DaemonOptions::default()).await, Vec::new())
     };
+    // A holiday calendar with this week's Wednesday (the daemon's zone is UTC) in it: the
+    // office script keeps holiday hours 10:00-16:00 that day instead of its weekday hours.
+    let today = chrono::Utc::now().date_naive();
+    let monday = today - chrono::Duration::days(i64::from(today.weekday().num_days_from_monday()));
+    let wednesday = (monday + chrono::Duration::days(2)).to_string();
+    let calendar = d
+        .client()
+        .post(d.url("/calendars"))
+        .bearer_auth(&d.token)
+        .json(&json!({"name": "Public holidays", "timezone": "UTC",
+                      "dates": [{"from": wednesday, "to": wednesday, "title": "Founders' Day"}]}))
+        .send()
+        .await
+        .expect("POST /calendars");
+    assert_eq!(calendar.status(), 201);
+    let calendar = calendar.json::<Value>().await.expect("json")["id"].as_i64().expect("id");
     let office = json!({"days": [{"type": "same_every_day", "from": "08:00Z", "to": "18:00Z",
-                                  "breaks": [{"from": "12:00Z", "to": "13:00Z"}]}]});
+                                  "breaks": [{"from": "12:00Z", "to": "13:00Z"}]}],
+                        "holidays": {"calendars": [calendar],
+                                     "windows": [{"from": "10:00Z", "to": "16:00Z"}]}});
     let office = d.create_script(&script("office", SIDEBAR, FACE, &[1], office)).await["id"]
         .as_i64()
         .expect("id");
@@ -304,25 +323,25 @@ async fn walkthrough(https: bool) {
     let window = days[0].find(Locator::Css(".seg.on")).await.expect("a window");
     assert!(attr(&window, "title").await.starts_with("08:00–12:00 UTC: active, in window"));
 
-    // A day a holiday calendar marks (the week endpoint's `holiday` object) is a column of its
-    // own colour with the holiday's name; a day without the key is an ordinary day. The
-    // week is redrawn from the loaded answer with one day given a holiday.
-    let third = attr(&days[2], "data-date").await;
-    c.execute(
-        "state.week.days[2].holiday = {title: 'New Year', calendar_id: 1, \
-         reason: 'holiday calendar 1 \"New Year\"'}; drawWeek();",
-        vec![],
-    )
-    .await
-    .expect("redraw with a holiday");
+    // The day the calendar marks (the week endpoint's `holiday` object) is a column of its
+    // own colour with the holiday's name, drawn with the holiday hours.
     let marked = c.find_all(Locator::Css("#week-grid .day.holiday")).await.expect("holidays");
     assert_eq!(marked.len(), 1);
-    assert_eq!(attr(&marked[0], "data-date").await, third);
+    assert_eq!(attr(&marked[0], "data-date").await, wednesday);
+    assert_eq!(attr(&days[2], "data-date").await, wednesday);
     let label = marked[0].find(Locator::Css(".holiday-label")).await.expect("a label");
-    assert_eq!(label.text().await.expect("text"), "Holiday: New Year");
-    assert_eq!(attr(&label, "title").await, "holiday calendar 1 \"New Year\"");
-    shot(&c, "03-week-holiday").await;
-    c.execute("delete state.week.days[2].holiday; drawWeek();", vec![]).await.expect("redraw");
+    assert_eq!(label.text().await.expect("text"), "Holiday: Founders' Day");
+    assert_eq!(
+        attr(&label, "title").await,
+        format!("holiday calendar {calendar} \"Founders' Day\"")
+    );
+    let window = marked[0].find(Locator::Css(".seg.on")).await.expect("the holiday window");
+    let title = attr(&window, "title").await;
+    assert!(
+        title
+            .starts_with("10:00–16:00 UTC: active, in holiday window timetable.holidays.windows.0"),
+        "{title}"
+    );
     shot(&c, "03-week").await;
 
     // Live: an occurrence published now appears within 2 s.
