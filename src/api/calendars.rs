@@ -18,7 +18,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::blocking;
-use super::handlers::json_object;
+use super::handlers::{json_object, reload_after_write};
 use crate::script::calendar::{MAX_DATES, validate_calendar};
 use crate::script::validation::FieldErrors;
 use crate::store::calendars::{self, StoredCalendar};
@@ -41,12 +41,6 @@ fn owned(
     Ok(calendars::get(conn, id)?.filter(|c| caller.reaches_owner(c.owner_id)))
 }
 
-async fn reload(state: &AppState) {
-    if let Err(e) = state.live.reload().await {
-        tracing::error!(error = %e, "reloading after a calendar write failed; the watcher will retry");
-    }
-}
-
 /// `POST /calendars`: 201 with the calendar.
 pub async fn create(
     State(state): State<AppState>,
@@ -65,7 +59,7 @@ pub async fn create(
         })?)
     })
     .await?;
-    reload(&state).await;
+    reload_after_write(&state).await;
     Ok((StatusCode::CREATED, Json(view.to_json())).into_response())
 }
 
@@ -139,7 +133,7 @@ pub async fn update(
         })?
     })
     .await?;
-    reload(&state).await;
+    reload_after_write(&state).await;
     Ok(Json(view.to_json()))
 }
 
@@ -175,7 +169,7 @@ pub async fn destroy(
     .await??;
     match answer {
         None => {
-            reload(&state).await;
+            reload_after_write(&state).await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Some((named, total)) => {
@@ -251,7 +245,7 @@ pub async fn import(
         })?)
     })
     .await??;
-    reload(&state).await;
+    reload_after_write(&state).await;
     let (cal, added) = answer;
     let mut view = cal.to_json();
     if let Value::Object(m) = &mut view {

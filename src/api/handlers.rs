@@ -101,7 +101,9 @@ fn lookups_for(conn: &Connection, caller: &Caller) -> Result<Lookups, StoreError
     Ok(lookups)
 }
 
-async fn reload_after_write(state: &AppState) {
+/// Rebuilds the live snapshot after an API write (scripts, calendars), so the next
+/// occurrence sees it; on failure the watcher picks the change up on its next look.
+pub(super) async fn reload_after_write(state: &AppState) {
     if let Err(e) = state.live.reload().await {
         tracing::error!(error = %e, "reloading scripts after an API write failed; the watcher will retry");
     }
