@@ -460,7 +460,7 @@ async fn a_replaced_database_file_is_reopened_and_loses_nothing() {
     vms.publish(TOPIC, occ(N)).await;
     vms.wait_acked(30).await;
     let last = format!("seq-{N}");
-    let to_op = within(30, "a push from the script only the new file has", async {
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let got = op.all().await;
             if got.iter().any(|p| p["occurrence_id"] == last.as_str()) {
@@ -470,6 +470,15 @@ async fn a_replaced_database_file_is_reopened_and_loses_nothing() {
         }
     })
     .await;
+    let Ok(to_op) = waited else {
+        let log = d.log();
+        panic!(
+            "no push of {last} from the script only the new file has within 30 s; \
+             the operator got {} pushes\n{}",
+            op.all().await.len(),
+            &log[log.len().saturating_sub(20_000)..]
+        );
+    };
     let early: Vec<&str> = to_op
         .iter()
         .filter_map(|p| p["occurrence_id"].as_str())
