@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
@@ -170,7 +170,6 @@ pub async fn start(
             .map_err(store_err)?
     };
     health.set_up(health::STORE);
-    live.spawn_watcher(live::POLL_INTERVAL, stop_rest.clone().cancelled_owned());
     let live_settings = Arc::new(ArcSwap::from_pointee(settings.live_part()));
 
     // HTTP API: ready before the broker is.
@@ -248,6 +247,8 @@ pub async fn start(
         DispatcherConfig {
             progress: Some(beat_for(health::DISPATCHERS)),
             health: Some(health.clone()),
+            // Outside writes wake it through the watcher (below).
+            poll_interval: DISPATCH_POLL,
             ..DispatcherConfig::from_settings(&settings.delivery)
         },
         live_settings.clone(),
@@ -280,9 +281,11 @@ pub async fn start(
         None,
         stop_rest.clone().cancelled_owned(),
     );
+    let checkpoint_wake = Arc::new(Notify::new());
     tokio::spawn(run_checkpoints(
         Checkpointer::new(store.clone()),
         checkpoint::CHECKPOINT_PERIOD,
+        checkpoint_wake.clone(),
         stop_rest.clone().cancelled_owned(),
     ));
     tokio::spawn(probe_store(
@@ -300,13 +303,33 @@ pub async fn start(
     )
     .map_err(store_err)?;
     let intake_progress = beat_for(INTAKE);
-    let wake = dispatcher.clone();
+    let intake_replaced = Arc::new(Notify::new());
+    let (wake, written) = (dispatcher.clone(), checkpoint_wake.clone());
     let intake_task = tokio::spawn(intake::run(
         intake,
         incoming,
-        move || wake.notify(),
+        move || {
+            wake.notify();
+            written.notify_one();
+        },
         move || intake_progress.beat(),
+        intake_replaced.clone(),
     ));
+    // The watcher's looks stand in for the other components' polls: a commit by another
+    // connection or program (rows nobody handed over, log pages to copy) and a replaced
+    // file (connections to let go) wake whoever has to act.
+    let wake = dispatcher.clone();
+    live.spawn_watcher_with(
+        live::POLL_INTERVAL,
+        move |seen| {
+            wake.notify();
+            checkpoint_wake.notify_one();
+            if seen == live::Seen::Replaced {
+                intake_replaced.notify_one();
+            }
+        },
+        stop_rest.clone().cancelled_owned(),
+    );
 
     if let Some(interval) = crate::ops::systemd::watchdog_enabled() {
         tokio::spawn(watchdog.run(notifier.clone(), interval, stop_rest.clone().cancelled_owned()));
@@ -380,8 +403,13 @@ impl Running {
 
 /// Name of the intake in the health registry (shown only when it stalls).
 const INTAKE: &str = "intake";
-/// How often the store is probed for `/healthz`.
-const STORE_PROBE_PERIOD: Duration = Duration::from_secs(2);
+/// How often the store is probed for `/healthz` (a new connection and one read each time).
+const STORE_PROBE_PERIOD: Duration = Duration::from_secs(5);
+/// The dispatcher's safety-net query (rows in the outbox that nobody handed over) when the
+/// watcher saw no commit: at least once per watchdog window (30 s) it turns anyway.
+const DISPATCH_POLL: Duration = Duration::from_secs(10);
+/// The longest the checkpointer waits for a write it was not told of.
+const CHECKPOINT_IDLE: Duration = Duration::from_secs(60);
 
 /// Mirrors an MQTT connection's state into the health registry (and, for the events
 /// connection, into systemd's `STATUS=`).
@@ -461,17 +489,34 @@ async fn probe_store(
     }
 }
 
-/// Runs a passive WAL checkpoint every `period` on the blocking pool (see
-/// [`crate::store::checkpoint`]) until `stop`. A failure is logged once per streak (the
-/// next runs retry; the commits' own fallback keeps the log bounded meanwhile).
+/// Runs passive WAL checkpoints on the blocking pool (see [`crate::store::checkpoint`])
+/// while the log has pages to copy, until `stop`: woken by `written` (a commit), it waits
+/// `period` (so a checkpoint covers that period's commits, not one each) and checkpoints,
+/// every `period` until a checkpoint finds the whole log copied; then it sleeps until the
+/// next `written` (at most [`CHECKPOINT_IDLE`]). An idle daemon never wakes for it. A
+/// failure is logged once per streak and retried every `period` (the commits' own fallback
+/// keeps the log bounded meanwhile).
 async fn run_checkpoints(
     mut checkpointer: Checkpointer,
     period: Duration,
+    written: Arc<Notify>,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let mut every = Every::new(period, stop);
+    tokio::pin!(stop);
     let mut failing = false;
-    while every.next().await {
+    let mut copied_all = false;
+    loop {
+        if copied_all {
+            tokio::select! {
+                () = &mut stop => return,
+                () = written.notified() => {}
+                () = tokio::time::sleep(CHECKPOINT_IDLE) => {}
+            }
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(period) => {}
+        }
         let Ok((c, result)) = tokio::task::spawn_blocking(move || {
             let r = checkpointer.run();
             (checkpointer, r)
@@ -482,6 +527,7 @@ async fn run_checkpoints(
             return;
         };
         checkpointer = c;
+        copied_all = matches!(result, Ok(done) if done.copied_frames == done.log_frames);
         match result {
             Ok(_) if failing => {
                 failing = false;
