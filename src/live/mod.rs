@@ -336,11 +336,12 @@ fn look_quickly(live: &Live) -> Quick {
 /// Returns what it saw for the watcher's callback.
 fn poll_once(live: &Live) -> Result<Option<Seen>, StoreError> {
     let mut watch = live.inner.watch.lock().unwrap_or_else(|p| p.into_inner());
-    let mut replaced = false;
     if watch.as_ref().is_some_and(|w| w.conn.is_stale()) {
-        // Replaced: close now, so the store can switch to the new file (see `Conn`).
+        // Replaced: close now, so the store can switch to the new file (see `Conn`), and
+        // say so at once: the new file opens only once every connection to the old one is
+        // closed. The next look opens it.
         *watch = None;
-        replaced = true;
+        return Ok(Some(Seen::Replaced));
     }
     if watch.is_none() {
         // (Re)opened: reload unless the snapshot was built from this very file and version
@@ -350,11 +351,10 @@ fn poll_once(live: &Live) -> Result<Option<Seen>, StoreError> {
         let c = commits(&conn)?;
         let source = Some((conn.epoch(), v));
         *watch = Some(Watch { conn, data_version: v, commits: c });
-        let saw = replaced.then_some(Seen::Replaced);
         if live.load().source == source {
-            return Ok(saw);
+            return Ok(None);
         }
-        return live.reload_locked(&mut watch).map(|()| saw.or(Some(Seen::Written)));
+        return live.reload_locked(&mut watch).map(|()| Some(Seen::Written));
     }
     let Some(w) = watch.as_mut() else { return Ok(None) };
     let c = commits(&w.conn)?;
