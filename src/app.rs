@@ -282,7 +282,7 @@ pub async fn start(
         stop_rest.clone().cancelled_owned(),
     );
     let checkpoint_wake = Arc::new(Notify::new());
-    tokio::spawn(run_checkpoints(
+    tokio::spawn(checkpoint::run_after_writes(
         Checkpointer::new(store.clone()),
         checkpoint::CHECKPOINT_PERIOD,
         checkpoint_wake.clone(),
@@ -408,8 +408,6 @@ const STORE_PROBE_PERIOD: Duration = Duration::from_secs(5);
 /// The dispatcher's safety-net query (rows in the outbox that nobody handed over) when the
 /// watcher saw no commit: at least once per watchdog window (30 s) it turns anyway.
 const DISPATCH_POLL: Duration = Duration::from_secs(10);
-/// The longest the checkpointer waits for a write it was not told of.
-const CHECKPOINT_IDLE: Duration = Duration::from_secs(60);
 
 /// Mirrors an MQTT connection's state into the health registry (and, for the events
 /// connection, into systemd's `STATUS=`).
@@ -485,60 +483,6 @@ async fn probe_store(
             Ok(Ok(())) => health.set_up(health::STORE),
             Ok(Err(e)) => health.set_down(health::STORE, format!("database: {e}")),
             Err(e) => health.set_down(health::STORE, format!("database probe failed: {e}")),
-        }
-    }
-}
-
-/// Runs passive WAL checkpoints on the blocking pool (see [`crate::store::checkpoint`])
-/// while the log has pages to copy, until `stop`: woken by `written` (a commit), it waits
-/// `period` (so a checkpoint covers that period's commits, not one each) and checkpoints,
-/// every `period` until a checkpoint finds the whole log copied; then it sleeps until the
-/// next `written` (at most [`CHECKPOINT_IDLE`]). An idle daemon never wakes for it. A
-/// failure is logged once per streak and retried every `period` (the commits' own fallback
-/// keeps the log bounded meanwhile).
-async fn run_checkpoints(
-    mut checkpointer: Checkpointer,
-    period: Duration,
-    written: Arc<Notify>,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    let mut failing = false;
-    let mut copied_all = false;
-    loop {
-        if copied_all {
-            tokio::select! {
-                () = &mut stop => return,
-                () = written.notified() => {}
-                () = tokio::time::sleep(CHECKPOINT_IDLE) => {}
-            }
-        }
-        tokio::select! {
-            () = &mut stop => return,
-            () = tokio::time::sleep(period) => {}
-        }
-        let Ok((c, result)) = tokio::task::spawn_blocking(move || {
-            let r = checkpointer.run();
-            (checkpointer, r)
-        })
-        .await
-        else {
-            tracing::error!("the WAL checkpointer panicked; checkpoints fall back to commits");
-            return;
-        };
-        checkpointer = c;
-        copied_all = matches!(result, Ok(done) if done.copied_frames == done.log_frames);
-        match result {
-            Ok(_) if failing => {
-                failing = false;
-                tracing::info!("WAL checkpoints work again");
-            }
-            Ok(_) => {}
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "cannot checkpoint the WAL; retrying");
-            }
-            Err(_) => {}
         }
     }
 }
