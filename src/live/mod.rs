@@ -241,6 +241,10 @@ impl Live {
                         }
                     }
                     Ok(Err(e)) => {
+                        if matches!(e, StoreError::Replaced) {
+                            // Someone still holds the old file: say it again until all let go.
+                            seen(Seen::Replaced);
+                        }
                         let msg = e.to_string();
                         if last_error.as_deref() != Some(msg.as_str()) {
                             tracing::warn!(error = %msg, "watching the database failed");
