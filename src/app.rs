@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
@@ -173,7 +173,6 @@ pub async fn start(
             .map_err(store_err)?
     };
     health.set_up(health::STORE);
-    live.spawn_watcher(live::POLL_INTERVAL, stop_rest.clone().cancelled_owned());
     let live_settings = Arc::new(ArcSwap::from_pointee(settings.live_part()));
 
     // HTTP API: ready before the broker is.
@@ -263,6 +262,8 @@ pub async fn start(
         DispatcherConfig {
             progress: Some(beat_for(health::DISPATCHERS)),
             health: Some(health.clone()),
+            // Outside writes wake it through the watcher (below).
+            poll_interval: DISPATCH_POLL,
             ..DispatcherConfig::from_settings(&settings.delivery)
         },
         live_settings.clone(),
@@ -297,9 +298,11 @@ pub async fn start(
         None,
         stop_rest.clone().cancelled_owned(),
     );
-    tokio::spawn(run_checkpoints(
+    let checkpoint_wake = Arc::new(Notify::new());
+    tokio::spawn(checkpoint::run_after_writes(
         Checkpointer::new(store.clone()),
         checkpoint::CHECKPOINT_PERIOD,
+        checkpoint_wake.clone(),
         stop_rest.clone().cancelled_owned(),
     ));
     tokio::spawn(probe_store(
@@ -318,13 +321,33 @@ pub async fn start(
     .map_err(store_err)?
     .with_health(health.clone());
     let intake_progress = beat_for(INTAKE);
-    let wake = dispatcher.clone();
+    let intake_replaced = Arc::new(Notify::new());
+    let (wake, written) = (dispatcher.clone(), checkpoint_wake.clone());
     let intake_task = tokio::spawn(intake::run(
         intake,
         incoming,
-        move || wake.notify(),
+        move || {
+            wake.notify();
+            written.notify_one();
+        },
         move || intake_progress.beat(),
+        intake_replaced.clone(),
     ));
+    // The watcher's looks stand in for the other components' polls: a commit by another
+    // connection or program (rows nobody handed over, log pages to copy) and a replaced
+    // file (connections to let go) wake whoever has to act.
+    let wake = dispatcher.clone();
+    live.spawn_watcher_with(
+        live::POLL_INTERVAL,
+        move |seen| {
+            wake.notify();
+            checkpoint_wake.notify_one();
+            if seen == live::Seen::Replaced {
+                intake_replaced.notify_one();
+            }
+        },
+        stop_rest.clone().cancelled_owned(),
+    );
 
     if let Some(interval) = crate::ops::systemd::watchdog_enabled() {
         tokio::spawn(watchdog.run(notifier.clone(), interval, stop_rest.clone().cancelled_owned()));
@@ -398,8 +421,11 @@ impl Running {
 
 /// Name of the intake in the health registry (shown only when it stalls).
 const INTAKE: &str = "intake";
-/// How often the store is probed for `/healthz`.
-const STORE_PROBE_PERIOD: Duration = Duration::from_secs(2);
+/// How often the store is probed for `/healthz` (a new connection and one read each time).
+const STORE_PROBE_PERIOD: Duration = Duration::from_secs(5);
+/// The dispatcher's safety-net query (rows in the outbox that nobody handed over) when the
+/// watcher saw no commit: at least once per watchdog window (30 s) it turns anyway.
+const DISPATCH_POLL: Duration = Duration::from_secs(10);
 
 /// Mirrors an MQTT connection's state, with the last connection error (e.g. a failed TLS
 /// handshake) as the reason, into the health registry (and, for the events connection,
@@ -483,42 +509,6 @@ async fn probe_store(
             Ok(Ok(())) => health.set_up(health::STORE),
             Ok(Err(e)) => health.set_down(health::STORE, format!("database: {e}")),
             Err(e) => health.set_down(health::STORE, format!("database probe failed: {e}")),
-        }
-    }
-}
-
-/// Runs a passive WAL checkpoint every `period` on the blocking pool (see
-/// [`crate::store::checkpoint`]) until `stop`. A failure is logged once per streak (the
-/// next runs retry; the commits' own fallback keeps the log bounded meanwhile).
-async fn run_checkpoints(
-    mut checkpointer: Checkpointer,
-    period: Duration,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    let mut every = Every::new(period, stop);
-    let mut failing = false;
-    while every.next().await {
-        let Ok((c, result)) = tokio::task::spawn_blocking(move || {
-            let r = checkpointer.run();
-            (checkpointer, r)
-        })
-        .await
-        else {
-            tracing::error!("the WAL checkpointer panicked; checkpoints fall back to commits");
-            return;
-        };
-        checkpointer = c;
-        match result {
-            Ok(_) if failing => {
-                failing = false;
-                tracing::info!("WAL checkpoints work again");
-            }
-            Ok(_) => {}
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "cannot checkpoint the WAL; retrying");
-            }
-            Err(_) => {}
         }
     }
 }

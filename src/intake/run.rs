@@ -2,26 +2,38 @@
 
 use super::*;
 
+/// How often an idle intake shows it is alive (the watchdog allows 30 s of silence).
+const IDLE_BEAT: Duration = Duration::from_secs(10);
+
 /// Runs the intake until the channel closes: batches, writes, then acknowledges. A database
 /// error (e.g. busy past the timeout) leaves the batch unacknowledged and retries it, so
 /// nothing is lost and the broker keeps the rest. `on_commit` runs after every commit that
-/// added deliveries (the dispatcher's wake-up); `beat` after every loop, also when idle.
+/// added deliveries (the dispatcher's wake-up); `beat` after every loop, also when idle
+/// (every [`IDLE_BEAT`]). When `replaced` is notified (the database file was replaced), an
+/// idle intake lets its connections to the old file go at once instead of at its next batch.
 pub async fn run(
     mut intake: Intake,
     mut rx: mpsc::Receiver<Incoming>,
     on_commit: impl Fn(),
     beat: impl Fn(),
+    replaced: Arc<tokio::sync::Notify>,
 ) {
     let mut batch: Vec<Incoming> = Vec::with_capacity(BATCH_MAX);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(IDLE_BEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             got = rx.recv() => match got {
                 Some(first) => batch.push(first),
                 None => return,
             },
+            () = replaced.notified() => {
+                intake.release_replaced_file();
+                continue;
+            }
             _ = tick.tick() => {
-                // Idle: a replaced database file must not wait for traffic to be let go.
+                // Idle: a replaced database file must not wait for traffic to be let go
+                // (also when nobody said so).
                 intake.release_replaced_file();
                 beat();
                 continue;

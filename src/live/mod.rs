@@ -5,11 +5,16 @@
 //! wait for a writer. The snapshot is rebuilt
 //! - after every API write, before the API answers, so the next occurrence sees it;
 //! - by the watcher ([`Live::spawn_watcher`]) when another program changes the scripts: it
-//!   polls the `scripts_version` counter (bumped by triggers on scripts, their users, users,
-//!   permissions, the catalogs and the holiday calendars — not by the outbox's constant
-//!   commits) on a dedicated
-//!   connection every 500 ms, and notices a replaced file (new device/inode at the path)
-//!   and reopens it.
+//!   looks at the database every [`POLL_INTERVAL`] on a dedicated connection, and notices a
+//!   replaced file (new device/inode at the path) and reopens it. A look is a `stat` and
+//!   `PRAGMA data_version` (which moves only when another connection committed), run on the
+//!   watcher's own task without a hop to the blocking pool: when nothing was written, an
+//!   idle daemon wakes once per look and touches no page. Only after a commit does it read
+//!   the `scripts_version` counter (bumped by triggers on scripts, their users, users,
+//!   permissions, the catalogs and the holiday calendars — not by the outbox's constant commits), and only a moved
+//!   counter rebuilds, on the blocking pool. What the watcher saw ([`Seen`]: a commit by
+//!   another connection, a replaced file) is passed on, so the rest of the daemon needs no
+//!   poll of its own for it (see `crate::app`).
 //!
 //! A row that fails validation (hand-edited with the `sqlite3` shell) is left out of the
 //! index, logged once with the script id and the field, and kept in [`Snapshot::invalid`]
@@ -38,7 +43,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -57,8 +62,19 @@ use crate::store::{Conn, Store, StoreError, scripts, users};
 use snapshot::ScriptsBuilder;
 pub use snapshot::{Extra, Keys, ScriptRecord, Scripts, Snapshot};
 
-/// How often the watcher looks for outside changes.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the watcher looks for outside changes. A change written by another program
+/// takes effect within one look and a rebuild (CONTRACT §6: within 2 seconds).
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What one look of the watcher saw (see [`Live::spawn_watcher_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Another connection (this process's or another program's) committed since the last
+    /// look; a moved scripts version was rebuilt already.
+    Written,
+    /// The database file was replaced: every connection to the old one must be let go.
+    Replaced,
+}
 
 /// Shared handle on the current snapshot; cheap to clone.
 #[derive(Clone)]
@@ -185,6 +201,17 @@ impl Live {
         interval: Duration,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
+        self.spawn_watcher_with(interval, |_| {}, shutdown)
+    }
+
+    /// [`Live::spawn_watcher`], calling `seen` after every look that saw a commit by another
+    /// connection or a replaced file.
+    pub fn spawn_watcher_with(
+        &self,
+        interval: Duration,
+        seen: impl Fn(Seen) + Send + 'static,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         let live = self.clone();
         tokio::spawn(async move {
             tokio::pin!(shutdown);
@@ -196,10 +223,28 @@ impl Live {
                     () = &mut shutdown => break,
                     _ = ticker.tick() => {}
                 }
+                match look_quickly(&live) {
+                    Quick::Unchanged | Quick::Locked => continue,
+                    Quick::Written => {
+                        last_error = None;
+                        seen(Seen::Written);
+                        continue;
+                    }
+                    Quick::Blocking => {}
+                }
                 let l = live.clone();
                 match tokio::task::spawn_blocking(move || poll_once(&l)).await {
-                    Ok(Ok(())) => last_error = None,
+                    Ok(Ok(saw)) => {
+                        last_error = None;
+                        if let Some(saw) = saw {
+                            seen(saw);
+                        }
+                    }
                     Ok(Err(e)) => {
+                        if matches!(e, StoreError::Replaced) {
+                            // Someone still holds the old file: say it again until all let go.
+                            seen(Seen::Replaced);
+                        }
                         let msg = e.to_string();
                         if last_error.as_deref() != Some(msg.as_str()) {
                             tracing::warn!(error = %msg, "watching the database failed");
@@ -229,7 +274,10 @@ fn release_free_memory() {
 /// The watcher's dedicated connection and what it saw last.
 struct Watch {
     conn: Conn,
+    /// The scripts version the snapshot was built at.
     data_version: i64,
+    /// `PRAGMA data_version` at the last look: it moves when another connection commits.
+    commits: i64,
 }
 
 /// The scripts version: bumped by triggers on every write to the tables the snapshot is
@@ -238,30 +286,90 @@ fn data_version(conn: &rusqlite::Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT version FROM scripts_version WHERE id = 1", [], |r| r.get(0))?)
 }
 
+/// SQLite's own counter of commits by other connections (no page is read).
+fn commits(conn: &rusqlite::Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}
+
+/// What a look on the watcher's task found.
+enum Quick {
+    /// No commit by another connection since the last look.
+    Unchanged,
+    /// Commits, but the scripts version did not move: nothing to rebuild.
+    Written,
+    /// A rebuild holds the watcher's lock: the next look sees the rest.
+    Locked,
+    /// (Re)open, rebuild, a replaced file or an error: the step goes to the blocking pool.
+    Blocking,
+}
+
+/// The cheap part of a watcher step, on the watcher's task: a `stat` of the path and, with
+/// no wait for any lock (busy timeout 0 for these reads; in WAL mode a reader waits only
+/// while another connection recovers the log), `PRAGMA data_version` and, after a commit,
+/// the scripts version. Anything more is left to [`poll_once`] on the blocking pool.
+fn look_quickly(live: &Live) -> Quick {
+    let mut watch = match live.inner.watch.try_lock() {
+        Ok(w) => w,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => return Quick::Locked,
+    };
+    let Some(w) = watch.as_mut() else { return Quick::Blocking };
+    if w.conn.is_stale() || w.conn.busy_timeout(Duration::ZERO).is_err() {
+        return Quick::Blocking;
+    }
+    let quick = match commits(&w.conn) {
+        Ok(c) if c == w.commits => Quick::Unchanged,
+        Ok(c) => match data_version(&w.conn) {
+            Ok(v) if v == w.data_version => {
+                w.commits = c;
+                Quick::Written
+            }
+            _ => Quick::Blocking,
+        },
+        Err(_) => Quick::Blocking,
+    };
+    if w.conn.busy_timeout(live.inner.store.busy_timeout()).is_err() {
+        // Not restored: the blocking step reopens the connection.
+        *watch = None;
+        return Quick::Blocking;
+    }
+    quick
+}
+
 /// One watcher step: (re)open when needed, reload when the data or the file changed.
-fn poll_once(live: &Live) -> Result<(), StoreError> {
+/// Returns what it saw for the watcher's callback.
+fn poll_once(live: &Live) -> Result<Option<Seen>, StoreError> {
     let mut watch = live.inner.watch.lock().unwrap_or_else(|p| p.into_inner());
     if watch.as_ref().is_some_and(|w| w.conn.is_stale()) {
-        // Replaced: close now, so the store can switch to the new file (see `Conn`).
+        // Replaced: close now, so the store can switch to the new file (see `Conn`), and
+        // say so at once: the new file opens only once every connection to the old one is
+        // closed. The next look opens it.
         *watch = None;
+        return Ok(Some(Seen::Replaced));
     }
     if watch.is_none() {
         // (Re)opened: reload unless the snapshot was built from this very file and version
         // (at start-up it was, moments ago; a replaced file has another epoch).
         let conn = live.inner.store.connect()?;
         let v = data_version(&conn)?;
+        let c = commits(&conn)?;
         let source = Some((conn.epoch(), v));
-        *watch = Some(Watch { conn, data_version: v });
+        *watch = Some(Watch { conn, data_version: v, commits: c });
         if live.load().source == source {
-            return Ok(());
+            return Ok(None);
         }
-        return live.reload_locked(&mut watch);
+        return live.reload_locked(&mut watch).map(|()| Some(Seen::Written));
     }
-    let changed = match watch.as_ref() {
-        Some(w) => data_version(&w.conn)? != w.data_version,
-        None => false,
-    };
-    if changed { live.reload_locked(&mut watch) } else { Ok(()) }
+    let Some(w) = watch.as_mut() else { return Ok(None) };
+    let c = commits(&w.conn)?;
+    if c == w.commits {
+        return Ok(None);
+    }
+    w.commits = c;
+    if data_version(&w.conn)? != w.data_version {
+        live.reload_locked(&mut watch)?;
+    }
+    Ok(Some(Seen::Written))
 }
 
 #[cfg(test)]

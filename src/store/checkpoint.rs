@@ -13,19 +13,28 @@
 //! connections checkpoint inside a commit only past [`FALLBACK_PAGES`] (a safety net: the
 //! log stays bounded should the background checkpoints stop or fall behind), and a
 //! [`Checkpointer`] on its own connection runs a `PASSIVE` checkpoint every
-//! [`CHECKPOINT_PERIOD`]. A passive checkpoint never waits for a lock and never blocks a
+//! [`CHECKPOINT_PERIOD`] while the log has pages to copy ([`run_after_writes`]: woken by a
+//! commit, asleep once the log is copied, so an idle daemon does not wake for it). A
+//! passive checkpoint never waits for a lock and never blocks a
 //! writer or a reader; what it cannot copy yet (a reader still uses those pages) it copies
 //! next time. Once the log is fully copied, the next writer starts it over from its
 //! beginning, so the file stops growing.
 //!
 //! Command-line tools keep SQLite's default; the last connection to close checkpoints too.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use super::{HeldConn, Store, StoreError};
 
 /// How often the daemon's [`Checkpointer`] runs.
 pub const CHECKPOINT_PERIOD: Duration = Duration::from_millis(200);
+
+/// The longest [`run_after_writes`] sleeps without being told of a write.
+pub const CHECKPOINT_IDLE: Duration = Duration::from_secs(60);
 
 /// Log pages after which a commit still checkpoints itself in a store with background
 /// checkpoints (~40 MB with 4 KiB pages): about 4 s of the heaviest load measured, 20 times
@@ -64,6 +73,60 @@ impl Checkpointer {
                 Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
             })?;
         Ok(Checkpointed { log_frames, copied_frames })
+    }
+}
+
+/// Runs passive WAL checkpoints on the blocking pool (see [`crate::store::checkpoint`])
+/// while the log has pages to copy, until `stop`: woken by `written` (a commit), it waits
+/// `period` (so a checkpoint covers that period's commits, not one each) and checkpoints,
+/// every `period` until a checkpoint finds the whole log copied; then it sleeps until the
+/// next `written` (at most [`CHECKPOINT_IDLE`]). A
+/// failure is logged once per streak and retried every `period` (the commits' own fallback
+/// keeps the log bounded meanwhile).
+pub async fn run_after_writes(
+    mut checkpointer: Checkpointer,
+    period: Duration,
+    written: Arc<Notify>,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut failing = false;
+    let mut copied_all = false;
+    loop {
+        if copied_all {
+            tokio::select! {
+                () = &mut stop => return,
+                () = written.notified() => {}
+                () = tokio::time::sleep(CHECKPOINT_IDLE) => {}
+            }
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        let Ok((c, result)) = tokio::task::spawn_blocking(move || {
+            let r = checkpointer.run();
+            (checkpointer, r)
+        })
+        .await
+        else {
+            tracing::error!("the WAL checkpointer panicked; checkpoints fall back to commits");
+            return;
+        };
+        checkpointer = c;
+        copied_all = matches!(result, Ok(done) if done.copied_frames == done.log_frames);
+        match result {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("WAL checkpoints work again");
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot checkpoint the WAL; retrying");
+            }
+            Err(_) => {}
+        }
     }
 }
 

@@ -73,7 +73,9 @@ async fn occurrence_to_push(port: u16) {
     )
     .unwrap();
     let wake = dispatcher.clone();
-    let intake_task = tokio::spawn(scriptd::intake::run(intake, rx, move || wake.notify(), || {}));
+    let replaced = Arc::new(tokio::sync::Notify::new());
+    let intake_task =
+        tokio::spawn(scriptd::intake::run(intake, rx, move || wake.notify(), || {}, replaced));
     let mut sub = source.subscribed();
     within(10, "source subscribed", sub.wait_for(|s| *s)).await.unwrap();
     let mut up = pusher.connected();

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::support::clients::{PersistentSubscriber, ReliablePublisher};
-use crate::support::daemon::{Daemon, DaemonOptions, all_day, script};
+use crate::support::daemon::{Daemon, DaemonOptions, all_day, call, script};
 use crate::support::mosquitto::Mosquitto;
 use crate::support::webhook_receiver::WebhookReceiver;
 use crate::support::within;
@@ -442,8 +442,9 @@ async fn a_replaced_database_file_is_reopened_and_loses_nothing() {
     assert!(missing.is_empty(), "not in the new file: {missing:?}");
     integrity_ok(&d);
 
-    // The scripts now come from the new file: the script only it has fires, and the API
-    // lists it.
+    // The scripts now come from the new file: the API lists the script only it has, then
+    // (the watcher's next look, within 2 s of the move as for any outside edit) matching
+    // knows it too, and it fires.
     within(10, "the API reads the new file", async {
         loop {
             let ids: Vec<i64> = d.get("/scripts").await["data"]
@@ -451,6 +452,21 @@ async fn a_replaced_database_file_is_reopened_and_loses_nothing() {
                 .map(|a| a.iter().filter_map(|s| s["id"].as_i64()).collect())
                 .unwrap_or_default();
             if ids.contains(&only_new_id) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let question = json!({"event_id": FACE, "camera_id": 1});
+    within(10, "matching reads the new file", async {
+        loop {
+            let (status, answer) =
+                call(&d, reqwest::Method::POST, "/explain", &d.token, Some(&question)).await;
+            let fires = answer["data"].as_array().is_some_and(|v| {
+                v.iter().any(|s| s["script_id"] == only_new_id && s["fires"] == true)
+            });
+            if status == 200 && fires {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
