@@ -103,6 +103,7 @@ mod ops_reload;
 mod ops_sighup;
 mod ops_unit_file;
 mod store_health;
+mod store_instances;
 
 // Packaging
 mod packaging;

@@ -17,6 +17,7 @@ use crate::store::catalog::{DEFAULT_EVENTS, DEFAULT_PERMISSIONS, DEFAULT_REACTIO
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_schema.sql")),
     (2, include_str!("migrations/0002_calendars.sql")),
+    (3, include_str!("migrations/0003_instances.sql")),
 ];
 
 /// The advisory lock key held while migrating: the ASCII bytes of `scriptm` and a zero

@@ -11,6 +11,7 @@
 //! with the endpoint (`user@host:port/dbname`, never the password) in the text.
 
 pub mod copy;
+pub mod instances;
 pub mod migrations;
 pub mod outbox;
 pub mod tls;

@@ -1,0 +1,96 @@
+//! The instance registry on a real PostgreSQL (`support::postgres`): one client id is held
+//! by one live connection at a time, the holder is named, a crashed holder (its connection
+//! ended without a goodbye) gives the id up at once, and the live list follows the
+//! heartbeats.
+
+use std::time::Duration;
+
+use scriptd::settings::{DatabaseSettings, DatabaseUrl};
+use scriptd::store::postgres::instances::{Identity, RegisterError, live, lock_key, register};
+use scriptd::store::postgres::{PgStore, connect_settings, migrations};
+
+use crate::support::postgres::server;
+
+async fn store(url: &str) -> PgStore {
+    let settings =
+        DatabaseSettings { url: Some(DatabaseUrl::new(url.to_owned())), ..Default::default() };
+    let store = connect_settings(&settings).await.expect("connect");
+    migrations::migrate(&store).await.expect("migrate");
+    store
+}
+
+fn identity(client_id: &str, host: &str, pid: i64) -> Identity {
+    Identity { client_id: client_id.into(), host: host.into(), pid, version: "test".into() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_id_one_live_holder_and_a_crashed_holder_gives_it_up_at_once() {
+    let url = server().database();
+    // Two "hosts": two pools, as two processes would have.
+    let (a, b) = (store(&url).await, store(&url).await);
+
+    let held = register(&a, identity("scriptd-1", "vms-a", 101)).await.expect("first");
+    match register(&b, identity("scriptd-1", "vms-b", 202)).await {
+        Err(RegisterError::Held { client_id, holder }) => {
+            assert_eq!(client_id, "scriptd-1");
+            let holder = holder.expect("the holder's row");
+            assert_eq!((holder.host.as_str(), holder.pid), ("vms-a", 101));
+            let text = RegisterError::Held { client_id, holder: Some(holder) }.to_string();
+            assert!(text.contains("on host vms-a"), "{text}");
+        }
+        other => panic!("a second holder of one client id: {other:?}"),
+    }
+    // Another client id is no conflict.
+    let other = register(&b, identity("scriptd-2", "vms-b", 202)).await.expect("other id");
+    let ids: Vec<String> = live(&b).await.expect("live").into_iter().map(|i| i.client_id).collect();
+    assert_eq!(ids, ["scriptd-1", "scriptd-2"]);
+
+    // The holder's process dies: its connection is terminated without a release (as when
+    // the kernel closes a killed process's socket). The id is free again at once.
+    let terminated = server().psql(
+        url.rsplit('/').next().and_then(|d| d.split('?').next()).expect("db name"),
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+             WHERE locktype = 'advisory' AND granted
+               AND ((classid::bigint << 32) | objid::bigint) = {}",
+            lock_key("scriptd-1")
+        ),
+    );
+    assert_eq!(terminated, "1", "the holder's lock connection");
+    let mut retaken = None;
+    for _ in 0..50 {
+        match register(&b, identity("scriptd-1", "vms-b", 203)).await {
+            Ok(r) => {
+                retaken = Some(r);
+                break;
+            }
+            Err(RegisterError::Held { .. }) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let retaken = retaken.expect("the id is free once its holder's connection ended");
+    assert!(held.is_closed() || held.heartbeat().await.is_err(), "the old holder lost its lock");
+    let now: Vec<(String, String, i64)> =
+        live(&b).await.expect("live").into_iter().map(|i| (i.client_id, i.host, i.pid)).collect();
+    assert_eq!(
+        now,
+        [("scriptd-1".into(), "vms-b".into(), 203), ("scriptd-2".into(), "vms-b".into(), 202)]
+    );
+
+    // A graceful stop deletes the row and frees the id; a silent one ages out of the list.
+    retaken.release().await.expect("release");
+    register(&a, identity("scriptd-1", "vms-a", 104))
+        .await
+        .expect("free after release")
+        .heartbeat()
+        .await
+        .expect("beat");
+    other.heartbeat().await.expect("beat");
+    server().psql(
+        url.rsplit('/').next().and_then(|d| d.split('?').next()).expect("db name"),
+        "UPDATE scriptd_instances SET heartbeat_at = now() - interval '11 seconds'
+         WHERE client_id = 'scriptd-2'",
+    );
+    let ids: Vec<String> = live(&a).await.expect("live").into_iter().map(|i| i.client_id).collect();
+    assert_eq!(ids, ["scriptd-1"], "a heartbeat older than 10 s is not live");
+}
