@@ -13,6 +13,7 @@
 pub mod copy;
 pub mod migrations;
 pub mod outbox;
+pub mod pipeline;
 pub mod tls;
 
 use std::fmt;
