@@ -10,6 +10,9 @@
 //! not durable stays unacknowledged, so the broker redelivers it), the intake finishes its
 //! batch, the dispatcher lets in-flight sends finish within `delivery.shutdown_deadline_seconds`
 //! and leaves the rest pending in the outbox, then the push connection and the API close.
+//!
+//! On PostgreSQL ([`run_on`] with a [`PgStore`]) the snapshot, the intake and the
+//! dispatcher use that database (see `pg` for what does not run there yet).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,7 +42,11 @@ use crate::settings::Settings;
 use crate::source::mqtt::{MqttSource, SourceOptions};
 use crate::store::checkpoint::{self, Checkpointer};
 use crate::store::outbox::Handoff;
-use crate::store::{Store, StoreError};
+use crate::store::postgres::PgStore;
+use crate::store::postgres::outbox::PgOutbox;
+use crate::store::{OutboxDb, Store, StoreError};
+
+mod pg;
 
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +59,9 @@ pub enum AppError {
         /// The cause.
         source: StoreError,
     },
+    /// PostgreSQL could not be read at start (the error names its endpoint).
+    #[error("{0}")]
+    Database(StoreError),
     /// The API address could not be bound.
     #[error("cannot listen on {addr} (api.bind): {source}")]
     Listen {
@@ -124,7 +134,18 @@ pub async fn run(
     config_dir: PathBuf,
     log: Option<LogHandle>,
 ) -> Result<(), AppError> {
-    let running = start(settings, config_dir, log).await?;
+    run_on(settings, config_dir, log, None).await
+}
+
+/// [`run`] on PostgreSQL when `pg` is given (connected and migrated), on the SQLite file of
+/// `database.path` otherwise.
+pub async fn run_on(
+    settings: Settings,
+    config_dir: PathBuf,
+    log: Option<LogHandle>,
+    pg: Option<PgStore>,
+) -> Result<(), AppError> {
+    let running = start_on(settings, config_dir, log, pg).await?;
     wait_for_termination().await.map_err(AppError::Signals)?;
     running.shutdown().await;
     Ok(())
@@ -136,6 +157,16 @@ pub async fn start(
     settings: Settings,
     config_dir: PathBuf,
     log: Option<LogHandle>,
+) -> Result<Running, AppError> {
+    start_on(settings, config_dir, log, None).await
+}
+
+/// [`start`] on PostgreSQL when `pg` is given; see [`run_on`].
+pub async fn start_on(
+    settings: Settings,
+    config_dir: PathBuf,
+    log: Option<LogHandle>,
+    pg: Option<PgStore>,
 ) -> Result<Running, AppError> {
     let metrics = telemetry::install()?;
     let notifier = Notifier::from_env();
@@ -151,26 +182,20 @@ pub async fn start(
     // Store and scripts.
     let db = settings.database.path.clone();
     let store_err = |source| AppError::Store { path: db.clone(), source };
-    let store = {
-        let db = db.clone();
-        let busy = settings.database.busy_timeout();
-        let sync = settings.database.synchronous;
-        tokio::task::spawn_blocking(move || {
-            Store::migrate(&db).map(|s| {
-                s.with_busy_timeout(busy).with_synchronous(sync).with_background_checkpoints()
-            })
-        })
-        .await
-        .map_err(|e| store_err(StoreError::TaskFailed(e.to_string())))?
-        .map_err(store_err)?
-    };
     let timezone = settings.timezone.tz();
-    let live = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || Live::new(store, timezone))
-            .await
-            .map_err(|e| store_err(StoreError::TaskFailed(e.to_string())))?
-            .map_err(store_err)?
+    if let Some(pg) = &pg {
+        pg::warn_api_unavailable(pg);
+    }
+    let (store, outbox_db, live) = match pg {
+        None => {
+            let (store, live) = open_sqlite(&settings).await.map_err(store_err)?;
+            (Some(store.clone()), OutboxDb::Sqlite(store), live)
+        }
+        Some(pg) => {
+            let live =
+                Live::new_postgres(pg.clone(), timezone).await.map_err(AppError::Database)?;
+            (None, OutboxDb::Postgres(PgOutbox::new(pg)), live)
+        }
     };
     health.set_up(health::STORE);
     live.spawn_watcher(live::POLL_INTERVAL, stop_rest.clone().cancelled_owned());
@@ -184,12 +209,15 @@ pub async fn start(
     let api_addr = listener
         .local_addr()
         .map_err(|source| AppError::Listen { addr: settings.api.bind, source })?;
-    let router = http_router(
-        AppState::with_settings(store.clone(), live.clone(), &settings.api),
-        hub.clone(),
-        health.clone(),
-        metrics.clone(),
-    );
+    let router = match &store {
+        Some(store) => http_router(
+            AppState::with_settings(store.clone(), live.clone(), &settings.api),
+            hub.clone(),
+            health.clone(),
+            metrics.clone(),
+        ),
+        None => pg::http_router(health.clone(), metrics.clone()),
+    };
     let serve_options = api::serve::ServeOptions::from_settings(
         &settings.api,
         &health,
@@ -202,7 +230,11 @@ pub async fn start(
         serve_options,
         stop_rest.clone().cancelled_owned(),
     ));
-    tracing::info!(addr = %api_addr, https, database = %db.display(), "API listening");
+    let database = match &outbox_db {
+        OutboxDb::Sqlite(_) => db.display().to_string(),
+        OutboxDb::Postgres(pg) => format!("postgresql {}", pg.store().endpoint()),
+    };
+    tracing::info!(addr = %api_addr, https, %database, "API listening");
     api::limits::log_descriptor_budget(&settings);
     notifier.ready_with_status("running; mqtt connecting");
 
@@ -249,8 +281,8 @@ pub async fn start(
     // Rows the intake commits reach the dispatcher in memory through this hand-over (the
     // database stays the truth; see `store::outbox`).
     let handoff = Arc::new(Handoff::default());
-    let dispatcher = Dispatcher::spawn(
-        store.clone(),
+    let dispatcher = Dispatcher::spawn_on(
+        outbox_db.clone(),
         handoff.clone(),
         Senders {
             push: Some(pusher.clone()),
@@ -297,25 +329,41 @@ pub async fn start(
         None,
         stop_rest.clone().cancelled_owned(),
     );
-    tokio::spawn(run_checkpoints(
-        Checkpointer::new(store.clone()),
-        checkpoint::CHECKPOINT_PERIOD,
-        stop_rest.clone().cancelled_owned(),
-    ));
-    tokio::spawn(probe_store(
-        store.clone(),
-        health.clone(),
-        STORE_PROBE_PERIOD,
-        stop_rest.clone().cancelled_owned(),
-    ));
-    let intake = Intake::new(
-        store.clone(),
+    match &outbox_db {
+        OutboxDb::Sqlite(store) => {
+            tokio::spawn(run_checkpoints(
+                Checkpointer::new(store.clone()),
+                checkpoint::CHECKPOINT_PERIOD,
+                stop_rest.clone().cancelled_owned(),
+            ));
+            tokio::spawn(probe_store(
+                store.clone(),
+                health.clone(),
+                STORE_PROBE_PERIOD,
+                stop_rest.clone().cancelled_owned(),
+            ));
+        }
+        OutboxDb::Postgres(pg) => {
+            tokio::spawn(pg::probe(
+                pg.store().clone(),
+                health.clone(),
+                STORE_PROBE_PERIOD,
+                stop_rest.clone().cancelled_owned(),
+            ));
+        }
+    }
+    let intake = Intake::new_on(
+        outbox_db,
         handoff,
         live.clone(),
         live_settings.clone(),
         Arc::new(RejectionLog::default()),
     )
-    .map_err(store_err)?
+    .await
+    .map_err(|e| match &store {
+        Some(_) => store_err(e),
+        None => AppError::Database(e),
+    })?
     .with_health(health.clone());
     let intake_progress = beat_for(INTAKE);
     let wake = dispatcher.clone();
@@ -459,6 +507,24 @@ impl<S: std::future::Future<Output = ()>> Every<S> {
             _ = self.ticker.tick() => true,
         }
     }
+}
+
+/// Opens (migrates) the SQLite file of `database.path` and loads the first snapshot.
+async fn open_sqlite(settings: &Settings) -> Result<(Store, Live), StoreError> {
+    let db = settings.database.path.clone();
+    let busy = settings.database.busy_timeout();
+    let sync = settings.database.synchronous;
+    let timezone = settings.timezone.tz();
+    tokio::task::spawn_blocking(move || {
+        let store = Store::migrate(&db)?
+            .with_busy_timeout(busy)
+            .with_synchronous(sync)
+            .with_background_checkpoints();
+        let live = Live::new(store.clone(), timezone)?;
+        Ok((store, live))
+    })
+    .await
+    .map_err(|e| StoreError::TaskFailed(e.to_string()))?
 }
 
 /// Reads the database every `period` and reports the store up, or down with the error
