@@ -10,6 +10,9 @@
 //! not durable stays unacknowledged, so the broker redelivers it), the intake finishes its
 //! batch, the dispatcher lets in-flight sends finish within `delivery.shutdown_deadline_seconds`
 //! and leaves the rest pending in the outbox, then the push connection and the API close.
+//!
+//! On PostgreSQL ([`run_on`] with a [`PgStore`]) the snapshot, the intake and the
+//! dispatcher use that database (see `pg` for what does not run there yet).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,7 +42,11 @@ use crate::settings::Settings;
 use crate::source::mqtt::{MqttSource, SourceOptions};
 use crate::store::checkpoint::{self, Checkpointer};
 use crate::store::outbox::Handoff;
-use crate::store::{Store, StoreError};
+use crate::store::postgres::PgStore;
+use crate::store::postgres::outbox::PgOutbox;
+use crate::store::{OutboxDb, Store, StoreError};
+
+mod pg;
 
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +59,9 @@ pub enum AppError {
         /// The cause.
         source: StoreError,
     },
+    /// PostgreSQL could not be read at start (the error names its endpoint).
+    #[error("{0}")]
+    Database(StoreError),
     /// The API address could not be bound.
     #[error("cannot listen on {addr} (api.bind): {source}")]
     Listen {
@@ -109,6 +119,8 @@ pub struct Running {
     source: MqttSource,
     dispatcher: DispatcherHandle,
     api_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// On PostgreSQL, the task holding this instance's client id (it lets it go at stop).
+    registry_task: Option<tokio::task::JoinHandle<()>>,
     pusher: Arc<MqttPusher>,
     notifier: Notifier,
     api_addr: SocketAddr,
@@ -124,7 +136,28 @@ pub async fn run(
     config_dir: PathBuf,
     log: Option<LogHandle>,
 ) -> Result<(), AppError> {
-    let running = start(settings, config_dir, log).await?;
+    run_on(settings, config_dir, log, None).await
+}
+
+/// The daemon's PostgreSQL database (connected and migrated) and this instance's place in
+/// its registry.
+#[derive(Debug)]
+pub struct Postgres {
+    /// The pool.
+    pub store: PgStore,
+    /// This instance's client id, held while the daemon runs.
+    pub registration: crate::store::postgres::instances::Registration,
+}
+
+/// [`run`] on PostgreSQL when `pg` is given, on the SQLite file of `database.path`
+/// otherwise.
+pub async fn run_on(
+    settings: Settings,
+    config_dir: PathBuf,
+    log: Option<LogHandle>,
+    pg: Option<Postgres>,
+) -> Result<(), AppError> {
+    let running = start_on(settings, config_dir, log, pg).await?;
     wait_for_termination().await.map_err(AppError::Signals)?;
     running.shutdown().await;
     Ok(())
@@ -136,6 +169,16 @@ pub async fn start(
     settings: Settings,
     config_dir: PathBuf,
     log: Option<LogHandle>,
+) -> Result<Running, AppError> {
+    start_on(settings, config_dir, log, None).await
+}
+
+/// [`start`] on PostgreSQL when `pg` is given; see [`run_on`].
+pub async fn start_on(
+    settings: Settings,
+    config_dir: PathBuf,
+    log: Option<LogHandle>,
+    pg: Option<Postgres>,
 ) -> Result<Running, AppError> {
     let metrics = telemetry::install()?;
     let notifier = Notifier::from_env();
@@ -151,26 +194,28 @@ pub async fn start(
     // Store and scripts.
     let db = settings.database.path.clone();
     let store_err = |source| AppError::Store { path: db.clone(), source };
-    let store = {
-        let db = db.clone();
-        let busy = settings.database.busy_timeout();
-        let sync = settings.database.synchronous;
-        tokio::task::spawn_blocking(move || {
-            Store::migrate(&db).map(|s| {
-                s.with_busy_timeout(busy).with_synchronous(sync).with_background_checkpoints()
-            })
-        })
-        .await
-        .map_err(|e| store_err(StoreError::TaskFailed(e.to_string())))?
-        .map_err(store_err)?
-    };
     let timezone = settings.timezone.tz();
-    let live = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || Live::new(store, timezone))
-            .await
-            .map_err(|e| store_err(StoreError::TaskFailed(e.to_string())))?
-            .map_err(store_err)?
+    let mut registry_task = None;
+    let pg = pg.map(|Postgres { store, registration }| {
+        pg::warn_api_unavailable(&store);
+        registry_task = Some(tokio::spawn(pg::keep_registered(
+            store.clone(),
+            registration,
+            health.clone(),
+            stop_rest.clone().cancelled_owned(),
+        )));
+        store
+    });
+    let (store, outbox_db, live) = match pg {
+        None => {
+            let (store, live) = open_sqlite(&settings).await.map_err(store_err)?;
+            (Some(store.clone()), OutboxDb::Sqlite(store), live)
+        }
+        Some(pg) => {
+            let live =
+                Live::new_postgres(pg.clone(), timezone).await.map_err(AppError::Database)?;
+            (None, OutboxDb::Postgres(PgOutbox::new(pg)), live)
+        }
     };
     health.set_up(health::STORE);
     let live_settings = Arc::new(ArcSwap::from_pointee(settings.live_part()));
@@ -183,12 +228,15 @@ pub async fn start(
     let api_addr = listener
         .local_addr()
         .map_err(|source| AppError::Listen { addr: settings.api.bind, source })?;
-    let router = http_router(
-        AppState::with_settings(store.clone(), live.clone(), &settings.api),
-        hub.clone(),
-        health.clone(),
-        metrics.clone(),
-    );
+    let router = match &store {
+        Some(store) => http_router(
+            AppState::with_settings(store.clone(), live.clone(), &settings.api),
+            hub.clone(),
+            health.clone(),
+            metrics.clone(),
+        ),
+        None => pg::http_router(health.clone(), metrics.clone()),
+    };
     let serve_options = api::serve::ServeOptions::from_settings(
         &settings.api,
         &health,
@@ -201,7 +249,11 @@ pub async fn start(
         serve_options,
         stop_rest.clone().cancelled_owned(),
     ));
-    tracing::info!(addr = %api_addr, https, database = %db.display(), "API listening");
+    let database = match &outbox_db {
+        OutboxDb::Sqlite(_) => db.display().to_string(),
+        OutboxDb::Postgres(pg) => format!("postgresql {}", pg.store().endpoint()),
+    };
+    tracing::info!(addr = %api_addr, https, %database, "API listening");
     api::limits::log_descriptor_budget(&settings);
     notifier.ready_with_status("running; mqtt connecting");
 
@@ -248,8 +300,8 @@ pub async fn start(
     // Rows the intake commits reach the dispatcher in memory through this hand-over (the
     // database stays the truth; see `store::outbox`).
     let handoff = Arc::new(Handoff::default());
-    let dispatcher = Dispatcher::spawn(
-        store.clone(),
+    let dispatcher = Dispatcher::spawn_on(
+        outbox_db.clone(),
         handoff.clone(),
         Senders {
             push: Some(pusher.clone()),
@@ -262,8 +314,12 @@ pub async fn start(
         DispatcherConfig {
             progress: Some(beat_for(health::DISPATCHERS)),
             health: Some(health.clone()),
-            // Outside writes wake it through the watcher (below).
-            poll_interval: DISPATCH_POLL,
+            // On SQLite outside writes wake it through the watcher (below); on PostgreSQL
+            // rows left by another instance (a lease that ended) are found by this query.
+            poll_interval: match &outbox_db {
+                OutboxDb::Sqlite(_) => DISPATCH_POLL,
+                OutboxDb::Postgres(_) => PG_DISPATCH_POLL,
+            },
             ..DispatcherConfig::from_settings(&settings.delivery)
         },
         live_settings.clone(),
@@ -299,26 +355,42 @@ pub async fn start(
         stop_rest.clone().cancelled_owned(),
     );
     let checkpoint_wake = Arc::new(Notify::new());
-    tokio::spawn(checkpoint::run_after_writes(
-        Checkpointer::new(store.clone()),
-        checkpoint::CHECKPOINT_PERIOD,
-        checkpoint_wake.clone(),
-        stop_rest.clone().cancelled_owned(),
-    ));
-    tokio::spawn(probe_store(
-        store.clone(),
-        health.clone(),
-        STORE_PROBE_PERIOD,
-        stop_rest.clone().cancelled_owned(),
-    ));
-    let intake = Intake::new(
-        store.clone(),
+    match &outbox_db {
+        OutboxDb::Sqlite(store) => {
+            tokio::spawn(checkpoint::run_after_writes(
+                Checkpointer::new(store.clone()),
+                checkpoint::CHECKPOINT_PERIOD,
+                checkpoint_wake.clone(),
+                stop_rest.clone().cancelled_owned(),
+            ));
+            tokio::spawn(probe_store(
+                store.clone(),
+                health.clone(),
+                STORE_PROBE_PERIOD,
+                stop_rest.clone().cancelled_owned(),
+            ));
+        }
+        OutboxDb::Postgres(pg) => {
+            tokio::spawn(pg::probe(
+                pg.store().clone(),
+                health.clone(),
+                STORE_PROBE_PERIOD,
+                stop_rest.clone().cancelled_owned(),
+            ));
+        }
+    }
+    let intake = Intake::new_on(
+        outbox_db,
         handoff,
         live.clone(),
         live_settings.clone(),
         Arc::new(RejectionLog::default()),
     )
-    .map_err(store_err)?
+    .await
+    .map_err(|e| match &store {
+        Some(_) => store_err(e),
+        None => AppError::Database(e),
+    })?
     .with_health(health.clone());
     let intake_progress = beat_for(INTAKE);
     let intake_replaced = Arc::new(Notify::new());
@@ -368,6 +440,7 @@ pub async fn start(
         source,
         dispatcher,
         api_task,
+        registry_task,
         pusher,
         notifier,
         api_addr,
@@ -415,6 +488,10 @@ impl Running {
         if let Ok(pusher) = Arc::try_unwrap(self.pusher) {
             pusher.join().await;
         }
+        if let Some(task) = self.registry_task {
+            // Bounded: a database that does not answer leaves the row to age out.
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         tracing::info!("stopped");
     }
 }
@@ -426,6 +503,9 @@ const STORE_PROBE_PERIOD: Duration = Duration::from_secs(5);
 /// The dispatcher's safety-net query (rows in the outbox that nobody handed over) when the
 /// watcher saw no commit: at least once per watchdog window (30 s) it turns anyway.
 const DISPATCH_POLL: Duration = Duration::from_secs(10);
+/// The dispatcher's query on PostgreSQL, where the rows of an instance that died become due
+/// again when their lease ends, with no local commit to wake anyone.
+const PG_DISPATCH_POLL: Duration = Duration::from_secs(1);
 
 /// Mirrors an MQTT connection's state, with the last connection error (e.g. a failed TLS
 /// handshake) as the reason, into the health registry (and, for the events connection,
@@ -485,6 +565,24 @@ impl<S: std::future::Future<Output = ()>> Every<S> {
             _ = self.ticker.tick() => true,
         }
     }
+}
+
+/// Opens (migrates) the SQLite file of `database.path` and loads the first snapshot.
+async fn open_sqlite(settings: &Settings) -> Result<(Store, Live), StoreError> {
+    let db = settings.database.path.clone();
+    let busy = settings.database.busy_timeout();
+    let sync = settings.database.synchronous;
+    let timezone = settings.timezone.tz();
+    tokio::task::spawn_blocking(move || {
+        let store = Store::migrate(&db)?
+            .with_busy_timeout(busy)
+            .with_synchronous(sync)
+            .with_background_checkpoints();
+        let live = Live::new(store.clone(), timezone)?;
+        Ok((store, live))
+    })
+    .await
+    .map_err(|e| StoreError::TaskFailed(e.to_string()))?
 }
 
 /// Reads the database every `period` and reports the store up, or down with the error

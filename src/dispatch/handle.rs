@@ -43,6 +43,8 @@ pub struct DispatcherConfig {
     /// Where open circuit breakers are shown (component [`health::DISPATCHERS`],
     /// degraded while any is open).
     pub health: Option<Health>,
+    /// How long a claimed row stays leased on PostgreSQL (`delivery.lease_seconds`).
+    pub lease: Duration,
 }
 
 impl DispatcherConfig {
@@ -56,6 +58,7 @@ impl DispatcherConfig {
             poll_interval: Duration::from_secs(1),
             progress: None,
             health: None,
+            lease: crate::store::outbox::backend::DEFAULT_LEASE,
         }
     }
 
@@ -63,10 +66,11 @@ impl DispatcherConfig {
     /// [`DeliverySettings::budgets`](crate::settings::DeliverySettings::budgets) (settings
     /// that do not validate fall back to one shared budget), `per_target_max_in_flight`
     /// (0: half the channel's budget), the breaker keys, `shutdown_deadline_seconds`; a
-    /// 1 s poll interval, no heartbeat, no health.
+    /// 1 s poll interval, no heartbeat, no health, the lease of `lease_seconds`.
     pub fn from_settings(delivery: &crate::settings::DeliverySettings) -> Self {
         let total = usize::try_from(delivery.max_in_flight).unwrap_or(usize::MAX).max(1);
         let mut config = Self::new(total, delivery.shutdown_deadline());
+        config.lease = delivery.lease();
         if let Ok(b) = delivery.budgets() {
             let channel = [b.push, b.telegram, b.webhook].map(|v| v as usize);
             let per_target = channel.map(|c| match delivery.per_target_max_in_flight {

@@ -19,6 +19,7 @@ mod group;
 mod handle;
 pub mod hub;
 mod in_flight;
+mod link;
 pub mod mqtt_push;
 pub mod telegram;
 mod upkeep;

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::db_link::{Db, with_db};
 use super::handle::Stats;
+use super::link::Handle;
 use crate::ops::telemetry;
-use crate::store::{StoreError, now_ms, outbox};
+use crate::store::{StoreError, now_ms};
 
 /// Finished rows deleted per retention transaction.
 pub const PRUNE_BATCH: usize = 1000;
@@ -38,16 +38,14 @@ impl Upkeep {
     /// work goes between). Returns the call that failed.
     pub(super) async fn run(
         &mut self,
-        db: &Db,
+        db: &Handle,
         stats: &Stats,
         retention: Duration,
     ) -> Result<(), (&'static str, StoreError)> {
         let now = Instant::now();
         if now >= self.next_gauges {
             self.next_gauges = now + GAUGES_EVERY;
-            let (count, oldest) = with_db(db, |c| outbox::pending_summary(c))
-                .await
-                .map_err(|e| ("count pending", e))?;
+            let (count, oldest) = db.pending_summary().await.map_err(|e| ("count pending", e))?;
             stats.pending.store(count, Ordering::Relaxed);
             metrics::gauge!(telemetry::OUTBOX_DEPTH).set(count as f64);
             let age = oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
@@ -56,7 +54,7 @@ impl Upkeep {
         if now >= self.next_prune {
             let cutoff =
                 now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
-            match with_db(db, move |c| outbox::prune(c, cutoff, PRUNE_BATCH)).await {
+            match db.prune(cutoff, PRUNE_BATCH).await {
                 Ok(n) if n >= PRUNE_BATCH => {}
                 Ok(n) => {
                     if n > 0 {

@@ -77,11 +77,11 @@ use tokio::time::Instant;
 use super::SendError;
 use super::attempt::{Finished, millis, run};
 use super::bulkhead::{Admit, Bulkheads, Change, TargetKey, Verdict, report};
-use super::db_link::{Db, DbLink, with_db};
 use super::group::Group;
 use super::handle::Stats;
 pub use super::handle::{DispatchStats, DispatcherConfig, DispatcherHandle, Senders};
 use super::in_flight::{InFlight, Slot};
+use super::link::{Handle, Link};
 use super::telegram::{SenderCache, TelegramSender};
 pub use super::upkeep::PRUNE_BATCH;
 use super::upkeep::Upkeep;
@@ -89,7 +89,7 @@ use super::upkeep::Upkeep;
 use crate::ops::telemetry;
 use crate::settings::LiveSettings;
 use crate::store::outbox::{self, Channel, Claimed, Recorded, RowRef, Target};
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::{OutboxDb, Store, StoreError, now_ms};
 
 /// An attempt that takes longer than this is abandoned as retryable (the senders have
 /// their own, shorter, timeouts; this is the safety net).
@@ -97,6 +97,10 @@ pub(super) const ATTEMPT_DEADLINE: Duration = Duration::from_secs(120);
 /// Due rows read per channel beyond its attempts in flight and free slots, so rows of a
 /// target that has no free share do not hide other targets' rows of the same channel.
 const SCAN_EXTRA: usize = 256;
+/// On PostgreSQL, how far the next attempt of a claimed row that found no free slot of its
+/// target moves: claimed rows are leased, so it is given back with this delay rather than
+/// held for the whole lease.
+const GIVE_BACK: Duration = Duration::from_secs(1);
 
 /// [`SCAN_EXTRA`] for `channel`: none for pushes, which all go to one broker (a single
 /// target, no lanes), so no due push row can be hidden behind another that may not start.
@@ -114,10 +118,25 @@ fn scan_extra(channel: Channel) -> usize {
 pub struct Dispatcher;
 
 impl Dispatcher {
-    /// Starts the dispatcher task (inside a tokio runtime). It runs until `shutdown`
-    /// completes, then drains as documented.
+    /// Starts the dispatcher task (inside a tokio runtime) on a SQLite store. It runs until
+    /// `shutdown` completes, then drains as documented.
     pub fn spawn(
         store: Store,
+        handoff: Arc<outbox::Handoff>,
+        senders: Senders,
+        config: DispatcherConfig,
+        live: Arc<ArcSwap<LiveSettings>>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> DispatcherHandle {
+        Dispatcher::spawn_on(OutboxDb::Sqlite(store), handoff, senders, config, live, shutdown)
+    }
+
+    /// [`Dispatcher::spawn`] on either database. On PostgreSQL nothing is handed over in
+    /// memory (`handoff` stays empty): every row is claimed, with a lease of
+    /// [`DispatcherConfig::lease`], so several instances never attempt the same row at
+    /// once.
+    pub fn spawn_on(
+        db: OutboxDb,
         handoff: Arc<outbox::Handoff>,
         senders: Senders,
         config: DispatcherConfig,
@@ -129,7 +148,7 @@ impl Dispatcher {
         let (done_tx, done) = watch::channel(false);
         let bulk = Bulkheads::new(config.limits.clone());
         let state = Loop {
-            link: DbLink::new(store, handoff.clone()),
+            link: Link::new(db, handoff.clone()),
             senders: Arc::new(senders),
             config,
             live,
@@ -155,8 +174,8 @@ impl Dispatcher {
 }
 
 struct Loop {
-    /// The outbox connection, its failures and a replaced file.
-    link: DbLink,
+    /// The outbox database, its failures (and on SQLite a replaced file).
+    link: Link,
     senders: Arc<Senders>,
     config: DispatcherConfig,
     live: Arc<ArcSwap<LiveSettings>>,
@@ -340,13 +359,13 @@ impl Loop {
         self.link.failed(what, e);
     }
 
-    /// The outbox connection (see [`DbLink::get`]); `None` when the database failed.
-    async fn db(&mut self) -> Option<Db> {
-        let linked = self.link.get().await;
-        if linked.requery {
+    /// The outbox database for a step (see [`Link::get`]); `None` when it failed.
+    async fn db(&mut self) -> Option<Handle> {
+        let (db, requery) = self.link.get().await;
+        if requery {
             self.set_backlog();
         }
-        linked.db
+        db
     }
 
     /// Queues a finished attempt (or a deferral) for [`Loop::commit`].
@@ -384,7 +403,7 @@ impl Loop {
                 (row, f.recorded.clone())
             })
             .collect();
-        match with_db(&db, move |c| outbox::record(c, &outcomes, now_ms())).await {
+        match db.record(outcomes).await {
             Ok(()) => {
                 self.db_ok();
                 for f in self.group.take() {
@@ -422,25 +441,27 @@ impl Loop {
     /// [`super::bulkhead`]). Returns when to look again (`None`: the database failed).
     async fn claim(&mut self) -> Option<Instant> {
         let far = Instant::now() + Duration::from_secs(3600);
+        // Leased rows (PostgreSQL) are claimed only for the free slots: rows in flight are
+        // not due while leased, and a row claimed beyond them would wait for its lease.
+        let leases = self.link.leases();
         let asks: Vec<(Channel, usize)> = Channel::ALL
             .into_iter()
             .filter(|c| self.backlog[c.index()] && self.bulk.free(*c) > 0)
-            .map(|c| (c, self.bulk.free(c) + self.bulk.in_flight(c) + scan_extra(c)))
+            .map(|c| match leases {
+                false => (c, self.bulk.free(c) + self.bulk.in_flight(c) + scan_extra(c)),
+                true => (c, self.bulk.free(c)),
+            })
             .collect();
         if asks.is_empty() {
             return Some(far); // an attempt finishing wakes the loop
         }
         let db = self.db().await?;
         let now = now_ms();
-        let handoff = self.handoff.clone();
-        let asked = asks.clone();
         let expire_after = self.live.load().expire_after;
         // A lane's head in flight is not rewritten under its attempt.
         let busy = self.in_flight.busy_lanes();
-        let found = with_db(&db, move |c| {
-            outbox::claim_rows(c, &handoff, &asked, now, &expire_after, &busy)
-        })
-        .await;
+        let found =
+            db.claim(&self.handoff, asks.clone(), now, expire_after, busy, self.config.lease).await;
         let found = match found {
             Ok((expired, coalesced, found)) => {
                 telemetry::count_expired(&expired);
@@ -465,6 +486,10 @@ impl Loop {
                 let target = TargetKey::of(&row);
                 match self.bulk.admit(channel, target.as_ref(), at) {
                     Admit::Start => self.start(row),
+                    Admit::Wait if leases => {
+                        self.defer(row, GIVE_BACK);
+                        deferred = true;
+                    }
                     Admit::Wait => waiting = true,
                     Admit::Defer(wait) => {
                         self.defer(row, wait);
@@ -484,7 +509,7 @@ impl Loop {
             self.last_query = Instant::now();
         }
         // Sleep until the next retry is due (or an attempt finishes).
-        let next = match with_db(&db, move |c| outbox::next_due_after(c, now)).await {
+        let next = match db.next_due_after(now).await {
             Ok(next) => next,
             Err(e) => {
                 self.db_failed("next due", &e);

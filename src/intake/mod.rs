@@ -30,9 +30,15 @@
 //! go to the pool, so the next batch is received while this one is written. (The commit
 //! can still wait for the hand-over's lock while a dispatcher's claim reads due rows: a
 //! read of well under a millisecond.)
+//!
+//! On PostgreSQL ([`OutboxDb::Postgres`]) a batch is one transaction through
+//! [`OutboxBackend::enqueue`] on the connection pool (asynchronous, no blocking pool), and
+//! the snoozes are read from there; nothing is handed over in memory. While PostgreSQL is
+//! down the batch's write fails and is retried, and no message of it is acknowledged.
 
 pub mod explain;
 pub mod occurrence;
+mod pg;
 mod plan;
 mod run;
 
@@ -59,9 +65,10 @@ use crate::ops::health::Health;
 use crate::ops::telemetry;
 use crate::settings::LiveSettings;
 use crate::source::mqtt::Incoming;
+use crate::store::outbox::backend::OutboxBackend;
 use crate::store::outbox::{Fired, Handoff, NewDelivery, OutboxWriter, Target};
 use crate::store::snoozes::{self, RecipientDecision, SnoozeSet};
-use crate::store::{Conn, HeldConn, Store, StoreError, catalog::Event};
+use crate::store::{Conn, HeldConn, OutboxDb, Store, StoreError, catalog::Event};
 use occurrence::{EventRef, Occurrence, Reason, Rejected, RejectionLog};
 
 /// Most messages written in one transaction.
@@ -92,10 +99,8 @@ pub struct Intake {
     live: Live,
     settings: Arc<ArcSwap<LiveSettings>>,
     timezone: chrono_tz::Tz,
-    writer: Option<OutboxWriter>,
-    store: Store,
-    /// Given to every writer this intake opens: the dispatcher's hand-over.
-    handoff: Arc<Handoff>,
+    /// The outbox database and, on SQLite, the connections held to it.
+    db: Db,
     rejections: Arc<RejectionLog>,
     names: Option<EventNames>,
     matches: Matches,
@@ -114,14 +119,28 @@ pub struct Intake {
     snoozes: SnoozeSet,
     /// When `snoozes_version` was last compared.
     snoozes_checked: Option<Instant>,
-    /// The connection the snooze checks read through, kept open between checks (opening
-    /// one costs more than the check; in the pipeline benchmark at 1,000 occurrences per
-    /// second a new connection per check held some batches up to 80 ms).
-    snooze_conn: Option<HeldConn>,
     /// When expired snoozes were last deleted.
     snoozes_purged: Option<Instant>,
     /// Where the outcome of every outbox write is reported (the store's health).
     health: Option<Health>,
+}
+
+/// The outbox database of an [`Intake`]. One per intake, never moved on the hot path: the
+/// SQLite variant stays inline (no box to follow on every write), whatever its size.
+#[allow(clippy::large_enum_variant)]
+enum Db {
+    Sqlite {
+        writer: Option<OutboxWriter>,
+        store: Store,
+        /// Given to every writer this intake opens: the dispatcher's hand-over.
+        handoff: Arc<Handoff>,
+        /// The connection the snooze checks read through, kept open between checks
+        /// (opening one costs more than the check; in the pipeline benchmark at 1,000
+        /// occurrences per second a new connection per check held some batches up to
+        /// 80 ms).
+        snooze_conn: Option<HeldConn>,
+    },
+    Postgres(crate::store::postgres::outbox::PgOutbox),
 }
 
 /// A script on a camera (the unit a cooldown applies to).
@@ -189,18 +208,50 @@ impl Intake {
         rejections: Arc<RejectionLog>,
     ) -> Result<Intake, StoreError> {
         let writer = OutboxWriter::new(&store, handoff.clone())?;
-        let cooldowns = crate::store::outbox::load_cooldowns(&*store.connect()?)?
+        let cooldowns = crate::store::outbox::load_cooldowns(&*store.connect()?)?;
+        let db = Db::Sqlite { writer: Some(writer), store, handoff, snooze_conn: None };
+        Ok(Intake::with_db(db, cooldowns, live, settings, rejections))
+    }
+
+    /// [`Intake::new`] on either database (see *Where the write runs*); on PostgreSQL
+    /// `handoff` is not used. Needs a tokio runtime.
+    pub async fn new_on(
+        db: OutboxDb,
+        handoff: Arc<Handoff>,
+        live: Live,
+        settings: Arc<ArcSwap<LiveSettings>>,
+        rejections: Arc<RejectionLog>,
+    ) -> Result<Intake, StoreError> {
+        match db {
+            OutboxDb::Sqlite(store) => tokio::task::spawn_blocking(move || {
+                Intake::new(store, handoff, live, settings, rejections)
+            })
+            .await
+            .map_err(|e| StoreError::TaskFailed(format!("intake start: {e}")))?,
+            OutboxDb::Postgres(pg) => {
+                let cooldowns = pg.load_cooldowns().await?;
+                Ok(Intake::with_db(Db::Postgres(pg), cooldowns, live, settings, rejections))
+            }
+        }
+    }
+
+    fn with_db(
+        db: Db,
+        cooldowns: Vec<Fired>,
+        live: Live,
+        settings: Arc<ArcSwap<LiveSettings>>,
+        rejections: Arc<RejectionLog>,
+    ) -> Intake {
+        let cooldowns = cooldowns
             .into_iter()
             .map(|f| ((f.script_id, f.camera_id), (f.occurred_at_ms, f.occurrence_id)))
             .collect();
         let timezone = live.timezone();
-        Ok(Intake {
+        Intake {
             live,
             settings,
             timezone,
-            writer: Some(writer),
-            store,
-            handoff,
+            db,
             rejections,
             names: None,
             matches: Matches::new(),
@@ -210,10 +261,9 @@ impl Intake {
             cooldown_undo: Vec::new(),
             snoozes: SnoozeSet::default(),
             snoozes_checked: None,
-            snooze_conn: None,
             snoozes_purged: None,
             health: None,
-        })
+        }
     }
 
     /// Reloads the snooze cache when `snoozes_version` moved; at most every
@@ -236,7 +286,15 @@ impl Intake {
             self.snoozes_purged = Some(Instant::now());
         }
         let version = self.snoozes.version;
-        let mut held = self.snooze_conn.take().unwrap_or_else(|| HeldConn::new(self.store.clone()));
+        let (store, snooze_conn) = match &mut self.db {
+            Db::Sqlite { store, snooze_conn, .. } => (store, snooze_conn),
+            Db::Postgres(pg) => {
+                let result = pg::read_snoozes(pg, purge, horizon, version).await;
+                self.snoozes_read(result);
+                return;
+            }
+        };
+        let mut held = snooze_conn.take().unwrap_or_else(|| HeldConn::new(store.clone()));
         let result = tokio::task::spawn_blocking(move || {
             let read = |conn: &Conn| {
                 if purge {
@@ -260,7 +318,12 @@ impl Intake {
         .await
         .unwrap_or_else(|e| (None, Err(StoreError::TaskFailed(format!("snooze reader: {e}")))));
         let (held, result) = result;
-        self.snooze_conn = held;
+        *snooze_conn = held;
+        self.snoozes_read(result);
+    }
+
+    /// Takes what a snooze check read.
+    fn snoozes_read(&mut self, result: Result<Option<SnoozeSet>, StoreError>) {
         match result {
             Ok(Some(set)) => self.snoozes = set,
             Ok(None) => {}
@@ -382,10 +445,11 @@ impl Intake {
     /// Closes the outbox connection if the database file was replaced (see
     /// [`crate::store::Conn`]); the next batch opens the new file.
     pub fn release_replaced_file(&mut self) {
-        if let Some(w) = &mut self.writer {
+        let Db::Sqlite { writer, snooze_conn, .. } = &mut self.db else { return };
+        if let Some(w) = writer {
             w.release_replaced_file();
         }
-        if let Some(c) = &mut self.snooze_conn {
+        if let Some(c) = snooze_conn {
             c.release_replaced_file();
         }
     }
@@ -441,16 +505,20 @@ impl Intake {
         small: bool,
     ) -> Result<usize, StoreError> {
         let now_ms = now.timestamp_millis();
+        let (writer_slot, store, handoff) = match &mut self.db {
+            Db::Sqlite { writer, store, handoff, .. } => (writer, store, handoff),
+            Db::Postgres(pg) => return pg.enqueue(&deliveries, &fired, now_ms).await,
+        };
         if small
             && deliveries.len() + fired.len() <= INLINE_ROWS
-            && let Some(w) = self.writer.as_mut()
+            && let Some(w) = writer_slot.as_mut()
             && let Some(result) = w.try_enqueue_without_waiting(&deliveries, &fired, now_ms)
         {
             return result;
         }
-        let mut writer = match self.writer.take() {
+        let mut writer = match writer_slot.take() {
             Some(w) => w,
-            None => OutboxWriter::new(&self.store, self.handoff.clone())?,
+            None => OutboxWriter::new(store, handoff.clone())?,
         };
         let (writer, result) = tokio::task::spawn_blocking(move || {
             let r = writer.enqueue_with_cooldowns(&deliveries, &fired, now_ms);
@@ -458,7 +526,7 @@ impl Intake {
         })
         .await
         .map_err(|e| StoreError::TaskFailed(format!("outbox writer task: {e}")))?;
-        self.writer = Some(writer);
+        *writer_slot = Some(writer);
         result
     }
 }

@@ -34,9 +34,11 @@
 //! ## Files
 //!
 //! [`snapshot`]: what readers see (script records, their users and cameras, the index);
-//! `build`: a snapshot from the database; this file: the [`Live`] handle and the watcher.
+//! `build`: a snapshot from the database; `postgres`: the snapshot and its watcher on
+//! PostgreSQL; this file: the [`Live`] handle and the watcher.
 
 mod build;
+mod postgres;
 pub mod snapshot;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -83,7 +85,10 @@ pub struct Live {
 }
 
 struct Inner {
-    store: Store,
+    /// The SQLite store; `None` on PostgreSQL.
+    store: Option<Store>,
+    /// The PostgreSQL store (see `postgres`); `None` on SQLite.
+    pg: Option<crate::store::postgres::PgStore>,
     timezone: Tz,
     current: ArcSwap<Snapshot>,
     /// The watcher's connection; its lock also serialises rebuilds, so an older snapshot
@@ -103,7 +108,8 @@ impl Live {
     pub fn new(store: Store, timezone: Tz) -> Result<Live, StoreError> {
         let live = Live {
             inner: Arc::new(Inner {
-                store,
+                store: Some(store),
+                pg: None,
                 timezone,
                 current: ArcSwap::from_pointee(Snapshot::empty()),
                 watch: Mutex::new(None),
@@ -119,9 +125,9 @@ impl Live {
         self.inner.current.load_full()
     }
 
-    /// The store this snapshot is built from.
-    pub fn store(&self) -> &Store {
-        &self.inner.store
+    /// The SQLite store this snapshot is built from (`None` on PostgreSQL).
+    pub fn store(&self) -> Option<&Store> {
+        self.inner.store.as_ref()
     }
 
     /// The zone for times without an offset.
@@ -145,11 +151,15 @@ impl Live {
                 Err(_) => *watch = None,
             }
         }
+        let Some(store) = &self.inner.store else {
+            return Err(StoreError::TaskFailed(
+                "a PostgreSQL snapshot reloads with Live::reload".into(),
+            ));
+        };
         let previous = self.load();
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let started = std::time::Instant::now();
-        let built =
-            build::build(&self.inner.store, self.inner.timezone, generation, &previous.index);
+        let built = build::build(store, self.inner.timezone, generation, &previous.index);
         let snapshot = match built {
             Ok(s) => s,
             Err(e) => {
@@ -158,6 +168,14 @@ impl Live {
                 return Err(e);
             }
         };
+        self.install(previous, snapshot, started);
+        Ok(())
+    }
+
+    /// Swaps `snapshot` in for `previous`: logs the rows that became invalid, records the
+    /// rebuild's metrics, and gives the freed memory back.
+    fn install(&self, previous: Arc<Snapshot>, snapshot: Snapshot, started: std::time::Instant) {
+        let generation = snapshot.generation;
         for (id, errors) in &snapshot.invalid {
             if previous.invalid.get(id) != Some(errors) {
                 tracing::error!(
@@ -183,11 +201,14 @@ impl Live {
         // the reader's last reference): give its pages and the build's back to the system.
         drop(previous);
         release_free_memory();
-        Ok(())
     }
 
-    /// [`Live::reload_blocking`] on the blocking pool.
+    /// [`Live::reload_blocking`] on the blocking pool; on PostgreSQL a read of the rows
+    /// and a build on the blocking pool.
     pub async fn reload(&self) -> Result<(), StoreError> {
+        if let Some(pg) = &self.inner.pg {
+            return postgres::reload(self, pg).await;
+        }
         let live = self.clone();
         tokio::task::spawn_blocking(move || live.reload_blocking())
             .await
@@ -212,6 +233,9 @@ impl Live {
         seen: impl Fn(Seen) + Send + 'static,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
+        if let Some(pg) = &self.inner.pg {
+            return postgres::spawn_watcher(self.clone(), pg.clone(), interval, shutdown);
+        }
         let live = self.clone();
         tokio::spawn(async move {
             tokio::pin!(shutdown);
@@ -314,6 +338,10 @@ fn look_quickly(live: &Live) -> Quick {
         Err(TryLockError::WouldBlock) => return Quick::Locked,
     };
     let Some(w) = watch.as_mut() else { return Quick::Blocking };
+    // A watch exists only on SQLite, whose store is set.
+    let Some(wait) = live.inner.store.as_ref().map(Store::busy_timeout) else {
+        return Quick::Unchanged;
+    };
     if w.conn.is_stale() || w.conn.busy_timeout(Duration::ZERO).is_err() {
         return Quick::Blocking;
     }
@@ -328,7 +356,7 @@ fn look_quickly(live: &Live) -> Quick {
         },
         Err(_) => Quick::Blocking,
     };
-    if w.conn.busy_timeout(live.inner.store.busy_timeout()).is_err() {
+    if w.conn.busy_timeout(wait).is_err() {
         // Not restored: the blocking step reopens the connection.
         *watch = None;
         return Quick::Blocking;
@@ -350,7 +378,8 @@ fn poll_once(live: &Live) -> Result<Option<Seen>, StoreError> {
     if watch.is_none() {
         // (Re)opened: reload unless the snapshot was built from this very file and version
         // (at start-up it was, moments ago; a replaced file has another epoch).
-        let conn = live.inner.store.connect()?;
+        let Some(store) = &live.inner.store else { return Ok(None) };
+        let conn = store.connect()?;
         let v = data_version(&conn)?;
         let c = commits(&conn)?;
         let source = Some((conn.epoch(), v));

@@ -83,6 +83,8 @@ impl ComponentState {
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     components: Arc<RwLock<BTreeMap<String, ComponentState>>>,
+    /// The live instances sharing the database (PostgreSQL only).
+    instances: Arc<RwLock<Option<Vec<InstanceView>>>>,
     watchdog: Watchdog,
     store_writes: Arc<StoreWrites>,
 }
@@ -107,6 +109,26 @@ pub struct HealthReport {
     pub failing: Vec<String>,
     /// Every component by name.
     pub components: BTreeMap<String, ComponentState>,
+    /// On PostgreSQL, the live instances sharing the database (this one included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<InstanceView>>,
+}
+
+/// One live instance in `/healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceView {
+    /// Its MQTT client id.
+    pub client_id: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id there.
+    pub pid: i64,
+    /// Its version.
+    pub version: String,
+    /// When it started (RFC 3339, UTC).
+    pub started_at: String,
+    /// Its last heartbeat (RFC 3339, UTC; within the last 10 s).
+    pub heartbeat_at: String,
 }
 
 impl HealthReport {
@@ -151,6 +173,11 @@ impl Health {
     /// Marks a component down with a reason.
     pub fn set_down(&self, component: &str, reason: impl Into<String>) {
         self.set(component, ComponentState::Down { reason: reason.into() });
+    }
+
+    /// Sets the live instances `/healthz` lists.
+    pub fn set_instances(&self, instances: Vec<InstanceView>) {
+        *self.instances.write().unwrap_or_else(PoisonError::into_inner) = Some(instances);
     }
 
     /// Records that a write to the store failed (disk full, read-only file, database
@@ -203,7 +230,8 @@ impl Health {
             (true, true) => "degraded",
             (true, false) => "ok",
         };
-        HealthReport { status, failing, components }
+        let instances = self.instances.read().unwrap_or_else(PoisonError::into_inner).clone();
+        HealthReport { status, failing, components, instances }
     }
 }
 

@@ -99,6 +99,9 @@ pub const API_STREAMS_OPEN: &str = "scriptd_api_streams_open";
 /// Counter: reaction streams refused with 429 (`api.max_streams` or
 /// `api.max_streams_per_token` reached).
 pub const API_STREAMS_REFUSED: &str = "scriptd_api_streams_refused_total";
+/// Gauge: instances sharing the database whose heartbeat is younger than 10 s (PostgreSQL
+/// only; this one included).
+pub const INSTANCES_LIVE: &str = "scriptd_instances_live";
 
 /// Label of [`OCCURRENCES_REJECTED`]: why the payload was dropped.
 pub const LABEL_REASON: &str = "reason";
@@ -225,6 +228,11 @@ pub fn describe() {
     );
     describe_gauge!(SCRIPTS_LOADED, Unit::Count, "Scripts in the matching index.");
     describe_gauge!(SCRIPTS_INVALID, Unit::Count, "Scripts skipped as invalid.");
+    describe_gauge!(
+        INSTANCES_LIVE,
+        Unit::Count,
+        "Instances sharing the PostgreSQL database with a heartbeat in the last 10 s."
+    );
     describe_histogram!(INDEX_REBUILD, Unit::Seconds, "Time to rebuild the script index.");
     describe_gauge!(BUILD_INFO, "Always 1; the label tells the running version.");
     describe_gauge!(DELIVERIES_IN_FLIGHT, Unit::Count, "Delivery attempts in flight by channel.");

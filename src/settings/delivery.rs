@@ -32,6 +32,10 @@ pub struct DeliverySettings {
     pub breaker_after_timeouts: u32,
     /// While a target is backed off, one probe attempt per this many seconds.
     pub breaker_probe_seconds: u64,
+    /// On PostgreSQL, how long a claimed delivery stays leased to the instance that claimed
+    /// it, in seconds (5–3600): a row claimed by an instance that died is due again when its
+    /// lease ends.
+    pub lease_seconds: u64,
     /// `[delivery.expire_after_seconds]`: per channel, how long after its occurrence was
     /// received a delivery may still be sent.
     pub expire_after_seconds: ExpireAfter,
@@ -83,6 +87,7 @@ impl Default for DeliverySettings {
             per_target_max_in_flight: 0,
             breaker_after_timeouts: 5,
             breaker_probe_seconds: 30,
+            lease_seconds: 30,
             expire_after_seconds: ExpireAfter::default(),
         }
     }
@@ -106,6 +111,11 @@ impl DeliverySettings {
     /// [`Self::shutdown_deadline_seconds`] as a duration.
     pub fn shutdown_deadline(&self) -> Duration {
         Duration::from_secs(self.shutdown_deadline_seconds)
+    }
+
+    /// [`Self::lease_seconds`] as a duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_seconds)
     }
 
     /// [`Self::breaker_probe_seconds`] as a duration.

@@ -44,6 +44,23 @@ fn channel_budgets_split_max_in_flight_unless_set() {
 }
 
 #[test]
+fn lease_seconds_is_5_to_3600_and_named_when_not() {
+    assert_eq!(Settings::default().delivery.lease(), Duration::from_secs(30));
+    for (v, ok) in [(4, false), (5, true), (3600, true), (3601, false), (0, false)] {
+        let mut s = Settings::default();
+        s.delivery.lease_seconds = v;
+        let errors = s.validate();
+        if ok {
+            assert!(errors.is_empty(), "{v}: {errors:?}");
+        } else {
+            assert_eq!(errors.len(), 1, "{v}: {errors:?}");
+            assert_eq!(errors[0].0, "delivery.lease_seconds");
+            assert!(errors[0].1.contains("5–3600"), "{}", errors[0].1);
+        }
+    }
+}
+
+#[test]
 fn synchronous_is_normal_or_full() {
     let parse = |text: &str| {
         Config::builder()
@@ -169,6 +186,7 @@ fn all_changed() -> Settings {
             per_target_max_in_flight: 10,
             breaker_after_timeouts: 11,
             breaker_probe_seconds: 12,
+            lease_seconds: 13,
             expire_after_seconds: ExpireAfter { push: 7, telegram: 8, webhook: 9 },
         },
         log: LogSettings { format: LogFormat::Json, level: "debug".into() },
@@ -180,7 +198,7 @@ fn with_live_from_copies_exactly_the_live_keys() {
     let old = Settings::default();
     let new = all_changed();
     let all = old.changed_keys(&new);
-    assert_eq!(all.len(), 1 + 7 + 19 + 9 + 6 + 1 + 2 + 12 + 3 + 2, "{all:?}");
+    assert_eq!(all.len(), 1 + 7 + 19 + 9 + 6 + 1 + 2 + 13 + 3 + 2, "{all:?}");
     let running = old.with_live_from(&new);
     let applied = old.changed_keys(&running);
     let pending = running.changed_keys(&new);

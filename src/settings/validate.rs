@@ -196,6 +196,9 @@ impl Settings {
         if !(1..=3600).contains(&d.breaker_probe_seconds) {
             bad("delivery.breaker_probe_seconds", range_msg("1–3600", d.breaker_probe_seconds));
         }
+        if !(5..=3600).contains(&d.lease_seconds) {
+            bad("delivery.lease_seconds", range_msg("5–3600", d.lease_seconds));
+        }
         if let Err(why) = check_level(&self.log.level) {
             bad("log.level", why);
         }

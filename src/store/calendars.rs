@@ -79,7 +79,7 @@ impl StoredCalendar {
 }
 
 /// Reads the stored dates text; entries that do not parse are left out and logged.
-fn decode_dates(id: i64, s: &str) -> Vec<DateRange> {
+pub(crate) fn decode_dates(id: i64, s: &str) -> Vec<DateRange> {
     let items = match serde_json::from_str::<Value>(s) {
         Ok(Value::Array(items)) => items,
         _ => {

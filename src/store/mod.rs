@@ -39,6 +39,17 @@ use crate::script::validation::FieldErrors;
 use file::FileGate;
 pub use file::{Conn, Staleness};
 
+/// The database the daemon's outbox is in: the dispatcher and the intake take one.
+#[derive(Debug, Clone)]
+pub enum OutboxDb {
+    /// A SQLite file: the intake writes through its own connection and hands new rows over
+    /// in memory; the dispatcher reads through one connection (see [`outbox`]).
+    Sqlite(Store),
+    /// PostgreSQL: every operation through [`OutboxBackend`](outbox::backend::OutboxBackend);
+    /// claims lease their rows.
+    Postgres(postgres::outbox::PgOutbox),
+}
+
 /// How long a connection waits for another writer before giving up with [`StoreError::Busy`].
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 

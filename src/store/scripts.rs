@@ -47,14 +47,37 @@ const COLUMNS: &str = "id, title, event_id, reaction_id, status, cameras, timeta
                        created_at, updated_at, owner_id";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredScript> {
+    let columns = [1, 2, 3, 4, 5, 6, 7].map(|i| r.get(i).map(sql_to_json));
+    let [title, event_id, reaction_id, status, cameras, timetable, extra] = columns;
+    Ok(from_columns(
+        r.get(0)?,
+        [title?, event_id?, reaction_id?, status?, cameras?, timetable?, extra?],
+        text(r, 8)?,
+        text(r, 9)?,
+        r.get::<_, Option<i64>>(10).ok().flatten(),
+    ))
+}
+
+/// A script row from its columns `title, event_id, reaction_id, status, cameras,
+/// timetable, extra` as JSON values (text as strings, as stored): the JSON columns'
+/// text is parsed, and what does not parse is reported in `decode_errors`. The users
+/// are attached by the caller. Both stores read their rows through this.
+pub(crate) fn from_columns(
+    id: i64,
+    columns: [Value; 7],
+    created_at: String,
+    updated_at: String,
+    owner_id: Option<i64>,
+) -> StoredScript {
     let mut body = Map::new();
     let mut decode_errors = FieldErrors::new();
-    body.insert("title".into(), sql_to_json(r.get(1)?));
-    body.insert("event_id".into(), sql_to_json(r.get(2)?));
-    body.insert("reaction_id".into(), sql_to_json(r.get(3)?));
-    body.insert("status".into(), sql_to_json(r.get(4)?));
-    for (i, key) in [(5, "cameras"), (6, "timetable"), (7, "extra")] {
-        let value = match sql_to_json(r.get(i)?) {
+    let [title, event_id, reaction_id, status, cameras, timetable, extra] = columns;
+    body.insert("title".into(), title);
+    body.insert("event_id".into(), event_id);
+    body.insert("reaction_id".into(), reaction_id);
+    body.insert("status".into(), status);
+    for (column, key) in [(cameras, "cameras"), (timetable, "timetable"), (extra, "extra")] {
+        let value = match column {
             Value::String(s) => match serde_json::from_str::<Value>(&s) {
                 Ok(v) => v,
                 Err(e) => {
@@ -66,14 +89,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredScript> {
         };
         body.insert(key.into(), value);
     }
-    Ok(StoredScript {
-        id: r.get(0)?,
-        body,
-        created_at: text(r, 8)?,
-        updated_at: text(r, 9)?,
-        decode_errors,
-        owner_id: r.get::<_, Option<i64>>(10).ok().flatten(),
-    })
+    StoredScript { id, body, created_at, updated_at, decode_errors, owner_id }
 }
 
 fn attach_users(conn: &Connection, s: &mut StoredScript) -> Result<(), StoreError> {

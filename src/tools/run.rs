@@ -48,15 +48,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(loaded) => loaded,
                 Err(e) => return Err(config_error(&e)),
             };
-            if settings.database.url.is_some() {
-                return run_on_postgres(&settings);
-            }
             let log = crate::ops::logging::init(&settings.log)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(crate::app::run(settings, sources.dir, Some(log)))?;
+            let pg = match settings.database.url.is_some() {
+                true => {
+                    let store = runtime.block_on(connect_and_migrate(&settings))?;
+                    let me = runtime.block_on(register_instance(&store, &settings))?;
+                    Some(crate::app::Postgres { store, registration: me })
+                }
+                false => None,
+            };
+            runtime.block_on(crate::app::run_on(settings, sources.dir, Some(log), pg))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => check_config(cli.config.as_deref()),
@@ -291,17 +296,31 @@ fn postgres_store(
     }
 }
 
-/// `scriptd run` with `database.url`: connects and migrates (several hosts at once are
-/// fine), then stops with a plain message: the daemon's intake, dispatch and API run on
-/// SQLite only so far (docs/postgresql.md).
-fn run_on_postgres(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let (store, runtime) = postgres_store(settings)?;
-    runtime.block_on(crate::store::postgres::migrations::migrate(&store))?;
-    anyhow::bail!(
-        "PostgreSQL database {} is migrated, but the daemon does not run on PostgreSQL yet \
-         (see docs/postgresql.md); unset database.url to run on SQLite",
-        store.endpoint()
-    )
+/// `scriptd run` with `database.url`: connects (any failure is a configuration error,
+/// exit 78, naming the endpoint) and migrates (several hosts at once are fine), on the
+/// daemon's runtime, which the pool's connections then live on.
+async fn connect_and_migrate(
+    settings: &Settings,
+) -> anyhow::Result<crate::store::postgres::PgStore> {
+    let store = crate::store::postgres::connect_settings(&settings.database)
+        .await
+        .map_err(|e| ConfigError(format!("database.url: cannot use {e}")))?;
+    crate::store::postgres::migrations::migrate(&store).await?;
+    Ok(store)
+}
+
+/// Takes `mqtt.client_id` for this process in the instance registry: another running
+/// instance holding it is a configuration error (exit 78) naming that instance's host.
+async fn register_instance(
+    store: &crate::store::postgres::PgStore,
+    settings: &Settings,
+) -> anyhow::Result<crate::store::postgres::instances::Registration> {
+    use crate::store::postgres::instances::{Identity, RegisterError, register};
+    match register(store, Identity::of_this_process(&settings.mqtt.client_id)).await {
+        Ok(registration) => Ok(registration),
+        Err(e @ RegisterError::Held { .. }) => Err(ConfigError(e.to_string()).into()),
+        Err(RegisterError::Store(e)) => Err(e.into()),
+    }
 }
 
 /// [`load_settings`] for a command that works on SQLite only so far: with `database.url`

@@ -11,7 +11,8 @@
 //! - **Status page**: `status_api` (the routes it stands on), `status_page` (headless
 //!   Chromium).
 //! - **Pipeline** (components against real peers): `pipeline_source`, `pipeline_components`,
-//!   `pipeline_push`, `pipeline_telegram`, `pipeline_webhook`, `outbox_dispatch`.
+//!   `pipeline_push`, `pipeline_telegram`, `pipeline_webhook`, `outbox_dispatch`,
+//!   `pipeline_postgres` (`scriptd run` on PostgreSQL).
 //! - **Daemon end to end** (`scriptd run` as a child process): `daemon_e2e`, `flood_control`,
 //!   `bench_pipeline`.
 //! - **Reliability** (faults inflicted, see docs/reliability.md): `reliability`,
@@ -63,6 +64,7 @@ mod status_page;
 mod outbox_conformance;
 mod outbox_dispatch;
 mod pipeline_components;
+mod pipeline_postgres;
 mod pipeline_push;
 mod pipeline_source;
 mod pipeline_telegram;
@@ -96,6 +98,7 @@ mod store_replace;
 // Configuration and operations
 mod config_check_command;
 mod config_layers;
+mod instances_postgres;
 mod mqtt_tls;
 mod ops_health;
 mod ops_logging;

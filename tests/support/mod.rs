@@ -25,6 +25,7 @@ pub mod clients;
 pub mod daemon;
 pub mod logs;
 pub mod mosquitto;
+pub mod pg_daemon;
 pub mod postgres;
 pub mod telegram_stub;
 pub mod timetables;

@@ -94,3 +94,33 @@ pub trait OutboxBackend: Send + Sync {
 pub(crate) fn lease_ms(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
 }
+
+/// One claim of a dispatcher through a backend that leases ([`OutboxBackend::claim`]): as
+/// [`super::claim_rows`] on SQLite, expires the old pending rows of the `asked` channels,
+/// claims up to each channel's limit, and coalesces the Telegram rows claimed whose lane
+/// is not in `busy`.
+pub async fn claim_leased<B: OutboxBackend>(
+    backend: &B,
+    asked: &[(Channel, usize)],
+    now_ms: i64,
+    expire_after: &ExpireAfter,
+    busy: &std::collections::HashSet<String>,
+    lease: Duration,
+) -> Result<super::ClaimFound, StoreError> {
+    let is_asked = |c: Channel| asked.iter().any(|(a, _)| *a == c);
+    let only_asked = ExpireAfter {
+        push: if is_asked(Channel::Push) { expire_after.push } else { 0 },
+        telegram: if is_asked(Channel::Telegram) { expire_after.telegram } else { 0 },
+        webhook: if is_asked(Channel::Webhook) { expire_after.webhook } else { 0 },
+    };
+    let expired = backend.expire(now_ms, &only_asked).await?;
+    let mut found = Vec::with_capacity(asked.len());
+    for (channel, limit) in asked {
+        found.push(backend.claim(*channel, now_ms, *limit, lease).await?);
+    }
+    let mut coalesced = 0;
+    for row in found.iter_mut().flatten().filter(|r| !busy.contains(&r.lane)) {
+        coalesced += backend.coalesce(row, now_ms).await?;
+    }
+    Ok((expired, coalesced, found))
+}

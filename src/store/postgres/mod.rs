@@ -12,11 +12,15 @@
 
 pub mod copy;
 pub mod instances;
+pub mod listen;
 pub mod migrations;
 pub mod outbox;
+pub mod pipeline;
+pub mod snapshot;
 pub mod tls;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -172,6 +176,8 @@ fn endpoint_of(config: &tokio_postgres::Config) -> String {
 pub struct PgStore {
     pool: Pool,
     endpoint: String,
+    /// For connections outside the pool ([`listen::Listener`]).
+    direct: Arc<(tokio_postgres::Config, tokio_postgres_rustls::MakeRustlsConnect)>,
 }
 
 impl fmt::Debug for PgStore {
@@ -191,7 +197,7 @@ impl PgStore {
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(options.tls.clone());
         let manager = Manager::from_config(
             options.config.clone(),
-            tls,
+            tls.clone(),
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(manager)
@@ -204,7 +210,11 @@ impl PgStore {
                 endpoint: options.endpoint.clone(),
                 message: format!("cannot build the connection pool: {e}"),
             })?;
-        let store = PgStore { pool, endpoint: options.endpoint.clone() };
+        let store = PgStore {
+            pool,
+            endpoint: options.endpoint.clone(),
+            direct: Arc::new((options.config.clone(), tls)),
+        };
         store.get().await?.simple_query("SELECT 1").await.map_err(|e| store.error(&e))?;
         Ok(store)
     }
@@ -226,6 +236,12 @@ impl PgStore {
             };
             StoreError::Postgres { endpoint: self.endpoint.clone(), message }
         })
+    }
+
+    /// Runs `SELECT 1` on a pooled connection (the daemon's health probe).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.get().await?.simple_query("SELECT 1").await.map_err(|e| self.error(&e))?;
+        Ok(())
     }
 
     /// A client error as a [`StoreError`] naming this store's endpoint.

@@ -35,6 +35,11 @@ impl PgOutbox {
         PgOutbox { store }
     }
 
+    /// The database this outbox is in.
+    pub fn store(&self) -> &PgStore {
+        &self.store
+    }
+
     fn err(&self, e: tokio_postgres::Error) -> StoreError {
         self.store.error(&e)
     }

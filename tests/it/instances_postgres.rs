@@ -1,0 +1,105 @@
+//! Several `scriptd run` processes on one PostgreSQL database (real server, real
+//! Mosquitto): one client id is held by one running instance (a second start is refused
+//! with exit 78 naming the holder's host), a crashed holder gives it up at once so that the
+//! restart systemd makes is not refused, and `/healthz` and the `scriptd_instances_live`
+//! gauge list the live instances, without the ones that stopped.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::daemon::binary;
+use crate::support::mosquitto::Mosquitto;
+use crate::support::pg_daemon::Run;
+use crate::support::postgres::server;
+use crate::support::within;
+
+fn migrate(dir: &Path, url: &str) {
+    let out = Command::new(binary())
+        .env_clear()
+        .arg("--config")
+        .arg(dir)
+        .arg("migrate")
+        .env("SCRIPTD__DATABASE__URL", url)
+        .output()
+        .expect("run scriptd migrate");
+    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The client ids `/healthz` of `run` lists under `instances`.
+async fn listed(run: &Run) -> Vec<String> {
+    let body: Value = match reqwest::get(run.url("/healthz")).await {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    };
+    body["instances"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["client_id"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until `run`'s `/healthz` lists exactly `ids` (sorted).
+async fn wait_listed(run: &Run, ids: &[&str], what: &str) {
+    within(15, what, async {
+        loop {
+            if listed(run).await == ids {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_running_instance_per_client_id_and_a_crash_frees_it_for_the_restart() {
+    let pg = server();
+    let url = pg.database();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    migrate(tmp.path(), &url);
+    let broker = Mosquitto::start().await;
+    let host = scriptd::store::postgres::instances::host_name();
+
+    let mut a = Run::start_as(&url, broker.port(), Some("scriptd-a"));
+    a.wait_component("broker", "up", 30).await;
+    wait_listed(&a, &["scriptd-a"], "the first instance lists itself").await;
+    let body: Value =
+        reqwest::get(a.url("/healthz")).await.expect("healthz").json().await.expect("json");
+    let me = &body["instances"][0];
+    assert_eq!(me["host"], host.as_str(), "{body}");
+    assert!(me["started_at"].is_string() && me["heartbeat_at"].is_string(), "{body}");
+
+    // A second instance with the same client id: refused, naming the holder's host.
+    let mut twin = Run::start_as(&url, broker.port(), Some("scriptd-a"));
+    assert_eq!(twin.wait_exit(30), Some(78), "{}", twin.log());
+    let said = twin.log();
+    assert!(said.contains("\"scriptd-a\" is held by another running instance"), "{said}");
+    assert!(said.contains(&format!("on host {host}")), "{said}");
+
+    // Another client id is welcome; both list both, and the gauge counts them.
+    let mut c = Run::start_as(&url, broker.port(), Some("scriptd-c"));
+    c.wait_component("broker", "up", 30).await;
+    wait_listed(&a, &["scriptd-a", "scriptd-c"], "instance A lists both").await;
+    wait_listed(&c, &["scriptd-a", "scriptd-c"], "instance C lists both").await;
+    let metrics =
+        reqwest::get(a.url("/metrics")).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.lines().any(|l| l == "scriptd_instances_live 2"), "{metrics}");
+
+    // A crashes; its restart right away (as systemd's) is not refused.
+    a.kill();
+    let mut again = Run::start_as(&url, broker.port(), Some("scriptd-a"));
+    again.wait_component("broker", "up", 30).await;
+    assert_eq!(again.wait_exit(1), None, "the restart was refused:\n{}", again.log());
+    wait_listed(&again, &["scriptd-a", "scriptd-c"], "the restarted instance lists both").await;
+
+    // C stops gracefully: its row goes at once, not after the 10 s of a stale heartbeat.
+    assert_eq!(c.terminate(), Some(0), "{}", c.log());
+    let rows = pg.psql(
+        url.rsplit('/').next().and_then(|d| d.split('?').next()).expect("db name"),
+        "SELECT string_agg(client_id, ',' ORDER BY client_id) FROM scriptd_instances",
+    );
+    assert_eq!(rows, "scriptd-a", "the stopped instance's row is deleted");
+    wait_listed(&again, &["scriptd-a"], "the stopped instance is no longer listed").await;
+}
