@@ -256,6 +256,11 @@ pub struct PipelineArgs {
     /// pushes the cooldown suppresses are reported apart and not expected.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=86_400))]
     pub cooldown_seconds: u32,
+    /// Run the daemon on this PostgreSQL database (`postgresql://user[:password]@host/db`)
+    /// instead of a SQLite file: it is migrated and the scripts are copied into it, so it
+    /// must be empty (no users, scripts or deliveries).
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

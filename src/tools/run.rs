@@ -221,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     daemon_config: a.daemon_config.replace("\\n", "\n"),
                     skip_ceiling: a.no_ceiling,
                     cooldown_seconds: a.cooldown_seconds,
+                    database_url: a.database_url.map(crate::settings::DatabaseUrl::new),
                 })
                 .map_err(anyhow::Error::msg)?;
             print_report(&report, a.json)?;

@@ -1,5 +1,6 @@
 //! `scriptd bench pipeline` end to end on tiny numbers, with the embedded broker: the
-//! daemon runs as a child process and every expected push arrives exactly once.
+//! daemon runs as a child process and every expected push arrives exactly once, on SQLite
+//! and (`--database-url`) on PostgreSQL.
 
 use std::process::Command;
 
@@ -43,4 +44,43 @@ fn bench_pipeline_rejects_a_malformed_broker() {
         .output()
         .expect("run scriptd");
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn bench_pipeline_runs_the_daemon_on_postgresql_with_database_url() {
+    let pg = crate::support::postgres::server();
+    let url = pg.database();
+    let db = url.rsplit('/').next().and_then(|t| t.split('?').next()).expect("db name");
+    let out = Command::new(env!("CARGO_BIN_EXE_scriptd"))
+        .args(["bench", "pipeline", "--broker", "embedded", "--scripts", "200"])
+        .args(["--events", "1000", "--qos", "1", "--no-ceiling", "--json"])
+        .args(["--database-url", &url])
+        .output()
+        .expect("run scriptd bench pipeline");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\nstdout: {stdout}\nstderr: {stderr}", out.status);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let store = report["store"].as_str().unwrap_or_default();
+    assert!(store.starts_with("postgresql postgres@127.0.0.1:"), "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["duplicates"], 0, "{report}");
+    let expected = report["expected_pushes"].as_u64().expect("expected_pushes");
+    assert!(expected > 0, "{report}");
+    // The deliveries went through PostgreSQL's outbox (the warm-up's too).
+    let sent: u64 = pg
+        .psql(db, "SELECT count(*) FROM deliveries WHERE state = 'sent'")
+        .parse()
+        .expect("a count");
+    assert!(sent >= expected, "{sent} sent rows for {expected} expected pushes");
+
+    // The database now holds the run's rows: a second run is refused, naming the table.
+    let again = Command::new(env!("CARGO_BIN_EXE_scriptd"))
+        .args(["bench", "pipeline", "--broker", "embedded", "--scripts", "10"])
+        .args(["--events", "10", "--no-ceiling", "--database-url", &url])
+        .output()
+        .expect("run scriptd bench pipeline");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "{stderr}");
+    assert!(stderr.contains("--database-url") && stderr.contains("not empty"), "{stderr}");
 }

@@ -4,29 +4,14 @@
 //! restart systemd makes is not refused, and `/healthz` and the `scriptd_instances_live`
 //! gauge list the live instances, without the ones that stopped.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::daemon::binary;
 use crate::support::mosquitto::Mosquitto;
-use crate::support::pg_daemon::Run;
+use crate::support::pg_daemon::{Run, db_name, migrate};
 use crate::support::postgres::server;
 use crate::support::within;
-
-fn migrate(dir: &Path, url: &str) {
-    let out = Command::new(binary())
-        .env_clear()
-        .arg("--config")
-        .arg(dir)
-        .arg("migrate")
-        .env("SCRIPTD__DATABASE__URL", url)
-        .output()
-        .expect("run scriptd migrate");
-    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 /// The client ids `/healthz` of `run` lists under `instances`.
 async fn listed(run: &Run) -> Vec<String> {
@@ -57,8 +42,7 @@ async fn wait_listed(run: &Run, ids: &[&str], what: &str) {
 async fn one_running_instance_per_client_id_and_a_crash_frees_it_for_the_restart() {
     let pg = server();
     let url = pg.database();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    migrate(tmp.path(), &url);
+    migrate(&url);
     let broker = Mosquitto::start().await;
     let host = scriptd::store::postgres::instances::host_name();
 
@@ -97,7 +81,7 @@ async fn one_running_instance_per_client_id_and_a_crash_frees_it_for_the_restart
     // C stops gracefully: its row goes at once, not after the 10 s of a stale heartbeat.
     assert_eq!(c.terminate(), Some(0), "{}", c.log());
     let rows = pg.psql(
-        url.rsplit('/').next().and_then(|d| d.split('?').next()).expect("db name"),
+        db_name(&url),
         "SELECT string_agg(client_id, ',' ORDER BY client_id) FROM scriptd_instances",
     );
     assert_eq!(rows, "scriptd-a", "the stopped instance's row is deleted");

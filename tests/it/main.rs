@@ -98,6 +98,7 @@ mod store_replace;
 // Configuration and operations
 mod config_check_command;
 mod config_layers;
+mod failover_postgres;
 mod instances_postgres;
 mod mqtt_tls;
 mod ops_health;

@@ -7,33 +7,18 @@
 //! nothing it could not write).
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::support::clients::{PersistentSubscriber, ReliablePublisher};
-use crate::support::daemon::{all_day, binary};
+use crate::support::daemon::all_day;
 use crate::support::mosquitto::Mosquitto;
-use crate::support::pg_daemon::Run;
+use crate::support::pg_daemon::{Run, db_name, migrate, seed_push_script};
 use crate::support::postgres::PgServer;
 use crate::support::within;
 
 const TOPIC: &str = "vms/analytics/events/1";
-
-/// `scriptd migrate` against `url`.
-fn migrate(dir: &Path, url: &str) {
-    let out = Command::new(binary())
-        .env_clear()
-        .arg("--config")
-        .arg(dir)
-        .arg("migrate")
-        .env("SCRIPTD__DATABASE__URL", url)
-        .output()
-        .expect("run scriptd migrate");
-    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 /// The outbox's rows by state.
 fn states(pg: &PgServer, db: &str) -> BTreeMap<String, i64> {
@@ -56,21 +41,10 @@ async fn occurrences_are_pushed_once_each_through_postgresql_also_across_a_serve
     // A server of its own: this test stops it.
     let pg = PgServer::start();
     let url = pg.database();
-    let db = url.rsplit('/').next().and_then(|t| t.split('?').next()).expect("db name").to_owned();
-    let scratch = tempfile::tempdir().expect("temp dir");
-    migrate(scratch.path(), &url);
+    let db = db_name(&url).to_owned();
+    migrate(&url);
     // User 4 and one always-active sound script (reaction 4) for event 1, as SQL.
-    pg.psql(
-        &db,
-        &format!(
-            "INSERT INTO users (id, login, name) VALUES (4, 'app@example.com', 'App');
-             INSERT INTO scripts (id, title, event_id, reaction_id, status, cameras, timetable,
-                                  extra, owner_id)
-             VALUES (1, 'all day', 1, 4, 'active', NULL, '{}', '{{}}', 4);
-             INSERT INTO script_users (script_id, user_id, position) VALUES (1, 4, 0);",
-            all_day()
-        ),
-    );
+    seed_push_script(&pg, &db, 1, 1, 4);
     let broker = Mosquitto::start().await;
     let app = PersistentSubscriber::connect(broker.port(), "app-pg", "vms/users/4/reactions").await;
     let mut run = Run::start(&url, broker.port());

@@ -26,6 +26,16 @@ impl Run {
 
     /// [`Run::start`] with the client id `client_id` when given.
     pub fn start_as(url: &str, mqtt_port: u16, client_id: Option<&str>) -> Run {
+        Run::start_with(url, mqtt_port, client_id, &[])
+    }
+
+    /// [`Run::start_as`] with more settings as environment variables (`SCRIPTD__...`).
+    pub fn start_with(
+        url: &str,
+        mqtt_port: u16,
+        client_id: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Run {
         let dir = tempfile::tempdir().expect("temp dir");
         let api_port = free_port();
         let client_id = client_id.map_or_else(|| format!("scriptd-pg-{api_port}"), str::to_owned);
@@ -60,6 +70,7 @@ level = "info,scriptd=debug"
             .arg("run")
             .env_remove("SCRIPTD_CONFIG_DIR")
             .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -137,4 +148,46 @@ impl Drop for Run {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One always-active script (`id`) of `event_id` that pushes a sound (reaction 4) to user
+/// `user_id` (created when missing), written with SQL into database `db`.
+pub fn seed_push_script(
+    pg: &super::postgres::PgServer,
+    db: &str,
+    id: i64,
+    event_id: i64,
+    user_id: i64,
+) {
+    pg.psql(
+        db,
+        &format!(
+            "INSERT INTO users (id, login, name) VALUES ({user_id}, 'u{user_id}@example.com', 'U')
+               ON CONFLICT (id) DO NOTHING;
+             INSERT INTO scripts (id, title, event_id, reaction_id, status, cameras, timetable,
+                                  extra, owner_id)
+             VALUES ({id}, 'script {id}', {event_id}, 4, 'active', NULL, '{}', '{{}}', {user_id});
+             INSERT INTO script_users (script_id, user_id, position) VALUES ({id}, {user_id}, 0);",
+            super::daemon::all_day()
+        ),
+    );
+}
+
+/// `scriptd migrate` against `url` (a scratch config folder).
+pub fn migrate(url: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(binary())
+        .env_clear()
+        .arg("--config")
+        .arg(dir.path())
+        .arg("migrate")
+        .env("SCRIPTD__DATABASE__URL", url)
+        .output()
+        .expect("run scriptd migrate");
+    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The database name of a test database URL.
+pub fn db_name(url: &str) -> &str {
+    url.rsplit('/').next().and_then(|d| d.split('?').next()).unwrap_or_default()
 }

@@ -30,7 +30,10 @@
 //!    and a generated configuration (`events.max_age_seconds = 0`, since the synthetic
 //!    instants are in the past). Warm-up occurrences are published until one push arrives,
 //!    then the `M` occurrences (as fast as possible, or `R` per second) while the
-//!    subscriber collects the pushes.
+//!    subscriber collects the pushes. With `--database-url` the daemon runs on that
+//!    PostgreSQL database instead, into which the prepared file is copied first (`scriptd
+//!    store copy`; the database must be empty). The daemon's CPU seconds then do not
+//!    include PostgreSQL's own.
 //!
 //! Measured: occurrences/s sustained (`M` / first publish → last push), pushes/s,
 //! publish→push latency (the publish instant travels in the occurrence's `data.t_ns`,
@@ -140,6 +143,10 @@ pub struct PipelineBenchOptions {
     pub skip_ceiling: bool,
     /// `extra.cooldown_seconds` of every script (0 = none, at most one day).
     pub cooldown_seconds: u32,
+    /// The daemon runs on this PostgreSQL database instead of a SQLite file: it is
+    /// migrated and the generated scripts are copied into it (`scriptd store copy`), so it
+    /// must hold no users, scripts or deliveries; the run leaves its rows there.
+    pub database_url: Option<crate::settings::DatabaseUrl>,
 }
 
 /// Runs the benchmark (blocking; starts its own runtime).
@@ -181,6 +188,13 @@ async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, S
         tokio::task::spawn_blocking(move || prepare_database(&db, &opts))
             .await
             .map_err(|e| format!("setup task failed: {e}"))??
+    };
+    let store = match &opts.database_url {
+        None => "sqlite".to_owned(),
+        Some(url) => {
+            let endpoint = copy_to_postgres(&dir.path().join("bench.db"), url).await?;
+            format!("postgresql {endpoint}")
+        }
     };
     let setup_s = setup_started.elapsed().as_secs_f64();
 
@@ -268,6 +282,7 @@ async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, S
         &prefix,
         &run_id,
         &opts.daemon_config,
+        opts.database_url.as_ref(),
     )?;
     let started = Instant::now();
     let mut daemon = Daemon::spawn(&opts.daemon_exe, &config_dir, dir.path())?;
@@ -339,6 +354,7 @@ async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, S
     let occurrences_per_s = opts.events as f64 / duration_s;
     let daemon_cpu_s = (cpu_after - cpu_before).max(0.0);
     Ok(PipelineBenchReport {
+        store,
         broker: match &opts.broker {
             BrokerChoice::Embedded => "embedded".into(),
             BrokerChoice::External { host, port } => format!("{host}:{port}"),

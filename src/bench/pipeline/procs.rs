@@ -9,6 +9,7 @@ pub(super) fn write_daemon_config(
     prefix: &str,
     run_id: &str,
     extra: &str,
+    database_url: Option<&crate::settings::DatabaseUrl>,
 ) -> Result<(), String> {
     std::fs::create_dir_all(config_dir)
         .map_err(|e| format!("cannot create {}: {e}", config_dir.display()))?;
@@ -19,6 +20,7 @@ timezone = "{zone}"
 
 [database]
 path = {db:?}
+{url}
 
 [mqtt]
 host = "{host}"
@@ -41,12 +43,29 @@ level = "warn"
         zone = synth::ZONE.name(),
         api_port = free_port()?,
         db = db.display().to_string(),
+        url = database_url.map(|u| format!("url = {:?}", u.expose())).unwrap_or_default(),
     );
     let path = config_dir.join("default.toml");
     std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     // Overrides go to local.toml, the layer above default.toml.
     let path = config_dir.join("local.toml");
     std::fs::write(&path, extra).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Migrates the PostgreSQL database of `url` and copies the prepared SQLite file `db`
+/// into it; the database's `user@host:port/name`.
+pub(super) async fn copy_to_postgres(
+    db: &Path,
+    url: &crate::settings::DatabaseUrl,
+) -> Result<String, String> {
+    let settings =
+        crate::settings::DatabaseSettings { url: Some(url.clone()), ..Default::default() };
+    let err = |e: crate::store::StoreError| format!("--database-url: {e}");
+    let target = crate::store::postgres::connect_settings(&settings).await.map_err(err)?;
+    crate::store::postgres::migrations::migrate(&target).await.map_err(err)?;
+    let source = Store::open(db).map_err(err)?;
+    crate::store::postgres::copy::copy(&source, &target).await.map_err(err)?;
+    Ok(target.endpoint().to_owned())
 }
 
 /// A private folder under the system temp dir, removed when dropped.

@@ -32,6 +32,8 @@ impl Latency {
 /// The result; `--json` prints it as one object (CONTRACT §2).
 #[derive(Debug, Clone, Serialize)]
 pub struct PipelineBenchReport {
+    /// The daemon's store: `sqlite`, or `postgresql user@host:port/name`.
+    pub store: String,
     /// `embedded` or `HOST:PORT`.
     pub broker: String,
     /// Scripts in the database.
@@ -99,8 +101,8 @@ impl std::fmt::Display for PipelineBenchReport {
         let rate = if self.rate > 0.0 { format!("{}/s", self.rate) } else { "max".into() };
         writeln!(
             f,
-            "broker {} · {} scripts · {} occurrences ({} matched) · QoS {} · rate {rate}",
-            self.broker, self.scripts, self.events, self.matched_events, self.qos
+            "store {} · broker {} · {} scripts · {} occurrences ({} matched) · QoS {} · rate {rate}",
+            self.store, self.broker, self.scripts, self.events, self.matched_events, self.qos
         )?;
         writeln!(
             f,

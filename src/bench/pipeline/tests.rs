@@ -14,6 +14,7 @@ fn opts(events: usize, match_fraction: f64, cooldown_seconds: u32) -> PipelineBe
         daemon_config: String::new(),
         skip_ceiling: true,
         cooldown_seconds,
+        database_url: None,
     }
 }
 
