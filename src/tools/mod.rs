@@ -7,3 +7,4 @@ pub mod args;
 mod calendars;
 pub mod cli;
 pub mod run;
+pub mod unit;

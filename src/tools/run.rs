@@ -237,9 +237,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `scriptd generate-assets DIR`: `man/scriptd.1` and one page per subcommand
-/// (`scriptd-run.1`, …), and `completions/` for bash, zsh and fish, all from the same clap
-/// definition the binary parses with, so they cannot drift from it.
 /// A benchmark's report on stdout: one JSON object with `--json`, else its text.
 fn print_report(
     report: &(impl serde::Serialize + std::fmt::Display),
@@ -253,11 +250,17 @@ fn print_report(
     Ok(())
 }
 
+/// `scriptd generate-assets DIR`: `man/scriptd.1` and one page per subcommand
+/// (`scriptd-run.1`, …), and `completions/` for bash, zsh and fish, all from the same clap
+/// definition the binary parses with, so they cannot drift from it; and
+/// `systemd/scriptd@.service`, the template unit for several instances, from the packaged
+/// unit ([`super::unit`]).
 fn generate_assets(dir: &Path) -> anyhow::Result<()> {
     use clap::CommandFactory;
     let man = dir.join("man");
     let completions = dir.join("completions");
-    for d in [&man, &completions] {
+    let systemd = dir.join("systemd");
+    for d in [&man, &completions, &systemd] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     // Unbuilt: generate_to leaves out the `help` subcommands and hidden ones itself.
@@ -270,6 +273,9 @@ fn generate_assets(dir: &Path) -> anyhow::Result<()> {
                 format!("cannot write the completions to {}", completions.display())
             })?;
     }
+    let template = super::unit::template_unit().map_err(anyhow::Error::msg)?;
+    let path = systemd.join("scriptd@.service");
+    std::fs::write(&path, template).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

@@ -39,11 +39,11 @@ fn the_unit_has_the_required_directives() {
     }
 }
 
-#[test]
-fn systemd_analyze_rates_the_unit_2_0_or_lower() {
+/// `systemd-analyze security --offline=yes` on the unit file at `path`: its exposure level.
+fn exposure(path: &Path, name: &str) -> f64 {
     let out = match Command::new(tools::require("systemd-analyze"))
         .args(["security", "--offline=yes", "--no-pager"])
-        .arg(unit_path())
+        .arg(path)
         .output()
     {
         Ok(out) => out,
@@ -51,17 +51,42 @@ fn systemd_analyze_rates_the_unit_2_0_or_lower() {
     };
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let level = text
-        .lines()
-        .find_map(|l| l.split("Overall exposure level for scriptd.service:").nth(1))
+    let marker = format!("Overall exposure level for {name}:");
+    text.lines()
+        .find_map(|l| l.split(marker.as_str()).nth(1))
         .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse::<f64>().ok());
-    match level {
-        Some(level) => assert!(level <= 2.0, "exposure {level}:\n{text}"),
-        None => panic!(
-            "systemd-analyze gave no exposure level (it needs systemd 250 or later for --offline):\n{text}"
-        ),
-    }
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "systemd-analyze gave no exposure level (it needs systemd 250 or later for --offline):\n{text}"
+            )
+        })
+}
+
+#[test]
+fn systemd_analyze_rates_the_unit_2_0_or_lower() {
+    let level = exposure(&unit_path(), "scriptd.service");
+    assert!(level <= 2.0, "exposure {level}");
+}
+
+/// The template unit for several instances (`scriptd generate-assets`) is rated like the
+/// unit it is derived from, as an instance.
+#[test]
+fn the_template_unit_is_generated_and_rated_2_0_or_lower() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_scriptd"))
+        .arg("generate-assets")
+        .arg(dir.path())
+        .output()
+        .expect("run scriptd generate-assets");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(dir.path().join("systemd/scriptd@.service"))
+        .expect("generate-assets writes systemd/scriptd@.service");
+    assert!(text.contains("EnvironmentFile=/etc/scriptd/instance-%i.env"), "{text}");
+    let instance = dir.path().join("scriptd@1.service");
+    std::fs::write(&instance, &text).expect("write the instance's unit");
+    let level = exposure(&instance, "scriptd@1.service");
+    assert!(level <= 2.0, "exposure {level}");
 }
 
 /// The unit's `LimitNOFILE=` holds what the packaged configuration's caps need
