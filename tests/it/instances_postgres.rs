@@ -1,15 +1,16 @@
 //! Several `scriptd run` processes on one PostgreSQL database (real server, real
 //! Mosquitto): one client id is held by one running instance (a second start is refused
 //! with exit 78 naming the holder's host), a crashed holder gives it up at once so that the
-//! restart systemd makes is not refused, and `/healthz` and the `scriptd_instances_live`
-//! gauge list the live instances, without the ones that stopped.
+//! restart systemd makes is not refused, `/healthz` and the `scriptd_instances_live`
+//! gauge list the live instances, without the ones that stopped, and a script written by
+//! anyone is in force on every instance within 1 s.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::support::mosquitto::Mosquitto;
-use crate::support::pg_daemon::{Run, db_name, migrate};
+use crate::support::pg_daemon::{Run, db_name, migrate, seed_push_script};
 use crate::support::postgres::server;
 use crate::support::within;
 
@@ -86,4 +87,50 @@ async fn one_running_instance_per_client_id_and_a_crash_frees_it_for_the_restart
     );
     assert_eq!(rows, "scriptd-a", "the stopped instance's row is deleted");
     wait_listed(&again, &["scriptd-a"], "the stopped instance is no longer listed").await;
+}
+
+/// `scriptd_scripts_loaded` of `run`.
+async fn scripts_loaded(run: &Run) -> Option<u64> {
+    let text = reqwest::get(run.url("/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix("scriptd_scripts_loaded ")?.trim().parse().ok())
+}
+
+/// A change written by anyone (here SQL, as the CLI or another instance's API would) is in
+/// every instance's matching within 1 s: the triggers' NOTIFY reaches each instance's
+/// LISTEN connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_change_is_in_force_on_every_instance_within_a_second() {
+    let pg = server();
+    let url = pg.database();
+    migrate(&url);
+    seed_push_script(pg, db_name(&url), 1, 1, 4);
+    let broker = Mosquitto::start().await;
+    let mut runs = [
+        Run::start_as(&url, broker.port(), Some("scriptd-x")),
+        Run::start_as(&url, broker.port(), Some("scriptd-y")),
+    ];
+    for r in &mut runs {
+        r.wait_component("broker", "up", 30).await;
+    }
+    for r in &runs {
+        assert_eq!(scripts_loaded(r).await, Some(1), "{}", r.log());
+    }
+    for round in 2..=4_i64 {
+        seed_push_script(pg, db_name(&url), round, 2, 4);
+        let written = std::time::Instant::now();
+        let mut took = Vec::new();
+        for r in &runs {
+            while scripts_loaded(r).await != Some(round as u64) {
+                assert!(
+                    written.elapsed() < Duration::from_secs(5),
+                    "script {round} not loaded within 5 s\n{}",
+                    r.log()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            took.push(written.elapsed());
+        }
+        eprintln!("script {round} in force on both instances after {took:?}");
+        assert!(took.iter().all(|t| *t <= Duration::from_secs(1)), "{took:?}");
+    }
 }
