@@ -12,7 +12,7 @@
 //!   Chromium).
 //! - **Pipeline** (components against real peers): `pipeline_source`, `pipeline_components`,
 //!   `pipeline_push`, `pipeline_telegram`, `pipeline_webhook`, `outbox_dispatch`,
-//!   `pipeline_postgres` (`scriptd run` on PostgreSQL).
+//!   `outbox_dispatch_postgres`, `pipeline_postgres` (`scriptd run` on PostgreSQL).
 //! - **Daemon end to end** (`scriptd run` as a child process): `daemon_e2e`, `flood_control`,
 //!   `bench_pipeline`.
 //! - **Reliability** (faults inflicted, see docs/reliability.md): `reliability`,
@@ -63,6 +63,7 @@ mod status_page;
 // Pipeline
 mod outbox_conformance;
 mod outbox_dispatch;
+mod outbox_dispatch_postgres;
 mod pipeline_components;
 mod pipeline_postgres;
 mod pipeline_push;
