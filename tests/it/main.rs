@@ -21,8 +21,8 @@
 //! - **Schedules** (properties and a simulated year): `index_matches_naive`,
 //!   `explain_matches_pipeline` (their seeds in `<module>.proptest-regressions` beside them),
 //!   `dst_year`.
-//! - **Store**: `store_migrations`, `store_replace`, `store_live`, `store_cli`, `store_postgres`
-//!   and `outbox_conformance` (against a real PostgreSQL too).
+//! - **Store**: `store_migrations`, `store_replace`, `store_live`, `store_cli`, `store_postgres`,
+//!   `store_postgres_live` and `outbox_conformance` (against a real PostgreSQL too).
 //! - **Configuration and operations**: `config_layers`, `config_check_command`, `ops_health`,
 //!   `ops_logging`, `ops_reload`, `ops_sighup`, `ops_unit_file`.
 //! - **Packaging**: `packaging`; `test_packages` (scripts/test-packages matches what the tests
@@ -94,6 +94,7 @@ mod store_cli;
 mod store_live;
 mod store_migrations;
 mod store_postgres;
+mod store_postgres_live;
 mod store_replace;
 
 // Configuration and operations
