@@ -36,9 +36,9 @@
 //! the snoozes are read from there; nothing is handed over in memory. While PostgreSQL is
 //! down the batch's write fails and is retried, and no message of it is acknowledged.
 
+mod db;
 pub mod explain;
 pub mod occurrence;
-mod pg;
 mod plan;
 mod run;
 
@@ -69,6 +69,7 @@ use crate::store::outbox::backend::OutboxBackend;
 use crate::store::outbox::{Fired, Handoff, NewDelivery, OutboxWriter, Target};
 use crate::store::snoozes::{self, RecipientDecision, SnoozeSet};
 use crate::store::{Conn, HeldConn, OutboxDb, Store, StoreError, catalog::Event};
+use db::Db;
 use occurrence::{EventRef, Occurrence, Reason, Rejected, RejectionLog};
 
 /// Most messages written in one transaction.
@@ -123,24 +124,6 @@ pub struct Intake {
     snoozes_purged: Option<Instant>,
     /// Where the outcome of every outbox write is reported (the store's health).
     health: Option<Health>,
-}
-
-/// The outbox database of an [`Intake`]. One per intake, never moved on the hot path: the
-/// SQLite variant stays inline (no box to follow on every write), whatever its size.
-#[allow(clippy::large_enum_variant)]
-enum Db {
-    Sqlite {
-        writer: Option<OutboxWriter>,
-        store: Store,
-        /// Given to every writer this intake opens: the dispatcher's hand-over.
-        handoff: Arc<Handoff>,
-        /// The connection the snooze checks read through, kept open between checks
-        /// (opening one costs more than the check; in the pipeline benchmark at 1,000
-        /// occurrences per second a new connection per check held some batches up to
-        /// 80 ms).
-        snooze_conn: Option<HeldConn>,
-    },
-    Postgres(crate::store::postgres::outbox::PgOutbox),
 }
 
 /// A script on a camera (the unit a cooldown applies to).
@@ -213,59 +196,6 @@ impl Intake {
         Ok(Intake::with_db(db, cooldowns, live, settings, rejections))
     }
 
-    /// [`Intake::new`] on either database (see *Where the write runs*); on PostgreSQL
-    /// `handoff` is not used. Needs a tokio runtime.
-    pub async fn new_on(
-        db: OutboxDb,
-        handoff: Arc<Handoff>,
-        live: Live,
-        settings: Arc<ArcSwap<LiveSettings>>,
-        rejections: Arc<RejectionLog>,
-    ) -> Result<Intake, StoreError> {
-        match db {
-            OutboxDb::Sqlite(store) => tokio::task::spawn_blocking(move || {
-                Intake::new(store, handoff, live, settings, rejections)
-            })
-            .await
-            .map_err(|e| StoreError::TaskFailed(format!("intake start: {e}")))?,
-            OutboxDb::Postgres(pg) => {
-                let cooldowns = pg.load_cooldowns().await?;
-                Ok(Intake::with_db(Db::Postgres(pg), cooldowns, live, settings, rejections))
-            }
-        }
-    }
-
-    fn with_db(
-        db: Db,
-        cooldowns: Vec<Fired>,
-        live: Live,
-        settings: Arc<ArcSwap<LiveSettings>>,
-        rejections: Arc<RejectionLog>,
-    ) -> Intake {
-        let cooldowns = cooldowns
-            .into_iter()
-            .map(|f| ((f.script_id, f.camera_id), (f.occurred_at_ms, f.occurrence_id)))
-            .collect();
-        let timezone = live.timezone();
-        Intake {
-            live,
-            settings,
-            timezone,
-            db,
-            rejections,
-            names: None,
-            matches: Matches::new(),
-            meters: Meters::new(),
-            cooldowns,
-            fired: Vec::new(),
-            cooldown_undo: Vec::new(),
-            snoozes: SnoozeSet::default(),
-            snoozes_checked: None,
-            snoozes_purged: None,
-            health: None,
-        }
-    }
-
     /// Reloads the snooze cache when `snoozes_version` moved; at most every
     /// [`SNOOZE_CHECK`], on the blocking pool (never on the intake's async task). A read
     /// error keeps the previous cache (logged).
@@ -289,7 +219,7 @@ impl Intake {
         let (store, snooze_conn) = match &mut self.db {
             Db::Sqlite { store, snooze_conn, .. } => (store, snooze_conn),
             Db::Postgres(pg) => {
-                let result = pg::read_snoozes(pg, purge, horizon, version).await;
+                let result = db::read_snoozes(pg, purge, horizon, version).await;
                 self.snoozes_read(result);
                 return;
             }

@@ -12,7 +12,7 @@
 //!   Chromium).
 //! - **Pipeline** (components against real peers): `pipeline_source`, `pipeline_components`,
 //!   `pipeline_push`, `pipeline_telegram`, `pipeline_webhook`, `outbox_dispatch`,
-//!   `pipeline_postgres` (`scriptd run` on PostgreSQL).
+//!   `outbox_dispatch_postgres`, `pipeline_postgres` (`scriptd run` on PostgreSQL).
 //! - **Daemon end to end** (`scriptd run` as a child process): `daemon_e2e`, `flood_control`,
 //!   `bench_pipeline`.
 //! - **Reliability** (faults inflicted, see docs/reliability.md): `reliability`,
@@ -21,8 +21,8 @@
 //! - **Schedules** (properties and a simulated year): `index_matches_naive`,
 //!   `explain_matches_pipeline` (their seeds in `<module>.proptest-regressions` beside them),
 //!   `dst_year`.
-//! - **Store**: `store_migrations`, `store_replace`, `store_live`, `store_cli`, `store_postgres`
-//!   and `outbox_conformance` (against a real PostgreSQL too).
+//! - **Store**: `store_migrations`, `store_replace`, `store_live`, `store_cli`, `store_postgres`,
+//!   `store_postgres_live` and `outbox_conformance` (against a real PostgreSQL too).
 //! - **Configuration and operations**: `config_layers`, `config_check_command`, `ops_health`,
 //!   `ops_logging`, `ops_reload`, `ops_sighup`, `ops_unit_file`.
 //! - **Packaging**: `packaging`; `test_packages` (scripts/test-packages matches what the tests
@@ -63,6 +63,7 @@ mod status_page;
 // Pipeline
 mod outbox_conformance;
 mod outbox_dispatch;
+mod outbox_dispatch_postgres;
 mod pipeline_components;
 mod pipeline_postgres;
 mod pipeline_push;
@@ -93,6 +94,7 @@ mod store_cli;
 mod store_live;
 mod store_migrations;
 mod store_postgres;
+mod store_postgres_live;
 mod store_replace;
 
 // Configuration and operations

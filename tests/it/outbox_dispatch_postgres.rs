@@ -1,0 +1,146 @@
+//! The dispatcher on PostgreSQL ([`Dispatcher::spawn_on`] with a [`PgOutbox`]) against a
+//! real webhook receiver: retries are recorded and sent; a row claimed by an instance that
+//! died is attempted once its lease (`delivery.lease_seconds`) ended, not before; and a row
+//! claimed while its target had no free slot is given back rather than held for the lease.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use scriptd::dispatch::hub::PushHub;
+use scriptd::dispatch::webhook::WebhookSender;
+use scriptd::dispatch::worker::{Dispatcher, DispatcherConfig, DispatcherHandle, Senders};
+use scriptd::secret::Secret;
+use scriptd::settings::{DatabaseSettings, DatabaseUrl, Settings};
+use scriptd::store::OutboxDb;
+use scriptd::store::now_ms;
+use scriptd::store::outbox::backend::OutboxBackend;
+use scriptd::store::outbox::{Channel, Handoff, NewDelivery, Target};
+use scriptd::store::postgres::outbox::PgOutbox;
+use tokio::sync::oneshot;
+
+use crate::support::postgres::server;
+use crate::support::webhook_receiver::WebhookReceiver;
+use crate::support::within;
+
+async fn outbox() -> PgOutbox {
+    let settings =
+        DatabaseSettings { url: Some(DatabaseUrl::new(server().database())), ..Default::default() };
+    let store = scriptd::store::postgres::connect_settings(&settings).await.expect("connect");
+    scriptd::store::postgres::migrations::migrate(&store).await.expect("migrate");
+    PgOutbox::new(store)
+}
+
+fn webhook(i: usize, url: &str) -> NewDelivery {
+    let id = format!("occ-{i}:3:{url}");
+    NewDelivery {
+        payload: serde_json::json!({"reaction": "webhook", "delivery_id": id}).to_string(),
+        id,
+        occurrence_id: format!("occ-{i}"),
+        script_id: 3,
+        reaction: "webhook".into(),
+        recipient: url.into(),
+        lane: String::new(),
+        target: Target::Webhook { url: url.into(), secret: Some(Secret::new("s3cret")) },
+    }
+}
+
+/// A dispatcher on `pg` with `config`, short retry delays; stopped by the sender.
+fn start(pg: &PgOutbox, config: DispatcherConfig) -> (DispatcherHandle, oneshot::Sender<()>) {
+    let mut s = Settings::default();
+    s.delivery.backoff_initial_ms = 100;
+    s.delivery.backoff_max_ms = 200;
+    let live = Arc::new(ArcSwap::from_pointee(s.live_part()));
+    let senders = Senders {
+        push: None,
+        hub: PushHub::new(8),
+        webhook: Arc::new(WebhookSender::new(Duration::from_secs(5)).expect("client")),
+    };
+    let (stop, rx) = oneshot::channel::<()>();
+    let handle = Dispatcher::spawn_on(
+        OutboxDb::Postgres(pg.clone()),
+        Arc::new(Handoff::default()),
+        senders,
+        config,
+        live,
+        async move {
+            let _ = rx.await;
+        },
+    );
+    handle.notify();
+    (handle, stop)
+}
+
+async fn wait_state(pg: &PgOutbox, id: &str, state: &str, secs: u64) {
+    within(secs, &format!("{id} {state}"), async {
+        loop {
+            if let Ok(Some((s, _))) = pg.state_of(id).await
+                && s == state
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_is_retried_and_recorded_sent() {
+    let pg = outbox().await;
+    let hook = WebhookReceiver::start(Some("s3cret")).await;
+    hook.push_status(503);
+    let row = webhook(1, &hook.url());
+    pg.enqueue(std::slice::from_ref(&row), &[], now_ms()).await.expect("enqueue");
+    let (handle, stop) = start(&pg, DispatcherConfig::new(8, Duration::from_secs(2)));
+    wait_state(&pg, &row.id, "sent", 20).await;
+    let got: Vec<u16> = hook.received().iter().map(|r| r.status).collect();
+    assert_eq!(got, [503, 200]);
+    assert_eq!(handle.stats().retried, 1);
+    let _ = stop.send(());
+    within(10, "dispatcher join", handle.join()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_claimed_by_an_instance_that_died_waits_for_the_end_of_its_lease() {
+    let pg = outbox().await;
+    let hook = WebhookReceiver::start(Some("s3cret")).await;
+    let row = webhook(1, &hook.url());
+    pg.enqueue(std::slice::from_ref(&row), &[], now_ms()).await.expect("enqueue");
+    // Another instance claims it with a 5 s lease and dies before any attempt.
+    let claimed_at = Instant::now();
+    let claimed = pg.claim(Channel::Webhook, now_ms(), 10, Duration::from_secs(5)).await;
+    assert_eq!(claimed.expect("claim").len(), 1);
+    let mut config = DispatcherConfig::new(8, Duration::from_secs(2));
+    config.lease = Duration::from_secs(5);
+    config.poll_interval = Duration::from_millis(200);
+    let (handle, stop) = start(&pg, config);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(hook.received().is_empty(), "attempted while another instance held the lease");
+    hook.wait_for(1, Duration::from_secs(15)).await;
+    assert!(claimed_at.elapsed() >= Duration::from_secs(5), "attempted before the lease ended");
+    wait_state(&pg, &row.id, "sent", 10).await;
+    let _ = stop.send(());
+    within(10, "dispatcher join", handle.join()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_a_busy_target_are_given_back_not_held_for_the_lease() {
+    let pg = outbox().await;
+    let hook = WebhookReceiver::start(Some("s3cret")).await;
+    let rows: Vec<NewDelivery> = (0..4).map(|i| webhook(i, &hook.url())).collect();
+    pg.enqueue(&rows, &[], now_ms()).await.expect("enqueue");
+    // Four slots for webhooks, one per target: three of the four rows claimed at once find
+    // their target busy. With a lease of an hour, only giving them back lets them go.
+    let mut config = DispatcherConfig::new(4, Duration::from_secs(2));
+    config.limits.per_target = [4, 4, 1];
+    config.lease = Duration::from_secs(3600);
+    config.poll_interval = Duration::from_millis(200);
+    let (handle, stop) = start(&pg, config);
+    for row in &rows {
+        wait_state(&pg, &row.id, "sent", 60).await;
+    }
+    assert_eq!(hook.received().len(), 4, "each row attempted once");
+    let _ = stop.send(());
+    within(10, "dispatcher join", handle.join()).await;
+}
