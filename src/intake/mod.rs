@@ -355,6 +355,7 @@ impl Intake {
                             camera_id: occ.camera_id,
                             occurred_at_ms: at_ms,
                             occurrence_id: occ.id.clone(),
+                            cooldown_ms: i64::from(cooldown) * 1000,
                         });
                     }
                 }
@@ -437,7 +438,14 @@ impl Intake {
         let now_ms = now.timestamp_millis();
         let (writer_slot, store, handoff) = match &mut self.db {
             Db::Sqlite { writer, store, handoff, .. } => (writer, store, handoff),
-            Db::Postgres(pg) => return pg.enqueue(&deliveries, &fired, now_ms).await,
+            Db::Postgres(pg) => {
+                let pg = pg.clone();
+                let added = pg.enqueue(&deliveries, &fired, now_ms).await?;
+                if !fired.is_empty() {
+                    self.settle_cooldowns(&pg, &fired).await;
+                }
+                return Ok(added);
+            }
         };
         if small
             && deliveries.len() + fired.len() <= INLINE_ROWS
@@ -458,6 +466,38 @@ impl Intake {
         .map_err(|e| StoreError::TaskFailed(format!("outbox writer task: {e}")))?;
         *writer_slot = Some(writer);
         result
+    }
+}
+
+impl Intake {
+    /// After a committed batch on PostgreSQL: the cooldown cache takes the stored state of
+    /// every script and camera the batch fired on. A firing another instance's covered was
+    /// not written (see [`PgOutbox::enqueue`](crate::store::postgres::outbox::PgOutbox)):
+    /// it counts as suppressed, and the cache no longer holds it. A failed read keeps the
+    /// cache (the database still decides at the next firing).
+    async fn settle_cooldowns(
+        &mut self,
+        pg: &crate::store::postgres::outbox::PgOutbox,
+        fired: &[Fired],
+    ) {
+        let mut keys: Vec<CooldownKey> = fired.iter().map(|f| (f.script_id, f.camera_id)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        match pg.cooldown_states(&keys).await {
+            Ok(states) => {
+                for state in states {
+                    let key = (state.script_id, state.camera_id);
+                    let ours = fired.iter().any(|f| {
+                        (f.script_id, f.camera_id) == key && f.occurrence_id == state.occurrence_id
+                    });
+                    if !ours {
+                        self.meters.suppressed.increment(1);
+                    }
+                    self.cooldowns.insert(key, (state.occurred_at_ms, state.occurrence_id));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the cooldown state back"),
+        }
     }
 }
 

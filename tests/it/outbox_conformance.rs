@@ -202,6 +202,7 @@ async fn cooldown_state_is_written_with_the_deliveries<B: OutboxBackend>(b: &B) 
         camera_id: 17,
         occurred_at_ms: at,
         occurrence_id: occ.into(),
+        cooldown_ms: 0,
     };
     assert_eq!(b.enqueue(&[push("a")], &[fired(T0, "a")], T0).await.unwrap(), 1);
     assert_eq!(b.load_cooldowns().await.unwrap(), [fired(T0, "a")]);

@@ -94,3 +94,61 @@ async fn one_client_id_one_live_holder_and_a_crashed_holder_gives_it_up_at_once(
     let ids: Vec<String> = live(&a).await.expect("live").into_iter().map(|i| i.client_id).collect();
     assert_eq!(ids, ["scriptd-1"], "a heartbeat older than 10 s is not live");
 }
+
+/// Cooldown across instances: two instances (two pools) fire one script on one camera for
+/// 40 different occurrences of the same moment at once. Exactly one firing stands, in the
+/// stored state and in the deliveries; the others leave no row. (An occurrence older than
+/// the one that fired is not "after" it and fires, on one instance as on several.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_firings_of_one_script_on_one_camera_make_one_firing() {
+    use scriptd::store::outbox::backend::OutboxBackend;
+    use scriptd::store::outbox::{Fired, NewDelivery, Target};
+    use scriptd::store::postgres::outbox::PgOutbox;
+
+    let url = server().database();
+    let (a, b) = (PgOutbox::new(store(&url).await), PgOutbox::new(store(&url).await));
+    let t0: i64 = 1_800_000_000_000;
+    let firing = |i: i64, at: i64| {
+        let occ = format!("occ-{i}");
+        let delivery = NewDelivery {
+            id: format!("{occ}:7:42"),
+            occurrence_id: occ.clone(),
+            script_id: 7,
+            reaction: "sound".into(),
+            recipient: "42".into(),
+            lane: String::new(),
+            payload: "{}".into(),
+            target: Target::Push { user_id: 42 },
+        };
+        let fired = Fired {
+            script_id: 7,
+            camera_id: 17,
+            occurred_at_ms: at,
+            occurrence_id: occ,
+            cooldown_ms: 60_000,
+        };
+        (delivery, fired)
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let outbox = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let (d, f) = firing(i, t0);
+        tasks.spawn(async move { outbox.enqueue(&[d], &[f], t0).await.expect("enqueue") });
+    }
+    let added: usize = tasks.join_all().await.into_iter().sum();
+    assert_eq!(added, 1, "one delivery for one firing");
+    let states = a.load_cooldowns().await.expect("cooldowns");
+    assert_eq!(states.len(), 1, "{states:?}");
+    let db = url.rsplit('/').next().and_then(|d| d.split('?').next()).expect("db name");
+    let rows = server().psql(db, "SELECT occurrence_id FROM deliveries");
+    assert_eq!(rows, states[0].occurrence_id, "the delivery is the stored firing's");
+
+    // Past the cooldown a firing stands again; a redelivery of the standing one too.
+    let (d, f) = firing(100, t0 + 59_999);
+    assert_eq!(b.enqueue(&[d], &[f], t0).await.expect("enqueue"), 0, "within the cooldown");
+    let (d, f) = firing(60_000, t0 + 60_000);
+    assert_eq!(b.enqueue(&[d], &[f], t0).await.expect("enqueue"), 1, "past the cooldown");
+    let (d, f) = firing(60_000, t0 + 60_000);
+    assert_eq!(a.enqueue(&[d], &[f], t0).await.expect("enqueue"), 0, "a duplicate id");
+    assert_eq!(a.cooldown_states(&[(7, 17)]).await.expect("state")[0].occurrence_id, "occ-60000");
+}

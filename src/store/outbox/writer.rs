@@ -18,6 +18,10 @@ pub struct Fired {
     pub occurred_at_ms: i64,
     /// The firing occurrence's id (its redelivery is a duplicate, not a suppressed one).
     pub occurrence_id: String,
+    /// The script's cooldown at the firing, ms (0 in a stored state). On PostgreSQL the
+    /// firing is checked against the stored state with it, in the transaction, so that two
+    /// instances firing one script on one camera at once make one firing.
+    pub cooldown_ms: i64,
 }
 
 /// Every stored cooldown state, for the intake's cache at start.
@@ -30,6 +34,7 @@ pub fn load_cooldowns(conn: &Connection) -> Result<Vec<Fired>, StoreError> {
             camera_id: lossy_text(r.get(1)?).parse().unwrap_or(0),
             occurred_at_ms: r.get(2)?,
             occurrence_id: lossy_text(r.get(3)?),
+            cooldown_ms: 0,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

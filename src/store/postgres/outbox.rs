@@ -10,6 +10,7 @@
 //!   by this one and, once it commits, no longer see them as due.
 //! - Outcomes of a group are one transaction, by `seq` ([`RowRef::Rowid`]) or by id.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio_postgres::Row;
@@ -88,6 +89,37 @@ fn claimed(r: &Row) -> Claimed {
     }
 }
 
+impl PgOutbox {
+    /// The stored cooldown state of each (script, camera) of `keys` that has one.
+    pub async fn cooldown_states(&self, keys: &[(i64, i64)]) -> Result<Vec<Fired>, StoreError> {
+        let scripts: Vec<i64> = keys.iter().map(|k| k.0).collect();
+        let cameras: Vec<String> = keys.iter().map(|k| k.1.to_string()).collect();
+        let conn = self.store.get().await?;
+        let rows = conn
+            .query(
+                "SELECT c.script_id, c.camera, c.fired_at, c.occurrence_id
+                 FROM cooldowns c
+                 JOIN UNNEST($1::int8[], $2::text[]) AS k(sid, cam)
+                   ON c.script_id = k.sid AND c.camera = k.cam",
+                &[&scripts, &cameras],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(fired_from_row).collect())
+    }
+}
+
+/// A `cooldowns` row (script_id, camera, fired_at, occurrence_id) as a stored state.
+fn fired_from_row(r: &Row) -> Fired {
+    Fired {
+        script_id: r.get(0),
+        camera_id: r.get::<_, String>(1).parse().unwrap_or(0),
+        occurred_at_ms: r.get(2),
+        occurrence_id: r.get(3),
+        cooldown_ms: 0,
+    }
+}
+
 impl OutboxBackend for PgOutbox {
     async fn enqueue(
         &self,
@@ -100,25 +132,54 @@ impl OutboxBackend for PgOutbox {
         }
         let mut conn = self.store.get().await?;
         let tx = conn.transaction().await.map_err(|e| self.err(e))?;
+        // A firing stands only if no other instance's firing of the script on the camera
+        // covers it (the row is locked by the upsert, so concurrent firings serialise); the
+        // deliveries of one that does not stand are left out.
+        let mut lost: HashSet<(i64, &str)> = HashSet::new();
         if !fired.is_empty() {
             let stmt = tx
                 .prepare_cached(
                     "INSERT INTO cooldowns (script_id, camera, fired_at, occurrence_id)
                      VALUES ($1, $2, $3, $4)
                      ON CONFLICT (script_id, camera) DO UPDATE
-                     SET fired_at = excluded.fired_at, occurrence_id = excluded.occurrence_id",
+                     SET fired_at = excluded.fired_at, occurrence_id = excluded.occurrence_id
+                     WHERE cooldowns.occurrence_id = excluded.occurrence_id
+                        OR excluded.fired_at < cooldowns.fired_at
+                        OR excluded.fired_at - cooldowns.fired_at >= $5
+                     RETURNING 1",
                 )
                 .await
                 .map_err(|e| self.err(e))?;
             for f in fired {
-                tx.execute(
-                    &stmt,
-                    &[&f.script_id, &f.camera_id.to_string(), &f.occurred_at_ms, &f.occurrence_id],
-                )
-                .await
-                .map_err(|e| self.err(e))?;
+                let stood = tx
+                    .query_opt(
+                        &stmt,
+                        &[
+                            &f.script_id,
+                            &f.camera_id.to_string(),
+                            &f.occurred_at_ms,
+                            &f.occurrence_id,
+                            &f.cooldown_ms,
+                        ],
+                    )
+                    .await
+                    .map_err(|e| self.err(e))?;
+                if stood.is_none() {
+                    lost.insert((f.script_id, f.occurrence_id.as_str()));
+                }
             }
         }
+        let kept: Vec<NewDelivery>;
+        let deliveries = if lost.is_empty() {
+            deliveries
+        } else {
+            kept = deliveries
+                .iter()
+                .filter(|d| !lost.contains(&(d.script_id, d.occurrence_id.as_str())))
+                .cloned()
+                .collect();
+            &kept[..]
+        };
         let mut added = 0;
         if !deliveries.is_empty() {
             let col = |f: fn(&NewDelivery) -> String| -> Vec<String> {
@@ -361,15 +422,7 @@ impl OutboxBackend for PgOutbox {
             .query("SELECT script_id, camera, fired_at, occurrence_id FROM cooldowns", &[])
             .await
             .map_err(|e| self.err(e))?;
-        Ok(rows
-            .iter()
-            .map(|r| Fired {
-                script_id: r.get(0),
-                camera_id: r.get::<_, String>(1).parse().unwrap_or(0),
-                occurred_at_ms: r.get(2),
-                occurrence_id: r.get(3),
-            })
-            .collect())
+        Ok(rows.iter().map(fired_from_row).collect())
     }
 
     async fn state_of(&self, id: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
