@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::clients::{PersistentSubscriber, ReliablePublisher};
 use crate::support::mosquitto::Mosquitto;
-use crate::support::pg_daemon::{Run, db_name, migrate, seed_push_script};
+use crate::support::pg_daemon::{Run, db_name, migrate, seed_push_script, seed_script_with_extra};
 use crate::support::postgres::server;
 use crate::support::within;
 
@@ -133,4 +134,52 @@ async fn a_script_change_is_in_force_on_every_instance_within_a_second() {
         eprintln!("script {round} in force on both instances after {took:?}");
         assert!(took.iter().all(|t| *t <= Duration::from_secs(1)), "{took:?}");
     }
+}
+
+/// Cooldown across instances, end to end: two instances on a shared subscription take 20
+/// occurrences of one moment for one script (cooldown 60 s) and camera, about half each;
+/// one push comes. An occurrence 61 s later fires again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_taking_one_moment_within_a_cooldown_push_once() {
+    let pg = server();
+    let url = pg.database();
+    migrate(&url);
+    seed_script_with_extra(pg, db_name(&url), 1, 1, 4, r#"{"cooldown_seconds": 60}"#);
+    let broker = Mosquitto::start().await;
+    let app =
+        PersistentSubscriber::connect(broker.port(), "app-cooldown", "vms/users/4/reactions").await;
+    let shared = [("SCRIPTD__MQTT__EVENTS_TOPIC", "$share/scriptd/vms/analytics/events/#")];
+    let mut runs = [
+        Run::start_with(&url, broker.port(), Some("scriptd-p"), &shared),
+        Run::start_with(&url, broker.port(), Some("scriptd-q"), &shared),
+    ];
+    for r in &mut runs {
+        r.wait_component("broker", "up", 30).await;
+    }
+    let moment = chrono::Utc::now();
+    let occ = |id: String, at: chrono::DateTime<chrono::Utc>| {
+        serde_json::json!({"id": id, "event_id": 1, "camera_id": 1, "occurred_at": at.to_rfc3339()})
+            .to_string()
+            .into_bytes()
+    };
+    let vms = ReliablePublisher::connect(broker.port(), "vms-cooldown");
+    for i in 0..20 {
+        vms.publish("vms/analytics/events/1", occ(format!("c-{i}"), moment)).await;
+    }
+    vms.wait_acked(30).await;
+    app.wait_distinct(1, 30, "the one firing").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pushed = app.all().await;
+    assert_eq!(pushed.len(), 1, "one push for one moment within the cooldown: {pushed:?}");
+    // Both instances took part (a shared subscription alternates).
+    let logs: Vec<String> = runs.iter().map(Run::log).collect();
+    assert!(logs.iter().all(|l| l.contains("occurrence matched")), "each instance matched some");
+
+    vms.publish(
+        "vms/analytics/events/1",
+        occ("c-later".into(), moment + chrono::Duration::seconds(61)),
+    )
+    .await;
+    vms.wait_acked(30).await;
+    app.wait_distinct(2, 30, "the firing after the cooldown").await;
 }

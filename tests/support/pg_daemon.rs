@@ -159,6 +159,18 @@ pub fn seed_push_script(
     event_id: i64,
     user_id: i64,
 ) {
+    seed_script_with_extra(pg, db, id, event_id, user_id, "{}");
+}
+
+/// [`seed_push_script`] with the script's `extra` (JSON), e.g. a cooldown.
+pub fn seed_script_with_extra(
+    pg: &super::postgres::PgServer,
+    db: &str,
+    id: i64,
+    event_id: i64,
+    user_id: i64,
+    extra: &str,
+) {
     pg.psql(
         db,
         &format!(
@@ -166,7 +178,7 @@ pub fn seed_push_script(
                ON CONFLICT (id) DO NOTHING;
              INSERT INTO scripts (id, title, event_id, reaction_id, status, cameras, timetable,
                                   extra, owner_id)
-             VALUES ({id}, 'script {id}', {event_id}, 4, 'active', NULL, '{}', '{{}}', {user_id});
+             VALUES ({id}, 'script {id}', {event_id}, 4, 'active', NULL, '{}', '{extra}', {user_id});
              INSERT INTO script_users (script_id, user_id, position) VALUES ({id}, {user_id}, 0);",
             super::daemon::all_day()
         ),
