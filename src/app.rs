@@ -43,7 +43,7 @@ use crate::source::mqtt::{MqttSource, SourceOptions};
 use crate::store::checkpoint::{self, Checkpointer};
 use crate::store::outbox::Handoff;
 use crate::store::postgres::PgStore;
-use crate::store::postgres::outbox::PgOutbox;
+use crate::store::postgres::outbox::{ChatPacing, PgOutbox};
 use crate::store::{OutboxDb, Store, StoreError};
 
 mod pg;
@@ -214,7 +214,8 @@ pub async fn start_on(
         Some(pg) => {
             let live =
                 Live::new_postgres(pg.clone(), timezone).await.map_err(AppError::Database)?;
-            (None, OutboxDb::Postgres(PgOutbox::new(pg)), live)
+            let pacing = ChatPacing::from_settings(&settings.telegram);
+            (None, OutboxDb::Postgres(PgOutbox::new(pg).with_chat_pacing(pacing)), live)
         }
     };
     health.set_up(health::STORE);

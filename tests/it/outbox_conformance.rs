@@ -11,7 +11,7 @@ use scriptd::settings::{DatabaseSettings, DatabaseUrl, ExpireAfter};
 use scriptd::store::Store;
 use scriptd::store::outbox::backend::OutboxBackend;
 use scriptd::store::outbox::{Channel, Claimed, Fired, NewDelivery, Recorded, RowRef, Target};
-use scriptd::store::postgres::outbox::PgOutbox;
+use scriptd::store::postgres::outbox::{ChatPacing, PgOutbox};
 use scriptd::store::sqlite::SqliteOutbox;
 
 use crate::support::postgres::server;
@@ -260,7 +260,9 @@ async fn postgres() -> PgOutbox {
     let settings = DatabaseSettings { url: Some(DatabaseUrl::new(url)), ..Default::default() };
     let store = scriptd::store::postgres::connect_settings(&settings).await.expect("connect");
     scriptd::store::postgres::migrations::migrate(&store).await.expect("migrate");
-    PgOutbox::new(store)
+    // The queue's semantics, without the shared Telegram pacing (its own test is in
+    // `store_instances`): the local limiter paces SQLite's sends, not its claims.
+    PgOutbox::new(store).with_chat_pacing(ChatPacing { chat_ms: 0, group_ms: 0 })
 }
 
 macro_rules! conformance {

@@ -152,3 +152,59 @@ async fn concurrent_firings_of_one_script_on_one_camera_make_one_firing() {
     assert_eq!(a.enqueue(&[d], &[f], t0).await.expect("enqueue"), 0, "a duplicate id");
     assert_eq!(a.cooldown_states(&[(7, 17)]).await.expect("state")[0].occurrence_id, "occ-60000");
 }
+
+/// Telegram pacing across instances: a chat's next message is not claimed, by any
+/// instance, until the chat's last sent message is a pacing interval old (1 s for a chat,
+/// 3 s for a group by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chats_next_message_waits_for_the_pacing_interval_on_every_instance() {
+    use scriptd::secret::Secret;
+    use scriptd::store::outbox::backend::OutboxBackend;
+    use scriptd::store::outbox::{Channel, NewDelivery, Recorded, RowRef, Target};
+    use scriptd::store::postgres::outbox::PgOutbox;
+
+    let url = server().database();
+    let (a, b) = (PgOutbox::new(store(&url).await), PgOutbox::new(store(&url).await));
+    let message = |id: &str, chat: &str, script: i64| NewDelivery {
+        id: id.into(),
+        occurrence_id: format!("occ-{id}"),
+        script_id: script,
+        reaction: "telegram-message".into(),
+        recipient: chat.into(),
+        lane: format!("tg:0123456789abcdef:{chat}"),
+        payload: "{}".into(),
+        target: Target::Telegram {
+            bot_token: Secret::new("1:t"),
+            chat_id: chat.into(),
+            text: id.into(),
+            photo_url: None,
+        },
+    };
+    let t0: i64 = 1_800_000_000_000;
+    let lease = Duration::from_secs(30);
+    for (chat, interval) in [("555", 1_000), ("-100777", 3_000)] {
+        let first = format!("{chat}-1");
+        let second = format!("{chat}-2");
+        a.enqueue(&[message(&first, chat, 1), message(&second, chat, 2)], &[], t0)
+            .await
+            .expect("enqueue");
+        let head = a.claim(Channel::Telegram, t0, 10, lease).await.expect("claim");
+        assert_eq!(head.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [first.as_str()]);
+        a.record(&[(RowRef::Rowid(head[0].rowid), Recorded::Sent)], t0 + 100).await.expect("sent");
+        // The other instance, and this one, find nothing of the chat due within the interval.
+        for (outbox, at) in [(&b, t0 + 200), (&a, t0 + interval), (&b, t0 + 100 + interval - 1)] {
+            let got = outbox.claim(Channel::Telegram, at, 10, lease).await.expect("claim");
+            assert!(
+                got.is_empty(),
+                "{chat} at +{} ms: {:?}",
+                at - t0,
+                got.iter().map(|c| &c.id).collect::<Vec<_>>()
+            );
+        }
+        let next = b.claim(Channel::Telegram, t0 + 101 + interval, 10, lease).await.expect("claim");
+        assert_eq!(next.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [second.as_str()]);
+        b.record(&[(RowRef::Rowid(next[0].rowid), Recorded::Sent)], t0 + 200 + interval)
+            .await
+            .expect("sent");
+    }
+}

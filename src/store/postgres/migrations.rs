@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_schema.sql")),
     (2, include_str!("migrations/0002_calendars.sql")),
     (3, include_str!("migrations/0003_instances.sql")),
+    (4, include_str!("migrations/0004_chat_pacing.sql")),
 ];
 
 /// The advisory lock key held while migrating: the ASCII bytes of `scriptm` and a zero

@@ -28,12 +28,46 @@ use crate::store::outbox::{
 #[derive(Debug, Clone)]
 pub struct PgOutbox {
     store: PgStore,
+    pacing: ChatPacing,
+}
+
+/// The least time between two messages to one Telegram chat, for every instance together:
+/// a chat's next message is claimed only once its last sent one is that old (each instance
+/// also paces its own sends, see `dispatch::telegram`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatPacing {
+    /// A chat (a positive id or `@channel`), ms.
+    pub chat_ms: i64,
+    /// A group chat (an id starting with `-`), ms.
+    pub group_ms: i64,
+}
+
+impl Default for ChatPacing {
+    /// Telegram's published limits: 1 message a second per chat, 20 a minute per group.
+    fn default() -> Self {
+        ChatPacing { chat_ms: 1_000, group_ms: 3_000 }
+    }
+}
+
+impl ChatPacing {
+    /// From the `[telegram]` rates: a chat's interval is the stricter of its per-second and
+    /// per-minute rate; a group's, its per-minute rate evenly spread.
+    pub fn from_settings(t: &crate::settings::TelegramSettings) -> ChatPacing {
+        let every = |per: u32, window_ms: i64| window_ms / i64::from(per.max(1));
+        let chat_ms = every(t.per_chat_per_second, 1_000).max(every(t.per_chat_per_minute, 60_000));
+        ChatPacing { chat_ms, group_ms: chat_ms.max(every(t.per_group_per_minute, 60_000)) }
+    }
 }
 
 impl PgOutbox {
-    /// The outbox in `store`'s database (migrated).
+    /// The outbox in `store`'s database (migrated), with Telegram's default pacing.
     pub fn new(store: PgStore) -> PgOutbox {
-        PgOutbox { store }
+        PgOutbox { store, pacing: ChatPacing::default() }
+    }
+
+    /// The same outbox with `pacing` between two messages to one chat.
+    pub fn with_chat_pacing(self, pacing: ChatPacing) -> PgOutbox {
+        PgOutbox { pacing, ..self }
     }
 
     /// The database this outbox is in.
@@ -55,6 +89,24 @@ const CLAIMED: &str =
 /// can only be proven from a constant, so with `channel = $1` PostgreSQL's generic plan
 /// (used after a statement's first executions) could not read the channel's due index.
 pub fn claim_sql(channel: Channel) -> String {
+    claim_sql_paced(channel, ChatPacing::default())
+}
+
+/// [`claim_sql`] with `pacing` between two messages to one chat: a lane's head is due only
+/// once the lane's last sent message is that old (every instance's sends count).
+pub fn claim_sql_paced(channel: Channel, pacing: ChatPacing) -> String {
+    let paced = if channel == Channel::Telegram {
+        format!(
+            "AND (d.lane = '' OR NOT EXISTS (
+                  SELECT 1 FROM deliveries s
+                  WHERE s.state = 'sent' AND s.lane <> '' AND s.lane = d.lane
+                    AND s.updated_at > $1 - CASE WHEN d.recipient LIKE '-%'
+                                                 THEN {} ELSE {} END))",
+            pacing.group_ms, pacing.chat_ms
+        )
+    } else {
+        String::new()
+    };
     format!(
         "WITH due AS (
            SELECT d.seq, d.next_attempt_at AS due_at FROM deliveries d
@@ -63,6 +115,7 @@ pub fn claim_sql(channel: Channel) -> String {
                   SELECT 1 FROM deliveries e
                   WHERE e.state = 'pending' AND e.lane <> '' AND e.lane = d.lane
                     AND e.seq < d.seq))
+             {paced}
            ORDER BY d.next_attempt_at, d.seq
            LIMIT $2
            FOR UPDATE SKIP LOCKED)
@@ -242,7 +295,8 @@ impl OutboxBackend for PgOutbox {
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
         let conn = self.store.get().await?;
-        let stmt = conn.prepare_cached(&claim_sql(channel)).await.map_err(|e| self.err(e))?;
+        let sql = claim_sql_paced(channel, self.pacing);
+        let stmt = conn.prepare_cached(&sql).await.map_err(|e| self.err(e))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let until = now_ms.saturating_add(lease_ms(lease));
         let rows = conn.query(&stmt, &[&now_ms, &limit, &until]).await.map_err(|e| self.err(e))?;
