@@ -261,6 +261,10 @@ pub struct PipelineArgs {
     /// must be empty (no users, scripts or deliveries).
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
+    /// Run this many daemons on one shared subscription (`$share/...`) and the database of
+    /// `--database-url` (needed above 1): each occurrence goes to one of them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    pub instances: u16,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

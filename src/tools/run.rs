@@ -222,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     skip_ceiling: a.no_ceiling,
                     cooldown_seconds: a.cooldown_seconds,
                     database_url: a.database_url.map(crate::settings::DatabaseUrl::new),
+                    instances: usize::from(a.instances),
                 })
                 .map_err(anyhow::Error::msg)?;
             print_report(&report, a.json)?;

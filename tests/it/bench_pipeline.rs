@@ -1,6 +1,7 @@
 //! `scriptd bench pipeline` end to end on tiny numbers, with the embedded broker: the
-//! daemon runs as a child process and every expected push arrives exactly once, on SQLite
-//! and (`--database-url`) on PostgreSQL.
+//! daemon runs as a child process and every expected push arrives exactly once, on SQLite,
+//! on PostgreSQL (`--database-url`) and with several daemons on a shared subscription
+//! (`--instances`, through Mosquitto).
 
 use std::process::Command;
 
@@ -83,4 +84,34 @@ fn bench_pipeline_runs_the_daemon_on_postgresql_with_database_url() {
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(!again.status.success(), "{stderr}");
     assert!(stderr.contains("--database-url") && stderr.contains("not empty"), "{stderr}");
+}
+
+/// Two daemons on a shared subscription and one PostgreSQL database: every push once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_pipeline_runs_several_instances_on_a_shared_subscription() {
+    let pg = crate::support::postgres::server();
+    let url = pg.database();
+    let broker = crate::support::mosquitto::Mosquitto::start().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_scriptd"))
+        .args(["bench", "pipeline", "--broker", &format!("127.0.0.1:{}", broker.port())])
+        .args(["--scripts", "200", "--events", "2000", "--qos", "1", "--no-ceiling", "--json"])
+        .args(["--instances", "2", "--database-url", &url])
+        .output()
+        .expect("run scriptd bench pipeline");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\nstdout: {stdout}\nstderr: {stderr}", out.status);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["instances"], 2, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["duplicates"], 0, "{report}");
+    assert!(report["expected_pushes"].as_u64().is_some_and(|n| n > 0), "{report}");
+
+    // Several instances need the shared database.
+    let alone = Command::new(env!("CARGO_BIN_EXE_scriptd"))
+        .args(["bench", "pipeline", "--broker", "embedded", "--instances", "2"])
+        .output()
+        .expect("run scriptd bench pipeline");
+    assert!(!alone.status.success());
+    assert!(String::from_utf8_lossy(&alone.stderr).contains("--database-url"));
 }

@@ -147,6 +147,9 @@ pub struct PipelineBenchOptions {
     /// migrated and the generated scripts are copied into it (`scriptd store copy`), so it
     /// must hold no users, scripts or deliveries; the run leaves its rows there.
     pub database_url: Option<crate::settings::DatabaseUrl>,
+    /// Daemons on one shared subscription (1: one daemon on the plain topic); above 1 they
+    /// share the database of `database_url`, which is then required.
+    pub instances: usize,
 }
 
 /// Runs the benchmark (blocking; starts its own runtime).
@@ -159,6 +162,14 @@ pub fn run(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, String> {
     }
     if opts.events == 0 || opts.scripts == 0 {
         return Err("--scripts and --events must be at least 1".into());
+    }
+    if opts.instances == 0 {
+        return Err("--instances must be at least 1".into());
+    }
+    if opts.instances > 1 && opts.database_url.is_none() {
+        return Err("--instances above 1 needs --database-url: the instances share one \
+                    PostgreSQL database"
+            .into());
     }
     if u64::from(opts.cooldown_seconds) > crate::script::COOLDOWN_MAX {
         return Err(format!(
@@ -270,33 +281,43 @@ async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, S
         ceiling_latency = paced;
     }
 
-    // The daemon.
-    let config_dir = dir.path().join("config");
+    // The daemons.
     // rumqttd (the bench's embedded broker) speaks 3.1.1; an external broker gets MQTT 5,
     // the daemon's default.
     let protocol = if opts.broker == BrokerChoice::Embedded { "3.1.1" } else { "5" };
-    write_daemon_config(
-        &config_dir,
-        dir.path(),
-        (&host, port, protocol),
-        &prefix,
-        &run_id,
-        &opts.daemon_config,
-        opts.database_url.as_ref(),
-    )?;
     let started = Instant::now();
-    let mut daemon = Daemon::spawn(&opts.daemon_exe, &config_dir, dir.path())?;
+    let mut daemons = Vec::with_capacity(opts.instances);
+    let mut api_ports = Vec::with_capacity(opts.instances);
+    let mut client_ids = Vec::with_capacity(opts.instances);
+    for i in 0..opts.instances {
+        let own = dir.path().join(format!("instance-{i}"));
+        let instance = Instance::new(&run_id, i, opts.instances);
+        let api_port = write_daemon_config(
+            &own.join("config"),
+            dir.path(),
+            (&host, port, protocol),
+            &prefix,
+            &instance,
+            &opts.daemon_config,
+            opts.database_url.as_ref(),
+        )?;
+        daemons.push(Daemon::spawn(&opts.daemon_exe, &own.join("config"), &own)?);
+        api_ports.push(api_port);
+        client_ids.push(instance.client_id);
+    }
     let events_topic = |camera: i64| format!("{prefix}/events/{camera}");
     let mut k = 0u64;
     loop {
         if collector.lock().warm > 0 {
             break;
         }
-        daemon.check_alive()?;
+        for d in &mut daemons {
+            d.check_alive()?;
+        }
         if started.elapsed() > Duration::from_secs(120) {
             return Err(format!(
                 "the daemon sent no push within 120 s; its log: {}",
-                daemon.log_tail()
+                daemons[0].log_tail()
             ));
         }
         let payload = occurrence_json(&format!("warm-{run_id}-{k}"), &warm, collector.now_ns());
@@ -304,9 +325,11 @@ async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, S
         k += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Every instance takes part before the measured run (one push says only that one did).
+    wait_connected(&api_ports, Duration::from_secs(60)).await?;
     let startup_s = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu_before = daemon.cpu_seconds();
+    let cpu_before: f64 = daemons.iter().map(Daemon::cpu_seconds).sum();
 
     // The measured run. The warm-up fired the warm-up scripts on its camera (at an instant
     // at least a day before the stream, so it silences nothing; kept for exactness).
@@ -338,14 +361,18 @@ async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, S
         publisher.publish(events_topic(combo.camera_id), payload).await?;
     }
     let publish_s = pace_start.elapsed().as_secs_f64();
-    wait_for(&collector, |c| c.hits >= expected, |c| c.last_ns, &mut daemon).await;
-    let cpu_after = daemon.cpu_seconds();
-    let rss = daemon.rss_mb("VmHWM:");
-    let rss_end = daemon.rss_mb("VmRSS:");
-    daemon.stop();
+    wait_for(&collector, |c| c.hits >= expected, |c| c.last_ns, &mut daemons).await;
+    let cpu_after: f64 = daemons.iter().map(Daemon::cpu_seconds).sum();
+    let rss = daemons.iter().map(|d| d.rss_mb("VmHWM:")).fold(0.0, f64::max);
+    let rss_end = daemons.iter().map(|d| d.rss_mb("VmRSS:")).fold(0.0, f64::max);
+    for d in &mut daemons {
+        d.stop();
+    }
     sub_task.abort();
     publisher.task.abort();
-    cleanup_session(&host, port, &format!("scriptd-bench-{run_id}")).await;
+    for id in &client_ids {
+        cleanup_session(&host, port, id).await;
+    }
 
     let c = collector.lock();
     let distinct = c.seen.len() as u64;
@@ -355,6 +382,7 @@ async fn run_async(opts: &PipelineBenchOptions) -> Result<PipelineBenchReport, S
     let daemon_cpu_s = (cpu_after - cpu_before).max(0.0);
     Ok(PipelineBenchReport {
         store,
+        instances: opts.instances,
         broker: match &opts.broker {
             BrokerChoice::Embedded => "embedded".into(),
             BrokerChoice::External { host, port } => format!("{host}:{port}"),
@@ -395,7 +423,7 @@ async fn wait_for(
     collector: &Collector,
     done: impl Fn(&Collected) -> bool,
     last: impl Fn(&Collected) -> u64,
-    daemon: &mut Daemon,
+    daemons: &mut [Daemon],
 ) {
     let mut last_seen = (0, Instant::now());
     loop {
@@ -409,7 +437,9 @@ async fn wait_for(
                 last_seen = (l, Instant::now());
             }
         }
-        if last_seen.1.elapsed() > IDLE_TIMEOUT || daemon.check_alive().is_err() {
+        if last_seen.1.elapsed() > IDLE_TIMEOUT
+            || daemons.iter_mut().any(|d| d.check_alive().is_err())
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -34,6 +34,9 @@ impl Latency {
 pub struct PipelineBenchReport {
     /// The daemon's store: `sqlite`, or `postgresql user@host:port/name`.
     pub store: String,
+    /// Daemons on one shared subscription (their CPU is summed, their peak memory the
+    /// largest).
+    pub instances: usize,
     /// `embedded` or `HOST:PORT`.
     pub broker: String,
     /// Scripts in the database.
@@ -99,9 +102,14 @@ pub struct PipelineBenchReport {
 impl std::fmt::Display for PipelineBenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let rate = if self.rate > 0.0 { format!("{}/s", self.rate) } else { "max".into() };
+        let instances = if self.instances > 1 {
+            format!(" · {} instances", self.instances)
+        } else {
+            String::new()
+        };
         writeln!(
             f,
-            "store {} · broker {} · {} scripts · {} occurrences ({} matched) · QoS {} · rate {rate}",
+            "store {}{instances} · broker {} · {} scripts · {} occurrences ({} matched) · QoS {} · rate {rate}",
             self.store, self.broker, self.scripts, self.events, self.matched_events, self.qos
         )?;
         writeln!(

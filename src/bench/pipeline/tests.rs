@@ -15,6 +15,7 @@ fn opts(events: usize, match_fraction: f64, cooldown_seconds: u32) -> PipelineBe
         skip_ceiling: true,
         cooldown_seconds,
         database_url: None,
+        instances: 1,
     }
 }
 
