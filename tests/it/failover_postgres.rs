@@ -9,6 +9,7 @@
 //!   SIGKILLed for good mid-burst: the other pushes every occurrence, also those published
 //!   after the kill, and the ones the dead instance had claimed once their lease ends; every
 //!   occurrence is one delivery in the database however many instances took it in.
+//! - PostgreSQL restarted mid-burst under two instances: 0 lost.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -185,4 +186,53 @@ async fn redundant_ingest_two_instances_one_killed_for_good_the_other_delivers_e
     eprintln!(
         "redundant ingest: {N} occurrences pushed, {repeats} repeated, the last {took:?} after the kill"
     );
+}
+
+/// PostgreSQL restarted in the middle of a burst taken in by two instances (a shared
+/// subscription): nothing is acknowledged while it is down, and once it is back every
+/// occurrence is pushed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_restarted_mid_burst_under_two_instances_loses_nothing() {
+    const N: usize = 600;
+    // A server of its own: this test stops it.
+    let pg = crate::support::postgres::PgServer::start();
+    let url = pg.database();
+    migrate(&url);
+    seed_push_script(&pg, db_name(&url), 1, 1, 4);
+    let broker = Mosquitto::start().await;
+    let app =
+        PersistentSubscriber::connect(broker.port(), "app-pg-restart", "vms/users/4/reactions")
+            .await;
+    let shared = "$share/scriptd/vms/analytics/events/#";
+    let mut runs = [
+        start(&url, broker.port(), "scriptd-r1", shared),
+        start(&url, broker.port(), "scriptd-r2", shared),
+    ];
+    for r in &mut runs {
+        r.wait_component("broker", "up", 30).await;
+    }
+    let vms = ReliablePublisher::connect(broker.port(), "vms-pg-restart");
+    for i in 0..N / 2 {
+        vms.publish(TOPIC, occ(i)).await;
+    }
+    pg.halt();
+    let halted = Instant::now();
+    for i in N / 2..N {
+        vms.publish(TOPIC, occ(i)).await;
+    }
+    for r in &mut runs {
+        r.wait_component("store", "down", 15).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(halted.elapsed())).await;
+    pg.restart();
+    vms.wait_acked(60).await;
+
+    let refs: Vec<&Run> = runs.iter().collect();
+    let (pushes, _) = all_pushed(&app, N, 120, &refs).await;
+    let counts = per_occurrence(&pushes);
+    let missing: Vec<usize> = (0..N).filter(|i| !counts.contains_key(&format!("f-{i}"))).collect();
+    assert!(missing.is_empty(), "not pushed: {missing:?}");
+    let repeats = pushes.len() - counts.len();
+    assert!(repeats <= MAX_IN_FLIGHT, "{repeats} repeated pushes (at most {MAX_IN_FLIGHT})");
+    eprintln!("PostgreSQL restarted: {N} occurrences pushed, {repeats} repeated");
 }
