@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Every;
-use crate::ops::health::{self, Health, InstanceView};
+use crate::ops::health::{self, Health};
 use crate::ops::telemetry;
 use crate::store::postgres::PgStore;
 use crate::store::postgres::instances::{self, RegisterError, Registration};
@@ -108,7 +108,7 @@ pub(super) async fn keep_registered(
         match instances::live(&pg).await {
             Ok(list) => {
                 metrics::gauge!(telemetry::INSTANCES_LIVE).set(list.len() as f64);
-                health.set_instances(list.into_iter().map(view).collect());
+                health.set_instances(list);
             }
             Err(e) => tracing::debug!(error = %e, "cannot list the live instances"),
         }
@@ -117,16 +117,5 @@ pub(super) async fn keep_registered(
         && let Err(e) = r.release().await
     {
         tracing::warn!(error = %e, "cannot remove this instance from the registry");
-    }
-}
-
-fn view(i: instances::Instance) -> InstanceView {
-    InstanceView {
-        client_id: i.client_id,
-        host: i.host,
-        pid: i.pid,
-        version: i.version,
-        started_at: i.started_at,
-        heartbeat_at: i.heartbeat_at,
     }
 }

@@ -36,6 +36,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
 use crate::ops::systemd::Watchdog;
+use crate::store::postgres::instances::Instance;
 
 /// Component name: the SQLite store.
 pub const STORE: &str = "store";
@@ -84,7 +85,7 @@ impl ComponentState {
 pub struct Health {
     components: Arc<RwLock<BTreeMap<String, ComponentState>>>,
     /// The live instances sharing the database (PostgreSQL only).
-    instances: Arc<RwLock<Option<Vec<InstanceView>>>>,
+    instances: Arc<RwLock<Option<Vec<Instance>>>>,
     watchdog: Watchdog,
     store_writes: Arc<StoreWrites>,
 }
@@ -111,24 +112,7 @@ pub struct HealthReport {
     pub components: BTreeMap<String, ComponentState>,
     /// On PostgreSQL, the live instances sharing the database (this one included).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub instances: Option<Vec<InstanceView>>,
-}
-
-/// One live instance in `/healthz`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InstanceView {
-    /// Its MQTT client id.
-    pub client_id: String,
-    /// The host it runs on.
-    pub host: String,
-    /// Its process id there.
-    pub pid: i64,
-    /// Its version.
-    pub version: String,
-    /// When it started (RFC 3339, UTC).
-    pub started_at: String,
-    /// Its last heartbeat (RFC 3339, UTC; within the last 10 s).
-    pub heartbeat_at: String,
+    pub instances: Option<Vec<Instance>>,
 }
 
 impl HealthReport {
@@ -176,7 +160,7 @@ impl Health {
     }
 
     /// Sets the live instances `/healthz` lists.
-    pub fn set_instances(&self, instances: Vec<InstanceView>) {
+    pub fn set_instances(&self, instances: Vec<Instance>) {
         *self.instances.write().unwrap_or_else(PoisonError::into_inner) = Some(instances);
     }
 

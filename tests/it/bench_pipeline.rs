@@ -5,17 +5,23 @@
 
 use std::process::Command;
 
-#[test]
-fn bench_pipeline_reports_every_push_once() {
+/// `scriptd bench pipeline --json ARGS`: its report, once it succeeded.
+fn bench(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_scriptd"))
-        .args(["bench", "pipeline", "--broker", "embedded", "--scripts", "200"])
-        .args(["--events", "2000", "--qos", "1", "--json"])
+        .args(["bench", "pipeline", "--json"])
+        .args(args)
         .output()
         .expect("run scriptd bench pipeline");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}\nstdout: {stdout}\nstderr: {stderr}", out.status);
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    serde_json::from_str(stdout.trim()).expect("one JSON object")
+}
+
+#[test]
+fn bench_pipeline_reports_every_push_once() {
+    let report =
+        bench(&["--broker", "embedded", "--scripts", "200", "--events", "2000", "--qos", "1"]);
     for key in [
         "occurrences_per_s",
         "pushes_per_s",
@@ -52,16 +58,12 @@ fn bench_pipeline_runs_the_daemon_on_postgresql_with_database_url() {
     let pg = crate::support::postgres::server();
     let url = pg.database();
     let db = url.rsplit('/').next().and_then(|t| t.split('?').next()).expect("db name");
-    let out = Command::new(env!("CARGO_BIN_EXE_scriptd"))
-        .args(["bench", "pipeline", "--broker", "embedded", "--scripts", "200"])
-        .args(["--events", "1000", "--qos", "1", "--no-ceiling", "--json"])
-        .args(["--database-url", &url])
-        .output()
-        .expect("run scriptd bench pipeline");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}\nstdout: {stdout}\nstderr: {stderr}", out.status);
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let report = bench(
+        &["--broker", "embedded", "--scripts", "200", "--events", "1000"]
+            .into_iter()
+            .chain(["--qos", "1", "--no-ceiling", "--database-url", &url])
+            .collect::<Vec<_>>(),
+    );
     let store = report["store"].as_str().unwrap_or_default();
     assert!(store.starts_with("postgresql postgres@127.0.0.1:"), "{report}");
     assert_eq!(report["lost"], 0, "{report}");
@@ -92,16 +94,13 @@ async fn bench_pipeline_runs_several_instances_on_a_shared_subscription() {
     let pg = crate::support::postgres::server();
     let url = pg.database();
     let broker = crate::support::mosquitto::Mosquitto::start().await;
-    let out = Command::new(env!("CARGO_BIN_EXE_scriptd"))
-        .args(["bench", "pipeline", "--broker", &format!("127.0.0.1:{}", broker.port())])
-        .args(["--scripts", "200", "--events", "2000", "--qos", "1", "--no-ceiling", "--json"])
-        .args(["--instances", "2", "--database-url", &url])
-        .output()
-        .expect("run scriptd bench pipeline");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}\nstdout: {stdout}\nstderr: {stderr}", out.status);
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let at = format!("127.0.0.1:{}", broker.port());
+    let report = bench(
+        &["--broker", &at, "--scripts", "200", "--events", "2000", "--qos", "1"]
+            .into_iter()
+            .chain(["--no-ceiling", "--instances", "2", "--database-url", &url])
+            .collect::<Vec<_>>(),
+    );
     assert_eq!(report["instances"], 2, "{report}");
     assert_eq!(report["lost"], 0, "{report}");
     assert_eq!(report["duplicates"], 0, "{report}");

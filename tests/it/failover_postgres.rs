@@ -45,6 +45,17 @@ fn per_occurrence(pushes: &[Value]) -> BTreeMap<String, usize> {
     counts
 }
 
+/// Asserts that occurrences `f-0` … `f-{n-1}` were all pushed and at most
+/// [`MAX_IN_FLIGHT`] of them twice; the repeats.
+fn every_one_pushed(pushes: &[Value], n: usize) -> usize {
+    let counts = per_occurrence(pushes);
+    let missing: Vec<usize> = (0..n).filter(|i| !counts.contains_key(&format!("f-{i}"))).collect();
+    assert!(missing.is_empty(), "not pushed: {missing:?}");
+    let repeats = pushes.len() - counts.len();
+    assert!(repeats <= MAX_IN_FLIGHT, "{repeats} repeated pushes (at most {MAX_IN_FLIGHT})");
+    repeats
+}
+
 fn start(url: &str, port: u16, client_id: &str, topic: &str) -> Run {
     Run::start_with(
         url,
@@ -130,11 +141,7 @@ async fn shared_subscription_three_instances_one_killed_and_restarted_loses_noth
 
     let refs: Vec<&Run> = runs.iter().collect();
     let (pushes, _) = all_pushed(&app, N, 120, &refs).await;
-    let counts = per_occurrence(&pushes);
-    let missing: Vec<usize> = (0..N).filter(|i| !counts.contains_key(&format!("f-{i}"))).collect();
-    assert!(missing.is_empty(), "not pushed: {missing:?}");
-    let repeats = pushes.len() - counts.len();
-    assert!(repeats <= MAX_IN_FLIGHT, "{repeats} repeated pushes (at most {MAX_IN_FLIGHT})");
+    let repeats = every_one_pushed(&pushes, N);
     let rows = pg.psql(db_name(&url), "SELECT count(*) FROM deliveries");
     assert_eq!(rows, N.to_string(), "one delivery per occurrence");
     eprintln!("shared subscription: {N} occurrences pushed, {repeats} repeated");
@@ -169,11 +176,7 @@ async fn redundant_ingest_two_instances_one_killed_for_good_the_other_delivers_e
     vms.wait_acked(60).await;
 
     let (pushes, complete) = all_pushed(&app, N, 120, &[&a, &b]).await;
-    let counts = per_occurrence(&pushes);
-    let missing: Vec<usize> = (0..N).filter(|i| !counts.contains_key(&format!("f-{i}"))).collect();
-    assert!(missing.is_empty(), "not pushed: {missing:?}");
-    let repeats = pushes.len() - counts.len();
-    assert!(repeats <= MAX_IN_FLIGHT, "{repeats} repeated pushes (at most {MAX_IN_FLIGHT})");
+    let repeats = every_one_pushed(&pushes, N);
     // Both instances took every occurrence in before the kill; each is one row.
     let rows = pg.psql(db_name(&url), "SELECT count(*) FROM deliveries");
     assert_eq!(rows, N.to_string(), "one delivery per occurrence");
@@ -229,10 +232,6 @@ async fn postgresql_restarted_mid_burst_under_two_instances_loses_nothing() {
 
     let refs: Vec<&Run> = runs.iter().collect();
     let (pushes, _) = all_pushed(&app, N, 120, &refs).await;
-    let counts = per_occurrence(&pushes);
-    let missing: Vec<usize> = (0..N).filter(|i| !counts.contains_key(&format!("f-{i}"))).collect();
-    assert!(missing.is_empty(), "not pushed: {missing:?}");
-    let repeats = pushes.len() - counts.len();
-    assert!(repeats <= MAX_IN_FLIGHT, "{repeats} repeated pushes (at most {MAX_IN_FLIGHT})");
+    let repeats = every_one_pushed(&pushes, N);
     eprintln!("PostgreSQL restarted: {N} occurrences pushed, {repeats} repeated");
 }

@@ -39,8 +39,8 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
 /// An instance is live while its last heartbeat is younger than this.
 pub const LIVE_WITHIN: Duration = Duration::from_secs(10);
 
-/// One row of the registry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One row of the registry (as `/healthz` lists it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Instance {
     /// Its MQTT client id.
     pub client_id: String,

@@ -244,6 +244,30 @@ impl PgStore {
         Ok(())
     }
 
+    /// Begins a read-only `REPEATABLE READ` transaction on `conn` (one consistent view of
+    /// several queries) and reads the version counter of `counter` (`scripts_version`,
+    /// `snoozes_version`; 0 when it has no row).
+    pub(crate) async fn begin_view<'a>(
+        &self,
+        conn: &'a mut PgConn,
+        counter: &str,
+    ) -> Result<(deadpool_postgres::Transaction<'a>, i64), StoreError> {
+        let err = |e: tokio_postgres::Error| self.error(&e);
+        let tx = conn
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(err)?;
+        let version: i64 = tx
+            .query_opt(&format!("SELECT version FROM {counter} WHERE id = 1"), &[])
+            .await
+            .map_err(err)?
+            .map_or(0, |r| r.get(0));
+        Ok((tx, version))
+    }
+
     /// A client error as a [`StoreError`] naming this store's endpoint.
     pub fn error(&self, e: &tokio_postgres::Error) -> StoreError {
         StoreError::Postgres { endpoint: self.endpoint.clone(), message: describe(e) }

@@ -37,18 +37,7 @@ impl PgOutbox {
     pub async fn snoozes(&self, now_ms: i64) -> Result<SnoozeSet, StoreError> {
         let mut conn = self.store().get().await?;
         let err = |e: tokio_postgres::Error| self.store().error(&e);
-        let tx = conn
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(err)?;
-        let version: i64 = tx
-            .query_opt("SELECT version FROM snoozes_version WHERE id = 1", &[])
-            .await
-            .map_err(err)?
-            .map_or(0, |r| r.get(0));
+        let (tx, version) = self.store().begin_view(&mut conn, "snoozes_version").await?;
         let rows = tx
             .query(
                 "SELECT id, script_id, scope, user_id, camera_id, starts_at, until

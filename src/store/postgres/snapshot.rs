@@ -45,18 +45,7 @@ pub async fn scripts_version(store: &PgStore) -> Result<i64, StoreError> {
 pub async fn read(store: &PgStore) -> Result<SnapshotRows, StoreError> {
     let mut conn = store.get().await?;
     let err = |e: tokio_postgres::Error| store.error(&e);
-    let tx = conn
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(err)?;
-    let version: i64 = tx
-        .query_opt("SELECT version FROM scripts_version WHERE id = 1", &[])
-        .await
-        .map_err(err)?
-        .map_or(0, |r| r.get(0));
+    let (tx, version) = store.begin_view(&mut conn, "scripts_version").await?;
     let events = tx
         .query("SELECT id, name, description, color, analytic_type FROM events ORDER BY id", &[])
         .await
