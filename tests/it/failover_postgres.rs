@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::support::clients::{PersistentSubscriber, ReliablePublisher};
 use crate::support::mosquitto::Mosquitto;
 use crate::support::pg_daemon::{Run, db_name, migrate, seed_push_script};
-use crate::support::postgres::server;
+use crate::support::postgres::{PgServer, server};
 
 const TOPIC: &str = "vms/analytics/events/1";
 /// A short lease, so that the rows a dead instance had claimed are due again soon.
@@ -54,6 +54,17 @@ fn every_one_pushed(pushes: &[Value], n: usize) -> usize {
     let repeats = pushes.len() - counts.len();
     assert!(repeats <= MAX_IN_FLIGHT, "{repeats} repeated pushes (at most {MAX_IN_FLIGHT})");
     repeats
+}
+
+/// A database of its own on `pg` with one push script (event 1 to user 4), a Mosquitto,
+/// and the client app's subscription (`app_id`).
+async fn setup(pg: &PgServer, app_id: &str) -> (String, Mosquitto, PersistentSubscriber) {
+    let url = pg.database();
+    migrate(&url);
+    seed_push_script(pg, db_name(&url), 1, 1, 4);
+    let broker = Mosquitto::start().await;
+    let app = PersistentSubscriber::connect(broker.port(), app_id, "vms/users/4/reactions").await;
+    (url, broker, app)
 }
 
 fn start(url: &str, port: u16, client_id: &str, topic: &str) -> Run {
@@ -107,12 +118,7 @@ async fn all_pushed(
 async fn shared_subscription_three_instances_one_killed_and_restarted_loses_nothing() {
     const N: usize = 3_000;
     let pg = server();
-    let url = pg.database();
-    migrate(&url);
-    seed_push_script(pg, db_name(&url), 1, 1, 4);
-    let broker = Mosquitto::start().await;
-    let app =
-        PersistentSubscriber::connect(broker.port(), "app-failover", "vms/users/4/reactions").await;
+    let (url, broker, app) = setup(pg, "app-failover").await;
     let shared = "$share/scriptd/vms/analytics/events/#";
     let mut runs: Vec<Run> =
         (1..=3).map(|i| start(&url, broker.port(), &format!("scriptd-{i}"), shared)).collect();
@@ -151,13 +157,7 @@ async fn shared_subscription_three_instances_one_killed_and_restarted_loses_noth
 async fn redundant_ingest_two_instances_one_killed_for_good_the_other_delivers_everything() {
     const N: usize = 2_000;
     let pg = server();
-    let url = pg.database();
-    migrate(&url);
-    seed_push_script(pg, db_name(&url), 1, 1, 4);
-    let broker = Mosquitto::start().await;
-    let app =
-        PersistentSubscriber::connect(broker.port(), "app-redundant", "vms/users/4/reactions")
-            .await;
+    let (url, broker, app) = setup(pg, "app-redundant").await;
     let plain = "vms/analytics/events/#";
     let mut a = start(&url, broker.port(), "scriptd-a", plain);
     let mut b = start(&url, broker.port(), "scriptd-b", plain);
@@ -198,14 +198,8 @@ async fn redundant_ingest_two_instances_one_killed_for_good_the_other_delivers_e
 async fn postgresql_restarted_mid_burst_under_two_instances_loses_nothing() {
     const N: usize = 600;
     // A server of its own: this test stops it.
-    let pg = crate::support::postgres::PgServer::start();
-    let url = pg.database();
-    migrate(&url);
-    seed_push_script(&pg, db_name(&url), 1, 1, 4);
-    let broker = Mosquitto::start().await;
-    let app =
-        PersistentSubscriber::connect(broker.port(), "app-pg-restart", "vms/users/4/reactions")
-            .await;
+    let pg = PgServer::start();
+    let (url, broker, app) = setup(&pg, "app-pg-restart").await;
     let shared = "$share/scriptd/vms/analytics/events/#";
     let mut runs = [
         start(&url, broker.port(), "scriptd-r1", shared),
