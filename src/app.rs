@@ -11,8 +11,10 @@
 //! batch, the dispatcher lets in-flight sends finish within `delivery.shutdown_deadline_seconds`
 //! and leaves the rest pending in the outbox, then the push connection and the API close.
 //!
-//! On PostgreSQL ([`run_on`] with a [`PgStore`]) the snapshot, the intake and the
-//! dispatcher use that database (see `pg` for what does not run there yet).
+//! On PostgreSQL ([`run_on`] with [`Postgres`]) the snapshot, the intake and the
+//! dispatcher use that database, and the instance holds its client id in the registry
+//! while it runs (see `pg`, also for what does not run there yet); `sqlite` holds what is
+//! SQLite's, `tasks` the small periodic helpers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,7 +23,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
@@ -44,9 +46,14 @@ use crate::store::checkpoint::{self, Checkpointer};
 use crate::store::outbox::Handoff;
 use crate::store::postgres::PgStore;
 use crate::store::postgres::outbox::{ChatPacing, PgOutbox};
-use crate::store::{OutboxDb, Store, StoreError};
+use crate::store::{OutboxDb, StoreError};
 
 mod pg;
+mod sqlite;
+mod tasks;
+
+use sqlite::{open_sqlite, probe_store};
+use tasks::{Every, spawn_connection_health};
 
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -507,110 +514,6 @@ const DISPATCH_POLL: Duration = Duration::from_secs(10);
 /// The dispatcher's query on PostgreSQL, where the rows of an instance that died become due
 /// again when their lease ends, with no local commit to wake anyone.
 const PG_DISPATCH_POLL: Duration = Duration::from_secs(1);
-
-/// Mirrors an MQTT connection's state, with the last connection error (e.g. a failed TLS
-/// handshake) as the reason, into the health registry (and, for the events connection,
-/// into systemd's `STATUS=`).
-fn spawn_connection_health(
-    mut connected: watch::Receiver<bool>,
-    mut down_reason: watch::Receiver<Option<String>>,
-    component: &'static str,
-    health: &Health,
-    notifier: Option<Notifier>,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let health = health.clone();
-    tokio::spawn(async move {
-        tokio::pin!(stop);
-        loop {
-            let up = *connected.borrow_and_update();
-            let why = down_reason.borrow_and_update().clone();
-            if up {
-                health.set_up(component);
-            } else {
-                let reason = match why {
-                    Some(why) => format!("not connected to the MQTT broker: {why}"),
-                    None => "not connected to the MQTT broker".to_owned(),
-                };
-                health.set_down(component, reason);
-            }
-            if let Some(n) = &notifier {
-                n.status(if up { "running" } else { "mqtt reconnecting" });
-            }
-            tokio::select! {
-                () = &mut stop => return,
-                changed = connected.changed() => if changed.is_err() { return },
-                changed = down_reason.changed() => if changed.is_err() { return },
-            }
-        }
-    });
-}
-
-/// The clock of a periodic task: [`Every::next`] waits for the next tick (a late tick is
-/// delayed, not bunched) and is false once `stop` completed.
-struct Every<S> {
-    ticker: tokio::time::Interval,
-    stop: std::pin::Pin<Box<S>>,
-}
-
-impl<S: std::future::Future<Output = ()>> Every<S> {
-    fn new(period: Duration, stop: S) -> Every<S> {
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Every { ticker, stop: Box::pin(stop) }
-    }
-
-    async fn next(&mut self) -> bool {
-        tokio::select! {
-            () = &mut self.stop => false,
-            _ = self.ticker.tick() => true,
-        }
-    }
-}
-
-/// Opens (migrates) the SQLite file of `database.path` and loads the first snapshot.
-async fn open_sqlite(settings: &Settings) -> Result<(Store, Live), StoreError> {
-    let db = settings.database.path.clone();
-    let busy = settings.database.busy_timeout();
-    let sync = settings.database.synchronous;
-    let timezone = settings.timezone.tz();
-    tokio::task::spawn_blocking(move || {
-        let store = Store::migrate(&db)?
-            .with_busy_timeout(busy)
-            .with_synchronous(sync)
-            .with_background_checkpoints();
-        let live = Live::new(store.clone(), timezone)?;
-        Ok((store, live))
-    })
-    .await
-    .map_err(|e| StoreError::TaskFailed(e.to_string()))?
-}
-
-/// Reads the database every `period` and reports the store up, or down with the error
-/// (file removed, unreadable, being replaced, corrupt), until `stop`.
-async fn probe_store(
-    store: Store,
-    health: Health,
-    period: Duration,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    let mut every = Every::new(period, stop);
-    while every.next().await {
-        let s = store.clone();
-        let probe = tokio::task::spawn_blocking(move || {
-            s.read(|tx| {
-                tx.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
-                Ok(())
-            })
-        })
-        .await;
-        match probe {
-            Ok(Ok(())) => health.set_up(health::STORE),
-            Ok(Err(e)) => health.set_down(health::STORE, format!("database: {e}")),
-            Err(e) => health.set_down(health::STORE, format!("database probe failed: {e}")),
-        }
-    }
-}
 
 async fn wait_for_termination() -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
