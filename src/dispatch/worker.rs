@@ -131,10 +131,10 @@ impl Dispatcher {
         Dispatcher::spawn_on(OutboxDb::Sqlite(store), handoff, senders, config, live, shutdown)
     }
 
-    /// [`Dispatcher::spawn`] on either database. On PostgreSQL nothing is handed over in
-    /// memory (`handoff` stays empty): every row is claimed, with a lease of
-    /// [`DispatcherConfig::lease`], so several instances never attempt the same row at
-    /// once.
+    /// [`Dispatcher::spawn`] on either database. On PostgreSQL rows are claimed with a
+    /// lease of [`DispatcherConfig::lease`], so several instances never attempt the same
+    /// row at once; the rows this instance's intake wrote already leased to it are handed
+    /// over in memory (see [`crate::store::postgres::outbox`]).
     pub fn spawn_on(
         db: OutboxDb,
         handoff: Arc<outbox::Handoff>,
@@ -265,18 +265,25 @@ impl Loop {
     /// Starts handed-over rows in the free slots of their channels. A row of a channel
     /// that only a query can be trusted for now, or that finds no free slot, is dropped
     /// from the hand-over: it is in the database, and its channel is marked for a query.
+    ///
+    /// On PostgreSQL the handed-over rows are leased to this instance (no claim returns
+    /// them), so they start whatever the backlog; a row that finds no free slot is given
+    /// back (due now, for the next claim), one of a target whose breaker is open deferred.
     fn start_handed_over(&mut self) {
-        if self.backlog.iter().all(|b| *b) || self.handoff.is_empty() {
+        let leases = self.link.leases();
+        if (!leases && self.backlog.iter().all(|b| *b)) || self.handoff.is_empty() {
             return;
         }
         let now = Instant::now();
         for row in self.handoff.take(usize::MAX) {
             let channel = Channel::of(&row.target);
-            if self.backlog[channel.index()] || self.in_flight.contains(&row) {
+            if (!leases && self.backlog[channel.index()]) || self.in_flight.contains(&row) {
                 continue;
             }
             match self.bulk.admit(channel, TargetKey::of(&row).as_ref(), now) {
                 Admit::Start => self.start(row),
+                Admit::Wait if leases => self.defer(row, Duration::ZERO),
+                Admit::Defer(wait) if leases => self.defer(row, wait),
                 Admit::Wait | Admit::Defer(_) => self.backlog[channel.index()] = true,
             }
         }
@@ -570,6 +577,13 @@ impl Loop {
     /// rest (their rows stay pending).
     async fn drain(&mut self) {
         let deadline = Instant::now() + self.config.shutdown_deadline;
+        if self.link.leases() {
+            // Handed-over rows not started are leased to this instance: given back, due now,
+            // rather than left to their lease's end.
+            for row in self.handoff.close() {
+                self.defer(row, Duration::ZERO);
+            }
+        }
         while !self.tasks.is_empty() {
             self.beat();
             match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
