@@ -17,8 +17,8 @@
 //!
 //! Step 2 reads the outbox only while it may hold due rows the dispatcher was not handed
 //! in memory (see *Hand-over in memory* in [`crate::store::outbox`]): at start, after a retry was
-//! recorded, a database error, a wake-up without handed-over rows, a full hand-over, a row
-//! with a lane, and at least every `poll_interval`. Otherwise it starts the rows the
+//! recorded, a database error, a wake-up without handed-over rows (SQLite only), a full
+//! hand-over, a row with a lane, and at least every `poll_interval`. Otherwise it starts the rows the
 //! intake handed over, before recording outcomes, so a fresh push waits for no query and
 //! no transaction.
 //!
@@ -221,7 +221,11 @@ impl Loop {
                 }
                 () = self.notify.notified() => {
                     // Rows written through another store handle are only in the database.
-                    if self.handoff.is_empty() {
+                    // On PostgreSQL only this instance's intake wakes the dispatcher, and
+                    // what it wrote that only a claim finds is flagged in the hand-over
+                    // (`Handoff::db_only`): a wake-up after its rows were already taken
+                    // (the permit outlives them) needs no claim.
+                    if self.handoff.is_empty() && !self.link.leases() {
                         self.set_backlog();
                     }
                 }
@@ -287,6 +291,42 @@ impl Loop {
                 Admit::Wait | Admit::Defer(_) => self.backlog[channel.index()] = true,
             }
         }
+        self.publish_in_flight();
+    }
+
+    /// Awaits `call`, a database call of the loop. On PostgreSQL, where a call is a round
+    /// trip (and an outcome's commit a flush of the server's log), rows handed over
+    /// meanwhile are started as they come, in free slots; the others stay in the hand-over
+    /// for the loop.
+    async fn meanwhile<T>(&mut self, call: impl Future<Output = T>) -> T {
+        if !self.link.leases() {
+            return call.await;
+        }
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut call => return out,
+                () = self.notify.notified() => self.start_free(),
+            }
+        }
+    }
+
+    /// Starts the handed-over rows that have a free slot; puts the others back.
+    fn start_free(&mut self) {
+        let now = Instant::now();
+        let mut back = Vec::new();
+        for row in self.handoff.take(usize::MAX) {
+            let channel = Channel::of(&row.target);
+            if self.in_flight.contains(&row) {
+                continue;
+            }
+            match self.bulk.admit(channel, TargetKey::of(&row).as_ref(), now) {
+                Admit::Start => self.start(row),
+                Admit::Wait | Admit::Defer(_) => back.push(row),
+            }
+        }
+        self.handoff.put_back(back);
         self.publish_in_flight();
     }
 
@@ -410,7 +450,7 @@ impl Loop {
                 (row, f.recorded.clone())
             })
             .collect();
-        match db.record(outcomes).await {
+        match self.meanwhile(db.record(outcomes)).await {
             Ok(()) => {
                 self.db_ok();
                 for f in self.group.take() {
@@ -467,8 +507,10 @@ impl Loop {
         let expire_after = self.live.load().expire_after;
         // A lane's head in flight is not rewritten under its attempt.
         let busy = self.in_flight.busy_lanes();
+        let handoff = self.handoff.clone();
+        let lease = self.config.lease;
         let found =
-            db.claim(&self.handoff, asks.clone(), now, expire_after, busy, self.config.lease).await;
+            self.meanwhile(db.claim(&handoff, asks.clone(), now, expire_after, busy, lease)).await;
         let found = match found {
             Ok((expired, coalesced, found)) => {
                 telemetry::count_expired(&expired);
@@ -516,7 +558,7 @@ impl Loop {
             self.last_query = Instant::now();
         }
         // Sleep until the next retry is due (or an attempt finishes).
-        let next = match db.next_due_after(now).await {
+        let next = match self.meanwhile(db.next_due_after(now)).await {
             Ok(next) => next,
             Err(e) => {
                 self.db_failed("next due", &e);

@@ -111,6 +111,14 @@ impl Handoff {
         q.laned |= laned;
     }
 
+    /// Puts rows taken and not started back in front, oldest first.
+    pub fn put_back(&self, rows: Vec<Claimed>) {
+        let mut q = self.lock();
+        for row in rows.into_iter().rev() {
+            q.rows.push_front(row);
+        }
+    }
+
     /// On PostgreSQL, right before a claim of `channels`: rows committed until now that
     /// were not handed over are the claim's to find (see [`Self::db_only`]). The
     /// handed-over rows stay: they are leased, no claim returns them.
