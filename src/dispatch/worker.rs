@@ -164,6 +164,7 @@ impl Dispatcher {
             handoff,
             backlog: [true; 3],
             last_query: Instant::now(),
+            held: HashMap::new(),
         };
         tokio::spawn(async move {
             state.run(shutdown).await;
@@ -201,6 +202,9 @@ struct Loop {
     backlog: [bool; 3],
     /// When the outbox was last queried and found caught up.
     last_query: Instant,
+    /// On PostgreSQL, since when each handed-over row waiting for a free slot (by `seq`)
+    /// has waited (see [`Loop::start_handed_over`]).
+    held: HashMap<i64, Instant>,
 }
 
 impl Loop {
@@ -254,6 +258,10 @@ impl Loop {
                     *b |= d;
                 }
                 wake = self.claim().await.unwrap_or_else(|| Instant::now() + self.trouble_pause());
+                if self.link.leases() {
+                    // Leased rows waiting in the hand-over for the slots a commit freed.
+                    self.start_handed_over();
+                }
             } else {
                 self.start_handed_over();
                 // The safety-net query still runs every `poll`, also under steady traffic.
@@ -271,14 +279,17 @@ impl Loop {
     /// from the hand-over: it is in the database, and its channel is marked for a query.
     ///
     /// On PostgreSQL the handed-over rows are leased to this instance (no claim returns
-    /// them), so they start whatever the backlog; a row that finds no free slot is given
-    /// back (due now, for the next claim), one of a target whose breaker is open deferred.
+    /// them), so they start whatever the backlog; a row that finds no free slot stays in
+    /// the hand-over for the next turn, for up to half its lease (then it is given back,
+    /// due now, so its lease never ends while it waits here), one of a target whose
+    /// breaker is open is deferred.
     fn start_handed_over(&mut self) {
         let leases = self.link.leases();
         if (!leases && self.backlog.iter().all(|b| *b)) || self.handoff.is_empty() {
             return;
         }
         let now = Instant::now();
+        let mut back = Vec::new();
         for row in self.handoff.take(usize::MAX) {
             let channel = Channel::of(&row.target);
             if (!leases && self.backlog[channel.index()]) || self.in_flight.contains(&row) {
@@ -286,10 +297,24 @@ impl Loop {
             }
             match self.bulk.admit(channel, TargetKey::of(&row).as_ref(), now) {
                 Admit::Start => self.start(row),
-                Admit::Wait if leases => self.defer(row, Duration::ZERO),
-                Admit::Defer(wait) if leases => self.defer(row, wait),
+                Admit::Wait if leases => {
+                    let since = *self.held.entry(row.rowid).or_insert(now);
+                    if now.duration_since(since) < self.config.lease / 2 {
+                        back.push(row);
+                    } else {
+                        self.held.remove(&row.rowid);
+                        self.defer(row, Duration::ZERO);
+                    }
+                }
+                Admit::Defer(wait) if leases => {
+                    self.held.remove(&row.rowid);
+                    self.defer(row, wait);
+                }
                 Admit::Wait | Admit::Defer(_) => self.backlog[channel.index()] = true,
             }
+        }
+        if !back.is_empty() {
+            self.handoff.put_back(back);
         }
         self.publish_in_flight();
     }
@@ -297,17 +322,27 @@ impl Loop {
     /// Awaits `call`, a database call of the loop. On PostgreSQL, where a call is a round
     /// trip (and an outcome's commit a flush of the server's log), rows handed over
     /// meanwhile are started as they come, in free slots; the others stay in the hand-over
-    /// for the loop.
+    /// for the loop, which is woken once more (what a wake-up flagged, e.g. rows only a
+    /// claim finds, is its to see).
     async fn meanwhile<T>(&mut self, call: impl Future<Output = T>) -> T {
         if !self.link.leases() {
             return call.await;
         }
         tokio::pin!(call);
+        let mut woken = false;
         loop {
             tokio::select! {
                 biased;
-                out = &mut call => return out,
-                () = self.notify.notified() => self.start_free(),
+                out = &mut call => {
+                    if woken {
+                        self.notify.notify_one();
+                    }
+                    return out;
+                }
+                () = self.notify.notified() => {
+                    woken = true;
+                    self.start_free();
+                }
             }
         }
     }
@@ -323,7 +358,10 @@ impl Loop {
             }
             match self.bulk.admit(channel, TargetKey::of(&row).as_ref(), now) {
                 Admit::Start => self.start(row),
-                Admit::Wait | Admit::Defer(_) => back.push(row),
+                Admit::Wait | Admit::Defer(_) => {
+                    self.held.entry(row.rowid).or_insert(now);
+                    back.push(row);
+                }
             }
         }
         self.handoff.put_back(back);
@@ -589,6 +627,9 @@ impl Loop {
     }
 
     fn start(&mut self, row: Claimed) {
+        if !self.held.is_empty() {
+            self.held.remove(&row.rowid);
+        }
         let task_row = Slot::of(&row);
         self.bulk.start(task_row.channel, task_row.target.as_ref());
         self.in_flight.insert(&row);
@@ -625,6 +666,7 @@ impl Loop {
             for row in self.handoff.close() {
                 self.defer(row, Duration::ZERO);
             }
+            self.held.clear();
         }
         while !self.tasks.is_empty() {
             self.beat();
