@@ -230,3 +230,43 @@ async fn rows_handed_over_and_not_started_are_given_back_at_shutdown() {
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].id, late.id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_row_waiting_for_a_slot_is_given_back_before_its_lease_ends() {
+    let pg = outbox().await;
+    // A peer that accepts and never answers: the first attempt holds the target's only
+    // slot for the webhook timeout (5 s).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let handoff = Arc::new(Handoff::default());
+    let lease = Duration::from_secs(2);
+    let writer = pg.clone().handing_over(handoff.clone(), lease);
+    let rows: Vec<NewDelivery> = (0..2).map(|i| webhook(i, &url)).collect();
+    let written_at = now_ms();
+    writer.enqueue(&rows, &[], written_at).await.expect("enqueue");
+    let lease_end = written_at + 2000;
+    let mut config = DispatcherConfig::new(4, Duration::from_secs(2));
+    config.limits.per_target = [4, 4, 1];
+    config.lease = lease;
+    config.poll_interval = Duration::from_millis(200);
+    let (handle, stop) = start_with(&pg, config, handoff);
+    // Past half the lease (1 s), the waiting row is given back: its `next_attempt_at` is
+    // no longer the lease's end set by the writer, which would let another instance
+    // attempt it while this one still holds it.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let conn = pg.store().get().await.expect("connection");
+    let next: i64 = conn
+        .query_one("SELECT next_attempt_at FROM deliveries WHERE id = $1", &[&rows[1].id])
+        .await
+        .expect("row")
+        .get(0);
+    assert_ne!(next, lease_end, "the waiting row still had the writer's lease");
+    let _ = stop.send(());
+    within(15, "dispatcher join", handle.join()).await;
+}
