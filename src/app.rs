@@ -387,8 +387,16 @@ pub async fn start_on(
             ));
         }
     }
+    // On PostgreSQL the intake writes its rows without a lane leased to this instance and
+    // hands them over like on SQLite (see `store::postgres::outbox`).
+    let intake_db = match outbox_db {
+        OutboxDb::Postgres(pg) => {
+            OutboxDb::Postgres(pg.handing_over(handoff.clone(), settings.delivery.lease()))
+        }
+        sqlite => sqlite,
+    };
     let intake = Intake::new_on(
-        outbox_db,
+        intake_db,
         handoff,
         live.clone(),
         live_settings.clone(),

@@ -6,7 +6,9 @@
 //!   every call is the blocking query it always was, on tokio's blocking pool. Nothing
 //!   is added to that path: the enum's `match` is the only difference.
 //! - On PostgreSQL each call takes a connection from the pool; claims go through
-//!   [`claim_leased`], which leases the rows it returns for `delivery.lease_seconds`.
+//!   [`claim_leased`], which leases the rows it returns for `delivery.lease_seconds`. The
+//!   rows the intake wrote leased to this instance come through the hand-over (see
+//!   [`crate::store::postgres::outbox`]); a claim leaves them there.
 //!   Failures are logged once per streak with the same growing pause.
 
 use std::collections::HashSet;
@@ -144,6 +146,9 @@ impl Handle {
                 .await
             }
             Handle::Postgres(pg) => {
+                // Rows committed until now that were not handed over are this claim's.
+                let channels: Vec<Channel> = asked.iter().map(|(c, _)| *c).collect();
+                handoff.claiming(&channels);
                 claim_leased(pg, &asked, now, &expire_after, &busy, lease).await
             }
         }

@@ -17,8 +17,8 @@
 //!
 //! Step 2 reads the outbox only while it may hold due rows the dispatcher was not handed
 //! in memory (see *Hand-over in memory* in [`crate::store::outbox`]): at start, after a retry was
-//! recorded, a database error, a wake-up without handed-over rows, a full hand-over, a row
-//! with a lane, and at least every `poll_interval`. Otherwise it starts the rows the
+//! recorded, a database error, a wake-up without handed-over rows (SQLite only), a full
+//! hand-over, a row with a lane, and at least every `poll_interval`. Otherwise it starts the rows the
 //! intake handed over, before recording outcomes, so a fresh push waits for no query and
 //! no transaction.
 //!
@@ -131,10 +131,10 @@ impl Dispatcher {
         Dispatcher::spawn_on(OutboxDb::Sqlite(store), handoff, senders, config, live, shutdown)
     }
 
-    /// [`Dispatcher::spawn`] on either database. On PostgreSQL nothing is handed over in
-    /// memory (`handoff` stays empty): every row is claimed, with a lease of
-    /// [`DispatcherConfig::lease`], so several instances never attempt the same row at
-    /// once.
+    /// [`Dispatcher::spawn`] on either database. On PostgreSQL rows are claimed with a
+    /// lease of [`DispatcherConfig::lease`], so several instances never attempt the same
+    /// row at once; the rows this instance's intake wrote already leased to it are handed
+    /// over in memory (see [`crate::store::postgres::outbox`]).
     pub fn spawn_on(
         db: OutboxDb,
         handoff: Arc<outbox::Handoff>,
@@ -164,6 +164,7 @@ impl Dispatcher {
             handoff,
             backlog: [true; 3],
             last_query: Instant::now(),
+            held: HashMap::new(),
         };
         tokio::spawn(async move {
             state.run(shutdown).await;
@@ -201,6 +202,9 @@ struct Loop {
     backlog: [bool; 3],
     /// When the outbox was last queried and found caught up.
     last_query: Instant,
+    /// On PostgreSQL, since when each handed-over row waiting for a free slot (by `seq`)
+    /// has waited (see [`Loop::start_handed_over`]).
+    held: HashMap<i64, Instant>,
 }
 
 impl Loop {
@@ -221,7 +225,11 @@ impl Loop {
                 }
                 () = self.notify.notified() => {
                     // Rows written through another store handle are only in the database.
-                    if self.handoff.is_empty() {
+                    // On PostgreSQL only this instance's intake wakes the dispatcher, and
+                    // what it wrote that only a claim finds is flagged in the hand-over
+                    // (`Handoff::db_only`): a wake-up after its rows were already taken
+                    // (the permit outlives them) needs no claim.
+                    if self.handoff.is_empty() && !self.link.leases() {
                         self.set_backlog();
                     }
                 }
@@ -250,6 +258,10 @@ impl Loop {
                     *b |= d;
                 }
                 wake = self.claim().await.unwrap_or_else(|| Instant::now() + self.trouble_pause());
+                if self.link.leases() {
+                    // Leased rows waiting in the hand-over for the slots a commit freed.
+                    self.start_handed_over();
+                }
             } else {
                 self.start_handed_over();
                 // The safety-net query still runs every `poll`, also under steady traffic.
@@ -265,21 +277,94 @@ impl Loop {
     /// Starts handed-over rows in the free slots of their channels. A row of a channel
     /// that only a query can be trusted for now, or that finds no free slot, is dropped
     /// from the hand-over: it is in the database, and its channel is marked for a query.
+    ///
+    /// On PostgreSQL the handed-over rows are leased to this instance (no claim returns
+    /// them), so they start whatever the backlog; a row that finds no free slot stays in
+    /// the hand-over for the next turn, for up to half its lease (then it is given back,
+    /// due now, so its lease never ends while it waits here), one of a target whose
+    /// breaker is open is deferred.
     fn start_handed_over(&mut self) {
-        if self.backlog.iter().all(|b| *b) || self.handoff.is_empty() {
+        let leases = self.link.leases();
+        if (!leases && self.backlog.iter().all(|b| *b)) || self.handoff.is_empty() {
             return;
         }
         let now = Instant::now();
+        let mut back = Vec::new();
         for row in self.handoff.take(usize::MAX) {
             let channel = Channel::of(&row.target);
-            if self.backlog[channel.index()] || self.in_flight.contains(&row) {
+            if (!leases && self.backlog[channel.index()]) || self.in_flight.contains(&row) {
                 continue;
             }
             match self.bulk.admit(channel, TargetKey::of(&row).as_ref(), now) {
                 Admit::Start => self.start(row),
+                Admit::Wait if leases => {
+                    let since = *self.held.entry(row.rowid).or_insert(now);
+                    if now.duration_since(since) < self.config.lease / 2 {
+                        back.push(row);
+                    } else {
+                        self.held.remove(&row.rowid);
+                        self.defer(row, Duration::ZERO);
+                    }
+                }
+                Admit::Defer(wait) if leases => {
+                    self.held.remove(&row.rowid);
+                    self.defer(row, wait);
+                }
                 Admit::Wait | Admit::Defer(_) => self.backlog[channel.index()] = true,
             }
         }
+        if !back.is_empty() {
+            self.handoff.put_back(back);
+        }
+        self.publish_in_flight();
+    }
+
+    /// Awaits `call`, a database call of the loop. On PostgreSQL, where a call is a round
+    /// trip (and an outcome's commit a flush of the server's log), rows handed over
+    /// meanwhile are started as they come, in free slots; the others stay in the hand-over
+    /// for the loop, which is woken once more (what a wake-up flagged, e.g. rows only a
+    /// claim finds, is its to see).
+    async fn meanwhile<T>(&mut self, call: impl Future<Output = T>) -> T {
+        if !self.link.leases() {
+            return call.await;
+        }
+        tokio::pin!(call);
+        let mut woken = false;
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut call => {
+                    if woken {
+                        self.notify.notify_one();
+                    }
+                    return out;
+                }
+                () = self.notify.notified() => {
+                    woken = true;
+                    self.start_free();
+                }
+            }
+        }
+    }
+
+    /// Starts the handed-over rows that have a free slot; puts the others back.
+    fn start_free(&mut self) {
+        let now = Instant::now();
+        let mut back = Vec::new();
+        for row in self.handoff.take(usize::MAX) {
+            let channel = Channel::of(&row.target);
+            if self.in_flight.contains(&row) {
+                continue;
+            }
+            match self.bulk.admit(channel, TargetKey::of(&row).as_ref(), now) {
+                Admit::Start => self.start(row),
+                Admit::Wait | Admit::Defer(_) => {
+                    self.held.entry(row.rowid).or_insert(now);
+                    back.push(row);
+                }
+            }
+        }
+        self.handoff.put_back(back);
         self.publish_in_flight();
     }
 
@@ -403,7 +488,7 @@ impl Loop {
                 (row, f.recorded.clone())
             })
             .collect();
-        match db.record(outcomes).await {
+        match self.meanwhile(db.record(outcomes)).await {
             Ok(()) => {
                 self.db_ok();
                 for f in self.group.take() {
@@ -460,8 +545,10 @@ impl Loop {
         let expire_after = self.live.load().expire_after;
         // A lane's head in flight is not rewritten under its attempt.
         let busy = self.in_flight.busy_lanes();
+        let handoff = self.handoff.clone();
+        let lease = self.config.lease;
         let found =
-            db.claim(&self.handoff, asks.clone(), now, expire_after, busy, self.config.lease).await;
+            self.meanwhile(db.claim(&handoff, asks.clone(), now, expire_after, busy, lease)).await;
         let found = match found {
             Ok((expired, coalesced, found)) => {
                 telemetry::count_expired(&expired);
@@ -509,7 +596,7 @@ impl Loop {
             self.last_query = Instant::now();
         }
         // Sleep until the next retry is due (or an attempt finishes).
-        let next = match db.next_due_after(now).await {
+        let next = match self.meanwhile(db.next_due_after(now)).await {
             Ok(next) => next,
             Err(e) => {
                 self.db_failed("next due", &e);
@@ -540,6 +627,9 @@ impl Loop {
     }
 
     fn start(&mut self, row: Claimed) {
+        if !self.held.is_empty() {
+            self.held.remove(&row.rowid);
+        }
         let task_row = Slot::of(&row);
         self.bulk.start(task_row.channel, task_row.target.as_ref());
         self.in_flight.insert(&row);
@@ -570,6 +660,14 @@ impl Loop {
     /// rest (their rows stay pending).
     async fn drain(&mut self) {
         let deadline = Instant::now() + self.config.shutdown_deadline;
+        if self.link.leases() {
+            // Handed-over rows not started are leased to this instance: given back, due now,
+            // rather than left to their lease's end.
+            for row in self.handoff.close() {
+                self.defer(row, Duration::ZERO);
+            }
+            self.held.clear();
+        }
         while !self.tasks.is_empty() {
             self.beat();
             match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {

@@ -26,7 +26,8 @@ pub(super) enum Db {
 
 impl Intake {
     /// [`Intake::new`] on either database (see *Where the write runs*); on PostgreSQL
-    /// `handoff` is not used. Needs a tokio runtime.
+    /// `handoff` is not used: the [`PgOutbox`] hands over when it was made
+    /// [`PgOutbox::handing_over`]. Needs a tokio runtime.
     pub async fn new_on(
         db: OutboxDb,
         handoff: Arc<Handoff>,

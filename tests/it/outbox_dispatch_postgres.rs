@@ -2,6 +2,9 @@
 //! real webhook receiver: retries are recorded and sent; a row claimed by an instance that
 //! died is attempted once its lease (`delivery.lease_seconds`) ended, not before; and a row
 //! claimed while its target had no free slot is given back rather than held for the lease.
+//! Rows written by an outbox handing over ([`PgOutbox::handing_over`]) are leased to this
+//! instance, reach its dispatcher without a claim, and are given back when they cannot
+//! start or the dispatcher stops.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +50,15 @@ fn webhook(i: usize, url: &str) -> NewDelivery {
 
 /// A dispatcher on `pg` with `config`, short retry delays; stopped by the sender.
 fn start(pg: &PgOutbox, config: DispatcherConfig) -> (DispatcherHandle, oneshot::Sender<()>) {
+    start_with(pg, config, Arc::new(Handoff::default()))
+}
+
+/// [`start`] with the hand-over `handoff`.
+fn start_with(
+    pg: &PgOutbox,
+    config: DispatcherConfig,
+    handoff: Arc<Handoff>,
+) -> (DispatcherHandle, oneshot::Sender<()>) {
     let mut s = Settings::default();
     s.delivery.backoff_initial_ms = 100;
     s.delivery.backoff_max_ms = 200;
@@ -59,7 +71,7 @@ fn start(pg: &PgOutbox, config: DispatcherConfig) -> (DispatcherHandle, oneshot:
     let (stop, rx) = oneshot::channel::<()>();
     let handle = Dispatcher::spawn_on(
         OutboxDb::Postgres(pg.clone()),
-        Arc::new(Handoff::default()),
+        handoff,
         senders,
         config,
         live,
@@ -143,4 +155,118 @@ async fn rows_of_a_busy_target_are_given_back_not_held_for_the_lease() {
     assert_eq!(hook.received().len(), 4, "each row attempted once");
     let _ = stop.send(());
     within(10, "dispatcher join", handle.join()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_handed_over_are_leased_to_this_instance_and_sent_without_a_claim() {
+    let pg = outbox().await;
+    let hook = WebhookReceiver::start(Some("s3cret")).await;
+    let handoff = Arc::new(Handoff::default());
+    let lease = Duration::from_secs(3600);
+    let writer = pg.clone().handing_over(handoff.clone(), lease);
+    let rows: Vec<NewDelivery> = (0..4).map(|i| webhook(i, &hook.url())).collect();
+    assert_eq!(writer.enqueue(&rows, &[], now_ms()).await.expect("enqueue"), 4);
+    // Leased for an hour: no claim (of another instance, or this one's) returns them.
+    let claimed = pg.claim(Channel::Webhook, now_ms(), 10, lease).await.expect("claim");
+    assert!(claimed.is_empty(), "a claim returned rows leased to the writer: {claimed:?}");
+    assert!(!handoff.is_empty(), "the rows are handed over");
+    // One slot per target: the first row starts, the three others are given back (due
+    // now) and claimed; with the hour-long lease nothing else could send them.
+    let mut config = DispatcherConfig::new(4, Duration::from_secs(2));
+    config.limits.per_target = [4, 4, 1];
+    config.lease = lease;
+    config.poll_interval = Duration::from_millis(200);
+    let (handle, stop) = start_with(&pg, config, handoff);
+    for row in &rows {
+        wait_state(&pg, &row.id, "sent", 60).await;
+    }
+    assert_eq!(hook.received().len(), 4, "each row attempted once");
+    let _ = stop.send(());
+    within(10, "dispatcher join", handle.join()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_handed_over_and_not_started_are_given_back_at_shutdown() {
+    let pg = outbox().await;
+    let handoff = Arc::new(Handoff::default());
+    let lease = Duration::from_secs(3600);
+    let writer = pg.clone().handing_over(handoff.clone(), lease);
+    let url = "http://127.0.0.1:9/never";
+    let rows: Vec<NewDelivery> = (0..3).map(|i| webhook(i, url)).collect();
+    writer.enqueue(&rows, &[], now_ms()).await.expect("enqueue");
+    // Stopped before its first turn: the handed-over rows are given back, not left leased.
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let _ = stop_tx.send(());
+    let mut s = Settings::default();
+    s.delivery.backoff_initial_ms = 100;
+    let live = Arc::new(ArcSwap::from_pointee(s.live_part()));
+    let senders = Senders {
+        push: None,
+        hub: PushHub::new(8),
+        webhook: Arc::new(WebhookSender::new(Duration::from_secs(5)).expect("client")),
+    };
+    let mut config = DispatcherConfig::new(8, Duration::from_secs(2));
+    config.lease = lease;
+    let handle = Dispatcher::spawn_on(
+        OutboxDb::Postgres(pg.clone()),
+        handoff.clone(),
+        senders,
+        config,
+        live,
+        async move {
+            let _ = stop_rx.await;
+        },
+    );
+    within(10, "dispatcher join", handle.join()).await;
+    let claimed = pg.claim(Channel::Webhook, now_ms(), 10, lease).await.expect("claim");
+    let mut ids: Vec<String> = claimed.into_iter().map(|c| c.id).collect();
+    ids.sort();
+    assert_eq!(ids, rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
+    // A stopped dispatcher takes no more rows: later ones are written due.
+    let late = webhook(9, url);
+    writer.enqueue(std::slice::from_ref(&late), &[], now_ms()).await.expect("enqueue");
+    assert!(handoff.is_empty(), "nothing is handed over to a stopped dispatcher");
+    let claimed = pg.claim(Channel::Webhook, now_ms(), 10, lease).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, late.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_row_waiting_for_a_slot_is_given_back_before_its_lease_ends() {
+    let pg = outbox().await;
+    // A peer that accepts and never answers: the first attempt holds the target's only
+    // slot for the webhook timeout (5 s).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let handoff = Arc::new(Handoff::default());
+    let lease = Duration::from_secs(2);
+    let writer = pg.clone().handing_over(handoff.clone(), lease);
+    let rows: Vec<NewDelivery> = (0..2).map(|i| webhook(i, &url)).collect();
+    let written_at = now_ms();
+    writer.enqueue(&rows, &[], written_at).await.expect("enqueue");
+    let lease_end = written_at + 2000;
+    let mut config = DispatcherConfig::new(4, Duration::from_secs(2));
+    config.limits.per_target = [4, 4, 1];
+    config.lease = lease;
+    config.poll_interval = Duration::from_millis(200);
+    let (handle, stop) = start_with(&pg, config, handoff);
+    // Past half the lease (1 s), the waiting row is given back: its `next_attempt_at` is
+    // no longer the lease's end set by the writer, which would let another instance
+    // attempt it while this one still holds it.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let conn = pg.store().get().await.expect("connection");
+    let next: i64 = conn
+        .query_one("SELECT next_attempt_at FROM deliveries WHERE id = $1", &[&rows[1].id])
+        .await
+        .expect("row")
+        .get(0);
+    assert_ne!(next, lease_end, "the waiting row still had the writer's lease");
+    let _ = stop.send(());
+    within(15, "dispatcher join", handle.join()).await;
 }

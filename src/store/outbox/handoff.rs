@@ -21,6 +21,9 @@ pub struct Fresh {
     pub(super) db_only: bool,
     /// Rows with a lane were committed (Telegram: only a query keeps their order).
     pub(super) laned: bool,
+    /// The dispatcher stopped taking rows: no more rows are leased to be handed over
+    /// (PostgreSQL).
+    pub(super) closed: bool,
 }
 
 impl Fresh {
@@ -86,6 +89,55 @@ impl Handoff {
             q.laned = false;
         }
         Ok(out)
+    }
+
+    /// On PostgreSQL, before a batch of `n` rows is written: whether they may be written
+    /// leased to this instance and handed over ([`Self::hand_over_leased`]): the
+    /// dispatcher still takes rows and the hand-over has room for them. When not, they are
+    /// written due and found by the dispatcher's claim.
+    pub fn room_for_leased(&self, n: usize) -> bool {
+        let q = self.lock();
+        !q.closed && q.rows.len() + n <= HANDOFF_MAX
+    }
+
+    /// On PostgreSQL, after the commit: hands over rows the writer leased to this instance
+    /// (no claim finds them before their lease ends, so they need no lock against one),
+    /// and notes whether rows were committed that only a claim finds (`db_only`: written
+    /// due, `laned`: with a lane).
+    pub fn hand_over_leased(&self, rows: Vec<Claimed>, db_only: bool, laned: bool) {
+        let mut q = self.lock();
+        q.rows.extend(rows);
+        q.db_only |= db_only;
+        q.laned |= laned;
+    }
+
+    /// Puts rows taken and not started back in front, oldest first.
+    pub fn put_back(&self, rows: Vec<Claimed>) {
+        let mut q = self.lock();
+        for row in rows.into_iter().rev() {
+            q.rows.push_front(row);
+        }
+    }
+
+    /// On PostgreSQL, right before a claim of `channels`: rows committed until now that
+    /// were not handed over are the claim's to find (see [`Self::db_only`]). The
+    /// handed-over rows stay: they are leased, no claim returns them.
+    pub fn claiming(&self, channels: &[Channel]) {
+        let mut q = self.lock();
+        if Channel::ALL.iter().all(|c| channels.contains(c)) {
+            q.db_only = false;
+        }
+        if channels.contains(&Channel::Telegram) {
+            q.laned = false;
+        }
+    }
+
+    /// The dispatcher stops: no more rows are leased for it ([`Self::room_for_leased`]);
+    /// returns the rows waiting, to be given back.
+    pub fn close(&self) -> Vec<Claimed> {
+        let mut q = self.lock();
+        q.closed = true;
+        q.rows.drain(..).collect()
     }
 
     /// Runs `query` (a read of the outbox) with writers held back, then forgets what was

@@ -35,6 +35,11 @@
 //! outbox does so holding the hand-over's lock and then drops what was handed over, while
 //! writers commit and hand over under that same lock. So a row is either seen by a query
 //! or handed over after it, never both: no attempt starts twice.
+//!
+//! On PostgreSQL the same [`Handoff`] carries rows the intake wrote already leased to its
+//! instance (see [`crate::store::postgres::outbox`]): no claim returns them before their
+//! lease ends, so they need no lock against a query ([`Handoff::hand_over_leased`],
+//! [`Handoff::claiming`]).
 
 //!
 //! # Files

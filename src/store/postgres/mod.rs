@@ -10,6 +10,7 @@
 //! Nothing outside `store/` names the PostgreSQL client: errors leave as [`StoreError`]
 //! with the endpoint (`user@host:port/dbname`, never the password) in the text.
 
+pub mod claim;
 pub mod copy;
 pub mod instances;
 pub mod listen;

@@ -3,25 +3,38 @@
 //!
 //! - Deliveries are inserted in one statement per batch (`UNNEST` of arrays, in batch
 //!   order so `seq` keeps the enqueue order) with `ON CONFLICT (id) DO NOTHING`, in the
-//!   same transaction as the cooldown states.
-//! - A claim is one statement: the due rows of one channel (its partial index of due rows,
+//!   same transaction as the cooldown states; a firing stands only when no stored firing
+//!   of its script on its camera covers it (the row lock serialises instances), and the
+//!   deliveries of one that does not stand are left out.
+//! - A claim is one statement ([`super::claim`]): the due rows of one channel (its partial index of due rows,
 //!   a lane's head only) `FOR UPDATE SKIP LOCKED LIMIT n`, and their `next_attempt_at`
 //!   moved to the lease's end. Concurrent claims from other instances skip the rows locked
 //!   by this one and, once it commits, no longer see them as due.
-//! - Outcomes of a group are one transaction, by `seq` ([`RowRef::Rowid`]) or by id.
+//! - Written by an intake given the dispatcher's hand-over ([`PgOutbox::handing_over`]),
+//!   rows without a lane are written already leased to this instance (`next_attempt_at` at
+//!   the lease's end, as a claim would) and, once committed, handed to its dispatcher in
+//!   memory: no claim round trip between the commit and the send. Other instances, and this
+//!   one's own claims, skip them until the lease ends, which is also when the rows of an
+//!   instance that died are due again. Rows with a lane (Telegram chats) keep their order
+//!   through the claim only, and are written due.
+//! - Outcomes of a group are one statement (`UNNEST` of arrays), by `seq`
+//!   ([`RowRef::Rowid`]) or by id (both: two statements in one transaction).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::Row;
 
 use super::PgStore;
+use super::claim::claimed;
+pub use super::claim::{ChatPacing, claim_sql, claim_sql_paced};
 use crate::settings::ExpireAfter;
 use crate::store::StoreError;
 use crate::store::outbox::backend::{OutboxBackend, lease_ms};
 use crate::store::outbox::claim::summary_of;
 use crate::store::outbox::{
-    Channel, Claimed, Fired, NewDelivery, Recorded, RowRef, Target, target_from,
+    Channel, Claimed, Fired, Handoff, NewDelivery, Recorded, RowRef, Target,
 };
 
 /// The PostgreSQL outbox; cheap to clone.
@@ -29,45 +42,27 @@ use crate::store::outbox::{
 pub struct PgOutbox {
     store: PgStore,
     pacing: ChatPacing,
-}
-
-/// The least time between two messages to one Telegram chat, for every instance together:
-/// a chat's next message is claimed only once its last sent one is that old (each instance
-/// also paces its own sends, see `dispatch::telegram`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChatPacing {
-    /// A chat (a positive id or `@channel`), ms.
-    pub chat_ms: i64,
-    /// A group chat (an id starting with `-`), ms.
-    pub group_ms: i64,
-}
-
-impl Default for ChatPacing {
-    /// Telegram's published limits: 1 message a second per chat, 20 a minute per group.
-    fn default() -> Self {
-        ChatPacing { chat_ms: 1_000, group_ms: 3_000 }
-    }
-}
-
-impl ChatPacing {
-    /// From the `[telegram]` rates: a chat's interval is the stricter of its per-second and
-    /// per-minute rate; a group's, its per-minute rate evenly spread.
-    pub fn from_settings(t: &crate::settings::TelegramSettings) -> ChatPacing {
-        let every = |per: u32, window_ms: i64| window_ms / i64::from(per.max(1));
-        let chat_ms = every(t.per_chat_per_second, 1_000).max(every(t.per_chat_per_minute, 60_000));
-        ChatPacing { chat_ms, group_ms: chat_ms.max(every(t.per_group_per_minute, 60_000)) }
-    }
+    /// The dispatcher's hand-over and its lease (see the module documentation).
+    handover: Option<(Arc<Handoff>, Duration)>,
 }
 
 impl PgOutbox {
     /// The outbox in `store`'s database (migrated), with Telegram's default pacing.
     pub fn new(store: PgStore) -> PgOutbox {
-        PgOutbox { store, pacing: ChatPacing::default() }
+        PgOutbox { store, pacing: ChatPacing::default(), handover: None }
     }
 
     /// The same outbox with `pacing` between two messages to one chat.
     pub fn with_chat_pacing(self, pacing: ChatPacing) -> PgOutbox {
         PgOutbox { pacing, ..self }
+    }
+
+    /// This outbox, writing the rows it enqueues without a lane leased to this instance for
+    /// `lease` (the dispatcher's `delivery.lease_seconds`) and handing them over through
+    /// `handoff` once committed (see the module documentation).
+    pub fn handing_over(mut self, handoff: Arc<Handoff>, lease: Duration) -> PgOutbox {
+        self.handover = Some((handoff, lease));
+        self
     }
 
     /// The database this outbox is in.
@@ -78,67 +73,67 @@ impl PgOutbox {
     fn err(&self, e: tokio_postgres::Error) -> StoreError {
         self.store.error(&e)
     }
-}
 
-/// The columns a claim returns, in [`claimed`]'s order.
-const CLAIMED: &str =
-    "d.seq, d.id, d.reaction, d.lane, d.attempts, d.payload, d.target, d.recipient";
-
-/// The claim of one channel's due rows (`$1` now, `$2` limit, `$3` the lease's end). The
-/// channel is a literal, not a parameter: a partial index's condition (`channel = 'push'`)
-/// can only be proven from a constant, so with `channel = $1` PostgreSQL's generic plan
-/// (used after a statement's first executions) could not read the channel's due index.
-pub fn claim_sql(channel: Channel) -> String {
-    claim_sql_paced(channel, ChatPacing::default())
-}
-
-/// [`claim_sql`] with `pacing` between two messages to one chat: a lane's head is due only
-/// once the lane's last sent message is that old (every instance's sends count).
-pub fn claim_sql_paced(channel: Channel, pacing: ChatPacing) -> String {
-    let paced = if channel == Channel::Telegram {
-        format!(
-            "AND (d.lane = '' OR NOT EXISTS (
-                  SELECT 1 FROM deliveries s
-                  WHERE s.state = 'sent' AND s.lane <> '' AND s.lane = d.lane
-                    AND s.updated_at > $1 - CASE WHEN d.recipient LIKE '-%'
-                                                 THEN {} ELSE {} END))",
-            pacing.group_ms, pacing.chat_ms
-        )
-    } else {
-        String::new()
-    };
-    format!(
-        "WITH due AS (
-           SELECT d.seq, d.next_attempt_at AS due_at FROM deliveries d
-           WHERE d.state = 'pending' AND d.channel = '{}' AND d.next_attempt_at <= $1
-             AND (d.lane = '' OR NOT EXISTS (
-                  SELECT 1 FROM deliveries e
-                  WHERE e.state = 'pending' AND e.lane <> '' AND e.lane = d.lane
-                    AND e.seq < d.seq))
-             {paced}
-           ORDER BY d.next_attempt_at, d.seq
-           LIMIT $2
-           FOR UPDATE SKIP LOCKED)
-         UPDATE deliveries d SET next_attempt_at = $3 FROM due WHERE d.seq = due.seq
-         RETURNING {CLAIMED}, due.due_at",
-        channel.name()
-    )
-}
-
-fn claimed(r: &Row) -> Claimed {
-    let reaction: String = r.get(2);
-    let recipient: String = r.get(7);
-    let target: Option<String> = r.get(6);
-    let attempts: i32 = r.get(4);
-    Claimed {
-        rowid: r.get(0),
-        epoch: 0,
-        id: r.get(1),
-        target: target_from(target.as_deref(), &reaction, &recipient),
-        reaction,
-        lane: r.get(3),
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        payload: r.get(5),
+    /// Records `outcomes`, all of rows referred to `by` `seq` or `id`, in one statement:
+    /// the parameters say which columns change.
+    async fn record_rows(
+        &self,
+        client: &impl deadpool_postgres::GenericClient,
+        by: &str,
+        outcomes: &[&(RowRef, Recorded)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let n = outcomes.len();
+        let (mut seqs, mut ids) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut states, mut errors, mut nexts, mut attempted) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (row, outcome) in outcomes {
+            match row {
+                RowRef::Rowid(seq) => seqs.push(*seq),
+                RowRef::Id(id) => ids.push(id.as_str()),
+            }
+            let (state, error, next): (&str, Option<&str>, Option<i64>) = match outcome {
+                Recorded::Sent => ("sent", None, None),
+                Recorded::Failed { reason } => ("failed", Some(reason), None),
+                Recorded::Retry { reason, next_attempt_at } => {
+                    ("pending", Some(reason), Some(*next_attempt_at))
+                }
+                Recorded::Deferred { next_attempt_at } => ("pending", None, Some(*next_attempt_at)),
+            };
+            states.push(state);
+            errors.push(error);
+            nexts.push(next);
+            attempted.push(!matches!(outcome, Recorded::Deferred { .. }));
+        }
+        let (key_type, keys): (&str, &(dyn tokio_postgres::types::ToSql + Sync)) = match by {
+            "seq" => ("int8", &seqs),
+            _ => ("text", &ids),
+        };
+        let stmt = client
+            .prepare_cached(&format!(
+                "UPDATE deliveries d SET
+                   state = u.state,
+                   attempts = d.attempts + CASE WHEN u.attempted THEN 1 ELSE 0 END,
+                   last_error = CASE WHEN u.state = 'sent' AND d.state = 'expired' THEN NULL
+                                     ELSE COALESCE(u.error, d.last_error) END,
+                   next_attempt_at = COALESCE(u.next, d.next_attempt_at),
+                   updated_at = $6
+                 FROM UNNEST($1::{key_type}[], $2::text[], $3::text[], $4::int8[], $5::bool[])
+                      AS u(key, state, error, next, attempted)
+                 WHERE d.{by} = u.key
+                   AND (d.state = 'pending' OR (u.state = 'sent' AND d.state = 'expired'))"
+            ))
+            .await
+            .map_err(|e| self.err(e))?;
+        client
+            .execute(&stmt, &[keys, &states, &errors, &nexts, &attempted, &now_ms])
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 }
 
@@ -234,6 +229,8 @@ impl OutboxBackend for PgOutbox {
             &kept[..]
         };
         let mut added = 0;
+        let mut handed = Vec::new();
+        let (mut db_only, mut laned) = (false, false);
         if !deliveries.is_empty() {
             let col = |f: fn(&NewDelivery) -> String| -> Vec<String> {
                 deliveries.iter().map(f).collect()
@@ -247,24 +244,33 @@ impl OutboxBackend for PgOutbox {
             let channels = col(|d| d.target.kind().to_owned());
             let payloads = col(|d| d.payload.clone());
             let targets = col(|d| d.target.to_json());
+            // Rows without a lane: leased to this instance (`$11`, the lease's end) when
+            // they are handed over, due now otherwise.
+            let handoff =
+                self.handover.as_ref().filter(|(h, _)| h.room_for_leased(deliveries.len()));
+            let leased_until = match handoff {
+                Some((_, lease)) => now_ms.saturating_add(lease_ms(*lease)),
+                None => now_ms,
+            };
             let stmt = tx
                 .prepare_cached(
                     "INSERT INTO deliveries (id, occurrence_id, script_id, reaction, recipient,
                        lane, channel, payload, target, state, attempts, next_attempt_at,
                        created_at, updated_at)
                      SELECT id, occ, sid, reaction, recipient, lane, channel, payload, target,
-                            'pending', 0, $10, $10, $10
+                            'pending', 0, CASE WHEN lane = '' THEN $11::int8 ELSE $10::int8 END, $10, $10
                      FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[],
                                  $6::text[], $7::text[], $8::text[], $9::text[])
                           WITH ORDINALITY AS t(id, occ, sid, reaction, recipient, lane, channel,
                                                payload, target, ord)
                      ORDER BY ord
-                     ON CONFLICT (id) DO NOTHING",
+                     ON CONFLICT (id) DO NOTHING
+                     RETURNING seq, id, lane = ''",
                 )
                 .await
                 .map_err(|e| self.err(e))?;
-            let n = tx
-                .execute(
+            let rows = tx
+                .query(
                     &stmt,
                     &[
                         &ids,
@@ -277,13 +283,47 @@ impl OutboxBackend for PgOutbox {
                         &payloads,
                         &targets,
                         &now_ms,
+                        &leased_until,
                     ],
                 )
                 .await
                 .map_err(|e| self.err(e))?;
-            added = usize::try_from(n).unwrap_or(usize::MAX);
+            added = rows.len();
+            if self.handover.is_some() {
+                // The first of a batch's rows with one id is the one inserted.
+                let mut by_id = std::collections::HashMap::with_capacity(deliveries.len());
+                for d in deliveries {
+                    by_id.entry(d.id.as_str()).or_insert(d);
+                }
+                for r in &rows {
+                    let (seq, id, unlaned): (i64, String, bool) = (r.get(0), r.get(1), r.get(2));
+                    match (unlaned, handoff.is_some(), by_id.get(id.as_str())) {
+                        (false, _, _) => laned = true,
+                        (true, true, Some(d)) => handed.push((seq, *d)),
+                        (true, _, _) => db_only = true,
+                    }
+                }
+            }
         }
         tx.commit().await.map_err(|e| self.err(e))?;
+        if let Some((h, _)) = &self.handover {
+            // After the commit only: nothing is attempted that may still be rolled back.
+            handed.sort_by_key(|(seq, _)| *seq);
+            let rows = handed
+                .into_iter()
+                .map(|(seq, d)| Claimed {
+                    rowid: seq,
+                    epoch: 0,
+                    id: d.id.clone(),
+                    reaction: d.reaction.clone(),
+                    lane: String::new(),
+                    attempts: 0,
+                    payload: d.payload.clone(),
+                    target: Ok(d.target.clone()),
+                })
+                .collect();
+            h.hand_over_leased(rows, db_only, laned);
+        }
         Ok(added)
     }
 
@@ -306,49 +346,21 @@ impl OutboxBackend for PgOutbox {
     }
 
     async fn record(&self, outcomes: &[(RowRef, Recorded)], now_ms: i64) -> Result<(), StoreError> {
-        if outcomes.is_empty() {
-            return Ok(());
-        }
+        let (by_seq, by_id): (Vec<_>, Vec<_>) =
+            outcomes.iter().partition(|(row, _)| matches!(row, RowRef::Rowid(_)));
         let mut conn = self.store.get().await?;
-        let tx = conn.transaction().await.map_err(|e| self.err(e))?;
-        for (row, outcome) in outcomes {
-            let (by, seq, id) = match row {
-                RowRef::Rowid(seq) => ("seq", *seq, None),
-                RowRef::Id(id) => ("id", 0, Some(id.as_str())),
-            };
-            let key: &(dyn tokio_postgres::types::ToSql + Sync) = match &id {
-                Some(id) => id,
-                None => &seq,
-            };
-            // One statement for every outcome: the parameters say which columns change.
-            let (state, error, next): (&str, Option<&str>, Option<i64>) = match outcome {
-                Recorded::Sent => ("sent", None, None),
-                Recorded::Failed { reason } => ("failed", Some(reason), None),
-                Recorded::Retry { reason, next_attempt_at } => {
-                    ("pending", Some(reason), Some(*next_attempt_at))
-                }
-                Recorded::Deferred { next_attempt_at } => ("pending", None, Some(*next_attempt_at)),
-            };
-            let attempted = !matches!(outcome, Recorded::Deferred { .. });
-            let stmt = tx
-                .prepare_cached(&format!(
-                    "UPDATE deliveries SET
-                       state = $2,
-                       attempts = attempts + CASE WHEN $5 THEN 1 ELSE 0 END,
-                       last_error = CASE WHEN $2 = 'sent' AND state = 'expired' THEN NULL
-                                         ELSE COALESCE($3, last_error) END,
-                       next_attempt_at = COALESCE($4, next_attempt_at),
-                       updated_at = $6
-                     WHERE {by} = $1
-                       AND (state = 'pending' OR ($2 = 'sent' AND state = 'expired'))"
-                ))
-                .await
-                .map_err(|e| self.err(e))?;
-            tx.execute(&stmt, &[key, &state, &error, &next, &attempted, &now_ms])
-                .await
-                .map_err(|e| self.err(e))?;
+        match (by_seq.is_empty(), by_id.is_empty()) {
+            (true, true) => Ok(()),
+            // One statement is one transaction: one round trip.
+            (false, true) => self.record_rows(&conn, "seq", &by_seq, now_ms).await,
+            (true, false) => self.record_rows(&conn, "id", &by_id, now_ms).await,
+            (false, false) => {
+                let tx = conn.transaction().await.map_err(|e| self.err(e))?;
+                self.record_rows(&tx, "seq", &by_seq, now_ms).await?;
+                self.record_rows(&tx, "id", &by_id, now_ms).await?;
+                tx.commit().await.map_err(|e| self.err(e))
+            }
         }
-        tx.commit().await.map_err(|e| self.err(e))
     }
 
     async fn expire(
