@@ -97,6 +97,23 @@ async fn wait_state(pg: &PgOutbox, id: &str, state: &str, secs: u64) {
     .await;
 }
 
+/// Four webhook slots, one per target, leased for `lease`, polling every 200 ms.
+fn one_webhook_slot_per_target(lease: Duration) -> DispatcherConfig {
+    let mut config = DispatcherConfig::new(4, Duration::from_secs(2));
+    config.limits.per_target = [4, 4, 1];
+    config.lease = lease;
+    config.poll_interval = Duration::from_millis(200);
+    config
+}
+
+/// Every one of `rows` ends `sent`, and the receiver got each once.
+async fn each_sent_once(pg: &PgOutbox, rows: &[NewDelivery], hook: &WebhookReceiver) {
+    for row in rows {
+        wait_state(pg, &row.id, "sent", 60).await;
+    }
+    assert_eq!(hook.received().len(), rows.len(), "each row attempted once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_attempt_is_retried_and_recorded_sent() {
     let pg = outbox().await;
@@ -144,15 +161,9 @@ async fn rows_of_a_busy_target_are_given_back_not_held_for_the_lease() {
     pg.enqueue(&rows, &[], now_ms()).await.expect("enqueue");
     // Four slots for webhooks, one per target: three of the four rows claimed at once find
     // their target busy. With a lease of an hour, only giving them back lets them go.
-    let mut config = DispatcherConfig::new(4, Duration::from_secs(2));
-    config.limits.per_target = [4, 4, 1];
-    config.lease = Duration::from_secs(3600);
-    config.poll_interval = Duration::from_millis(200);
+    let config = one_webhook_slot_per_target(Duration::from_secs(3600));
     let (handle, stop) = start(&pg, config);
-    for row in &rows {
-        wait_state(&pg, &row.id, "sent", 60).await;
-    }
-    assert_eq!(hook.received().len(), 4, "each row attempted once");
+    each_sent_once(&pg, &rows, &hook).await;
     let _ = stop.send(());
     within(10, "dispatcher join", handle.join()).await;
 }
@@ -172,15 +183,9 @@ async fn rows_handed_over_are_leased_to_this_instance_and_sent_without_a_claim()
     assert!(!handoff.is_empty(), "the rows are handed over");
     // One slot per target: the first row starts, the three others are given back (due
     // now) and claimed; with the hour-long lease nothing else could send them.
-    let mut config = DispatcherConfig::new(4, Duration::from_secs(2));
-    config.limits.per_target = [4, 4, 1];
-    config.lease = lease;
-    config.poll_interval = Duration::from_millis(200);
+    let config = one_webhook_slot_per_target(lease);
     let (handle, stop) = start_with(&pg, config, handoff);
-    for row in &rows {
-        wait_state(&pg, &row.id, "sent", 60).await;
-    }
-    assert_eq!(hook.received().len(), 4, "each row attempted once");
+    each_sent_once(&pg, &rows, &hook).await;
     let _ = stop.send(());
     within(10, "dispatcher join", handle.join()).await;
 }
@@ -251,10 +256,7 @@ async fn a_handed_over_row_waiting_for_a_slot_is_given_back_before_its_lease_end
     let written_at = now_ms();
     writer.enqueue(&rows, &[], written_at).await.expect("enqueue");
     let lease_end = written_at + 2000;
-    let mut config = DispatcherConfig::new(4, Duration::from_secs(2));
-    config.limits.per_target = [4, 4, 1];
-    config.lease = lease;
-    config.poll_interval = Duration::from_millis(200);
+    let config = one_webhook_slot_per_target(lease);
     let (handle, stop) = start_with(&pg, config, handoff);
     // Past half the lease (1 s), the waiting row is given back: its `next_attempt_at` is
     // no longer the lease's end set by the writer, which would let another instance
