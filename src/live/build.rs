@@ -31,7 +31,7 @@ pub(super) fn build(
     generation: u64,
     previous: &ScheduleIndex,
 ) -> Result<Snapshot, StoreError> {
-    let (lookups, parents, disabled, (invalid, records, index), source) = store.read(|tx| {
+    let (lookups, parents, disabled, built, source) = store.read(|tx| {
         // The file cannot be switched while this read's connection is open.
         let source = (store.epoch(), data_version(tx)?);
         let lookups = Lookups::load(tx)?;
@@ -42,16 +42,7 @@ pub(super) fn build(
         let built = assemble(&lookups, timezone, rows, previous, |f| scripts::for_each(tx, f))?;
         Ok((lookups, parents, disabled, built, source))
     })?;
-    Ok(Snapshot {
-        index: index.finish(),
-        scripts: records.finish(),
-        invalid,
-        parents,
-        disabled,
-        events: lookups.events,
-        generation,
-        source: Some(source),
-    })
+    Ok(snapshot(built, lookups, parents, disabled, generation, source))
 }
 
 /// [`build`] from the rows read from PostgreSQL ([`SnapshotRows`]); `source` is
@@ -63,10 +54,22 @@ pub(super) fn build_from_rows(
     previous: &ScheduleIndex,
 ) -> Result<Snapshot, StoreError> {
     let SnapshotRows { lookups, parents, disabled, scripts, version } = rows;
-    let (invalid, records, index) = assemble(&lookups, timezone, scripts.len(), previous, |f| {
+    let built = assemble(&lookups, timezone, scripts.len(), previous, |f| {
         scripts.into_iter().try_for_each(f)
     })?;
-    Ok(Snapshot {
+    Ok(snapshot(built, lookups, parents, disabled, generation, (0, version)))
+}
+
+/// The snapshot of what [`assemble`] built and the lookups it was built with.
+fn snapshot(
+    (invalid, records, index): Assembled,
+    lookups: Lookups,
+    parents: HashMap<i64, Option<i64>>,
+    disabled: HashSet<i64>,
+    generation: u64,
+    source: (u64, i64),
+) -> Snapshot {
+    Snapshot {
         index: index.finish(),
         scripts: records.finish(),
         invalid,
@@ -74,8 +77,8 @@ pub(super) fn build_from_rows(
         disabled,
         events: lookups.events,
         generation,
-        source: Some((0, version)),
-    })
+        source: Some(source),
+    }
 }
 
 /// What [`assemble`] makes: the rows that failed validation, the records, the index.

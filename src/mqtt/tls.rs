@@ -64,7 +64,7 @@ impl TlsFiles {
             message: format!("{:?} is neither a DNS name nor an IP address", self.server_name),
         })?;
         let roots = match &self.ca_file {
-            Some(path) => Arc::new(ca_roots(path)?),
+            Some(path) => Arc::new(ca_roots("mqtt.tls.ca_file", path)?),
             None => system_roots().map_err(|message| TlsFileError {
                 key: "mqtt.tls.ca_file",
                 path: PathBuf::from("(unset: the system's roots)"),
@@ -136,8 +136,9 @@ fn certificates(
     Ok(certs)
 }
 
-fn ca_roots(path: &Path) -> Result<RootCertStore, TlsFileError> {
-    let key = "mqtt.tls.ca_file";
+/// The trust anchors of the PEM file `path`, the value of the setting `key`; also the
+/// PostgreSQL store's `database.ca_file`.
+pub(crate) fn ca_roots(key: &'static str, path: &Path) -> Result<RootCertStore, TlsFileError> {
     let mut roots = RootCertStore::empty();
     for cert in certificates(key, path)? {
         roots.add(cert).map_err(|e| TlsFileError {

@@ -15,10 +15,7 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
-use rustls_pki_types::pem::PemObject;
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// `sslmode` of `database.url`.
@@ -70,7 +67,9 @@ pub fn client_config(mode: SslMode, ca_file: Option<&Path>) -> Result<ClientConf
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
     let roots = match ca_file {
-        Some(path) => Some(Arc::new(load_roots(path)?)),
+        Some(path) => Some(Arc::new(
+            crate::mqtt::tls::ca_roots("database.ca_file", path).map_err(|e| e.to_string())?,
+        )),
         None => None,
     };
     let algorithms = provider.signature_verification_algorithms;
@@ -92,23 +91,6 @@ pub fn client_config(mode: SslMode, ca_file: Option<&Path>) -> Result<ClientConf
         }
     };
     Ok(config.with_no_client_auth())
-}
-
-/// The certificates of a PEM file.
-fn load_roots(path: &Path) -> Result<RootCertStore, String> {
-    let what = || format!("database.ca_file {}", path.display());
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", what()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", what()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate in it", what()));
-    }
-    let mut roots = RootCertStore::empty();
-    for cert in certs {
-        roots.add(cert).map_err(|e| format!("{}: {e}", what()))?;
-    }
-    Ok(roots)
 }
 
 /// `prefer` and `require` without a CA file: encrypted, the certificate not checked (as
