@@ -16,6 +16,7 @@
 
 pub mod calendars;
 pub mod catalog;
+pub mod db;
 pub mod checkpoint;
 pub mod deliveries;
 mod file;
@@ -24,6 +25,7 @@ pub mod outbox;
 pub mod postgres;
 pub mod scripts;
 pub mod snoozes;
+pub mod sql;
 pub mod sqlite;
 pub mod tokens;
 pub mod transfer;
@@ -37,6 +39,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavio
 
 use crate::script::validation::FieldErrors;
 use file::FileGate;
+pub use db::Db;
 pub use file::{Conn, Staleness};
 
 /// The database the daemon's outbox is in: the dispatcher and the intake take one.
@@ -107,6 +110,10 @@ pub enum StoreError {
         /// What went wrong.
         message: String,
     },
+    /// A stored row cannot be read as what it should be (a hand-edited row); the text says
+    /// which column and what it holds.
+    #[error("a stored row cannot be read: {0}")]
+    Corrupt(String),
     /// Any other SQLite error.
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),

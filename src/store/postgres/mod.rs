@@ -18,6 +18,7 @@ pub mod migrations;
 pub mod outbox;
 pub mod pipeline;
 pub mod snapshot;
+pub mod sync;
 pub mod tls;
 
 use std::fmt;
@@ -179,6 +180,8 @@ pub struct PgStore {
     endpoint: String,
     /// For connections outside the pool ([`listen::Listener`]).
     direct: Arc<(tokio_postgres::Config, tokio_postgres_rustls::MakeRustlsConnect)>,
+    /// The runtime the pool was made on, which drives [`sync`]'s blocking transactions.
+    handle: tokio::runtime::Handle,
 }
 
 impl fmt::Debug for PgStore {
@@ -215,6 +218,7 @@ impl PgStore {
             pool,
             endpoint: options.endpoint.clone(),
             direct: Arc::new((options.config.clone(), tls)),
+            handle: tokio::runtime::Handle::current(),
         };
         store.get().await?.simple_query("SELECT 1").await.map_err(|e| store.error(&e))?;
         Ok(store)
