@@ -351,6 +351,20 @@ impl Sql for rusqlite::Transaction<'_> {
     }
 }
 
+impl Sql for super::Conn {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        Sql::query(&**self, sql, params)
+    }
+
+    fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        Sql::execute(&**self, sql, params)
+    }
+}
+
 /// `sql` with SQLite's `?N` placeholders written as PostgreSQL's `$N` (outside quoted
 /// text and identifiers).
 pub fn numbered_for_postgres(sql: &str) -> String {

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("migrations/0002_calendars.sql")),
     (3, include_str!("migrations/0003_instances.sql")),
     (4, include_str!("migrations/0004_chat_pacing.sql")),
+    (5, include_str!("migrations/0005_json_text.sql")),
 ];
 
 /// The advisory lock key held while migrating: the ASCII bytes of `scriptm` and a zero
