@@ -1,9 +1,10 @@
 //! The event and reaction catalogs (the seed's "statistics") and their default contents.
 
-use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use super::StoreError;
+use super::sql::{Dialect, Row, Sql};
+use crate::args;
 
 /// One kind of analytics result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -70,62 +71,82 @@ pub const DEFAULT_PERMISSIONS: &[(i64, &str, &str)] = &[
     (243, "archive.view", "View the archive"),
 ];
 
-/// Inserts the default catalog rows that are missing; existing rows (by id) are kept as the
-/// operator left them.
-pub fn seed_defaults(conn: &Connection) -> Result<(), StoreError> {
-    let mut ev = conn.prepare(
-        "INSERT OR IGNORE INTO events (id, name, description, color, analytic_type)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
+/// Inserts the default catalog rows that are missing; existing rows (by id or name) are
+/// kept as the operator left them. On PostgreSQL the identity sequences of the three
+/// tables are then moved past their largest ids, so rows added later without an id do not
+/// collide with the seeded ones.
+pub fn seed_defaults(conn: &dyn Sql) -> Result<(), StoreError> {
     for (id, name, description, color, analytic) in DEFAULT_EVENTS {
-        ev.execute(params![id, name, description, color, analytic])?;
+        conn.execute(
+            "INSERT INTO events (id, name, description, color, analytic_type)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            args![*id, *name, *description, *color, *analytic],
+        )?;
     }
-    let mut re = conn.prepare(
-        "INSERT OR IGNORE INTO reactions (id, name, description, is_default) VALUES (?1, ?2, ?3, ?4)",
-    )?;
     for (id, name, description, is_default) in DEFAULT_REACTIONS {
-        re.execute(params![id, name, description, is_default])?;
+        conn.execute(
+            "INSERT INTO reactions (id, name, description, is_default)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            args![*id, *name, *description, *is_default],
+        )?;
     }
-    let mut pe = conn.prepare(
-        "INSERT OR IGNORE INTO permissions (id, name, display_name) VALUES (?1, ?2, ?3)",
-    )?;
     for (id, name, display_name) in DEFAULT_PERMISSIONS {
-        pe.execute(params![id, name, display_name])?;
+        conn.execute(
+            "INSERT INTO permissions (id, name, display_name) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+            args![*id, *name, *display_name],
+        )?;
+    }
+    if conn.dialect() == Dialect::Postgres {
+        for sql in [
+            "SELECT setval(pg_get_serial_sequence('events', 'id'),
+                           GREATEST((SELECT MAX(id) FROM events), 1))",
+            "SELECT setval(pg_get_serial_sequence('reactions', 'id'),
+                           GREATEST((SELECT MAX(id) FROM reactions), 1))",
+            "SELECT setval(pg_get_serial_sequence('permissions', 'id'),
+                           GREATEST((SELECT MAX(id) FROM permissions), 1))",
+        ] {
+            conn.query(sql, &[])?;
+        }
     }
     Ok(())
 }
 
 /// Every event, by id.
-pub fn events(conn: &Connection) -> Result<Vec<Event>, StoreError> {
-    let mut stmt =
-        conn.prepare("SELECT id, name, description, color, analytic_type FROM events ORDER BY id")?;
-    let rows = stmt.query_map([], |r| {
-        Ok(Event {
-            id: r.get(0)?,
-            name: text(r, 1)?,
-            description: text(r, 2)?,
-            color: text(r, 3)?,
-            analytic_type: text(r, 4)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn events(conn: &dyn Sql) -> Result<Vec<Event>, StoreError> {
+    conn.query("SELECT id, name, description, color, analytic_type FROM events ORDER BY id", &[])?
+        .iter()
+        .map(event_of)
+        .collect()
+}
+
+fn event_of(r: &Row) -> Result<Event, StoreError> {
+    Ok(Event {
+        id: r.get(0)?,
+        name: r.text(1),
+        description: r.text(2),
+        color: r.text(3),
+        analytic_type: r.text(4),
+    })
 }
 
 /// Every reaction, by id.
-pub fn reactions(conn: &Connection) -> Result<Vec<Reaction>, StoreError> {
-    let mut stmt =
-        conn.prepare("SELECT id, name, description, is_default FROM reactions ORDER BY id")?;
-    let rows = stmt.query_map([], |r| {
-        let name = text(r, 1)?;
-        Ok(Reaction {
-            id: r.get(0)?,
-            kind: crate::delivery::ReactionKind::of(&name),
-            name,
-            description: text(r, 2)?,
-            is_default: truthy(r, 3)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn reactions(conn: &dyn Sql) -> Result<Vec<Reaction>, StoreError> {
+    conn.query("SELECT id, name, description, is_default FROM reactions ORDER BY id", &[])?
+        .iter()
+        .map(reaction_of)
+        .collect()
+}
+
+fn reaction_of(r: &Row) -> Result<Reaction, StoreError> {
+    let name = r.text(1);
+    Ok(Reaction {
+        id: r.get(0)?,
+        kind: crate::delivery::ReactionKind::of(&name),
+        name,
+        description: r.text(2),
+        is_default: r.truthy(3),
+    })
 }
 
 /// A text column that tolerates hand-entered numbers.
@@ -137,16 +158,5 @@ pub(crate) fn text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> 
         V::Real(f) => f.to_string(),
         V::Text(s) => s,
         V::Blob(b) => String::from_utf8_lossy(&b).into_owned(),
-    })
-}
-
-/// A boolean column that tolerates `0/1`, `'true'/'false'`.
-pub(crate) fn truthy(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<bool> {
-    use rusqlite::types::Value as V;
-    Ok(match r.get::<_, V>(i)? {
-        V::Integer(n) => n != 0,
-        V::Real(f) => f != 0.0,
-        V::Text(s) => matches!(s.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"),
-        V::Null | V::Blob(_) => false,
     })
 }

@@ -9,11 +9,12 @@
 //! token.
 
 use rand::RngCore;
-use rusqlite::{Connection, params};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::sql::{Row, Sql, Value};
 use super::{StoreError, now_text, users};
+use crate::args;
 use crate::secret::Secret;
 
 /// Bytes of randomness in the secret part (hex-encoded in the token).
@@ -26,14 +27,14 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 /// Creates a token for `user_id` that never expires; see [`create_expiring`].
-pub fn create(conn: &Connection, user_id: i64) -> Result<Secret, StoreError> {
+pub fn create(conn: &dyn Sql, user_id: i64) -> Result<Secret, StoreError> {
     create_expiring(conn, user_id, None)
 }
 
 /// Creates a token for `user_id`, valid for `lifetime` from now (`None`: until revoked),
 /// and returns it; it cannot be recovered later.
 pub fn create_expiring(
-    conn: &Connection,
+    conn: &dyn Sql,
     user_id: i64,
     lifetime: Option<std::time::Duration>,
 ) -> Result<Secret, StoreError> {
@@ -66,11 +67,11 @@ pub fn create_expiring(
     conn.execute(
         "INSERT INTO api_tokens (public_id, user_id, token_sha256, created_at, expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![public_id, user_id, digest(&token).as_slice(), now_text(), expires_at],
+        args![&public_id, user_id, digest(&token).as_slice(), now_text(), expires_at],
     )?;
     conn.execute(
         "UPDATE users SET access_token_id = ?1, updated_at = ?2 WHERE id = ?3",
-        params![public_id, now_text(), user_id],
+        args![&public_id, now_text(), user_id],
     )?;
     Ok(Secret::new(token))
 }
@@ -86,12 +87,12 @@ pub struct Authenticated {
 
 /// The user a presented token belongs to, or `None` for a malformed, unknown, revoked or
 /// expired token, or one whose user is disabled.
-pub fn authenticate(conn: &Connection, presented: &str) -> Result<Option<i64>, StoreError> {
+pub fn authenticate(conn: &dyn Sql, presented: &str) -> Result<Option<i64>, StoreError> {
     Ok(check(conn, presented)?.map(|a| a.user_id))
 }
 
 /// Like [`authenticate`], with the token's public id.
-pub fn check(conn: &Connection, presented: &str) -> Result<Option<Authenticated>, StoreError> {
+pub fn check(conn: &dyn Sql, presented: &str) -> Result<Option<Authenticated>, StoreError> {
     let Some((public_id, rest)) = presented.split_once('.') else { return Ok(None) };
     if public_id.is_empty()
         || rest.is_empty()
@@ -101,18 +102,15 @@ pub fn check(conn: &Connection, presented: &str) -> Result<Option<Authenticated>
         return Ok(None);
     }
     let presented_digest = digest(presented);
-    let mut stmt = conn.prepare_cached(
+    let rows = conn.query(
         "SELECT t.user_id, t.token_sha256 FROM api_tokens t JOIN users u ON u.id = t.user_id
          WHERE t.public_id = ?1 AND t.revoked_at IS NULL
            AND (t.expires_at IS NULL OR t.expires_at > ?2) AND NOT u.disabled",
+        args![public_id, now_text()],
     )?;
     // Read without trusting the column types: a hand-edited row is just not a match.
-    let rows = stmt.query_map(params![public_id, now_text()], |r| {
-        Ok((r.get::<_, rusqlite::types::Value>(0)?, r.get::<_, rusqlite::types::Value>(1)?))
-    })?;
-    for row in rows {
-        let (rusqlite::types::Value::Integer(user_id), rusqlite::types::Value::Blob(stored)) = row?
-        else {
+    for row in &rows {
+        let (&Value::Int(user_id), Value::Bytes(stored)) = (row.value(0), row.value(1)) else {
             continue;
         };
         if stored.len() == presented_digest.len()
@@ -126,21 +124,20 @@ pub fn check(conn: &Connection, presented: &str) -> Result<Option<Authenticated>
 
 /// True while the token `public_id` is neither revoked nor expired and its user is not
 /// disabled (for connections authenticated earlier, such as the reaction stream).
-pub fn is_active(conn: &Connection, public_id: &str) -> Result<bool, StoreError> {
-    Ok(conn.query_row(
+pub fn is_active(conn: &dyn Sql, public_id: &str) -> Result<bool, StoreError> {
+    conn.query_value::<bool>(
         "SELECT EXISTS(SELECT 1 FROM api_tokens t JOIN users u ON u.id = t.user_id
            WHERE t.public_id = ?1 AND t.revoked_at IS NULL
              AND (t.expires_at IS NULL OR t.expires_at > ?2) AND NOT u.disabled)",
-        params![public_id, now_text()],
-        |r| r.get(0),
-    )?)
+        args![public_id, now_text()],
+    )
 }
 
 /// Records that the token `public_id` was used now (`last_used_at`).
-pub fn touch(conn: &Connection, public_id: &str) -> Result<(), StoreError> {
+pub fn touch(conn: &dyn Sql, public_id: &str) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE api_tokens SET last_used_at = ?2 WHERE public_id = ?1",
-        params![public_id, now_text()],
+        args![public_id, now_text()],
     )?;
     Ok(())
 }
@@ -163,57 +160,65 @@ pub struct TokenInfo {
 }
 
 /// Every token (of `user_id` when given), oldest first.
-pub fn list(conn: &Connection, user_id: Option<i64>) -> Result<Vec<TokenInfo>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT public_id, user_id, created_at, last_used_at, expires_at, revoked_at
-         FROM api_tokens WHERE ?1 IS NULL OR user_id = ?1 ORDER BY id",
-    )?;
-    let opt = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<Option<String>> {
-        Ok(match r.get::<_, rusqlite::types::Value>(i)? {
-            rusqlite::types::Value::Null => None,
-            _ => Some(super::catalog::text(r, i)?),
-        })
+pub fn list(conn: &dyn Sql, user_id: Option<i64>) -> Result<Vec<TokenInfo>, StoreError> {
+    // Two statements rather than `?1 IS NULL OR user_id = ?1`, whose parameter PostgreSQL
+    // cannot type.
+    let rows = match user_id {
+        None => conn.query(
+            "SELECT public_id, user_id, created_at, last_used_at, expires_at, revoked_at
+             FROM api_tokens ORDER BY id",
+            &[],
+        )?,
+        Some(id) => conn.query(
+            "SELECT public_id, user_id, created_at, last_used_at, expires_at, revoked_at
+             FROM api_tokens WHERE user_id = ?1 ORDER BY id",
+            args![id],
+        )?,
     };
-    let rows = stmt.query_map([user_id], |r| {
-        Ok(TokenInfo {
-            public_id: super::catalog::text(r, 0)?,
-            user_id: r.get::<_, i64>(1).unwrap_or(0),
-            created_at: super::catalog::text(r, 2)?,
-            last_used_at: opt(r, 3)?,
-            expires_at: opt(r, 4)?,
-            revoked_at: opt(r, 5)?,
+    let opt = |r: &Row, i: usize| match r.value(i) {
+        Value::Null => None,
+        _ => Some(r.text(i)),
+    };
+    Ok(rows
+        .iter()
+        .map(|r| TokenInfo {
+            public_id: r.text(0),
+            user_id: r.get::<i64>(1).unwrap_or(0),
+            created_at: r.text(2),
+            last_used_at: opt(r, 3),
+            expires_at: opt(r, 4),
+            revoked_at: opt(r, 5),
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        .collect())
 }
 
 /// Revokes the token `public_id`; [`StoreError::NotFound`] when there is none. Revoking a
 /// revoked token keeps its first `revoked_at`.
-pub fn revoke(conn: &Connection, public_id: &str) -> Result<(), StoreError> {
-    let found: bool = conn.query_row(
+pub fn revoke(conn: &dyn Sql, public_id: &str) -> Result<(), StoreError> {
+    let found = conn.query_value::<bool>(
         "SELECT EXISTS(SELECT 1 FROM api_tokens WHERE public_id = ?1)",
-        [public_id],
-        |r| r.get(0),
+        args![public_id],
     )?;
     if !found {
         return Err(StoreError::NotFound(format!("token {public_id}")));
     }
     conn.execute(
         "UPDATE api_tokens SET revoked_at = ?2 WHERE public_id = ?1 AND revoked_at IS NULL",
-        params![public_id, now_text()],
+        args![public_id, now_text()],
     )?;
     Ok(())
 }
 
 /// Revokes every token of `user_id`; returns how many were still active.
-pub fn revoke_user(conn: &Connection, user_id: i64) -> Result<usize, StoreError> {
+pub fn revoke_user(conn: &dyn Sql, user_id: i64) -> Result<usize, StoreError> {
     if !users::exists(conn, user_id)? {
         return Err(StoreError::NotFound(format!("user {user_id}")));
     }
-    Ok(conn.execute(
+    let n = conn.execute(
         "UPDATE api_tokens SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
-        params![user_id, now_text()],
-    )?)
+        args![user_id, now_text()],
+    )?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// Parses a token lifetime for `--expires-in`: a positive whole number followed by `s`,

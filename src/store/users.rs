@@ -3,11 +3,11 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use super::catalog::{text, truthy};
+use super::sql::{Dialect, Row, Sql};
 use super::{StoreError, now_text};
+use crate::args;
 use crate::script::validation::FieldErrors;
 
 /// A permission granted to a user.
@@ -65,8 +65,9 @@ pub struct NewUser {
     pub permissions: Vec<String>,
 }
 
-/// Adds a user and returns its id.
-pub fn add(conn: &Connection, new: &NewUser) -> Result<i64, StoreError> {
+/// Adds a user and returns its id. On PostgreSQL an explicit id also moves the `users`
+/// identity sequence past the largest id, so users added later without one do not collide.
+pub fn add(conn: &dyn Sql, new: &NewUser) -> Result<i64, StoreError> {
     let mut errors = FieldErrors::new();
     if new.login.trim().is_empty() {
         errors.add("login", "must not be empty");
@@ -90,11 +91,9 @@ pub fn add(conn: &Connection, new: &NewUser) -> Result<i64, StoreError> {
     }
     let mut permission_ids = Vec::new();
     for (i, p) in new.permissions.iter().enumerate() {
-        let id: Option<i64> = conn
-            .query_row("SELECT id FROM permissions WHERE name = ?1", [p], |r| r.get(0))
-            .optional()?;
+        let id = conn.query_opt("SELECT id FROM permissions WHERE name = ?1", args![p])?;
         match id {
-            Some(id) => permission_ids.push(id),
+            Some(row) => permission_ids.push(row.get::<i64>(0)?),
             None => errors.add(format!("permissions.{i}"), format!("unknown permission {p:?}")),
         }
     }
@@ -102,83 +101,100 @@ pub fn add(conn: &Connection, new: &NewUser) -> Result<i64, StoreError> {
         return Err(StoreError::Invalid(errors));
     }
     let now = now_text();
-    conn.execute(
-        "INSERT INTO users (id, login, name, parent_id, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-        params![new.id, new.login, new.name, new.parent_id, now],
-    )?;
-    let id = conn.last_insert_rowid();
+    let id = match new.id {
+        // An explicit NULL id is refused by a PostgreSQL identity column: leave it out.
+        None => conn.query_value::<i64>(
+            "INSERT INTO users (login, name, parent_id, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?4) RETURNING id",
+            args![&new.login, &new.name, new.parent_id, &now],
+        )?,
+        Some(id) => {
+            let id = conn.query_value::<i64>(
+                "INSERT INTO users (id, login, name, parent_id, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5) RETURNING id",
+                args![id, &new.login, &new.name, new.parent_id, &now],
+            )?;
+            if conn.dialect() == Dialect::Postgres {
+                conn.query(
+                    "SELECT setval(pg_get_serial_sequence('users', 'id'),
+                                   GREATEST((SELECT MAX(id) FROM users), 1))",
+                    &[],
+                )?;
+            }
+            id
+        }
+    };
     for pid in permission_ids {
         conn.execute(
-            "INSERT OR IGNORE INTO user_permissions (user_id, permission_id) VALUES (?1, ?2)",
-            params![id, pid],
+            "INSERT INTO user_permissions (user_id, permission_id) VALUES (?1, ?2)
+             ON CONFLICT DO NOTHING",
+            args![id, pid],
         )?;
     }
     Ok(id)
 }
 
 /// True when a user with this id exists.
-pub fn exists(conn: &Connection, id: i64) -> Result<bool, StoreError> {
-    Ok(conn.query_row("SELECT EXISTS(SELECT 1 FROM users WHERE id = ?1)", [id], |r| r.get(0))?)
+pub fn exists(conn: &dyn Sql, id: i64) -> Result<bool, StoreError> {
+    conn.query_value::<bool>("SELECT EXISTS(SELECT 1 FROM users WHERE id = ?1)", args![id])
 }
 
-fn exists_login(conn: &Connection, login: &str) -> Result<bool, StoreError> {
-    Ok(conn
-        .query_row("SELECT EXISTS(SELECT 1 FROM users WHERE login = ?1)", [login], |r| r.get(0))?)
+fn exists_login(conn: &dyn Sql, login: &str) -> Result<bool, StoreError> {
+    conn.query_value::<bool>("SELECT EXISTS(SELECT 1 FROM users WHERE login = ?1)", args![login])
 }
 
 /// Every user id.
-pub fn all_ids(conn: &Connection) -> Result<HashSet<i64>, StoreError> {
-    let mut stmt = conn.prepare("SELECT id FROM users")?;
-    let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-    Ok(ids)
+pub fn all_ids(conn: &dyn Sql) -> Result<HashSet<i64>, StoreError> {
+    Ok(conn.query_column::<i64>("SELECT id FROM users", &[])?.into_iter().collect())
 }
 
 /// Every user's parent: `user id → parent id` (for [`descendants`]).
-pub fn parents(conn: &Connection) -> Result<HashMap<i64, Option<i64>>, StoreError> {
-    let mut stmt = conn.prepare("SELECT id, parent_id FROM users")?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1).ok().flatten())))?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+pub fn parents(conn: &dyn Sql) -> Result<HashMap<i64, Option<i64>>, StoreError> {
+    conn.query("SELECT id, parent_id FROM users", &[])?
+        .iter()
+        .map(|r| Ok((r.get::<i64>(0)?, r.get::<Option<i64>>(1).ok().flatten())))
+        .collect()
 }
 
 /// The reach of `user_id`: the user and every user below it (`parent_id` chains, any
 /// depth), ascending. Cycles in hand-edited data end the walk; an unknown id reaches only
 /// itself.
-pub fn reach(conn: &Connection, user_id: i64) -> Result<Vec<i64>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn reach(conn: &dyn Sql, user_id: i64) -> Result<Vec<i64>, StoreError> {
+    // The cast types the seed row as an id on PostgreSQL (an untyped parameter alone
+    // would be text there).
+    conn.query_column::<i64>(
         "WITH RECURSIVE reach(id) AS (
-           SELECT ?1 UNION SELECT u.id FROM users u JOIN reach r ON u.parent_id = r.id)
+           SELECT CAST(?1 AS BIGINT)
+           UNION SELECT u.id FROM users u JOIN reach r ON u.parent_id = r.id)
          SELECT id FROM reach ORDER BY id",
-    )?;
-    let ids = stmt.query_map([user_id], |r| r.get(0))?.collect::<Result<_, _>>()?;
-    Ok(ids)
+        args![user_id],
+    )
 }
 
 /// The names of the permissions granted to `user_id`.
-pub fn permission_names(conn: &Connection, user_id: i64) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT p.name FROM user_permissions up JOIN permissions p ON p.id = up.permission_id
-         WHERE up.user_id = ?1 ORDER BY p.id",
-    )?;
-    let names = stmt.query_map([user_id], |r| text(r, 0))?.collect::<Result<_, _>>()?;
-    Ok(names)
+pub fn permission_names(conn: &dyn Sql, user_id: i64) -> Result<Vec<String>, StoreError> {
+    Ok(conn
+        .query(
+            "SELECT p.name FROM user_permissions up JOIN permissions p ON p.id = up.permission_id
+             WHERE up.user_id = ?1 ORDER BY p.id",
+            args![user_id],
+        )?
+        .iter()
+        .map(|r| r.text(0))
+        .collect())
 }
 
 /// The ids of the disabled users.
-pub fn disabled_ids(conn: &Connection) -> Result<HashSet<i64>, StoreError> {
-    let mut stmt = conn.prepare("SELECT id FROM users WHERE disabled")?;
-    let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-    Ok(ids)
+pub fn disabled_ids(conn: &dyn Sql) -> Result<HashSet<i64>, StoreError> {
+    Ok(conn.query_column::<i64>("SELECT id FROM users WHERE disabled", &[])?.into_iter().collect())
 }
 
 /// Disables a user: its tokens are refused from now on and it gets no more pushes (the
 /// running daemon notices within a second). [`StoreError::NotFound`] when there is none.
-pub fn disable(conn: &Connection, id: i64) -> Result<(), StoreError> {
+pub fn disable(conn: &dyn Sql, id: i64) -> Result<(), StoreError> {
     let n = conn.execute(
-        "UPDATE users SET disabled = 1, updated_at = ?2 WHERE id = ?1",
-        params![id, now_text()],
+        "UPDATE users SET disabled = TRUE, updated_at = ?2 WHERE id = ?1",
+        args![id, now_text()],
     )?;
     if n == 0 {
         return Err(StoreError::NotFound(format!("user {id}")));
@@ -187,9 +203,8 @@ pub fn disable(conn: &Connection, id: i64) -> Result<(), StoreError> {
 }
 
 /// Every user with permissions, by id (`scriptd users list`).
-pub fn list(conn: &Connection) -> Result<Vec<User>, StoreError> {
-    let mut stmt = conn.prepare("SELECT id FROM users ORDER BY id")?;
-    let ids: Vec<i64> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+pub fn list(conn: &dyn Sql) -> Result<Vec<User>, StoreError> {
+    let ids = conn.query_column::<i64>("SELECT id FROM users ORDER BY id", &[])?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         if let Some(u) = get(conn, id)? {
@@ -200,40 +215,42 @@ pub fn list(conn: &Connection) -> Result<Vec<User>, StoreError> {
 }
 
 /// One user with permissions, or `None`.
-pub fn get(conn: &Connection, id: i64) -> Result<Option<User>, StoreError> {
-    let mut stmt = conn.prepare(
+pub fn get(conn: &dyn Sql, id: i64) -> Result<Option<User>, StoreError> {
+    let row = conn.query_opt(
         "SELECT id, login, name, parent_id, created_at, updated_at, online_request_interval,
                 access_token_id, can_update_password, disabled
          FROM users WHERE id = ?1",
+        args![id],
     )?;
-    let user = stmt
-        .query_row([id], |r| {
-            Ok(User {
-                id: r.get(0)?,
-                login: text(r, 1)?,
-                name: text(r, 2)?,
-                parent_id: r.get::<_, Option<i64>>(3).ok().flatten(),
-                permissions: Vec::new(),
-                created_at: text(r, 4)?,
-                updated_at: text(r, 5)?,
-                online_request_interval: r.get::<_, i64>(6).unwrap_or(100),
-                access_token_id: r.get::<_, Option<String>>(7).ok().flatten(),
-                can_update_password: truthy(r, 8)?,
-                disabled: truthy(r, 9)?,
-            })
-        })
-        .optional()?;
-    let Some(mut user) = user else { return Ok(None) };
-    let mut stmt = conn.prepare(
-        "SELECT p.id, p.name, p.display_name FROM user_permissions up
-         JOIN permissions p ON p.id = up.permission_id WHERE up.user_id = ?1 ORDER BY p.id",
-    )?;
-    user.permissions = stmt
-        .query_map([id], |r| {
-            Ok(Permission { id: r.get(0)?, name: text(r, 1)?, display_name: text(r, 2)? })
-        })?
-        .collect::<Result<_, _>>()?;
+    let Some(r) = row else { return Ok(None) };
+    let mut user = user_of(&r)?;
+    user.permissions = conn
+        .query(
+            "SELECT p.id, p.name, p.display_name FROM user_permissions up
+             JOIN permissions p ON p.id = up.permission_id WHERE up.user_id = ?1 ORDER BY p.id",
+            args![id],
+        )?
+        .iter()
+        .map(|r| Ok(Permission { id: r.get(0)?, name: r.text(1), display_name: r.text(2) }))
+        .collect::<Result<_, StoreError>>()?;
     Ok(Some(user))
+}
+
+/// A row of [`get`]'s user query, without permissions; tolerant of hand-edited columns.
+fn user_of(r: &Row) -> Result<User, StoreError> {
+    Ok(User {
+        id: r.get(0)?,
+        login: r.text(1),
+        name: r.text(2),
+        parent_id: r.get::<Option<i64>>(3).ok().flatten(),
+        permissions: Vec::new(),
+        created_at: r.text(4),
+        updated_at: r.text(5),
+        online_request_interval: r.get::<i64>(6).unwrap_or(100),
+        access_token_id: r.get::<Option<String>>(7).ok().flatten(),
+        can_update_password: r.truthy(8),
+        disabled: r.truthy(9),
+    })
 }
 
 /// The given users and every sub-user below them (`parent_id` chains, any depth),
