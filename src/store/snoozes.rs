@@ -12,10 +12,11 @@
 //! reader can keep a [`SnoozeSet`] in memory and reload it only when the counter moves,
 //! without touching the script index. Expired rows are removed by [`purge_expired`].
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::StoreError;
+use super::sql::{Row, Sql};
+use crate::args;
 
 /// Whose deliveries a snooze silences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -98,7 +99,7 @@ impl std::ops::Deref for Snooze {
     }
 }
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Snooze> {
+fn row(r: &Row) -> Result<Snooze, StoreError> {
     let scope: String = r.get(2)?;
     Ok(Snooze {
         id: r.get(0)?,
@@ -117,49 +118,53 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Snooze> {
 const COLUMNS: &str = "id, script_id, scope, user_id, camera_id, starts_at, until";
 
 /// Stores a snooze and returns it with its id.
-pub fn create(conn: &Connection, new: &NewSnooze) -> Result<Snooze, StoreError> {
-    conn.execute(
+pub fn create(conn: &dyn Sql, new: &NewSnooze) -> Result<Snooze, StoreError> {
+    let id = conn.query_value::<i64>(
         "INSERT INTO snoozes (script_id, scope, user_id, camera_id, starts_at, until)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+        args![
             new.script_id,
             new.scope.as_str(),
             new.user_id,
-            new.camera_id,
+            &new.camera_id,
             new.starts_at,
             new.until
         ],
     )?;
-    Ok(Snooze { id: conn.last_insert_rowid(), spec: new.clone() })
+    Ok(Snooze { id, spec: new.clone() })
 }
 
 /// The snoozes of one script that have not expired at `now_ms`, oldest first.
 pub fn list_for_script(
-    conn: &Connection,
+    conn: &dyn Sql,
     script_id: i64,
     now_ms: i64,
 ) -> Result<Vec<Snooze>, StoreError> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM snoozes WHERE script_id = ?1 AND until > ?2 ORDER BY id"
-    ))?;
-    let rows = stmt.query_map(params![script_id, now_ms], row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    conn.query(
+        &format!("SELECT {COLUMNS} FROM snoozes WHERE script_id = ?1 AND until > ?2 ORDER BY id"),
+        args![script_id, now_ms],
+    )?
+    .iter()
+    .map(row)
+    .collect()
 }
 
 /// Every snooze not expired at `now_ms`, by script then id (the daemon's cache, the CLI).
-pub fn list_active(conn: &Connection, now_ms: i64) -> Result<Vec<Snooze>, StoreError> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM snoozes WHERE until > ?1 ORDER BY script_id, id"
-    ))?;
-    let rows = stmt.query_map([now_ms], row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn list_active(conn: &dyn Sql, now_ms: i64) -> Result<Vec<Snooze>, StoreError> {
+    conn.query(
+        &format!("SELECT {COLUMNS} FROM snoozes WHERE until > ?1 ORDER BY script_id, id"),
+        args![now_ms],
+    )?
+    .iter()
+    .map(row)
+    .collect()
 }
 
 /// Deletes one snooze of one script; [`StoreError::NotFound`] when there is none.
-pub fn delete(conn: &Connection, script_id: i64, snooze_id: i64) -> Result<(), StoreError> {
+pub fn delete(conn: &dyn Sql, script_id: i64, snooze_id: i64) -> Result<(), StoreError> {
     let n = conn.execute(
         "DELETE FROM snoozes WHERE id = ?1 AND script_id = ?2",
-        params![snooze_id, script_id],
+        args![snooze_id, script_id],
     )?;
     if n == 0 {
         return Err(StoreError::NotFound(format!("snooze {snooze_id}")));
@@ -168,16 +173,17 @@ pub fn delete(conn: &Connection, script_id: i64, snooze_id: i64) -> Result<(), S
 }
 
 /// Deletes the snoozes that ended before `before_ms`; returns how many went.
-pub fn purge_expired(conn: &Connection, before_ms: i64) -> Result<usize, StoreError> {
-    Ok(conn.execute("DELETE FROM snoozes WHERE until <= ?1", [before_ms])?)
+pub fn purge_expired(conn: &dyn Sql, before_ms: i64) -> Result<usize, StoreError> {
+    let n = conn.execute("DELETE FROM snoozes WHERE until <= ?1", args![before_ms])?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// The change counter: differs after any insert, update or delete of a snooze.
-pub fn version(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn
-        .query_row("SELECT version FROM snoozes_version WHERE id = 1", [], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0))
+pub fn version(conn: &dyn Sql) -> Result<i64, StoreError> {
+    match conn.query_opt("SELECT version FROM snoozes_version WHERE id = 1", &[])? {
+        Some(r) => r.get(0),
+        None => Ok(0),
+    }
 }
 
 /// The active snoozes in memory, grouped by script, for the intake and explain.
@@ -199,7 +205,7 @@ impl SnoozeSet {
     }
 
     /// Reads the active snoozes and the counter in one transaction's view.
-    pub fn load(conn: &Connection, now_ms: i64) -> Result<SnoozeSet, StoreError> {
+    pub fn load(conn: &dyn Sql, now_ms: i64) -> Result<SnoozeSet, StoreError> {
         let version = version(conn)?;
         Ok(SnoozeSet::new(version, list_active(conn, now_ms)?))
     }
@@ -261,6 +267,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::Connection;
 
     fn db() -> Connection {
         let mut conn = Connection::open_in_memory().unwrap();
