@@ -46,7 +46,7 @@ use crate::store::checkpoint::{self, Checkpointer};
 use crate::store::outbox::Handoff;
 use crate::store::postgres::PgStore;
 use crate::store::postgres::outbox::{ChatPacing, PgOutbox};
-use crate::store::{OutboxDb, StoreError};
+use crate::store::{Db, OutboxDb, StoreError};
 
 mod pg;
 mod sqlite;
@@ -204,7 +204,6 @@ pub async fn start_on(
     let timezone = settings.timezone.tz();
     let mut registry_task = None;
     let pg = pg.map(|Postgres { store, registration }| {
-        pg::warn_api_unavailable(&store);
         registry_task = Some(tokio::spawn(pg::keep_registered(
             store.clone(),
             registration,
@@ -216,13 +215,14 @@ pub async fn start_on(
     let (store, outbox_db, live) = match pg {
         None => {
             let (store, live) = open_sqlite(&settings).await.map_err(store_err)?;
-            (Some(store.clone()), OutboxDb::Sqlite(store), live)
+            (Db::Sqlite(store.clone()), OutboxDb::Sqlite(store), live)
         }
         Some(pg) => {
             let live =
                 Live::new_postgres(pg.clone(), timezone).await.map_err(AppError::Database)?;
             let pacing = ChatPacing::from_settings(&settings.telegram);
-            (None, OutboxDb::Postgres(PgOutbox::new(pg).with_chat_pacing(pacing)), live)
+            let outbox = OutboxDb::Postgres(PgOutbox::new(pg.clone()).with_chat_pacing(pacing));
+            (Db::Postgres(pg), outbox, live)
         }
     };
     health.set_up(health::STORE);
@@ -236,15 +236,12 @@ pub async fn start_on(
     let api_addr = listener
         .local_addr()
         .map_err(|source| AppError::Listen { addr: settings.api.bind, source })?;
-    let router = match &store {
-        Some(store) => http_router(
-            AppState::with_settings(store.clone(), live.clone(), &settings.api),
-            hub.clone(),
-            health.clone(),
-            metrics.clone(),
-        ),
-        None => pg::http_router(health.clone(), metrics.clone()),
-    };
+    let router = http_router(
+        AppState::with_settings(store.clone(), live.clone(), &settings.api),
+        hub.clone(),
+        health.clone(),
+        metrics.clone(),
+    );
     let serve_options = api::serve::ServeOptions::from_settings(
         &settings.api,
         &health,
@@ -308,12 +305,28 @@ pub async fn start_on(
     // Rows the intake commits reach the dispatcher in memory through this hand-over (the
     // database stays the truth; see `store::outbox`).
     let handoff = Arc::new(Handoff::default());
+    // On PostgreSQL the reaction streams are fed from the broker, which carries every
+    // instance's pushes (see `dispatch::push_feed`); the dispatcher's own hub then has no
+    // listener.
+    let dispatch_hub = match &store {
+        Db::Sqlite(_) => hub.clone(),
+        Db::Postgres(_) => {
+            crate::dispatch::push_feed::spawn(
+                connect.clone(),
+                format!("{}-feed", settings.mqtt.client_id),
+                &settings.mqtt.push_topic_prefix,
+                hub.clone(),
+                stop_rest.clone(),
+            );
+            PushHub::default()
+        }
+    };
     let dispatcher = Dispatcher::spawn_on(
         outbox_db.clone(),
         handoff.clone(),
         Senders {
             push: Some(pusher.clone()),
-            hub: hub.clone(),
+            hub: dispatch_hub,
             webhook: Arc::new(
                 WebhookSender::new(Duration::from_secs(settings.webhook.timeout_seconds))
                     .map_err(|e| AppError::Http(e.reason().to_owned()))?,
@@ -404,8 +417,8 @@ pub async fn start_on(
     )
     .await
     .map_err(|e| match &store {
-        Some(_) => store_err(e),
-        None => AppError::Database(e),
+        Db::Sqlite(_) => store_err(e),
+        Db::Postgres(_) => AppError::Database(e),
     })?
     .with_health(health.clone());
     let intake_progress = beat_for(INTAKE);

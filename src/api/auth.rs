@@ -145,12 +145,13 @@ async fn check_token(
 ) -> Result<Option<(Caller, TokenId)>, ApiError> {
     let store = state.store.clone();
     let found = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
-        let conn = store.connect()?;
-        let Some(auth) = tokens::check(&conn, &token)? else { return Ok(None) };
-        let reach = users::reach(&conn, auth.user_id)?;
-        let permissions = users::permission_names(&conn, auth.user_id)?;
-        let caller = Caller::new(auth.user_id, reach, &permissions);
-        Ok(Some((auth, caller)))
+        store.read(|tx| {
+            let Some(auth) = tokens::check(tx, &token)? else { return Ok(None) };
+            let reach = users::reach(tx, auth.user_id)?;
+            let permissions = users::permission_names(tx, auth.user_id)?;
+            let caller = Caller::new(auth.user_id, reach, &permissions);
+            Ok(Some((auth, caller)))
+        })
     })
     .await??;
     let Some((auth, caller)) = found else { return Ok(None) };
@@ -159,7 +160,7 @@ async fn check_token(
         let store = state.store.clone();
         let id = auth.public_id.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.connect().and_then(|c| tokens::touch(&c, &id)) {
+            if let Err(e) = store.write(|tx| tokens::touch(tx, &id)) {
                 tracing::debug!(error = %e, "cannot record a token's last use");
             }
         });

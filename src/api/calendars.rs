@@ -34,7 +34,7 @@ fn calendar_id(raw: &str) -> Result<i64, ApiError> {
 
 /// The calendar `id` when the caller may see it.
 fn owned(
-    conn: &rusqlite::Connection,
+    conn: &dyn crate::store::sql::Sql,
     caller: &Caller,
     id: i64,
 ) -> Result<Option<StoredCalendar>, StoreError> {

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
-use rusqlite::Connection;
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
+use crate::store::sql::Sql;
 use crate::store::{StoreError, scripts};
 
 /// A route under `/scripts/{id}`: the caller, checked for `scripts.manage` when `MANAGE`
@@ -55,9 +55,10 @@ pub(super) fn script_id(raw: &str) -> Result<i64, ApiError> {
 /// Which transaction [`on_owned_script`] runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Tx {
-    /// DEFERRED: only reads.
+    /// Only reads.
     Read,
-    /// IMMEDIATE: the check and the write it guards cannot be separated by another writer.
+    /// A write transaction: the check and the write it guards cannot be separated by
+    /// another writer.
     Write,
 }
 
@@ -69,18 +70,14 @@ pub(super) async fn on_owned_script<T: Send + 'static, const M: bool>(
     state: &AppState,
     route: ScriptRoute<M>,
     tx: Tx,
-    f: impl FnOnce(
-        &Connection,
-        &Caller,
-        scripts::StoredScript,
-    ) -> Result<Result<T, ApiError>, StoreError>
+    f: impl FnOnce(&dyn Sql, &Caller, scripts::StoredScript) -> Result<Result<T, ApiError>, StoreError>
     + Send
     + 'static,
 ) -> Result<T, ApiError> {
     let store = state.store.clone();
     blocking(move || {
         let ScriptRoute { caller, id } = route;
-        let run = |conn: &rusqlite::Transaction<'_>| match owned_script(conn, &caller, id)? {
+        let run = |conn: &dyn Sql| match owned_script(conn, &caller, id)? {
             Some(script) => f(conn, &caller, script),
             None => Ok(Err(ApiError::NotFound("Script"))),
         };
@@ -101,7 +98,7 @@ pub(super) async fn blocking<T: Send + 'static>(
 
 /// The script `id` when the caller may see it; `None` when it is missing or not theirs.
 pub(super) fn owned_script(
-    conn: &Connection,
+    conn: &dyn Sql,
     caller: &Caller,
     id: i64,
 ) -> Result<Option<scripts::StoredScript>, StoreError> {

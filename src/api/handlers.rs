@@ -1,7 +1,7 @@
 //! Route handlers: scripts CRUD, catalogs, deliveries.
 //!
-//! Each handler does its database work in one blocking task: writes in one IMMEDIATE
-//! transaction that validates against the catalogs and users it reads, so a check and the
+//! Each handler does its database work in one blocking task: writes in one write
+//! transaction (see [`crate::store::Db::write`]) that validates against the catalogs and users it reads, so a check and the
 //! write it guards cannot be separated by another writer. After a write the live snapshot
 //! is rebuilt before the answer goes out.
 //!
@@ -27,8 +27,8 @@ use super::extract::{ManageScript, Tx, ViewScript, blocking, on_owned_script};
 use crate::script::validation::FieldErrors;
 use crate::script::view::Viewer;
 use crate::script::{Lookups, validate};
+use crate::store::sql::Sql;
 use crate::store::{StoreError, catalog, deliveries, scripts};
-use rusqlite::Connection;
 
 /// Default and largest page sizes of `GET /scripts`.
 pub const PER_PAGE_DEFAULT: u64 = 15;
@@ -93,7 +93,7 @@ fn positive(query: &HashMap<String, String>, key: &str, default: u64) -> Result<
 
 /// The catalogs, and as "existing users" and calendars only those in the caller's reach
 /// (a calendar elsewhere is answered like a missing one on `timetable.holidays.calendars.N`).
-fn lookups_for(conn: &Connection, caller: &Caller) -> Result<Lookups, StoreError> {
+fn lookups_for(conn: &dyn Sql, caller: &Caller) -> Result<Lookups, StoreError> {
     let mut lookups = Lookups::load(conn)?;
     lookups.users.retain(|u| caller.reaches(*u));
     let owners = crate::store::calendars::owners(conn)?;

@@ -35,7 +35,7 @@ use axum::routing::{delete, get, post};
 
 use crate::live::Live;
 use crate::settings::ApiSettings;
-use crate::store::Store;
+use crate::store::Db;
 
 /// Largest accepted request body: 1 MiB.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -43,8 +43,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The database.
-    pub store: Store,
+    /// The database (SQLite or PostgreSQL).
+    pub store: Db,
     /// The live snapshot, rebuilt after every write.
     pub live: Live,
     /// Failed-authentication limiter and token-use throttle.
@@ -61,14 +61,14 @@ pub struct AppState {
 
 impl AppState {
     /// State over a store and its live snapshot, with the `[api]` defaults.
-    pub fn new(store: Store, live: Live) -> AppState {
+    pub fn new(store: impl Into<Db>, live: Live) -> AppState {
         AppState::with_settings(store, live, &ApiSettings::default())
     }
 
     /// State over a store and its live snapshot with the limits of `api`.
-    pub fn with_settings(store: Store, live: Live, api: &ApiSettings) -> AppState {
+    pub fn with_settings(store: impl Into<Db>, live: Live, api: &ApiSettings) -> AppState {
         AppState {
-            store,
+            store: store.into(),
             live,
             guard: Arc::new(guard::AuthGuard::with_limits(
                 api.auth_failures_per_minute,

@@ -43,7 +43,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use super::AppState;
 use super::auth::{AuthUser, Caller, TokenId};
 use crate::dispatch::hub::PushHub;
-use crate::store::{Store, tokens};
+use crate::store::{Db, tokens};
 
 /// How often an open stream re-checks its token.
 pub const RECHECK: Duration = Duration::from_secs(1);
@@ -230,14 +230,14 @@ async fn ticket(
 }
 
 /// Completes once the token is no longer active (a database error keeps the stream).
-async fn until_refused(store: Store, token: TokenId) {
+async fn until_refused(store: Db, token: TokenId) {
     let mut tick = tokio::time::interval(RECHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let (store, id) = (store.clone(), token.0.clone());
         let active =
-            tokio::task::spawn_blocking(move || tokens::is_active(&*store.connect()?, &id)).await;
+            tokio::task::spawn_blocking(move || store.read(|tx| tokens::is_active(tx, &id))).await;
         if let Ok(Ok(false)) = active {
             return;
         }

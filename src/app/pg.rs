@@ -1,48 +1,13 @@
-//! The parts of `scriptd run` that differ on PostgreSQL: the API (`/api/v1`, its reaction
-//! stream and the status page) reads and writes SQLite only so far, so on PostgreSQL it
-//! answers every request with 503 and a JSON message saying so, while `/healthz`,
-//! `/livez` and `/metrics` work; and the store's health comes from a probe of the
-//! database.
+//! The parts of `scriptd run` that differ on PostgreSQL: the store's health comes from a
+//! probe of the database, and the instance holds its client id in the registry.
 
 use std::time::Duration;
-
-use axum::Router;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use super::Every;
 use crate::ops::health::{self, Health};
 use crate::ops::telemetry;
 use crate::store::postgres::PgStore;
 use crate::store::postgres::instances::{self, RegisterError, Registration};
-
-/// What the API answers on PostgreSQL.
-pub(super) const API_UNAVAILABLE: &str = "The API does not run on PostgreSQL yet: scripts, \
-     users and tokens are read from the database, but are changed with `scriptd store copy` \
-     or SQL (see docs/postgresql.md).";
-
-/// Says at start what does not run on PostgreSQL.
-pub(super) fn warn_api_unavailable(pg: &PgStore) {
-    tracing::warn!(
-        database = pg.endpoint(),
-        "running on PostgreSQL: occurrences are matched and delivered, but the API (/api/v1) \
-         and the status page answer 503 (they use SQLite only so far); /healthz and /metrics work"
-    );
-}
-
-/// `/healthz`, `/livez` and `/metrics`; 503 with [`API_UNAVAILABLE`] for everything else.
-pub(super) fn http_router(
-    health: Health,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
-) -> Router {
-    health::routes(health, metrics).fallback(unavailable)
-}
-
-async fn unavailable() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "message": API_UNAVAILABLE })))
-        .into_response()
-}
 
 /// Runs `SELECT 1` every `period` and reports the store up, or down with the error (the
 /// server stopped, unreachable, refusing connections), until `stop`.

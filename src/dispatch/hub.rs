@@ -27,13 +27,15 @@ pub struct PushEvent {
 pub struct PushHub {
     tx: broadcast::Sender<Arc<PushEvent>>,
     closed: CancellationToken,
+    /// Signalled by every new subscription (see [`PushHub::wanted`]).
+    wanted: Arc<tokio::sync::Notify>,
 }
 
 impl PushHub {
     /// A hub that keeps up to `capacity` pushes for slow subscribers.
     pub fn new(capacity: usize) -> PushHub {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        PushHub { tx, closed: CancellationToken::new() }
+        PushHub { tx, closed: CancellationToken::new(), wanted: Arc::default() }
     }
 
     /// Hands a delivered push to every current subscriber; never waits.
@@ -44,7 +46,15 @@ impl PushHub {
 
     /// A new subscription (sees pushes published from now on).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<PushEvent>> {
-        self.tx.subscribe()
+        let rx = self.tx.subscribe();
+        self.wanted.notify_one();
+        rx
+    }
+
+    /// Completes after a subscription was made (at once if one was made since the last
+    /// call): the broker feed ([`super::push_feed`]) connects then.
+    pub async fn wanted(&self) {
+        self.wanted.notified().await;
     }
 
     /// Ends every stream, open or opened later (see [`PushHub::closed`]).

@@ -21,6 +21,7 @@ pub mod hub;
 mod in_flight;
 mod link;
 pub mod mqtt_push;
+pub mod push_feed;
 pub mod telegram;
 mod upkeep;
 pub mod webhook;

@@ -29,9 +29,9 @@
 
 use std::collections::HashSet;
 
+use crate::store::sql::Sql;
 use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
-use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::index::Matches;
@@ -110,7 +110,7 @@ pub struct State {
 
 impl State {
     /// Reads the snoozes that had not ended by `at` (unix ms).
-    pub fn load(conn: &Connection, at_ms: i64) -> Result<State, StoreError> {
+    pub fn load(conn: &dyn Sql, at_ms: i64) -> Result<State, StoreError> {
         Ok(State { snoozes: SnoozeSet::load(conn, at_ms)? })
     }
 }
@@ -119,7 +119,7 @@ impl State {
 /// `conn` is read for the script rows (titles, owners, timetables for the reasons) and the
 /// catalogs; `snap` is the intake's snapshot; `tz` the configured time zone.
 pub fn explain(
-    conn: &Connection,
+    conn: &dyn Sql,
     snap: &Snapshot,
     tz: Tz,
     state: &State,
@@ -198,7 +198,7 @@ pub fn explain(
         }
         let cooldown = record.extra.cooldown_seconds;
         let last = if cooldown > 0 {
-            crate::store::outbox::cooldown_of(conn, row.id, q.camera_id)?
+            crate::store::deliveries::cooldown_of(conn, row.id, q.camera_id)?
         } else {
             None
         };

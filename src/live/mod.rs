@@ -120,6 +120,15 @@ impl Live {
         Ok(live)
     }
 
+    /// The snapshot of `db`, loaded now. Blocking: from a command or `spawn_blocking`,
+    /// never from async code.
+    pub fn load_from(db: &crate::store::Db, timezone: Tz) -> Result<Live, StoreError> {
+        match db {
+            crate::store::Db::Sqlite(store) => Live::new(store.clone(), timezone),
+            crate::store::Db::Postgres(pg) => pg.block_on(Live::new_postgres(pg.clone(), timezone)),
+        }
+    }
+
     /// The current snapshot.
     pub fn load(&self) -> Arc<Snapshot> {
         self.inner.current.load_full()

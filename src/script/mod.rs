@@ -442,7 +442,7 @@ pub struct Lookups {
 
 impl Lookups {
     /// Reads the catalogs and user ids.
-    pub fn load(conn: &rusqlite::Connection) -> Result<Lookups, crate::store::StoreError> {
+    pub fn load(conn: &dyn crate::store::sql::Sql) -> Result<Lookups, crate::store::StoreError> {
         use crate::store::{catalog, users};
         Ok(Lookups {
             events: catalog::events(conn)?.into_iter().map(|e| (e.id, e)).collect(),

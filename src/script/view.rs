@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
+use crate::store::sql::Sql;
 use chrono_tz::Tz;
-use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 
 use crate::script::validation::FieldErrors;
@@ -17,7 +17,7 @@ pub const SECRET_KEYS: [&str; 2] = ["bot_token", "secret"];
 
 /// Builds script objects, caching users across a page.
 pub struct Viewer<'a> {
-    conn: &'a Connection,
+    conn: &'a dyn Sql,
     lookups: &'a Lookups,
     timezone: Tz,
     users: HashMap<i64, Option<User>>,
@@ -27,7 +27,7 @@ pub struct Viewer<'a> {
 
 impl<'a> Viewer<'a> {
     /// A viewer reading users through `conn`.
-    pub fn new(conn: &'a Connection, lookups: &'a Lookups, timezone: Tz) -> Self {
+    pub fn new(conn: &'a dyn Sql, lookups: &'a Lookups, timezone: Tz) -> Self {
         Viewer { conn, lookups, timezone, users: HashMap::new(), caller: None }
     }
 

@@ -98,15 +98,8 @@ pub fn seed_defaults(conn: &dyn Sql) -> Result<(), StoreError> {
         )?;
     }
     if conn.dialect() == Dialect::Postgres {
-        for sql in [
-            "SELECT setval(pg_get_serial_sequence('events', 'id'),
-                           GREATEST((SELECT MAX(id) FROM events), 1))",
-            "SELECT setval(pg_get_serial_sequence('reactions', 'id'),
-                           GREATEST((SELECT MAX(id) FROM reactions), 1))",
-            "SELECT setval(pg_get_serial_sequence('permissions', 'id'),
-                           GREATEST((SELECT MAX(id) FROM permissions), 1))",
-        ] {
-            conn.query(sql, &[])?;
+        for table in ["events", "reactions", "permissions"] {
+            super::postgres::sync::follow_explicit_ids(conn, table)?;
         }
     }
     Ok(())
@@ -146,17 +139,5 @@ fn reaction_of(r: &Row) -> Result<Reaction, StoreError> {
         name,
         description: r.text(2),
         is_default: r.truthy(3),
-    })
-}
-
-/// A text column that tolerates hand-entered numbers.
-pub(crate) fn text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
-    use rusqlite::types::Value as V;
-    Ok(match r.get::<_, V>(i)? {
-        V::Null => String::new(),
-        V::Integer(n) => n.to_string(),
-        V::Real(f) => f.to_string(),
-        V::Text(s) => s,
-        V::Blob(b) => String::from_utf8_lossy(&b).into_owned(),
     })
 }

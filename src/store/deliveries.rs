@@ -56,23 +56,13 @@ fn view(r: &Row) -> DeliveryView {
     }
 }
 
-/// `id` compared byte by byte, as SQLite compares text, whatever the PostgreSQL
-/// database's collation.
-fn id_bytewise(conn: &dyn Sql) -> &'static str {
-    match conn.dialect() {
-        Dialect::Sqlite => "id",
-        Dialect::Postgres => "id COLLATE \"C\"",
-    }
-}
-
 /// The most recent deliveries of a script, newest first (the same instant: by id, last
 /// first).
 pub fn recent(conn: &dyn Sql, script_id: i64, limit: u32) -> Result<Vec<DeliveryView>, StoreError> {
-    let id = id_bytewise(conn);
     let rows = conn.query(
         &format!(
             "SELECT {VIEW_COLUMNS} FROM deliveries WHERE script_id = ?1
-             ORDER BY created_at DESC, {id} DESC LIMIT ?2"
+             ORDER BY created_at DESC, id DESC LIMIT ?2"
         ),
         args![script_id, limit],
     )?;
@@ -93,17 +83,15 @@ pub struct OccurrenceDelivery {
 
 /// Every delivery made for one occurrence, by script, then in the order they were
 /// enqueued (SQLite's `rowid`, PostgreSQL's `seq`). A delivery id starts with
-/// `{occurrence_id}:`, so SQLite finds them through the primary key (no index on the
-/// occurrence column, which every intake write would pay for). PostgreSQL compares the ids
-/// byte by byte (`COLLATE "C"`): in a database whose collation orders by language, the ids
-/// starting with `{occurrence_id}:` need not lie between `{occurrence_id}:` and
-/// `{occurrence_id};`. Its primary key, in the database's collation, cannot serve that
-/// comparison, so there the outbox is scanned.
+/// `{occurrence_id}:`, so both stores find them through the primary key (no index on the
+/// occurrence column, which every intake write would pay for). Ids compare byte by byte on
+/// both: on PostgreSQL the column's collation is "C" (its migration 6), whatever the
+/// database's; in a collation that orders by language, the ids starting with
+/// `{occurrence_id}:` need not lie between `{occurrence_id}:` and `{occurrence_id};`.
 pub fn of_occurrence(
     conn: &dyn Sql,
     occurrence_id: &str,
 ) -> Result<Vec<OccurrenceDelivery>, StoreError> {
-    let id = id_bytewise(conn);
     let enqueued = match conn.dialect() {
         Dialect::Sqlite => "rowid",
         Dialect::Postgres => "seq",
@@ -111,7 +99,7 @@ pub fn of_occurrence(
     let rows = conn.query(
         &format!(
             "SELECT {VIEW_COLUMNS}, script_id, payload FROM deliveries
-             WHERE {id} >= ?1 || ':' AND {id} < ?1 || ';' AND occurrence_id = ?1
+             WHERE id >= ?1 || ':' AND id < ?1 || ';' AND occurrence_id = ?1
              ORDER BY script_id, {enqueued}"
         ),
         args![occurrence_id],

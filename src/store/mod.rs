@@ -16,8 +16,8 @@
 
 pub mod calendars;
 pub mod catalog;
-pub mod db;
 pub mod checkpoint;
+pub mod db;
 pub mod deliveries;
 mod file;
 pub mod migrations;
@@ -38,8 +38,8 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::script::validation::FieldErrors;
-use file::FileGate;
 pub use db::Db;
+use file::FileGate;
 pub use file::{Conn, Staleness};
 
 /// The database the daemon's outbox is in: the dispatcher and the intake take one.
@@ -396,17 +396,4 @@ impl HeldConn {
 /// Now in unix milliseconds (the outbox's clock).
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-/// A column read without trusting its type (rows may be hand-edited): SQLite's value as
-/// JSON. Text stays text, blobs become lossy text.
-pub(crate) fn sql_to_json(v: rusqlite::types::Value) -> serde_json::Value {
-    use rusqlite::types::Value as V;
-    match v {
-        V::Null => serde_json::Value::Null,
-        V::Integer(i) => i.into(),
-        V::Real(f) => serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, Into::into),
-        V::Text(s) => s.into(),
-        V::Blob(b) => String::from_utf8_lossy(&b).into_owned().into(),
-    }
 }

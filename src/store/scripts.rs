@@ -1,16 +1,15 @@
 //! Scripts and their users.
 //!
 //! Writes take a validated [`ScriptInput`]. Reads return [`StoredScript`], which trusts
-//! nothing about the row (operators edit the file with the `sqlite3` shell): every column is
+//! nothing about the row (operators edit the file with the `sqlite3` shell, or `psql`): every column is
 //! read as a JSON value, JSON columns that do not parse are reported in `decode_errors`,
 //! and the whole thing goes through [`crate::script::validate`] again before it is used.
 
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use serde_json::{Map, Value};
 
-use super::catalog::text;
-use super::{StoreError, now_text, sql_to_json};
+use super::sql::{self, Dialect, Row, Sql};
+use super::{StoreError, now_text};
+use crate::args;
 use crate::script::validation::FieldErrors;
 use crate::script::{ScriptInput, status_text};
 
@@ -46,16 +45,27 @@ impl std::fmt::Debug for StoredScript {
 const COLUMNS: &str = "id, title, event_id, reaction_id, status, cameras, timetable, extra, \
                        created_at, updated_at, owner_id";
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredScript> {
-    let columns = [1, 2, 3, 4, 5, 6, 7].map(|i| r.get(i).map(sql_to_json));
-    let [title, event_id, reaction_id, status, cameras, timetable, extra] = columns;
+fn from_row(r: &Row) -> Result<StoredScript, StoreError> {
+    let columns = [1, 2, 3, 4, 5, 6, 7].map(|i| to_json(r.value(i)));
     Ok(from_columns(
         r.get(0)?,
-        [title?, event_id?, reaction_id?, status?, cameras?, timetable?, extra?],
-        text(r, 8)?,
-        text(r, 9)?,
-        r.get::<_, Option<i64>>(10).ok().flatten(),
+        columns,
+        r.text(8),
+        r.text(9),
+        r.get::<Option<i64>>(10).ok().flatten(),
     ))
+}
+
+/// A column as the JSON value the body carries (text as a string, as stored).
+fn to_json(v: &sql::Value) -> Value {
+    match v {
+        sql::Value::Null => Value::Null,
+        sql::Value::Int(i) => (*i).into(),
+        sql::Value::Real(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Into::into),
+        sql::Value::Text(s) => s.clone().into(),
+        sql::Value::Bytes(b) => String::from_utf8_lossy(b).into_owned().into(),
+        sql::Value::Bool(b) => (*b).into(),
+    }
 }
 
 /// A script row from its columns `title, event_id, reaction_id, status, cameras,
@@ -92,66 +102,73 @@ pub(crate) fn from_columns(
     StoredScript { id, body, created_at, updated_at, decode_errors, owner_id }
 }
 
-fn attach_users(conn: &Connection, s: &mut StoredScript) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT user_id FROM script_users WHERE script_id = ?1 ORDER BY position, user_id",
-    )?;
-    let users: Vec<Value> = stmt
-        .query_map([s.id], |r| r.get::<_, rusqlite::types::Value>(0))?
-        .map(|v| v.map(sql_to_json))
-        .collect::<Result<_, _>>()?;
+fn attach_users(conn: &dyn Sql, s: &mut StoredScript) -> Result<(), StoreError> {
+    let users = conn
+        .query(
+            "SELECT user_id FROM script_users WHERE script_id = ?1 ORDER BY position, user_id",
+            args![s.id],
+        )?
+        .iter()
+        .map(|r| to_json(r.value(0)))
+        .collect();
     s.body.insert("users".into(), Value::Array(users));
     Ok(())
 }
 
 /// One script, or `None`.
-pub fn get(conn: &Connection, id: i64) -> Result<Option<StoredScript>, StoreError> {
-    let mut s = conn
-        .query_row(&format!("SELECT {COLUMNS} FROM scripts WHERE id = ?1"), [id], from_row)
-        .optional()?;
-    if let Some(s) = s.as_mut() {
-        attach_users(conn, s)?;
-    }
-    Ok(s)
+pub fn get(conn: &dyn Sql, id: i64) -> Result<Option<StoredScript>, StoreError> {
+    let row = conn.query_opt(&format!("SELECT {COLUMNS} FROM scripts WHERE id = ?1"), args![id])?;
+    let Some(row) = row else { return Ok(None) };
+    let mut s = from_row(&row)?;
+    attach_users(conn, &mut s)?;
+    Ok(Some(s))
 }
 
 /// Runs `sql` (selecting [`COLUMNS`]) and calls `f` with each script, its users attached.
 fn each_row(
-    conn: &Connection,
+    conn: &dyn Sql,
     sql: &str,
-    params: impl rusqlite::Params,
+    params: &[sql::Value],
     mut f: impl FnMut(StoredScript) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare(sql)?;
-    for row in stmt.query_map(params, from_row)? {
-        let mut s = row?;
+    for row in conn.query(sql, params)? {
+        let mut s = from_row(&row)?;
         attach_users(conn, &mut s)?;
         f(s)?;
     }
     Ok(())
 }
 
+fn collect(
+    conn: &dyn Sql,
+    sql: &str,
+    params: &[sql::Value],
+) -> Result<Vec<StoredScript>, StoreError> {
+    let mut out = Vec::new();
+    each_row(conn, sql, params, |s| {
+        out.push(s);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn bound(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// A page of scripts by id, and the total count.
 pub fn page(
-    conn: &Connection,
+    conn: &dyn Sql,
     offset: u64,
     limit: u64,
 ) -> Result<(Vec<StoredScript>, u64), StoreError> {
-    let total: i64 = conn.query_row("SELECT COUNT(*) FROM scripts", [], |r| r.get(0))?;
-    let mut out = Vec::new();
-    each_row(
-        conn,
-        &format!("SELECT {COLUMNS} FROM scripts ORDER BY id LIMIT ?1 OFFSET ?2"),
-        params![
-            i64::try_from(limit).unwrap_or(i64::MAX),
-            i64::try_from(offset).unwrap_or(i64::MAX)
-        ],
-        |s| {
-            out.push(s);
-            Ok(())
-        },
-    )?;
-    Ok((out, u64::try_from(total).unwrap_or(0)))
+    let total: i64 = conn.query_value("SELECT COUNT(*) FROM scripts", &[])?;
+    let sql = format!("SELECT {COLUMNS} FROM scripts ORDER BY id LIMIT ?1 OFFSET ?2");
+    Ok((collect(conn, &sql, args![bound(limit), bound(offset)])?, count(total)))
 }
 
 /// Narrows a list of scripts (`GET /scripts`' query parameters); `None` = any.
@@ -169,19 +186,40 @@ pub struct Filter {
     pub title: Option<String>,
 }
 
-/// The `WHERE` conditions of [`page_owned_by`] past the owner (parameters ?4 to ?8).
-const FILTERED: &str = "(?4 IS NULL OR status = ?4)
-    AND (?5 IS NULL OR event_id = ?5)
-    AND (?6 IS NULL OR reaction_id = ?6)
-    AND (?7 IS NULL OR cameras IS NULL OR cameras = 'null'
-         OR EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(cameras) THEN cameras ELSE '[]' END)
-                    WHERE value = ?7))
-    AND (?8 IS NULL OR instr(lower(title), lower(?8)) > 0)";
+/// The `WHERE` conditions of [`page_owned_by`]: the owner in the JSON array ?3, then the
+/// filter's parameters ?4 to ?8 (each cast, so PostgreSQL knows its type when it is NULL).
+fn owned_and_filtered(dialect: Dialect) -> String {
+    let (owners, camera, title) = match dialect {
+        Dialect::Sqlite => (
+            "owner_id IN (SELECT value FROM json_each(?3))",
+            "EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(cameras) THEN cameras ELSE '[]' END)
+                     WHERE value = ?7)",
+            "instr(lower(title), lower(?8)) > 0",
+        ),
+        Dialect::Postgres => (
+            "owner_id IN (SELECT CAST(e.v AS BIGINT)
+                          FROM jsonb_array_elements_text(CAST(CAST(?3 AS TEXT) AS JSONB)) AS e(v))",
+            "EXISTS (SELECT 1 FROM jsonb_array_elements(
+                       CASE WHEN jsonb_typeof(scriptd_jsonb(cameras)) = 'array'
+                            THEN scriptd_jsonb(cameras) ELSE '[]'::jsonb END) AS e(v)
+                     WHERE e.v = to_jsonb(CAST(?7 AS BIGINT)))",
+            "strpos(lower(title), lower(?8)) > 0",
+        ),
+    };
+    format!(
+        "{owners}
+         AND (CAST(?4 AS TEXT) IS NULL OR status = ?4)
+         AND (CAST(?5 AS BIGINT) IS NULL OR event_id = ?5)
+         AND (CAST(?6 AS BIGINT) IS NULL OR reaction_id = ?6)
+         AND (CAST(?7 AS BIGINT) IS NULL OR cameras IS NULL OR cameras = 'null' OR {camera})
+         AND (CAST(?8 AS TEXT) IS NULL OR {title})"
+    )
+}
 
 /// A page of the scripts owned by one of `owners` (a caller's reach) that pass `filter`,
 /// by id, and their total count; scripts of other owners are neither listed nor counted.
 pub fn page_owned_by(
-    conn: &Connection,
+    conn: &dyn Sql,
     owners: &[i64],
     filter: &Filter,
     offset: u64,
@@ -189,66 +227,47 @@ pub fn page_owned_by(
 ) -> Result<(Vec<StoredScript>, u64), StoreError> {
     let owners = Value::from(owners.to_vec()).to_string();
     let status = filter.enabled.map(crate::script::status_text);
-    let args = params![
-        i64::try_from(limit).unwrap_or(i64::MAX),
-        i64::try_from(offset).unwrap_or(i64::MAX),
+    let params = args![
+        bound(limit),
+        bound(offset),
         owners,
         status,
         filter.event_id,
         filter.reaction_id,
         filter.camera_id,
-        filter.title,
+        &filter.title,
     ];
-    let total: i64 = conn.query_row(
+    let wh = owned_and_filtered(conn.dialect());
+    let total: i64 = conn.query_value(
         &format!(
-            "SELECT COUNT(*) FROM scripts WHERE owner_id IN (SELECT value FROM json_each(?3))
-             AND {FILTERED} AND ?1 IS NOT NULL AND ?2 IS NOT NULL"
+            "SELECT COUNT(*) FROM scripts WHERE {wh}
+             AND CAST(?1 AS BIGINT) IS NOT NULL AND CAST(?2 AS BIGINT) IS NOT NULL"
         ),
-        args,
-        |r| r.get(0),
+        params,
     )?;
-    let mut out = Vec::new();
-    each_row(
-        conn,
-        &format!(
-            "SELECT {COLUMNS} FROM scripts WHERE owner_id IN (SELECT value FROM json_each(?3))
-             AND {FILTERED} ORDER BY id LIMIT ?1 OFFSET ?2"
-        ),
-        args,
-        |s| {
-            out.push(s);
-            Ok(())
-        },
-    )?;
-    Ok((out, u64::try_from(total).unwrap_or(0)))
+    let sql = format!("SELECT {COLUMNS} FROM scripts WHERE {wh} ORDER BY id LIMIT ?1 OFFSET ?2");
+    Ok((collect(conn, &sql, params)?, count(total)))
 }
 
-/// Calls `f` with every script, by id, one row at a time (the snapshot build uses this so
-/// the rows' JSON is never all in memory at once).
+/// Calls `f` with every script, by id.
 pub fn for_each(
-    conn: &Connection,
+    conn: &dyn Sql,
     f: impl FnMut(StoredScript) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    each_row(conn, &format!("SELECT {COLUMNS} FROM scripts ORDER BY id"), [], f)
+    each_row(conn, &format!("SELECT {COLUMNS} FROM scripts ORDER BY id"), &[], f)
 }
 
 /// The scripts whose stored `event_id` is `event_id`, by id (explain).
-pub fn of_event(conn: &Connection, event_id: i64) -> Result<Vec<StoredScript>, StoreError> {
-    let mut out = Vec::new();
-    each_row(
+pub fn of_event(conn: &dyn Sql, event_id: i64) -> Result<Vec<StoredScript>, StoreError> {
+    collect(
         conn,
         &format!("SELECT {COLUMNS} FROM scripts WHERE event_id = ?1 ORDER BY id"),
-        [event_id],
-        |s| {
-            out.push(s);
-            Ok(())
-        },
-    )?;
-    Ok(out)
+        args![event_id],
+    )
 }
 
 /// Every script, by id.
-pub fn all(conn: &Connection) -> Result<Vec<StoredScript>, StoreError> {
+pub fn all(conn: &dyn Sql) -> Result<Vec<StoredScript>, StoreError> {
     page(conn, 0, i64::MAX as u64).map(|(v, _)| v)
 }
 
@@ -256,92 +275,97 @@ fn cameras_json(input: &ScriptInput) -> Option<String> {
     input.cameras.as_ref().map(|c| Value::from(c.clone()).to_string())
 }
 
-fn write_users(conn: &Connection, id: i64, users: &[i64]) -> Result<(), StoreError> {
-    conn.execute("DELETE FROM script_users WHERE script_id = ?1", [id])?;
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO script_users (script_id, user_id, position) VALUES (?1, ?2, ?3)",
-    )?;
+fn write_users(conn: &dyn Sql, id: i64, users: &[i64]) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM script_users WHERE script_id = ?1", args![id])?;
     for (pos, user) in users.iter().enumerate() {
-        stmt.execute(params![id, user, pos as i64])?;
+        conn.execute(
+            "INSERT INTO script_users (script_id, user_id, position) VALUES (?1, ?2, ?3)",
+            args![id, *user, pos as i64],
+        )?;
     }
     Ok(())
 }
 
 /// Inserts a script without owner and returns its id; see [`insert_owned`].
-pub fn insert(conn: &Connection, id: Option<i64>, input: &ScriptInput) -> Result<i64, StoreError> {
+pub fn insert(conn: &dyn Sql, id: Option<i64>, input: &ScriptInput) -> Result<i64, StoreError> {
     insert_owned(conn, id, None, input)
 }
 
 /// The stored columns of a script's fields, in the order `title, event_id, reaction_id,
-/// status, cameras, timetable, extra` (the parameters `?2` to `?8` of the writes below).
-fn columns(input: &ScriptInput) -> [SqlValue; 7] {
-    [
-        SqlValue::from(input.title.clone()),
-        SqlValue::from(input.event_id),
-        SqlValue::from(input.reaction_id),
-        SqlValue::from(status_text(input.enabled).to_owned()),
-        SqlValue::from(cameras_json(input)),
-        SqlValue::from(input.timetable.to_string()),
-        SqlValue::from(Value::Object(input.extra.clone()).to_string()),
-    ]
+/// status, cameras, timetable, extra` (the parameters `?2` to `?8` of the writes below),
+/// after `first` and before `last`.
+fn columns(first: sql::Value, input: &ScriptInput, last: &[sql::Value]) -> Vec<sql::Value> {
+    let mut v = vec![
+        first,
+        input.title.clone().into(),
+        input.event_id.into(),
+        input.reaction_id.into(),
+        status_text(input.enabled).into(),
+        cameras_json(input).into(),
+        input.timetable.to_string().into(),
+        Value::Object(input.extra.clone()).to_string().into(),
+    ];
+    v.extend_from_slice(last);
+    v
 }
 
 /// Inserts a script owned by `owner_id` and returns its id (`id` given only by import,
 /// which keeps ids).
 pub fn insert_owned(
-    conn: &Connection,
+    conn: &dyn Sql,
     id: Option<i64>,
     owner_id: Option<i64>,
     input: &ScriptInput,
 ) -> Result<i64, StoreError> {
-    let now = now_text();
-    conn.execute(
-        "INSERT INTO scripts (id, title, event_id, reaction_id, status, cameras, timetable, extra,
-                              created_at, updated_at, owner_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
-        params_from_iter(
-            [SqlValue::from(id)]
-                .into_iter()
-                .chain(columns(input))
-                .chain([SqlValue::from(now), SqlValue::from(owner_id)]),
-        ),
-    )?;
-    let id = conn.last_insert_rowid();
+    // Without an id the column is left out (PostgreSQL's identity takes no NULL); ?1 is
+    // still used, so both statements take the same parameters.
+    let sql = match id {
+        Some(_) => {
+            "INSERT INTO scripts (id, title, event_id, reaction_id, status, cameras, timetable,
+                                  extra, created_at, updated_at, owner_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10) RETURNING id"
+        }
+        None => {
+            "INSERT INTO scripts (title, event_id, reaction_id, status, cameras, timetable,
+                                      extra, created_at, updated_at, owner_id)
+                 SELECT ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10 WHERE CAST(?1 AS BIGINT) IS NULL
+                 RETURNING id"
+        }
+    };
+    let params = columns(id.into(), input, &[now_text().into(), owner_id.into()]);
+    let new_id: i64 = conn.query_value(sql, &params)?;
+    if id.is_some() && conn.dialect() == Dialect::Postgres {
+        super::postgres::sync::follow_explicit_ids(conn, "scripts")?;
+    }
     // A new script with the id of a deleted one does not inherit its deliveries' owner.
-    conn.execute("DELETE FROM deleted_scripts WHERE id = ?1", [id])?;
-    write_users(conn, id, &input.users)?;
-    Ok(id)
+    conn.execute("DELETE FROM deleted_scripts WHERE id = ?1", args![new_id])?;
+    write_users(conn, new_id, &input.users)?;
+    Ok(new_id)
 }
 
 /// Gives script `id` to `owner_id`.
-pub fn set_owner(conn: &Connection, id: i64, owner_id: i64) -> Result<(), StoreError> {
-    conn.execute("UPDATE scripts SET owner_id = ?2 WHERE id = ?1", params![id, owner_id])?;
+pub fn set_owner(conn: &dyn Sql, id: i64, owner_id: i64) -> Result<(), StoreError> {
+    conn.execute("UPDATE scripts SET owner_id = ?2 WHERE id = ?1", args![id, owner_id])?;
     Ok(())
 }
 
 /// The owner a script had when it was deleted (its deliveries are shown to that account),
 /// or `None`.
-pub fn deleted_owner(conn: &Connection, id: i64) -> Result<Option<i64>, StoreError> {
+pub fn deleted_owner(conn: &dyn Sql, id: i64) -> Result<Option<i64>, StoreError> {
     Ok(conn
-        .query_row("SELECT owner_id FROM deleted_scripts WHERE id = ?1", [id], |r| {
-            r.get::<_, Option<i64>>(0)
-        })
-        .optional()?
+        .query_opt("SELECT owner_id FROM deleted_scripts WHERE id = ?1", args![id])?
+        .map(|r| r.get::<Option<i64>>(0))
+        .transpose()?
         .flatten())
 }
 
 /// Replaces a script's fields; false when it does not exist.
-pub fn update(conn: &Connection, id: i64, input: &ScriptInput) -> Result<bool, StoreError> {
+pub fn update(conn: &dyn Sql, id: i64, input: &ScriptInput) -> Result<bool, StoreError> {
     let n = conn.execute(
         "UPDATE scripts SET title = ?2, event_id = ?3, reaction_id = ?4, status = ?5,
                 cameras = ?6, timetable = ?7, extra = ?8, updated_at = ?9
          WHERE id = ?1",
-        params_from_iter(
-            [SqlValue::from(id)]
-                .into_iter()
-                .chain(columns(input))
-                .chain([SqlValue::from(now_text())]),
-        ),
+        &columns(id.into(), input, &[now_text().into()]),
     )?;
     if n == 0 {
         return Ok(false);
@@ -352,11 +376,13 @@ pub fn update(conn: &Connection, id: i64, input: &ScriptInput) -> Result<bool, S
 
 /// Deletes a script, remembering its owner in `deleted_scripts`; false when it did not
 /// exist.
-pub fn delete(conn: &Connection, id: i64) -> Result<bool, StoreError> {
+pub fn delete(conn: &dyn Sql, id: i64) -> Result<bool, StoreError> {
     conn.execute(
-        "INSERT OR REPLACE INTO deleted_scripts (id, owner_id, deleted_at)
-         SELECT id, owner_id, ?2 FROM scripts WHERE id = ?1",
-        params![id, now_text()],
+        "INSERT INTO deleted_scripts (id, owner_id, deleted_at)
+         SELECT id, owner_id, ?2 FROM scripts WHERE id = ?1
+         ON CONFLICT (id) DO UPDATE SET owner_id = excluded.owner_id,
+                                        deleted_at = excluded.deleted_at",
+        args![id, now_text()],
     )?;
-    Ok(conn.execute("DELETE FROM scripts WHERE id = ?1", [id])? > 0)
+    Ok(conn.execute("DELETE FROM scripts WHERE id = ?1", args![id])? > 0)
 }

@@ -229,7 +229,9 @@ impl Row {
             Value::Int(n) => *n != 0,
             Value::Real(f) => *f != 0.0,
             Value::Bool(b) => *b,
-            Value::Text(s) => matches!(s.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"),
+            Value::Text(s) => {
+                matches!(s.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes")
+            }
             Value::Null | Value::Bytes(_) => false,
         }
     }

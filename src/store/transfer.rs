@@ -14,13 +14,13 @@
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
-use super::{Store, StoreError, scripts};
+use super::{Db, StoreError, scripts};
 use crate::script::validation::FieldErrors;
 use crate::script::view::Viewer;
 use crate::script::{Lookups, validate};
 
 /// Every script as the API shows it.
-pub fn export(store: &Store, timezone: Tz) -> Result<Vec<Value>, StoreError> {
+pub fn export(store: &Db, timezone: Tz) -> Result<Vec<Value>, StoreError> {
     store.read(|tx| {
         let lookups = Lookups::load(tx)?;
         let mut viewer = Viewer::new(tx, &lookups, timezone);
@@ -30,7 +30,7 @@ pub fn export(store: &Store, timezone: Tz) -> Result<Vec<Value>, StoreError> {
 
 /// One line per script: id, status, event, reaction, title; `INVALID` and the reasons for
 /// rows that do not validate.
-pub fn list_lines(store: &Store, timezone: Tz) -> Result<Vec<String>, StoreError> {
+pub fn list_lines(store: &Db, timezone: Tz) -> Result<Vec<String>, StoreError> {
     Ok(export(store, timezone)?
         .iter()
         .map(|s| {
@@ -78,7 +78,7 @@ fn to_body(obj: &Map<String, Value>) -> Map<String, Value> {
 /// `owner_id` to `default_owner`; returns the ids written. Errors are keyed
 /// `{index}.{field}` (e.g. `2.timetable.days.0.from`).
 pub fn import(
-    store: &Store,
+    store: &Db,
     timezone: Tz,
     document: &Value,
     default_owner: Option<i64>,

@@ -115,11 +115,7 @@ pub fn add(conn: &dyn Sql, new: &NewUser) -> Result<i64, StoreError> {
                 args![id, &new.login, &new.name, new.parent_id, &now],
             )?;
             if conn.dialect() == Dialect::Postgres {
-                conn.query(
-                    "SELECT setval(pg_get_serial_sequence('users', 'id'),
-                                   GREATEST((SELECT MAX(id) FROM users), 1))",
-                    &[],
-                )?;
+                super::postgres::sync::follow_explicit_ids(conn, "users")?;
             }
             id
         }

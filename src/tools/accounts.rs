@@ -1,8 +1,6 @@
 //! `scriptd users list|disable` and `scriptd tokens list|revoke`.
 
-use std::path::Path;
-
-use crate::store::{Store, tokens, users};
+use crate::store::{Db, tokens, users};
 
 use super::args::{TokensCommand, UsersCommand};
 
@@ -10,8 +8,7 @@ fn or_dash(v: Option<&str>) -> &str {
     v.unwrap_or("-")
 }
 
-pub(super) fn users(cmd: UsersCommand, db: &Path) -> anyhow::Result<()> {
-    let store = Store::migrate(db)?;
+pub(super) fn users(cmd: UsersCommand, store: &Db) -> anyhow::Result<()> {
     match cmd {
         // Needs the defaults applied by the caller.
         UsersCommand::Add { .. } => anyhow::bail!("users add is handled by the caller"),
@@ -38,8 +35,7 @@ pub(super) fn users(cmd: UsersCommand, db: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) fn tokens(cmd: TokensCommand, db: &Path) -> anyhow::Result<()> {
-    let store = Store::migrate(db)?;
+pub(super) fn tokens(cmd: TokensCommand, store: &Db) -> anyhow::Result<()> {
     match cmd {
         TokensCommand::Create { .. } => {
             anyhow::bail!("tokens create is handled by the caller")

@@ -1,18 +1,15 @@
 //! `scriptd calendars list` and `scriptd calendars import --calendar ID FILE`.
 
-use std::path::Path;
-
 use anyhow::Context;
 
 use super::args::CalendarsCommand;
 use crate::script::calendar::MAX_DATES;
 use crate::script::validation::FieldErrors;
-use crate::store::{Store, StoreError, calendars};
+use crate::store::{Db, StoreError, calendars};
 use crate::timetable::ical::import_dates;
 
-/// Runs a `calendars` command against the database at `db_path`.
-pub fn run(cmd: CalendarsCommand, db_path: &Path) -> anyhow::Result<()> {
-    let store = Store::open(db_path)?;
+/// Runs a `calendars` command against `store`.
+pub fn run(cmd: CalendarsCommand, store: &Db) -> anyhow::Result<()> {
     match cmd {
         CalendarsCommand::List => {
             for c in store.read(|tx| calendars::all(tx))? {

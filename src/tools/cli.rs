@@ -69,7 +69,7 @@ pub fn timetable_check(
 /// on `camera` at `at`, every owner included, from the database's scripts, cooldowns and
 /// snoozes (see [`crate::intake::explain`]).
 pub fn explain(
-    store: crate::store::Store,
+    store: &crate::store::Db,
     timezone: chrono_tz::Tz,
     event: &str,
     camera: i64,
@@ -79,8 +79,7 @@ pub fn explain(
     if camera <= 0 {
         anyhow::bail!("--camera must be a positive integer, not {camera}");
     }
-    let live = crate::live::Live::new(store.clone(), timezone)?;
-    live.reload_blocking()?;
+    let live = crate::live::Live::load_from(store, timezone)?;
     let snap = live.load();
     let event_id = match event.parse::<i64>() {
         Ok(id) if snap.events.contains_key(&id) => id,

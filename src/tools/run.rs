@@ -102,59 +102,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Users(UsersCommand::Add { login, name, parent, id, mut permissions }) => {
-            let settings = load_sqlite_settings(cli.config.as_deref(), "users")?;
+            let settings = load_settings(cli.config.as_deref())?;
             if permissions.is_empty() {
                 permissions = vec!["scripts.view".to_owned(), "scripts.manage".to_owned()];
             }
             let new =
                 crate::store::users::NewUser { id, login, name, parent_id: parent, permissions };
-            let id = crate::store::Store::migrate(&settings.database.path)?
-                .write(|tx| crate::store::users::add(tx, &new))?;
+            let id = open_db(&settings)?.db.write(|tx| crate::store::users::add(tx, &new))?;
             println!("{id}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Users(cmd) => {
-            let settings = load_sqlite_settings(cli.config.as_deref(), "users")?;
-            accounts::users(cmd, &settings.database.path)?;
+            accounts::users(cmd, &open_db(&load_settings(cli.config.as_deref())?)?.db)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokens(TokensCommand::Create { user, expires_in }) => {
-            let settings = load_sqlite_settings(cli.config.as_deref(), "tokens")?;
-            let token = crate::store::Store::migrate(&settings.database.path)?
+            let settings = load_settings(cli.config.as_deref())?;
+            let token = open_db(&settings)?
+                .db
                 .write(|tx| crate::store::tokens::create_expiring(tx, user, expires_in))?;
             println!("{}", token.expose());
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokens(cmd) => {
-            let settings = load_sqlite_settings(cli.config.as_deref(), "tokens")?;
-            accounts::tokens(cmd, &settings.database.path)?;
+            accounts::tokens(cmd, &open_db(&load_settings(cli.config.as_deref())?)?.db)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Scripts(cmd) => {
-            let settings = load_sqlite_settings(cli.config.as_deref(), "scripts")?;
-            scripts_command(cmd, &settings.database.path, settings.timezone.tz())?;
+            let settings = load_settings(cli.config.as_deref())?;
+            scripts_command(cmd, &open_db(&settings)?.db, settings.timezone.tz())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Calendars(cmd) => {
             let settings = load_settings(cli.config.as_deref())?;
-            super::calendars::run(cmd, &settings.database.path)?;
+            super::calendars::run(cmd, &open_db(&settings)?.db)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain(args) => {
-            let settings = load_sqlite_settings(cli.config.as_deref(), "explain")?;
-            let store = crate::store::Store::migrate(&settings.database.path)?;
+            let settings = load_settings(cli.config.as_deref())?;
+            let opened = open_db(&settings)?;
             let at = args.at.map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
-            let lines = cli::explain(store, settings.timezone.tz(), &args.event, args.camera, at)?;
+            let lines =
+                cli::explain(&opened.db, settings.timezone.tz(), &args.event, args.camera, at)?;
             for line in lines {
                 println!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Snooze(SnoozeCommand::List) => {
-            let settings = load_sqlite_settings(cli.config.as_deref(), "snooze")?;
+            let settings = load_settings(cli.config.as_deref())?;
             let now = crate::store::now_ms();
-            let list = crate::store::Store::migrate(&settings.database.path)?
-                .read(|tx| crate::store::snoozes::list_active(tx, now))?;
+            let list =
+                open_db(&settings)?.db.read(|tx| crate::store::snoozes::list_active(tx, now))?;
             for s in list {
                 let until = chrono::DateTime::from_timestamp_millis(s.until)
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
@@ -294,7 +293,10 @@ fn load_settings(dir: Option<&Path>) -> anyhow::Result<Settings> {
 fn postgres_store(
     settings: &Settings,
 ) -> anyhow::Result<(crate::store::postgres::PgStore, tokio::runtime::Runtime)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Multi-threaded, so that blocking transactions ([`crate::store::Db`]) run from this
+    // thread while the runtime drives the connections.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -331,17 +333,22 @@ async fn register_instance(
     }
 }
 
-/// [`load_settings`] for a command that works on SQLite only so far: with `database.url`
-/// set it fails rather than read or write a SQLite file the daemon does not use.
-fn load_sqlite_settings(dir: Option<&Path>, command: &str) -> anyhow::Result<Settings> {
-    let settings = load_settings(dir)?;
-    if settings.database.url.is_some() {
-        anyhow::bail!(
-            "`scriptd {command}` works on SQLite only so far and database.url is set \
-             (see docs/postgresql.md)"
-        );
+/// The store a command works on, migrated: PostgreSQL with `database.url`, else the SQLite
+/// file of `database.path`.
+struct Opened {
+    db: crate::store::Db,
+    /// Drives the PostgreSQL connections while the command runs.
+    _runtime: Option<tokio::runtime::Runtime>,
+}
+
+fn open_db(settings: &Settings) -> anyhow::Result<Opened> {
+    if settings.database.url.is_none() {
+        let store = crate::store::Store::migrate(&settings.database.path)?;
+        return Ok(Opened { db: store.into(), _runtime: None });
     }
-    Ok(settings)
+    let (store, runtime) = postgres_store(settings)?;
+    runtime.block_on(crate::store::postgres::migrations::migrate(&store))?;
+    Ok(Opened { db: store.into(), _runtime: Some(runtime) })
 }
 
 /// Prints all but the last problem line; the last becomes the error `main` prints.
@@ -384,17 +391,20 @@ fn check_config(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn scripts_command(cmd: ScriptsCommand, db_path: &Path, tz: chrono_tz::Tz) -> anyhow::Result<()> {
-    use crate::store::{Store, StoreError, transfer};
-    let store = Store::open(db_path)?;
+fn scripts_command(
+    cmd: ScriptsCommand,
+    store: &crate::store::Db,
+    tz: chrono_tz::Tz,
+) -> anyhow::Result<()> {
+    use crate::store::{StoreError, transfer};
     match cmd {
         ScriptsCommand::List => {
-            for line in transfer::list_lines(&store, tz)? {
+            for line in transfer::list_lines(store, tz)? {
                 println!("{line}");
             }
         }
         ScriptsCommand::Export { file } => {
-            let text = serde_json::to_string_pretty(&transfer::export(&store, tz)?)?;
+            let text = serde_json::to_string_pretty(&transfer::export(store, tz)?)?;
             match file {
                 Some(f) => std::fs::write(&f, text + "\n")
                     .with_context(|| format!("cannot write {}", f.display()))?,
@@ -406,7 +416,7 @@ fn scripts_command(cmd: ScriptsCommand, db_path: &Path, tz: chrono_tz::Tz) -> an
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let doc: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not valid JSON", file.display()))?;
-            match transfer::import(&store, tz, &doc, owner) {
+            match transfer::import(store, tz, &doc, owner) {
                 Ok(ids) => println!("imported {} scripts", ids.len()),
                 Err(StoreError::Invalid(errors)) => {
                     println!("{}", errors.to_body());

@@ -99,111 +99,111 @@ async fn explain_at(d: &Daemon, at: &str) -> Value {
     v["data"][0].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_imported_holiday_shows_in_the_week_and_explain_names_it() {
-    let d = Daemon::start(DaemonOptions::default()).await;
-    let t = d.token.clone();
-    let (status, cal) = call(
-        &d,
-        Method::POST,
-        "/calendars",
-        &t,
-        Some(&json!({"name": "Public holidays", "timezone": "UTC"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{cal}");
-    let cid = cal["id"].as_i64().expect("id");
-    assert_eq!((cal["owner_id"].as_i64(), cal["dates"].clone()), (Some(1), json!([])));
+crate::on_both_daemons! {
+    async fn an_imported_holiday_shows_in_the_week_and_explain_names_it(d) {
+        let t = d.token.clone();
+        let (status, cal) = call(
+            &d,
+            Method::POST,
+            "/calendars",
+            &t,
+            Some(&json!({"name": "Public holidays", "timezone": "UTC"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{cal}");
+        let cid = cal["id"].as_i64().expect("id");
+        assert_eq!((cal["owner_id"].as_i64(), cal["dates"].clone()), (Some(1), json!([])));
 
-    let (status, imported) =
-        post_raw(&d, &format!("/calendars/{cid}/import"), &t, "text/calendar", feed().into_bytes())
-            .await;
-    assert_eq!(status, 200, "{imported}");
-    // New Year, the observance, and Labour Day from the year before the import to five after.
-    assert_eq!(imported["added"], 2 + 7, "{imported}");
-    assert_eq!(
-        imported["dates"][0],
-        json!({"from": "2027-01-01", "to": "2027-01-01", "title": "New Year"})
-    );
-    // The same file again adds nothing.
-    let (_, again) =
-        post_raw(&d, &format!("/calendars/{cid}/import"), &t, "text/calendar", feed().into_bytes())
-            .await;
-    assert_eq!(again["added"], 0, "{again}");
+        let (status, imported) =
+            post_raw(&d, &format!("/calendars/{cid}/import"), &t, "text/calendar", feed().into_bytes())
+                .await;
+        assert_eq!(status, 200, "{imported}");
+        // New Year, the observance, and Labour Day from the year before the import to five after.
+        assert_eq!(imported["added"], 2 + 7, "{imported}");
+        assert_eq!(
+            imported["dates"][0],
+            json!({"from": "2027-01-01", "to": "2027-01-01", "title": "New Year"})
+        );
+        // The same file again adds nothing.
+        let (_, again) =
+            post_raw(&d, &format!("/calendars/{cid}/import"), &t, "text/calendar", feed().into_bytes())
+                .await;
+        assert_eq!(again["added"], 0, "{again}");
 
-    let timetable = json!({
-        "days": [{"type": "same_every_day", "from": "00:00", "to": "23:59"}],
-        "holidays": {"calendars": [cid], "windows": [{"from": "10:00", "to": "16:00"}]}
-    });
-    let s = d.create_script(&script("office", SIDEBAR, FACE, &[1], timetable)).await;
-    let sid = s["id"].as_i64().expect("id");
-    assert_eq!(s["timetable"]["holidays"]["calendars"], json!([cid]));
+        let timetable = json!({
+            "days": [{"type": "same_every_day", "from": "00:00", "to": "23:59"}],
+            "holidays": {"calendars": [cid], "windows": [{"from": "10:00", "to": "16:00"}]}
+        });
+        let s = d.create_script(&script("office", SIDEBAR, FACE, &[1], timetable)).await;
+        let sid = s["id"].as_i64().expect("id");
+        assert_eq!(s["timetable"]["holidays"]["calendars"], json!([cid]));
 
-    // The week grid: 1 January 2027 (a Friday) is a holiday, named; the Thursday is not.
-    let week = d.get(&format!("/scripts/{sid}/week?start=2026-12-28")).await;
-    let days = week["data"]["days"].as_array().expect("days").clone();
-    assert_eq!(days[3]["holiday"], Value::Null);
-    let ny = &days[4];
-    assert_eq!(ny["date"], "2027-01-01");
-    assert_eq!(ny["holiday"]["title"], "New Year");
-    assert_eq!(ny["holiday"]["calendar_id"], cid);
-    assert_eq!(ny["holiday"]["reason"], format!("holiday calendar {cid} \"New Year\""));
-    let segs: Vec<(bool, String)> = ny["segments"]
-        .as_array()
-        .expect("segments")
-        .iter()
-        .map(|s| {
-            (s["active"].as_bool().unwrap_or(false), s["reason"].as_str().unwrap_or("").to_owned())
-        })
-        .collect();
-    let holiday = format!("holiday calendar {cid} \"New Year\"");
-    let window = "in holiday window timetable.holidays.windows.0".to_owned();
-    assert_eq!(
-        segs,
-        vec![(false, holiday.clone()), (true, window.clone()), (false, holiday.clone())]
-    );
+        // The week grid: 1 January 2027 (a Friday) is a holiday, named; the Thursday is not.
+        let week = d.get(&format!("/scripts/{sid}/week?start=2026-12-28")).await;
+        let days = week["data"]["days"].as_array().expect("days").clone();
+        assert_eq!(days[3]["holiday"], Value::Null);
+        let ny = &days[4];
+        assert_eq!(ny["date"], "2027-01-01");
+        assert_eq!(ny["holiday"]["title"], "New Year");
+        assert_eq!(ny["holiday"]["calendar_id"], cid);
+        assert_eq!(ny["holiday"]["reason"], format!("holiday calendar {cid} \"New Year\""));
+        let segs: Vec<(bool, String)> = ny["segments"]
+            .as_array()
+            .expect("segments")
+            .iter()
+            .map(|s| {
+                (s["active"].as_bool().unwrap_or(false), s["reason"].as_str().unwrap_or("").to_owned())
+            })
+            .collect();
+        let holiday = format!("holiday calendar {cid} \"New Year\"");
+        let window = "in holiday window timetable.holidays.windows.0".to_owned();
+        assert_eq!(
+            segs,
+            vec![(false, holiday.clone()), (true, window.clone()), (false, holiday.clone())]
+        );
 
-    // Explain on the holiday names it.
-    let v = explain_at(&d, "2027-01-01T08:00:00Z").await;
-    assert_eq!(
-        (v["fires"].as_bool(), v["reason"].as_str()),
-        (Some(false), Some(holiday.as_str())),
-        "{v}"
-    );
-    assert_eq!(v["holiday"], holiday.as_str());
-    let v = explain_at(&d, "2027-01-01T12:00:00Z").await;
-    assert_eq!(
-        (v["fires"].as_bool(), v["reason"].as_str()),
-        (Some(true), Some(window.as_str())),
-        "{v}"
-    );
-    let v = explain_at(&d, "2027-01-04T08:00:00Z").await;
-    assert_eq!(v["fires"], true, "{v}");
-    assert!(v.get("holiday").is_none(), "{v}");
+        // Explain on the holiday names it.
+        let v = explain_at(&d, "2027-01-01T08:00:00Z").await;
+        assert_eq!(
+            (v["fires"].as_bool(), v["reason"].as_str()),
+            (Some(false), Some(holiday.as_str())),
+            "{v}"
+        );
+        assert_eq!(v["holiday"], holiday.as_str());
+        let v = explain_at(&d, "2027-01-01T12:00:00Z").await;
+        assert_eq!(
+            (v["fires"].as_bool(), v["reason"].as_str()),
+            (Some(true), Some(window.as_str())),
+            "{v}"
+        );
+        let v = explain_at(&d, "2027-01-04T08:00:00Z").await;
+        assert_eq!(v["fires"], true, "{v}");
+        assert!(v.get("holiday").is_none(), "{v}");
 
-    // A calendar change takes effect on the next occurrence: without dates, no holiday.
-    let (status, _) =
-        call(&d, Method::PATCH, &format!("/calendars/{cid}"), &t, Some(&json!({"dates": []})))
-            .await;
-    assert_eq!(status, 200);
-    let v = explain_at(&d, "2027-01-01T08:00:00Z").await;
-    assert_eq!(
-        (v["fires"].as_bool(), v["reason"].as_str()),
-        (Some(true), Some("active in window timetable.days.0")),
-        "{v}"
-    );
+        // A calendar change takes effect on the next occurrence: without dates, no holiday.
+        let (status, _) =
+            call(&d, Method::PATCH, &format!("/calendars/{cid}"), &t, Some(&json!({"dates": []})))
+                .await;
+        assert_eq!(status, 200);
+        let v = explain_at(&d, "2027-01-01T08:00:00Z").await;
+        assert_eq!(
+            (v["fires"].as_bool(), v["reason"].as_str()),
+            (Some(true), Some("active in window timetable.days.0")),
+            "{v}"
+        );
 
-    // In use: 409 naming the script; after the script is gone, 204.
-    let (status, v) = call(&d, Method::DELETE, &format!("/calendars/{cid}"), &t, None).await;
-    assert_eq!(status, 409, "{v}");
-    assert_eq!(v["scripts"], json!([sid]));
-    assert!(v["message"].as_str().unwrap_or("").contains(&sid.to_string()), "{v}");
-    let (status, _) = call(&d, Method::DELETE, &format!("/scripts/{sid}"), &t, None).await;
-    assert_eq!(status, 204);
-    let (status, _) = call(&d, Method::DELETE, &format!("/calendars/{cid}"), &t, None).await;
-    assert_eq!(status, 204);
-    let (status, v) = call(&d, Method::GET, &format!("/calendars/{cid}"), &t, None).await;
-    assert_eq!((status, v["message"].as_str()), (404, Some("Calendar not found.")));
+        // In use: 409 naming the script; after the script is gone, 204.
+        let (status, v) = call(&d, Method::DELETE, &format!("/calendars/{cid}"), &t, None).await;
+        assert_eq!(status, 409, "{v}");
+        assert_eq!(v["scripts"], json!([sid]));
+        assert!(v["message"].as_str().unwrap_or("").contains(&sid.to_string()), "{v}");
+        let (status, _) = call(&d, Method::DELETE, &format!("/scripts/{sid}"), &t, None).await;
+        assert_eq!(status, 204);
+        let (status, _) = call(&d, Method::DELETE, &format!("/calendars/{cid}"), &t, None).await;
+        assert_eq!(status, 204);
+        let (status, v) = call(&d, Method::GET, &format!("/calendars/{cid}"), &t, None).await;
+        assert_eq!((status, v["message"].as_str()), (404, Some("Calendar not found.")));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,192 +97,192 @@ fn assert_seed_shape(v: &Value) {
     assert_eq!(v["owner_id"], 1, "owned by the token's user");
 }
 
-#[tokio::test]
-async fn seed_body_creates_the_seed_object_and_get_returns_it() {
-    let api = start().await;
-    let (status, created) = api.post(&seed_body()).await;
-    assert_eq!(status, 201, "{created}");
-    assert_seed_shape(&created);
-    let id = created["id"].as_i64().unwrap();
-    let (status, shown) = api.get(&format!("/scripts/{id}")).await;
-    assert_eq!(status, 200);
-    assert_eq!(shown, created);
-    // The live snapshot has it before the answer went out.
-    let snap = api.live.load();
-    let record = snap.scripts.get(&id).expect("script in the live snapshot");
-    assert_eq!(record.reaction.name, "telegram-message");
-    assert!(!format!("{record:?}").contains("bot_token\""), "extra is masked in Debug");
-    assert!(!format!("{record:?}").contains("\"bot_token\""));
-}
-
-#[tokio::test]
-async fn id_timestamps_and_unknown_fields_in_a_body_are_ignored() {
-    let api = start().await;
-    let mut body = seed_body();
-    body["id"] = json!(999);
-    body["created_at"] = json!("2000-01-01 00:00:00");
-    body["updated_at"] = json!("2000-01-01 00:00:00");
-    body["whatever"] = json!({"x": 1});
-    let (status, v) = api.post(&body).await;
-    assert_eq!(status, 201, "{v}");
-    assert_ne!(v["id"], 999);
-    assert_ne!(v["created_at"], "2000-01-01 00:00:00");
-    assert!(v.get("whatever").is_none());
-}
-
-#[tokio::test]
-async fn missing_days_or_breaks_are_echoed_as_empty_arrays() {
-    let api = start().await;
-    let mut body = always_body("t");
-    body["timetable"] = json!({"days": [{"type": "weekdays", "from": "08:00", "to": "18:00"}]});
-    let (status, v) = api.post(&body).await;
-    assert_eq!(status, 201, "{v}");
-    assert_eq!(
-        v["timetable"],
-        json!({"days": [{"type": "weekdays", "from": "08:00", "to": "18:00", "breaks": []}], "intervals": []})
-    );
-    let id = v["id"].as_i64().expect("id");
-    assert_eq!(api.live.load().scripts.cameras(&id), Some(Some(&[17, 18][..])));
-    assert_eq!(v["status"], "active");
-    let mut body = always_body("t");
-    body["status"] = json!(false);
-    let (status, v) = api.post(&body).await;
-    assert_eq!(status, 201, "{v}");
-    assert_eq!(v["status"], "disabled");
-}
-
-#[tokio::test]
-async fn patch_changes_only_what_it_names() {
-    let api = start().await;
-    let id = api.create(&always_body("before")).await;
-    let (_, before) = api.get(&format!("/scripts/{id}")).await;
-    let (status, after) = api
-        .send(api.req(Method::PATCH, &format!("/scripts/{id}")).json(&json!({"title": "after"})))
-        .await;
-    assert_eq!(status, 200, "{after}");
-    assert_eq!(after["title"], "after");
-    for k in ["id", "timetable", "status", "users", "event", "reaction", "extra", "created_at"] {
-        assert_eq!(after[k], before[k], "{k} changed");
+crate::on_both_stores! {
+    async fn seed_body_creates_the_seed_object_and_get_returns_it(api) {
+        let (status, created) = api.post(&seed_body()).await;
+        assert_eq!(status, 201, "{created}");
+        assert_seed_shape(&created);
+        let id = created["id"].as_i64().unwrap();
+        let (status, shown) = api.get(&format!("/scripts/{id}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(shown, created);
+        // The live snapshot has it before the answer went out.
+        let snap = api.live.load();
+        let record = snap.scripts.get(&id).expect("script in the live snapshot");
+        assert_eq!(record.reaction.name, "telegram-message");
+        assert!(!format!("{record:?}").contains("bot_token\""), "extra is masked in Debug");
+        assert!(!format!("{record:?}").contains("\"bot_token\""));
     }
-    assert_eq!(api.live.load().scripts.cameras(&id), Some(Some(&[17, 18][..])), "cameras changed");
-    let (_, shown) = api.get(&format!("/scripts/{id}")).await;
-    assert_eq!(shown, after);
-    assert_eq!(api.live.load().scripts[&id].title, "after");
-
-    // Switching to telegram-message without chat_id/bot_token: the merged script is invalid.
-    let (status, v) = api
-        .send(api.req(Method::PATCH, &format!("/scripts/{id}")).json(&json!({"reaction_id": 1})))
-        .await;
-    assert_eq!(status, 422);
-    assert_eq!(error_keys(&v), ["extra.bot_token", "extra.chat_id"]);
-    let (status, v) = api
-        .send(api.req(Method::PATCH, &format!("/scripts/{id}")).json(
-            &json!({"reaction_id": 1, "extra": {"chat_id": 42, "bot_token": "1:x"}, "status": "disabled"}),
-        ))
-        .await;
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["reaction"]["name"], "telegram-message");
-    assert_eq!(v["status"], "disabled");
-    assert_eq!(v["title"], "after");
-    assert!(!api.live.load().scripts[&id].enabled);
 }
 
-#[tokio::test]
-async fn put_replaces_and_validates_like_post() {
-    let api = start().await;
-    let id = api.create(&always_body("old")).await;
-    let (status, v) =
-        api.send(api.req(Method::PUT, &format!("/scripts/{id}")).json(&seed_body())).await;
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["id"], id);
-    assert_eq!(v["title"], "script");
-    assert_eq!(api.live.load().scripts.cameras(&id), Some(None), "cameras: null clears the filter");
-    let (status, v) = api
-        .send(api.req(Method::PUT, &format!("/scripts/{id}")).json(&json!({"title": "only"})))
-        .await;
-    assert_eq!(status, 422);
-    assert_eq!(error_keys(&v), ["event_id", "reaction_id", "status", "timetable", "users"]);
-}
-
-#[tokio::test]
-async fn delete_answers_204_then_404() {
-    let api = start().await;
-    let id = api.create(&always_body("gone")).await;
-    assert!(api.live.load().scripts.contains_key(&id));
-    let (status, _) = api.send(api.req(Method::DELETE, &format!("/scripts/{id}"))).await;
-    assert_eq!(status, 204);
-    assert!(!api.live.load().scripts.contains_key(&id));
-    let (status, _) = api.send(api.req(Method::DELETE, &format!("/scripts/{id}"))).await;
-    assert_eq!(status, 404);
-}
-
-#[tokio::test]
-async fn unknown_ids_are_404() {
-    let api = start().await;
-    for path in ["/scripts/999", "/scripts/abc", "/scripts/-1", "/scripts/999/deliveries", "/nope"]
-    {
-        let (status, v) = api.get(path).await;
-        assert_eq!(status, 404, "{path}");
-        assert!(v["message"].is_string());
+crate::on_both_stores! {
+    async fn id_timestamps_and_unknown_fields_in_a_body_are_ignored(api) {
+        let mut body = seed_body();
+        body["id"] = json!(999);
+        body["created_at"] = json!("2000-01-01 00:00:00");
+        body["updated_at"] = json!("2000-01-01 00:00:00");
+        body["whatever"] = json!({"x": 1});
+        let (status, v) = api.post(&body).await;
+        assert_eq!(status, 201, "{v}");
+        assert_ne!(v["id"], 999);
+        assert_ne!(v["created_at"], "2000-01-01 00:00:00");
+        assert!(v.get("whatever").is_none());
     }
-    for method in [Method::PUT, Method::PATCH] {
-        let (status, _) = api.send(api.req(method, "/scripts/999").json(&seed_body())).await;
+}
+
+crate::on_both_stores! {
+    async fn missing_days_or_breaks_are_echoed_as_empty_arrays(api) {
+        let mut body = always_body("t");
+        body["timetable"] = json!({"days": [{"type": "weekdays", "from": "08:00", "to": "18:00"}]});
+        let (status, v) = api.post(&body).await;
+        assert_eq!(status, 201, "{v}");
+        assert_eq!(
+            v["timetable"],
+            json!({"days": [{"type": "weekdays", "from": "08:00", "to": "18:00", "breaks": []}], "intervals": []})
+        );
+        let id = v["id"].as_i64().expect("id");
+        assert_eq!(api.live.load().scripts.cameras(&id), Some(Some(&[17, 18][..])));
+        assert_eq!(v["status"], "active");
+        let mut body = always_body("t");
+        body["status"] = json!(false);
+        let (status, v) = api.post(&body).await;
+        assert_eq!(status, 201, "{v}");
+        assert_eq!(v["status"], "disabled");
+    }
+}
+
+crate::on_both_stores! {
+    async fn patch_changes_only_what_it_names(api) {
+        let id = api.create(&always_body("before")).await;
+        let (_, before) = api.get(&format!("/scripts/{id}")).await;
+        let (status, after) = api
+            .send(api.req(Method::PATCH, &format!("/scripts/{id}")).json(&json!({"title": "after"})))
+            .await;
+        assert_eq!(status, 200, "{after}");
+        assert_eq!(after["title"], "after");
+        for k in ["id", "timetable", "status", "users", "event", "reaction", "extra", "created_at"] {
+            assert_eq!(after[k], before[k], "{k} changed");
+        }
+        assert_eq!(api.live.load().scripts.cameras(&id), Some(Some(&[17, 18][..])), "cameras changed");
+        let (_, shown) = api.get(&format!("/scripts/{id}")).await;
+        assert_eq!(shown, after);
+        assert_eq!(api.live.load().scripts[&id].title, "after");
+
+        // Switching to telegram-message without chat_id/bot_token: the merged script is invalid.
+        let (status, v) = api
+            .send(api.req(Method::PATCH, &format!("/scripts/{id}")).json(&json!({"reaction_id": 1})))
+            .await;
+        assert_eq!(status, 422);
+        assert_eq!(error_keys(&v), ["extra.bot_token", "extra.chat_id"]);
+        let (status, v) = api
+            .send(api.req(Method::PATCH, &format!("/scripts/{id}")).json(
+                &json!({"reaction_id": 1, "extra": {"chat_id": 42, "bot_token": "1:x"}, "status": "disabled"}),
+            ))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["reaction"]["name"], "telegram-message");
+        assert_eq!(v["status"], "disabled");
+        assert_eq!(v["title"], "after");
+        assert!(!api.live.load().scripts[&id].enabled);
+    }
+}
+
+crate::on_both_stores! {
+    async fn put_replaces_and_validates_like_post(api) {
+        let id = api.create(&always_body("old")).await;
+        let (status, v) =
+            api.send(api.req(Method::PUT, &format!("/scripts/{id}")).json(&seed_body())).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["id"], id);
+        assert_eq!(v["title"], "script");
+        assert_eq!(api.live.load().scripts.cameras(&id), Some(None), "cameras: null clears the filter");
+        let (status, v) = api
+            .send(api.req(Method::PUT, &format!("/scripts/{id}")).json(&json!({"title": "only"})))
+            .await;
+        assert_eq!(status, 422);
+        assert_eq!(error_keys(&v), ["event_id", "reaction_id", "status", "timetable", "users"]);
+    }
+}
+
+crate::on_both_stores! {
+    async fn delete_answers_204_then_404(api) {
+        let id = api.create(&always_body("gone")).await;
+        assert!(api.live.load().scripts.contains_key(&id));
+        let (status, _) = api.send(api.req(Method::DELETE, &format!("/scripts/{id}"))).await;
+        assert_eq!(status, 204);
+        assert!(!api.live.load().scripts.contains_key(&id));
+        let (status, _) = api.send(api.req(Method::DELETE, &format!("/scripts/{id}"))).await;
         assert_eq!(status, 404);
     }
-    let (status, _) = api.send(api.req(Method::DELETE, "/scripts/999")).await;
-    assert_eq!(status, 404);
 }
 
-#[tokio::test]
-async fn list_is_paginated() {
-    let api = start().await;
-    for i in 0..3 {
-        api.create(&always_body(&format!("s{i}"))).await;
+crate::on_both_stores! {
+    async fn unknown_ids_are_404(api) {
+        for path in ["/scripts/999", "/scripts/abc", "/scripts/-1", "/scripts/999/deliveries", "/nope"]
+        {
+            let (status, v) = api.get(path).await;
+            assert_eq!(status, 404, "{path}");
+            assert!(v["message"].is_string());
+        }
+        for method in [Method::PUT, Method::PATCH] {
+            let (status, _) = api.send(api.req(method, "/scripts/999").json(&seed_body())).await;
+            assert_eq!(status, 404);
+        }
+        let (status, _) = api.send(api.req(Method::DELETE, "/scripts/999")).await;
+        assert_eq!(status, 404);
     }
-    let (status, v) = api.get("/scripts?per_page=2").await;
-    assert_eq!(status, 200);
-    assert_eq!(v["data"].as_array().unwrap().len(), 2);
-    assert_eq!(v["meta"], json!({"current_page": 1, "per_page": 2, "total": 3, "last_page": 2}));
-    assert_eq!(v["data"][0]["title"], "s0");
-    let (_, v) = api.get("/scripts?per_page=2&page=2").await;
-    assert_eq!(v["data"].as_array().unwrap().len(), 1);
-    assert_eq!(v["data"][0]["title"], "s2");
-    let (_, v) = api.get("/scripts").await;
-    assert_eq!(v["meta"]["per_page"], 15);
-    assert_eq!(v["data"].as_array().unwrap().len(), 3);
-    let (_, v) = api.get("/scripts?per_page=1000").await;
-    assert_eq!(v["meta"]["per_page"], 100);
-    let (_, v) = api.get("/scripts?page=9").await;
-    assert_eq!(v["data"], json!([]));
-    let (status, v) = api.get("/scripts?page=0&per_page=abc").await;
-    assert_eq!(status, 422);
-    assert_eq!(error_keys(&v), ["page", "per_page"]);
 }
 
-#[tokio::test]
-async fn catalogs_list_events_and_reactions() {
-    let api = start().await;
-    let (status, v) = api.get("/events").await;
-    assert_eq!(status, 200);
-    let events = v["data"].as_array().unwrap();
-    assert!(events.len() >= 11);
-    for e in events {
-        assert_eq!(keys(e), ["analytic_type", "color", "description", "id", "name"]);
+crate::on_both_stores! {
+    async fn list_is_paginated(api) {
+        for i in 0..3 {
+            api.create(&always_body(&format!("s{i}"))).await;
+        }
+        let (status, v) = api.get("/scripts?per_page=2").await;
+        assert_eq!(status, 200);
+        assert_eq!(v["data"].as_array().unwrap().len(), 2);
+        assert_eq!(v["meta"], json!({"current_page": 1, "per_page": 2, "total": 3, "last_page": 2}));
+        assert_eq!(v["data"][0]["title"], "s0");
+        let (_, v) = api.get("/scripts?per_page=2&page=2").await;
+        assert_eq!(v["data"].as_array().unwrap().len(), 1);
+        assert_eq!(v["data"][0]["title"], "s2");
+        let (_, v) = api.get("/scripts").await;
+        assert_eq!(v["meta"]["per_page"], 15);
+        assert_eq!(v["data"].as_array().unwrap().len(), 3);
+        let (_, v) = api.get("/scripts?per_page=1000").await;
+        assert_eq!(v["meta"]["per_page"], 100);
+        let (_, v) = api.get("/scripts?page=9").await;
+        assert_eq!(v["data"], json!([]));
+        let (status, v) = api.get("/scripts?page=0&per_page=abc").await;
+        assert_eq!(status, 422);
+        assert_eq!(error_keys(&v), ["page", "per_page"]);
     }
-    let names: Vec<&str> = events.iter().filter_map(|e| e["name"].as_str()).collect();
-    for n in
-        ["face_recognized", "plate_recognized", "line_crossing", "smoke_fire", "camera_offline"]
-    {
-        assert!(names.contains(&n), "{n}");
+}
+
+crate::on_both_stores! {
+    async fn catalogs_list_events_and_reactions(api) {
+        let (status, v) = api.get("/events").await;
+        assert_eq!(status, 200);
+        let events = v["data"].as_array().unwrap();
+        assert!(events.len() >= 11);
+        for e in events {
+            assert_eq!(keys(e), ["analytic_type", "color", "description", "id", "name"]);
+        }
+        let names: Vec<&str> = events.iter().filter_map(|e| e["name"].as_str()).collect();
+        for n in
+            ["face_recognized", "plate_recognized", "line_crossing", "smoke_fire", "camera_offline"]
+        {
+            assert!(names.contains(&n), "{n}");
+        }
+        let (status, v) = api.get("/reactions").await;
+        assert_eq!(status, 200);
+        let names: Vec<&str> =
+            v["data"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+        assert_eq!(
+            names,
+            ["telegram-message", "show-camera-sidebar", "show-camera", "sound", "webhook"]
+        );
     }
-    let (status, v) = api.get("/reactions").await;
-    assert_eq!(status, 200);
-    let names: Vec<&str> =
-        v["data"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
-    assert_eq!(
-        names,
-        ["telegram-message", "show-camera-sidebar", "show-camera", "sound", "webhook"]
-    );
 }
 
 #[tokio::test]
@@ -369,49 +369,50 @@ async fn all_routes(api: &TestApi, auth: Option<&str>) {
     }
 }
 
-#[tokio::test]
-async fn every_route_needs_a_valid_bearer_token() {
-    let api = start().await;
-    let id = api.create(&always_body("x")).await;
-    assert_eq!(id, 1);
-    all_routes(&api, None).await;
-    all_routes(&api, Some("Bearer wrong")).await;
-    all_routes(&api, Some("Bearer ")).await;
-    all_routes(&api, Some("Bearer")).await;
-    let (public, secret) = api.token.split_once('.').unwrap();
-    all_routes(
-        &api,
-        Some(&format!("Bearer {public}.{}", secret.replace('a', "b").replace('0', "1"))),
-    )
-    .await;
-    all_routes(&api, Some(&format!("Bearer {public}."))).await;
-    all_routes(&api, Some(&format!("Basic {}", api.token))).await;
-    all_routes(&api, Some(&format!("Bearer {} x", api.token))).await;
-    // The real token works on the same routes.
-    let (status, _) = api.get("/scripts/1").await;
-    assert_eq!(status, 200);
-}
-
-#[tokio::test]
-async fn x_client_outside_the_list_is_422_and_auth_comes_first() {
-    let api = start().await;
-    let (status, v) = api.send(api.req(Method::GET, "/events").header("X-Client", "curl")).await;
-    assert_eq!(status, 422);
-    assert_eq!(error_keys(&v), ["X-Client"]);
-    for ok in ["ios-cctv", "android-cctv", "thick-legal", "web"] {
-        let (status, _) = api.send(api.req(Method::GET, "/events").header("X-Client", ok)).await;
-        assert_eq!(status, 200, "{ok}");
+crate::on_both_stores! {
+    async fn every_route_needs_a_valid_bearer_token(api) {
+        let id = api.create(&always_body("x")).await;
+        assert_eq!(id, 1);
+        all_routes(&api, None).await;
+        all_routes(&api, Some("Bearer wrong")).await;
+        all_routes(&api, Some("Bearer ")).await;
+        all_routes(&api, Some("Bearer")).await;
+        let (public, secret) = api.token.split_once('.').unwrap();
+        all_routes(
+            &api,
+            Some(&format!("Bearer {public}.{}", secret.replace('a', "b").replace('0', "1"))),
+        )
+        .await;
+        all_routes(&api, Some(&format!("Bearer {public}."))).await;
+        all_routes(&api, Some(&format!("Basic {}", api.token))).await;
+        all_routes(&api, Some(&format!("Bearer {} x", api.token))).await;
+        // The real token works on the same routes.
+        let (status, _) = api.get("/scripts/1").await;
+        assert_eq!(status, 200);
     }
-    let res = api
-        .client
-        .get(format!("{}/events", api.base))
-        .header("X-Client", "curl")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 401);
 }
 
+crate::on_both_stores! {
+    async fn x_client_outside_the_list_is_422_and_auth_comes_first(api) {
+        let (status, v) = api.send(api.req(Method::GET, "/events").header("X-Client", "curl")).await;
+        assert_eq!(status, 422);
+        assert_eq!(error_keys(&v), ["X-Client"]);
+        for ok in ["ios-cctv", "android-cctv", "thick-legal", "web"] {
+            let (status, _) = api.send(api.req(Method::GET, "/events").header("X-Client", ok)).await;
+            assert_eq!(status, 200, "{ok}");
+        }
+        let res = api
+            .client
+            .get(format!("{}/events", api.base))
+            .header("X-Client", "curl")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 401);
+    }
+}
+
+// The body limit is the HTTP layer's, the same on both stores.
 #[tokio::test]
 async fn a_2_mib_body_is_413_and_1_mib_minus_a_bit_is_read() {
     let api = start().await;
@@ -442,25 +443,25 @@ async fn a_locked_database_is_503_with_retry_after() {
     assert_eq!(status, 201);
 }
 
-#[tokio::test]
-async fn put_without_cameras_keeps_the_stored_filter() {
-    let api = start().await;
-    let id = api.create(&always_body("gate")).await;
-    assert_eq!(api.live.load().scripts.cameras(&id), Some(Some(&[17, 18][..])));
-    // A client written against the seed's object (no cameras key) sends a body without it.
-    let (_, shown) = api.get(&format!("/scripts/{id}")).await;
-    assert_eq!(shown["cameras"], json!([17, 18]));
-    let mut body = always_body("gate renamed");
-    if let Some(b) = body.as_object_mut() {
-        b.remove("cameras");
+crate::on_both_stores! {
+    async fn put_without_cameras_keeps_the_stored_filter(api) {
+        let id = api.create(&always_body("gate")).await;
+        assert_eq!(api.live.load().scripts.cameras(&id), Some(Some(&[17, 18][..])));
+        // A client written against the seed's object (no cameras key) sends a body without it.
+        let (_, shown) = api.get(&format!("/scripts/{id}")).await;
+        assert_eq!(shown["cameras"], json!([17, 18]));
+        let mut body = always_body("gate renamed");
+        if let Some(b) = body.as_object_mut() {
+            b.remove("cameras");
+        }
+        let (status, v) = api.send(api.req(Method::PUT, &format!("/scripts/{id}")).json(&body)).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["title"], "gate renamed");
+        assert_eq!(api.live.load().scripts.cameras(&id), Some(Some(&[17, 18][..])), "filter kept");
+        // An explicit null still means every camera.
+        body["cameras"] = Value::Null;
+        let (status, _) = api.send(api.req(Method::PUT, &format!("/scripts/{id}")).json(&body)).await;
+        assert_eq!(status, 200);
+        assert_eq!(api.live.load().scripts.cameras(&id), Some(None));
     }
-    let (status, v) = api.send(api.req(Method::PUT, &format!("/scripts/{id}")).json(&body)).await;
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["title"], "gate renamed");
-    assert_eq!(api.live.load().scripts.cameras(&id), Some(Some(&[17, 18][..])), "filter kept");
-    // An explicit null still means every camera.
-    body["cameras"] = Value::Null;
-    let (status, _) = api.send(api.req(Method::PUT, &format!("/scripts/{id}")).json(&body)).await;
-    assert_eq!(status, 200);
-    assert_eq!(api.live.load().scripts.cameras(&id), Some(None));
 }

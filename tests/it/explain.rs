@@ -221,106 +221,106 @@ async fn every_reason_is_named_and_only_the_callers_scripts_are_shown() {
     assert!(out.contains(&format!("script {window} \"office\": fires (active in window timetable.days.0); user 1 delivers, user 2 delivers, user 3 user disabled")), "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cooldown_and_occurrences_are_explained_and_bad_requests_refused() {
-    let d = Daemon::start(DaemonOptions::default()).await;
-    let all_day = json!({"days": [{"type": "same_every_day", "from": "00:00", "to": "23:59"}]});
-    let mut s = script("door", SIDEBAR, FACE, &[2], all_day.clone());
-    s["extra"] = json!({"cooldown_seconds": 600});
-    let door = d.create_script(&s).await["id"].as_i64().expect("id");
-    let theirs = d.create_script(&script("B's", SIDEBAR, FACE, &[4], all_day)).await["id"]
-        .as_i64()
-        .expect("id");
-    let mut app = TestClient::connect(d.mqtt_port, "app-2").await;
-    app.subscribe("vms/users/2/reactions").await;
-    let vms = TestClient::connect(d.mqtt_port, "vms-explain").await;
-    let occurred = chrono::Utc::now();
-    let occ = json!({"id": "occ-1", "event_id": FACE, "camera_id": 7, "occurred_at": occurred.to_rfc3339()});
-    vms.publish("vms/analytics/events/7", occ.to_string().into_bytes()).await;
-    app.next(10).await;
+crate::on_both_daemons! {
+    async fn cooldown_and_occurrences_are_explained_and_bad_requests_refused(d) {
+        let all_day = json!({"days": [{"type": "same_every_day", "from": "00:00", "to": "23:59"}]});
+        let mut s = script("door", SIDEBAR, FACE, &[2], all_day.clone());
+        s["extra"] = json!({"cooldown_seconds": 600});
+        let door = d.create_script(&s).await["id"].as_i64().expect("id");
+        let theirs = d.create_script(&script("B's", SIDEBAR, FACE, &[4], all_day)).await["id"]
+            .as_i64()
+            .expect("id");
+        let mut app = TestClient::connect(d.mqtt_port, "app-2").await;
+        app.subscribe("vms/users/2/reactions").await;
+        let vms = TestClient::connect(d.mqtt_port, "vms-explain").await;
+        let occurred = chrono::Utc::now();
+        let occ = json!({"id": "occ-1", "event_id": FACE, "camera_id": 7, "occurred_at": occurred.to_rfc3339()});
+        vms.publish("vms/analytics/events/7", occ.to_string().into_bytes()).await;
+        app.next(10).await;
 
-    // The next occurrence on that camera is in the cooldown; another camera is not.
-    let later = occurred + chrono::Duration::seconds(5);
-    let (_, v) = explain(
-        &d,
-        &d.token,
-        json!({"event_id": FACE, "camera_id": 7, "occurred_at": later.to_rfc3339()}),
-    )
-    .await;
-    let until = (occurred + chrono::Duration::seconds(600))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    assert_eq!(verdict(&v, door)["reason"], format!("cooldown until {until}"), "{v}");
-    assert_eq!(verdict(&v, door)["fires"], false);
-    let (_, v) = explain(
-        &d,
-        &d.token,
-        json!({"event_id": FACE, "camera_id": 8, "occurred_at": later.to_rfc3339()}),
-    )
-    .await;
-    assert_eq!(verdict(&v, door)["fires"], true, "{v}");
+        // The next occurrence on that camera is in the cooldown; another camera is not.
+        let later = occurred + chrono::Duration::seconds(5);
+        let (_, v) = explain(
+            &d,
+            &d.token,
+            json!({"event_id": FACE, "camera_id": 7, "occurred_at": later.to_rfc3339()}),
+        )
+        .await;
+        let until = (occurred + chrono::Duration::seconds(600))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        assert_eq!(verdict(&v, door)["reason"], format!("cooldown until {until}"), "{v}");
+        assert_eq!(verdict(&v, door)["fires"], false);
+        let (_, v) = explain(
+            &d,
+            &d.token,
+            json!({"event_id": FACE, "camera_id": 8, "occurred_at": later.to_rfc3339()}),
+        )
+        .await;
+        assert_eq!(verdict(&v, door)["fires"], true, "{v}");
 
-    // The occurrence: its deliveries (only the caller's scripts') and the explanation at
-    // its time, where it is the firing one, not a cooldown.
-    let (status, o) = call(&d, Method::GET, "/occurrences/occ-1", &d.token, None).await;
-    assert_eq!(status, 200, "{o}");
-    let data = &o["data"];
-    assert_eq!(data["occurrence_id"], "occ-1");
-    assert_eq!(data["camera_id"], 7);
-    assert_eq!(data["event_id"], FACE);
-    let deliveries = data["deliveries"].as_array().expect("deliveries");
-    let recipients: Vec<&str> = deliveries.iter().filter_map(|x| x["recipient"].as_str()).collect();
-    assert_eq!(recipients, ["2", "3"], "{o}");
-    assert!(deliveries.iter().all(|x| x["script_id"] == door), "{o}");
-    for x in deliveries {
-        for key in ["id", "state", "attempts", "last_error", "created_at", "updated_at"] {
-            assert!(x.get(key).is_some(), "{key} missing: {x}");
+        // The occurrence: its deliveries (only the caller's scripts') and the explanation at
+        // its time, where it is the firing one, not a cooldown.
+        let (status, o) = call(&d, Method::GET, "/occurrences/occ-1", &d.token, None).await;
+        assert_eq!(status, 200, "{o}");
+        let data = &o["data"];
+        assert_eq!(data["occurrence_id"], "occ-1");
+        assert_eq!(data["camera_id"], 7);
+        assert_eq!(data["event_id"], FACE);
+        let deliveries = data["deliveries"].as_array().expect("deliveries");
+        let recipients: Vec<&str> = deliveries.iter().filter_map(|x| x["recipient"].as_str()).collect();
+        assert_eq!(recipients, ["2", "3"], "{o}");
+        assert!(deliveries.iter().all(|x| x["script_id"] == door), "{o}");
+        for x in deliveries {
+            for key in ["id", "state", "attempts", "last_error", "created_at", "updated_at"] {
+                assert!(x.get(key).is_some(), "{key} missing: {x}");
+            }
         }
-    }
-    let e = verdict(&json!({"data": data["explanation"]}), door);
-    assert_eq!(e["fires"], true, "{o}");
-    assert_eq!(e["reason"], "active in window timetable.days.0");
-    let shown = script_ids(&data["explanation"]);
-    assert!(!shown.contains(&theirs), "{o}");
-    // Another account made deliveries for it too, but sees only its own.
-    let (status, o4) = call(&d, Method::GET, "/occurrences/occ-1", &d.token_4, None).await;
-    assert_eq!(status, 200, "{o4}");
-    let r4: Vec<&str> = o4["data"]["deliveries"]
-        .as_array()
-        .expect("deliveries")
-        .iter()
-        .filter_map(|x| x["recipient"].as_str())
-        .collect();
-    assert_eq!(r4, ["4"], "{o4}");
-    let (status, _) = call(&d, Method::GET, "/occurrences/nope", &d.token, None).await;
-    assert_eq!(status, 404);
+        let e = verdict(&json!({"data": data["explanation"]}), door);
+        assert_eq!(e["fires"], true, "{o}");
+        assert_eq!(e["reason"], "active in window timetable.days.0");
+        let shown = script_ids(&data["explanation"]);
+        assert!(!shown.contains(&theirs), "{o}");
+        // Another account made deliveries for it too, but sees only its own.
+        let (status, o4) = call(&d, Method::GET, "/occurrences/occ-1", &d.token_4, None).await;
+        assert_eq!(status, 200, "{o4}");
+        let r4: Vec<&str> = o4["data"]["deliveries"]
+            .as_array()
+            .expect("deliveries")
+            .iter()
+            .filter_map(|x| x["recipient"].as_str())
+            .collect();
+        assert_eq!(r4, ["4"], "{o4}");
+        let (status, _) = call(&d, Method::GET, "/occurrences/nope", &d.token, None).await;
+        assert_eq!(status, 404);
 
-    // 422 names each bad key; 403 without scripts.view.
-    let (status, v) =
-        explain(&d, &d.token, json!({"camera_id": 0, "occurred_at": "yesterday"})).await;
-    assert_eq!(status, 422, "{v}");
-    for key in ["event_id", "camera_id", "occurred_at"] {
-        assert!(v["errors"][key].is_array(), "{key}: {v}");
+        // 422 names each bad key; 403 without scripts.view.
+        let (status, v) =
+            explain(&d, &d.token, json!({"camera_id": 0, "occurred_at": "yesterday"})).await;
+        assert_eq!(status, 422, "{v}");
+        for key in ["event_id", "camera_id", "occurred_at"] {
+            assert!(v["errors"][key].is_array(), "{key}: {v}");
+        }
+        let (status, v) = explain(&d, &d.token, json!({"event_id": 999, "camera_id": 1})).await;
+        assert_eq!(status, 422);
+        assert!(v["errors"]["event_id"].is_array(), "{v}");
+        d.cli(&[
+            "users",
+            "add",
+            "--login",
+            "viewer-less",
+            "--name",
+            "x",
+            "--parent",
+            "1",
+            "--id",
+            "9",
+            "--permission",
+            "cameras.view",
+        ]);
+        let token_9 = d.cli(&["tokens", "create", "--user", "9"]);
+        let (status, v) = explain(&d, &token_9, json!({"event_id": FACE, "camera_id": 1})).await;
+        assert_eq!((status, v["message"].as_str()), (403, Some("This action is unauthorized.")));
+        let (status, _) = call(&d, Method::GET, "/occurrences/occ-1", &token_9, None).await;
+        assert_eq!(status, 403);
     }
-    let (status, v) = explain(&d, &d.token, json!({"event_id": 999, "camera_id": 1})).await;
-    assert_eq!(status, 422);
-    assert!(v["errors"]["event_id"].is_array(), "{v}");
-    d.cli(&[
-        "users",
-        "add",
-        "--login",
-        "viewer-less",
-        "--name",
-        "x",
-        "--parent",
-        "1",
-        "--id",
-        "9",
-        "--permission",
-        "cameras.view",
-    ]);
-    let token_9 = d.cli(&["tokens", "create", "--user", "9"]);
-    let (status, v) = explain(&d, &token_9, json!({"event_id": FACE, "camera_id": 1})).await;
-    assert_eq!((status, v["message"].as_str()), (403, Some("This action is unauthorized.")));
-    let (status, _) = call(&d, Method::GET, "/occurrences/occ-1", &token_9, None).await;
-    assert_eq!(status, 403);
 }

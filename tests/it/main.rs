@@ -48,6 +48,7 @@ mod api_accounts;
 mod api_calendars;
 mod api_connection_limits;
 mod api_https;
+mod api_instances_postgres;
 mod api_logs;
 mod api_proxy;
 mod api_scripts;
@@ -91,6 +92,7 @@ mod index_matches_naive;
 // Store
 mod store_calendars;
 mod store_cli;
+mod store_conformance;
 mod store_live;
 mod store_migrations;
 mod store_postgres;

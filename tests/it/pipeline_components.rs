@@ -51,7 +51,7 @@ async fn occurrence_to_push(port: u16) {
         webhook: Arc::new(WebhookSender::new(Duration::from_secs(5)).unwrap()),
     };
     let dispatcher = Dispatcher::spawn(
-        api.store.clone(),
+        api.store.sqlite().unwrap().clone(),
         handoff.clone(),
         senders,
         DispatcherConfig::new(10, Duration::from_secs(1)),
@@ -65,7 +65,7 @@ async fn occurrence_to_push(port: u16) {
         });
     let rejections = Arc::new(RejectionLog::default());
     let intake = Intake::new(
-        api.store.clone(),
+        api.store.sqlite().unwrap().clone(),
         handoff,
         api.live.clone(),
         live_settings,
@@ -96,7 +96,7 @@ async fn occurrence_to_push(port: u16) {
 
     // While another connection holds the database the occurrence cannot be made durable:
     // no PUBACK and no push until it is.
-    let mut other = api.store.connect().unwrap();
+    let mut other = api.store.sqlite().unwrap().connect().unwrap();
     let held = other.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
     let occurred_at = Utc::now()
         .with_timezone(&FixedOffset::east_opt(5 * 3600).unwrap())

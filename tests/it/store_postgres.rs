@@ -120,16 +120,25 @@ fn check_config_names_the_backend_and_masks_the_password() {
         scriptd::store::postgres::migrations::latest_version().to_string()
     );
 
-    // The commands that work on SQLite only refuse to touch a SQLite file instead.
+    // The operator commands work on PostgreSQL, and never touch a SQLite file.
     let sqlite = dir.path().join("site.db").display().to_string();
-    for args in
-        [&["users", "list"][..], &["tokens", "list"], &["scripts", "list"], &["snooze", "list"]]
-    {
-        let vars = [("SCRIPTD__DATABASE__URL", url.as_str()), ("SCRIPTD__DATABASE__PATH", &sqlite)];
+    let vars = [("SCRIPTD__DATABASE__URL", url.as_str()), ("SCRIPTD__DATABASE__PATH", &sqlite)];
+    let out = scriptd(dir.path(), &["users", "add", "--login", "ops@x", "--name", "Ops"], &vars);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let user = text(&out.stdout).trim().to_owned();
+    for (args, expect) in [
+        (&["users", "list"][..], "ops@x"),
+        (&["tokens", "list"], "public_id"),
+        (&["scripts", "list"], ""),
+        (&["snooze", "list"], ""),
+        (&["calendars", "list"], ""),
+    ] {
         let out = scriptd(dir.path(), args, &vars);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        assert!(text(&out.stderr).contains("works on SQLite only so far"), "{}", text(&out.stderr));
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains(expect), "{args:?}: {}", text(&out.stdout));
     }
+    let out = scriptd(dir.path(), &["tokens", "create", "--user", &user], &vars);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!dir.path().join("site.db").exists(), "no SQLite file was made");
 
     let file = dir.path().join("db-password");

@@ -1,13 +1,18 @@
 //! Shared helpers for the API tests: a temporary database with users and a token, the API
-//! served on 127.0.0.1 port 0, and a reqwest client.
+//! served on 127.0.0.1 port 0, and a reqwest client. [`start_on`] runs it on SQLite (a
+//! temporary file) or PostgreSQL (a database of its own on the tests' server,
+//! [`super::postgres::server`]); [`on_both_stores!`](crate::on_both_stores) writes a test
+//! once and runs it on both.
 
 use std::path::PathBuf;
 
 use reqwest::{Method, RequestBuilder, Response};
 use scriptd::api::{self, AppState};
 use scriptd::live::Live;
+use scriptd::secret::Secret;
+use scriptd::store::sql::Sql;
 use scriptd::store::users::NewUser;
-use scriptd::store::{Store, tokens, users};
+use scriptd::store::{Db, Store, StoreError, tokens, users};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -16,8 +21,9 @@ pub struct TestApi {
     pub base: String,
     pub token: String,
     pub client: reqwest::Client,
-    pub store: Store,
+    pub store: Db,
     pub live: Live,
+    /// The SQLite file (on PostgreSQL, a path where no database is).
     pub db_path: PathBuf,
     _dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -66,8 +72,78 @@ pub fn always_body(title: &str) -> Value {
     })
 }
 
-/// Starts the API: users 3 (parent), 1 (the seed's user, child of 3, permission 240),
-/// 2 (child of 1); a token for user 1.
+/// Which store a [`TestApi`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A temporary SQLite file.
+    Sqlite,
+    /// A new database on the tests' PostgreSQL server.
+    Postgres,
+}
+
+/// Writes a test once for both stores: `async fn NAME(api) { ... }` becomes a module `NAME`
+/// with the tests `sqlite` and `postgres`, each given a [`TestApi`] from [`start_on`].
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($(#[$meta:meta])* async fn $name:ident($api:ident) $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn run($api: $crate::support::api::TestApi) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run($crate::support::api::start_on($crate::support::api::Backend::Sqlite).await)
+                    .await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                run($crate::support::api::start_on($crate::support::api::Backend::Postgres).await)
+                    .await
+            }
+        }
+    )*};
+}
+
+/// The users every [`TestApi`] starts with: 3 (parent), 1 (the seed's user, child of 3,
+/// permission 240), 2 (child of 1); and a token for user 1.
+fn seed_users(tx: &dyn Sql) -> Result<Secret, StoreError> {
+    users::add(
+        tx,
+        &NewUser {
+            id: Some(3),
+            login: "parent@mail.com".into(),
+            name: "Parent".into(),
+            ..Default::default()
+        },
+    )?;
+    users::add(
+        tx,
+        &NewUser {
+            id: Some(1),
+            login: "user@mail.com".into(),
+            name: "User name".into(),
+            parent_id: Some(3),
+            permissions: vec!["scripts.manage".into()],
+        },
+    )?;
+    users::add(
+        tx,
+        &NewUser {
+            id: Some(2),
+            login: "sub@mail.com".into(),
+            name: "Sub user".into(),
+            parent_id: Some(1),
+            ..Default::default()
+        },
+    )?;
+    tokens::create(tx, 1)
+}
+
+/// Starts the API on SQLite with [`seed_users`].
 pub async fn start() -> TestApi {
     start_with_busy_timeout(scriptd::store::BUSY_TIMEOUT).await
 }
@@ -77,41 +153,39 @@ pub async fn start_with_busy_timeout(busy_timeout: std::time::Duration) -> TestA
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("data").join("scriptd.db");
     let store = Store::migrate(&db_path).unwrap();
-    let token = store
-        .write(|tx| {
-            users::add(
-                tx,
-                &NewUser {
-                    id: Some(3),
-                    login: "parent@mail.com".into(),
-                    name: "Parent".into(),
-                    ..Default::default()
-                },
-            )?;
-            users::add(
-                tx,
-                &NewUser {
-                    id: Some(1),
-                    login: "user@mail.com".into(),
-                    name: "User name".into(),
-                    parent_id: Some(3),
-                    permissions: vec!["scripts.manage".into()],
-                },
-            )?;
-            users::add(
-                tx,
-                &NewUser {
-                    id: Some(2),
-                    login: "sub@mail.com".into(),
-                    name: "Sub user".into(),
-                    parent_id: Some(1),
-                    ..Default::default()
-                },
-            )?;
-            tokens::create(tx, 1)
-        })
-        .unwrap();
+    let token = store.write(|tx| seed_users(tx)).unwrap();
     let live = Live::new(store.clone(), chrono_tz::UTC).unwrap();
+    serve(Db::Sqlite(store.with_busy_timeout(busy_timeout)), live, token, db_path, dir).await
+}
+
+/// Starts the API on `backend` with [`seed_users`].
+pub async fn start_on(backend: Backend) -> TestApi {
+    if backend == Backend::Sqlite {
+        return start().await;
+    }
+    let url = tokio::task::spawn_blocking(|| super::postgres::server().database()).await.unwrap();
+    let settings = scriptd::settings::DatabaseSettings {
+        url: Some(scriptd::settings::DatabaseUrl::new(url)),
+        ..Default::default()
+    };
+    let pg = scriptd::store::postgres::connect_settings(&settings).await.expect("connect");
+    scriptd::store::postgres::migrations::migrate(&pg).await.expect("migrate");
+    let seeded = pg.clone();
+    let token =
+        tokio::task::spawn_blocking(move || seeded.write(seed_users)).await.unwrap().unwrap();
+    let live = Live::new_postgres(pg.clone(), chrono_tz::UTC).await.expect("snapshot");
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("no-sqlite-here.db");
+    serve(Db::Postgres(pg), live, token, db_path, dir).await
+}
+
+async fn serve(
+    store: Db,
+    live: Live,
+    token: Secret,
+    db_path: PathBuf,
+    dir: tempfile::TempDir,
+) -> TestApi {
     let (stop, stopped) = oneshot::channel::<()>();
     let (watch_stop, watch_stopped) = oneshot::channel::<()>();
     live.spawn_watcher(scriptd::live::POLL_INTERVAL, async move {
@@ -119,7 +193,6 @@ pub async fn start_with_busy_timeout(busy_timeout: std::time::Duration) -> TestA
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let store = store.with_busy_timeout(busy_timeout);
     let state = AppState::new(store.clone(), live.clone());
     tokio::spawn(async move {
         let _ = api::serve(listener, state, async move {
@@ -141,6 +214,15 @@ pub async fn start_with_busy_timeout(busy_timeout: std::time::Duration) -> TestA
 }
 
 impl TestApi {
+    /// Runs `f` in one write transaction on the test's store (on the blocking pool).
+    pub async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Sql) -> Result<T, StoreError> + Send + 'static,
+    ) -> T {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.write(f)).await.unwrap().unwrap()
+    }
+
     /// A request with the bearer token and the client headers.
     pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
         self.client

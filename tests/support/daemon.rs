@@ -31,6 +31,48 @@ pub struct DaemonOptions {
     /// `Some(PEM)`: the API serves HTTPS (configured in `extra_toml` or `env`) with a
     /// certificate for `localhost` issued by this CA; requests go to `https://localhost`.
     pub tls_ca_pem: Option<String>,
+    /// Run on a database of its own on the tests' PostgreSQL server instead of a SQLite
+    /// file (the users and tokens are made with the same CLI commands).
+    pub postgres: bool,
+}
+
+impl DaemonOptions {
+    /// The defaults on SQLite (`false`) or PostgreSQL (`true`).
+    pub fn on_postgres(postgres: bool) -> DaemonOptions {
+        DaemonOptions { postgres, ..Default::default() }
+    }
+}
+
+/// Writes a daemon test once for both stores: `async fn NAME(d) { ... }` becomes a module
+/// `NAME` with the tests `sqlite` and `postgres`, each given a [`Daemon`] started with
+/// [`DaemonOptions::on_postgres`].
+#[macro_export]
+macro_rules! on_both_daemons {
+    ($($(#[$meta:meta])* async fn $name:ident($d:ident) $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[allow(unused_mut)]
+            async fn run(mut $d: $crate::support::daemon::Daemon) $body
+
+            async fn start(postgres: bool) -> $crate::support::daemon::Daemon {
+                let options = $crate::support::daemon::DaemonOptions::on_postgres(postgres);
+                $crate::support::daemon::Daemon::start(options).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run(start(false).await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                run(start(true).await).await
+            }
+        }
+    )*};
 }
 
 /// A running `scriptd run`; killed on drop.
@@ -74,10 +116,20 @@ impl Daemon {
         let mqtt_port = options.external_broker.unwrap_or_else(free_port);
         let config = dir.path().join("config");
         std::fs::create_dir_all(&config).expect("config dir");
+        let url = match options.postgres {
+            true => {
+                let url = tokio::task::spawn_blocking(|| super::postgres::server().database())
+                    .await
+                    .expect("a database");
+                format!("url = \"{url}\"")
+            }
+            false => String::new(),
+        };
         let toml = format!(
             r#"timezone = "UTC"
 [database]
 path = "{db}"
+{url}
 [mqtt]
 host = "127.0.0.1"
 port = {mqtt_port}

@@ -73,7 +73,7 @@ pub use claim::{
 };
 pub use handoff::{Fresh, HANDOFF_MAX, Handoff};
 pub use record::{Carried, carry_over, pending_rows, prune, record};
-pub use writer::{Fired, OutboxWriter, cooldown_of, load_cooldowns};
+pub use writer::{Fired, OutboxWriter, load_cooldowns};
 
 /// How a delivery leaves the daemon; stored with the row.
 #[derive(Debug, Clone, PartialEq, Eq)]

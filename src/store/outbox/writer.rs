@@ -40,23 +40,6 @@ pub fn load_cooldowns(conn: &Connection) -> Result<Vec<Fired>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The stored cooldown state of one script on one camera: the last firing's `occurred_at`
-/// (unix ms) and occurrence id (explain reads just the ones it needs).
-pub fn cooldown_of(
-    conn: &Connection,
-    script_id: i64,
-    camera_id: i64,
-) -> Result<Option<(i64, String)>, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT fired_at, occurrence_id FROM cooldowns WHERE script_id = ?1 AND camera = ?2",
-        )?
-        .query_row(params![script_id, camera_id.to_string()], |r| {
-            Ok((r.get(0)?, lossy_text(r.get(1)?)))
-        })
-        .optional()?)
-}
-
 /// Writes deliveries into the outbox over its own connection.
 ///
 /// ```

@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("migrations/0003_instances.sql")),
     (4, include_str!("migrations/0004_chat_pacing.sql")),
     (5, include_str!("migrations/0005_json_text.sql")),
+    (6, include_str!("migrations/0006_delivery_id_order.sql")),
 ];
 
 /// The advisory lock key held while migrating: the ASCII bytes of `scriptm` and a zero

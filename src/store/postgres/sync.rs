@@ -118,6 +118,11 @@ impl PgStore {
         self.transaction(true, f)
     }
 
+    /// Runs `f` to completion on the runtime the pool was made on, from a blocking thread.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.handle.block_on(f)
+    }
+
     fn transaction<T>(
         &self,
         write: bool,
@@ -144,8 +149,26 @@ impl PgStore {
     }
 }
 
+/// After rows were inserted into `table` with explicit ids (an import, `users add --id`),
+/// moves its identity past the largest id, so that the next row without an id does not
+/// collide (PostgreSQL's identity, unlike SQLite's rowid, does not follow explicit ids).
+pub fn follow_explicit_ids(conn: &dyn Sql, table: &str) -> Result<(), StoreError> {
+    conn.query(
+        &format!(
+            "SELECT setval(pg_get_serial_sequence('{table}', 'id'),
+                           GREATEST((SELECT MAX(id) FROM {table}), 1))"
+        ),
+        &[],
+    )?;
+    Ok(())
+}
+
 impl ToSql for Value {
-    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
         let wrong = |what: &str| -> Box<dyn Error + Sync + Send> {
             format!("cannot pass {what} as {ty}").into()
         };
