@@ -312,6 +312,18 @@ fn store_copy_moves_every_kind_of_row_once_and_refuses_a_non_empty_target() {
     assert_eq!(q("INSERT INTO users (login, name) VALUES ('new', 'New') RETURNING id"), "6");
     assert_eq!(q("DELETE FROM users WHERE id = 6 RETURNING id"), "6");
 
+    // Read back through the API on PostgreSQL, with a token made there by the CLI.
+    let vars = [("SCRIPTD__DATABASE__URL", url.as_str())];
+    let out = scriptd(dir.path(), &["tokens", "create", "--user", "1"], &vars);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_owned();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(read_back_through_the_api(&url, &token));
+
     let again = copy();
     assert_eq!(again.status.code(), Some(1), "{}", text(&again.stderr));
     assert!(text(&again.stderr).contains("not empty"), "{}", text(&again.stderr));
@@ -449,4 +461,52 @@ async fn while_postgresql_is_down_the_outbox_fails_naming_the_host_and_recovers_
     let claimed = outbox.claim(Channel::Push, 10, 10, Duration::from_secs(30)).await.unwrap();
     let ids: Vec<&str> = claimed.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["before", "during"]);
+}
+
+/// The copied rows as the API on PostgreSQL shows them to user 1 (`token`).
+async fn read_back_through_the_api(url: &str, token: &str) {
+    let settings = scriptd::settings::DatabaseSettings {
+        url: Some(scriptd::settings::DatabaseUrl::new(url)),
+        ..Default::default()
+    };
+    let pg = scriptd::store::postgres::connect_settings(&settings).await.expect("connect");
+    let live = scriptd::live::Live::new_postgres(pg.clone(), chrono_tz::UTC).await.expect("live");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}/api/v1", listener.local_addr().expect("addr"));
+    let state = scriptd::api::AppState::new(scriptd::store::Db::Postgres(pg), live);
+    tokio::spawn(scriptd::api::serve(listener, state, std::future::pending()));
+    let get = |path: &str| {
+        let request = reqwest::Client::new()
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .header("X-Client", "web");
+        async move {
+            let res = request.send().await.expect("GET");
+            let status = res.status().as_u16();
+            (status, res.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+    let (status, script) = get("/scripts/7").await;
+    assert_eq!(status, 200, "{script}");
+    assert_eq!(script["title"], "Gate");
+    assert_eq!(script["cameras"], serde_json::json!([1, 2]));
+    assert_eq!(
+        script["users"].as_array().map(|u| u.iter().map(|x| x["id"].clone()).collect::<Vec<_>>()),
+        Some(vec![serde_json::json!(5), serde_json::json!(3)]),
+        "{script}"
+    );
+    let (status, calendar) = get("/calendars/3").await;
+    assert_eq!((status, &calendar["name"]), (200, &serde_json::json!("Holidays")), "{calendar}");
+    let (status, deliveries) = get("/scripts/7/deliveries").await;
+    assert_eq!(status, 200, "{deliveries}");
+    let mut ids: Vec<&str> = deliveries["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["d-push", "d-tg"], "{deliveries}");
+    let (status, listed) = get("/scripts").await;
+    assert_eq!((status, &listed["meta"]["total"]), (200, &serde_json::json!(1)), "{listed}");
 }
