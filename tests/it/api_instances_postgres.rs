@@ -178,6 +178,11 @@ async fn two_instances_answer_as_one_system() {
         assert_eq!((sa, sb), (200, 200), "{va}\n{vb}");
         assert_eq!(va, vb);
     }
+    let q = json!({"event_id": FACE, "camera_id": 3, "occurred_at": "2026-12-07T10:00:00Z"});
+    let (sa, va) = call(&a, Method::POST, "/explain", &token, Some(&q)).await;
+    let (sb, vb) = call(&b, Method::POST, "/explain", &token, Some(&q)).await;
+    assert_eq!((sa, sb), (200, 200), "{va}\n{vb}");
+    assert_eq!(va, vb, "explain answers the same on both");
     let path = format!("/scripts/{id}/deliveries");
     let (sa, va) = call(&a, Method::GET, &path, &token, None).await;
     let (_, vb) = call(&b, Method::GET, &path, &token, None).await;
