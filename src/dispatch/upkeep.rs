@@ -21,6 +21,7 @@ const PRUNE_RETRY: Duration = Duration::from_secs(10);
 const GAUGES_EVERY: Duration = Duration::from_secs(2);
 
 /// When the gauges and the sweep are next due.
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Upkeep {
     next_gauges: Instant,
     next_prune: Instant,

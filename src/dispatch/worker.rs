@@ -349,6 +349,44 @@ impl Loop {
         }
     }
 
+    /// [`Loop::meanwhile`] for the calls that can take long on PostgreSQL: claims (with
+    /// expiry and coalescing), the look for the next retry and the housekeeping, which scan
+    /// the due indexes. Besides starting handed-over rows, finished attempts are taken in
+    /// and their outcomes recorded (on a connection of their own) as soon as a group is
+    /// due, so a slow scan (e.g. over the dead row versions a long-held snapshot keeps from
+    /// being vacuumed) holds up neither a fresh push nor the slots of finished attempts.
+    async fn meanwhile_all<T>(&mut self, call: impl Future<Output = T>) -> T {
+        if !self.link.leases() {
+            return call.await;
+        }
+        tokio::pin!(call);
+        let mut woken = false;
+        loop {
+            let record_at = self.record_at();
+            tokio::select! {
+                biased;
+                out = &mut call => {
+                    if woken {
+                        self.notify.notify_one();
+                    }
+                    return out;
+                }
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.take(joined);
+                    while let Some(joined) = self.tasks.try_join_next_with_id() {
+                        self.take(joined);
+                    }
+                }
+                () = self.notify.notified() => woken = true,
+                () = tokio::time::sleep_until(record_at.unwrap_or_else(Instant::now)), if record_at.is_some() => {}
+            }
+            if self.record_due() && self.commit_with(false).await {
+                self.publish_in_flight();
+            }
+            self.start_free();
+        }
+    }
+
     /// Starts the handed-over rows that have a free slot; puts the others back.
     fn start_free(&mut self) {
         let now = Instant::now();

@@ -131,12 +131,11 @@ fn each_row(
     params: &[sql::Value],
     mut f: impl FnMut(StoredScript) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    for row in conn.query(sql, params)? {
+    conn.for_each_row(sql, params, &mut |row| {
         let mut s = from_row(&row)?;
         attach_users(conn, &mut s)?;
-        f(s)?;
-    }
-    Ok(())
+        f(s)
+    })
 }
 
 fn collect(
@@ -249,7 +248,8 @@ pub fn page_owned_by(
     Ok((collect(conn, &sql, params)?, count(total)))
 }
 
-/// Calls `f` with every script, by id.
+/// Calls `f` with every script, by id, one row at a time on SQLite (the snapshot build
+/// uses this so the rows' JSON is never all in memory at once).
 pub fn for_each(
     conn: &dyn Sql,
     f: impl FnMut(StoredScript) -> Result<(), StoreError>,

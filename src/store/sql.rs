@@ -247,6 +247,18 @@ pub trait Sql {
 
     /// Runs `sql` with `params` and returns the number of rows changed.
     fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
+
+    /// Runs `sql` with `params` and calls `f` with each row in turn. SQLite reads one row
+    /// at a time (a large result, e.g. every script for a snapshot, is never all in memory
+    /// at once); the default collects the rows first.
+    fn for_each_row(
+        &self,
+        sql: &str,
+        params: &[Value],
+        f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.query(sql, params)?.into_iter().try_for_each(f)
+    }
 }
 
 impl dyn Sql + '_ {
@@ -319,18 +331,31 @@ impl Sql for rusqlite::Connection {
     }
 
     fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_row(sql, params, &mut |row| {
+            out.push(row);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn for_each_row(
+        &self,
+        sql: &str,
+        params: &[Value],
+        f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let mut stmt = self.prepare_cached(sql)?;
         let width = stmt.column_count();
         let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
-        let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             let mut values = Vec::with_capacity(width);
             for i in 0..width {
                 values.push(sqlite_value(r.get_ref(i)?));
             }
-            out.push(Row { values });
+            f(Row { values })?;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
@@ -348,6 +373,15 @@ impl Sql for rusqlite::Transaction<'_> {
         Sql::query(&**self, sql, params)
     }
 
+    fn for_each_row(
+        &self,
+        sql: &str,
+        params: &[Value],
+        f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        Sql::for_each_row(&**self, sql, params, f)
+    }
+
     fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         Sql::execute(&**self, sql, params)
     }
@@ -360,6 +394,15 @@ impl Sql for super::Conn {
 
     fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         Sql::query(&**self, sql, params)
+    }
+
+    fn for_each_row(
+        &self,
+        sql: &str,
+        params: &[Value],
+        f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        Sql::for_each_row(&**self, sql, params, f)
     }
 
     fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {

@@ -8,6 +8,13 @@ impl Loop {
     /// Records finished attempts; frees their slots only after the commit. False when the
     /// database failed (the outcomes stay for the next try).
     pub(super) async fn commit(&mut self) -> bool {
+        self.commit_with(true).await
+    }
+
+    /// [`Loop::commit`]; while the commit is on its way, handed-over rows start in free
+    /// slots when `meanwhile` (not from [`Loop::meanwhile_all`], which is itself waiting
+    /// for another call).
+    pub(super) async fn commit_with(&mut self, meanwhile: bool) -> bool {
         if self.group.is_empty() {
             return true;
         }
@@ -25,7 +32,11 @@ impl Loop {
                 (row, f.recorded.clone())
             })
             .collect();
-        match self.meanwhile(db.record(outcomes)).await {
+        let recorded = match meanwhile {
+            true => self.meanwhile(db.record(outcomes)).await,
+            false => db.record(outcomes).await,
+        };
+        match recorded {
             Ok(()) => {
                 self.db_ok();
                 for f in self.group.take() {
@@ -84,8 +95,9 @@ impl Loop {
         let busy = self.in_flight.busy_lanes();
         let handoff = self.handoff.clone();
         let lease = self.config.lease;
-        let found =
-            self.meanwhile(db.claim(&handoff, asks.clone(), now, expire_after, busy, lease)).await;
+        let found = self
+            .meanwhile_all(db.claim(&handoff, asks.clone(), now, expire_after, busy, lease))
+            .await;
         let found = match found {
             Ok((expired, coalesced, found)) => {
                 telemetry::count_expired(&expired);
@@ -133,7 +145,7 @@ impl Loop {
             self.last_query = Instant::now();
         }
         // Sleep until the next retry is due (or an attempt finishes).
-        let next = match self.meanwhile(db.next_due_after(now)).await {
+        let next = match self.meanwhile_all(db.next_due_after(now)).await {
             Ok(next) => next,
             Err(e) => {
                 self.db_failed("next due", &e);
@@ -188,7 +200,10 @@ impl Loop {
     pub(super) async fn housekeeping(&mut self) {
         let Some(db) = self.link.current() else { return };
         let retention = self.live.load().retention;
-        if let Err((what, e)) = self.upkeep.run(&db, &self.stats, retention).await {
+        let (mut upkeep, stats) = (self.upkeep, self.stats.clone());
+        let done = self.meanwhile_all(upkeep.run(&db, &stats, retention)).await;
+        self.upkeep = upkeep;
+        if let Err((what, e)) = done {
             self.db_failed(what, &e);
         }
     }
