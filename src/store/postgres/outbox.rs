@@ -78,7 +78,7 @@ impl PgOutbox {
     /// the parameters say which columns change.
     async fn record_rows(
         &self,
-        client: &impl deadpool_postgres::GenericClient,
+        client: &impl tokio_postgres::GenericClient,
         by: &str,
         outcomes: &[&(RowRef, Recorded)],
         now_ms: i64,
@@ -109,28 +109,39 @@ impl PgOutbox {
             nexts.push(next);
             attempted.push(!matches!(outcome, Recorded::Deferred { .. }));
         }
-        let (key_type, keys): (&str, &(dyn tokio_postgres::types::ToSql + Sync)) = match by {
-            "seq" => ("int8", &seqs),
-            _ => ("text", &ids),
-        };
-        let stmt = client
-            .prepare_cached(&format!(
-                "UPDATE deliveries d SET
-                   state = u.state,
-                   attempts = d.attempts + CASE WHEN u.attempted THEN 1 ELSE 0 END,
-                   last_error = CASE WHEN u.state = 'sent' AND d.state = 'expired' THEN NULL
-                                     ELSE COALESCE(u.error, d.last_error) END,
-                   next_attempt_at = COALESCE(u.next, d.next_attempt_at),
-                   updated_at = $6
-                 FROM UNNEST($1::{key_type}[], $2::text[], $3::text[], $4::int8[], $5::bool[])
-                      AS u(key, state, error, next, attempted)
-                 WHERE d.{by} = u.key
-                   AND (d.state = 'pending' OR (u.state = 'sent' AND d.state = 'expired'))"
-            ))
-            .await
-            .map_err(|e| self.err(e))?;
+        use tokio_postgres::types::Type;
+        let (key_type, keys, key_array): (&str, &(dyn tokio_postgres::types::ToSql + Sync), Type) =
+            match by {
+                "seq" => ("int8", &seqs, Type::INT8_ARRAY),
+                _ => ("text", &ids, Type::TEXT_ARRAY),
+            };
+        // An unnamed statement, planned for these arrays every time: a prepared one would
+        // settle on a generic plan made while the table was small (a new database) and keep
+        // scanning the whole table with it until the next ANALYZE. One round trip either way.
         client
-            .execute(&stmt, &[keys, &states, &errors, &nexts, &attempted, &now_ms])
+            .query_typed(
+                &format!(
+                    "UPDATE deliveries d SET
+                       state = u.state,
+                       attempts = d.attempts + CASE WHEN u.attempted THEN 1 ELSE 0 END,
+                       last_error = CASE WHEN u.state = 'sent' AND d.state = 'expired' THEN NULL
+                                         ELSE COALESCE(u.error, d.last_error) END,
+                       next_attempt_at = COALESCE(u.next, d.next_attempt_at),
+                       updated_at = $6
+                     FROM UNNEST($1::{key_type}[], $2::text[], $3::text[], $4::int8[], $5::bool[])
+                          AS u(key, state, error, next, attempted)
+                     WHERE d.{by} = u.key
+                       AND (d.state = 'pending' OR (u.state = 'sent' AND d.state = 'expired'))"
+                ),
+                &[
+                    (keys, key_array),
+                    (&states, Type::TEXT_ARRAY),
+                    (&errors, Type::TEXT_ARRAY),
+                    (&nexts, Type::INT8_ARRAY),
+                    (&attempted, Type::BOOL_ARRAY),
+                    (&now_ms, Type::INT8),
+                ],
+            )
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -352,12 +363,12 @@ impl OutboxBackend for PgOutbox {
         match (by_seq.is_empty(), by_id.is_empty()) {
             (true, true) => Ok(()),
             // One statement is one transaction: one round trip.
-            (false, true) => self.record_rows(&conn, "seq", &by_seq, now_ms).await,
-            (true, false) => self.record_rows(&conn, "id", &by_id, now_ms).await,
+            (false, true) => self.record_rows(&**conn, "seq", &by_seq, now_ms).await,
+            (true, false) => self.record_rows(&**conn, "id", &by_id, now_ms).await,
             (false, false) => {
                 let tx = conn.transaction().await.map_err(|e| self.err(e))?;
-                self.record_rows(&tx, "seq", &by_seq, now_ms).await?;
-                self.record_rows(&tx, "id", &by_id, now_ms).await?;
+                self.record_rows(&*tx, "seq", &by_seq, now_ms).await?;
+                self.record_rows(&*tx, "id", &by_id, now_ms).await?;
                 tx.commit().await.map_err(|e| self.err(e))
             }
         }
