@@ -326,13 +326,21 @@ impl Loop {
     /// meanwhile are started as they come, in free slots; the others stay in the hand-over
     /// for the loop, which is woken once more (what a wake-up flagged, e.g. rows only a
     /// claim finds, is its to see).
-    async fn meanwhile<T>(&mut self, call: impl Future<Output = T>) -> T {
+    ///
+    /// With `record` (the calls that can take long: claims with expiry and coalescing, the
+    /// look for the next retry, the housekeeping, which scan the due indexes), finished
+    /// attempts are also taken in and their outcomes recorded, on a connection of their
+    /// own, as soon as a group is due: a slow scan (e.g. over the dead row versions a
+    /// long-held snapshot keeps from being vacuumed) then holds up neither a fresh push nor
+    /// the slots of finished attempts.
+    async fn meanwhile<T>(&mut self, call: impl Future<Output = T>, record: bool) -> T {
         if !self.link.leases() {
             return call.await;
         }
         tokio::pin!(call);
         let mut woken = false;
         loop {
+            let record_at = self.record_at().filter(|_| record);
             tokio::select! {
                 biased;
                 out = &mut call => {
@@ -341,37 +349,7 @@ impl Loop {
                     }
                     return out;
                 }
-                () = self.notify.notified() => {
-                    woken = true;
-                    self.start_free();
-                }
-            }
-        }
-    }
-
-    /// [`Loop::meanwhile`] for the calls that can take long on PostgreSQL: claims (with
-    /// expiry and coalescing), the look for the next retry and the housekeeping, which scan
-    /// the due indexes. Besides starting handed-over rows, finished attempts are taken in
-    /// and their outcomes recorded (on a connection of their own) as soon as a group is
-    /// due, so a slow scan (e.g. over the dead row versions a long-held snapshot keeps from
-    /// being vacuumed) holds up neither a fresh push nor the slots of finished attempts.
-    async fn meanwhile_all<T>(&mut self, call: impl Future<Output = T>) -> T {
-        if !self.link.leases() {
-            return call.await;
-        }
-        tokio::pin!(call);
-        let mut woken = false;
-        loop {
-            let record_at = self.record_at();
-            tokio::select! {
-                biased;
-                out = &mut call => {
-                    if woken {
-                        self.notify.notify_one();
-                    }
-                    return out;
-                }
-                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                Some(joined) = self.tasks.join_next_with_id(), if record && !self.tasks.is_empty() => {
                     self.take(joined);
                     while let Some(joined) = self.tasks.try_join_next_with_id() {
                         self.take(joined);
@@ -380,8 +358,12 @@ impl Loop {
                 () = self.notify.notified() => woken = true,
                 () = tokio::time::sleep_until(record_at.unwrap_or_else(Instant::now)), if record_at.is_some() => {}
             }
-            if self.record_due() && self.commit_with(false).await {
-                self.publish_in_flight();
+            if record
+                && self.record_due()
+                && let Ok((db, outcomes)) = self.outcomes().await
+            {
+                let done = db.record(outcomes).await;
+                self.recorded(done);
             }
             self.start_free();
         }

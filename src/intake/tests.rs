@@ -118,7 +118,7 @@ async fn a_failed_batch_write_leaves_no_cooldown_state_and_its_retry_records_it(
 
     // Another writer holds the database: the batch is not written.
     let mut other = store.connect().unwrap();
-    let held = other.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    let held = other.hold_write_lock().unwrap();
     assert!(intake.write_batch(&batch, now).await.is_err());
     drop(held);
     // Its retry writes the delivery and the firing's cooldown state.

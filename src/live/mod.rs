@@ -58,6 +58,7 @@ use crate::script::validation::FieldErrors;
 use crate::script::{Lookups, Rule, ScheduleIndex, validate};
 use crate::secret::Secret;
 use crate::store::catalog::{Event, Reaction};
+use crate::store::sql::Sql;
 use crate::store::users::descendants;
 use crate::store::{Conn, Store, StoreError, scripts, users};
 
@@ -315,13 +316,13 @@ struct Watch {
 
 /// The scripts version: bumped by triggers on every write to the tables the snapshot is
 /// built from (migrations 3 and 9), and by nothing else — outbox commits leave it alone.
-fn data_version(conn: &rusqlite::Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("SELECT version FROM scripts_version WHERE id = 1", [], |r| r.get(0))?)
+fn data_version(conn: &dyn Sql) -> Result<i64, StoreError> {
+    conn.query_value("SELECT version FROM scripts_version WHERE id = 1", &[])
 }
 
 /// SQLite's own counter of commits by other connections (no page is read).
-fn commits(conn: &rusqlite::Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+fn commits(conn: &dyn Sql) -> Result<i64, StoreError> {
+    conn.query_value("PRAGMA data_version", &[])
 }
 
 /// What a look on the watcher's task found.

@@ -243,6 +243,13 @@ impl Conn {
         Conn { conn, lease, path: path.to_path_buf() }
     }
 
+    /// Begins an `IMMEDIATE` transaction and holds the file's write lock until the returned
+    /// guard is dropped (rolled back): another writer then finds the database busy, as
+    /// when an operator's `sqlite3` session writes. For tests.
+    pub fn hold_write_lock(&mut self) -> Result<impl Drop + '_, StoreError> {
+        Ok(self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
+    }
+
     /// Which file generation of the store this connection is on: it changes when the file
     /// is replaced. Rowids are only meaningful within one epoch.
     pub fn epoch(&self) -> u64 {

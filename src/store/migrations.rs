@@ -344,6 +344,14 @@ pub fn to_latest(conn: &mut Connection) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Migration(e.to_string()))
 }
 
+/// A migrated database in memory, for the store's unit tests.
+#[cfg(test)]
+pub(crate) fn in_memory() -> Connection {
+    let mut conn = Connection::open_in_memory().expect("an in-memory database");
+    to_latest(&mut conn).expect("migrations");
+    conn
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -270,9 +270,7 @@ mod tests {
     use rusqlite::Connection;
 
     fn db() -> Connection {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrations::to_latest(&mut conn).unwrap();
-        conn
+        super::super::migrations::in_memory()
     }
 
     fn new(scope: Scope, user: i64, camera: Option<&str>, until: i64) -> NewSnooze {

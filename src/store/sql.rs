@@ -364,51 +364,35 @@ impl Sql for rusqlite::Connection {
     }
 }
 
-impl Sql for rusqlite::Transaction<'_> {
-    fn dialect(&self) -> Dialect {
-        Dialect::Sqlite
-    }
+/// `Sql` for a type that dereferences to a SQLite connection: every call goes to it.
+macro_rules! sql_through_connection {
+    ($($t:ty),*) => {$(
+        impl Sql for $t {
+            fn dialect(&self) -> Dialect {
+                Dialect::Sqlite
+            }
 
-    fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
-        Sql::query(&**self, sql, params)
-    }
+            fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+                Sql::query(&**self, sql, params)
+            }
 
-    fn for_each_row(
-        &self,
-        sql: &str,
-        params: &[Value],
-        f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        Sql::for_each_row(&**self, sql, params, f)
-    }
+            fn for_each_row(
+                &self,
+                sql: &str,
+                params: &[Value],
+                f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+            ) -> Result<(), StoreError> {
+                Sql::for_each_row(&**self, sql, params, f)
+            }
 
-    fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
-        Sql::execute(&**self, sql, params)
-    }
+            fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+                Sql::execute(&**self, sql, params)
+            }
+        }
+    )*};
 }
 
-impl Sql for super::Conn {
-    fn dialect(&self) -> Dialect {
-        Dialect::Sqlite
-    }
-
-    fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
-        Sql::query(&**self, sql, params)
-    }
-
-    fn for_each_row(
-        &self,
-        sql: &str,
-        params: &[Value],
-        f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        Sql::for_each_row(&**self, sql, params, f)
-    }
-
-    fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
-        Sql::execute(&**self, sql, params)
-    }
-}
+sql_through_connection!(rusqlite::Transaction<'_>, super::Conn);
 
 /// `sql` with SQLite's `?N` placeholders written as PostgreSQL's `$N` (outside quoted
 /// text and identifiers).

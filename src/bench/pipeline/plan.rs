@@ -1,6 +1,7 @@
 //! The synthetic database and the occurrences to publish, with what each should make.
 
 use super::*;
+use crate::store::sql::Sql;
 
 /// One pre-checked (event, camera, instant) and the scripts the daemon's index finds for it.
 #[derive(Debug, Clone, Copy)]
@@ -225,17 +226,19 @@ pub(super) fn prepare_database(db: &Path, opts: &PipelineBenchOptions) -> Result
     store
         .write(|tx| {
             for id in (crate::store::catalog::DEFAULT_EVENTS.len() as i64 + 1)..=WILDCARD_EVENT {
-                tx.execute(
+                Sql::execute(
+                    tx,
                     "INSERT OR IGNORE INTO events (id, name, description, color, analytic_type)
                      VALUES (?1, ?2, ?3, '#888888', 'bench')",
-                    rusqlite::params![id, format!("bench_event_{id}"), format!("Bench event {id}")],
+                    crate::args![id, format!("bench_event_{id}"), format!("Bench event {id}")],
                 )?;
             }
             for u in 1..=USERS {
-                tx.execute(
+                Sql::execute(
+                    tx,
                     "INSERT INTO users (id, login, name, created_at, updated_at)
                      VALUES (?1, ?2, ?3, '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
-                    rusqlite::params![u, format!("bench-{u}"), format!("Bench user {u}")],
+                    crate::args![u, format!("bench-{u}"), format!("Bench user {u}")],
                 )?;
             }
             for s in &scripts {

@@ -7,18 +7,24 @@ use super::*;
 impl Loop {
     /// Records finished attempts; frees their slots only after the commit. False when the
     /// database failed (the outcomes stay for the next try).
+    /// While the commit is on its way, handed-over rows start in free slots.
     pub(super) async fn commit(&mut self) -> bool {
-        self.commit_with(true).await
+        match self.outcomes().await {
+            Ok((db, outcomes)) => {
+                let done = self.meanwhile(db.record(outcomes), false).await;
+                self.recorded(done)
+            }
+            Err(done) => done,
+        }
     }
 
-    /// [`Loop::commit`]; while the commit is on its way, handed-over rows start in free
-    /// slots when `meanwhile` (not from [`Loop::meanwhile_all`], which is itself waiting
-    /// for another call).
-    pub(super) async fn commit_with(&mut self, meanwhile: bool) -> bool {
+    /// The queued outcomes and the handle to record them with; `Err(true)` when there are
+    /// none, `Err(false)` when the database cannot be used.
+    pub(super) async fn outcomes(&mut self) -> Result<(Handle, Vec<(RowRef, Recorded)>), bool> {
         if self.group.is_empty() {
-            return true;
+            return Err(true);
         }
-        let Some(db) = self.db().await else { return false };
+        let Some(db) = self.db().await else { return Err(false) };
         let epoch = self.link.epoch();
         let outcomes: Vec<(RowRef, Recorded)> = self
             .group
@@ -32,11 +38,13 @@ impl Loop {
                 (row, f.recorded.clone())
             })
             .collect();
-        let recorded = match meanwhile {
-            true => self.meanwhile(db.record(outcomes)).await,
-            false => db.record(outcomes).await,
-        };
-        match recorded {
+        Ok((db, outcomes))
+    }
+
+    /// After the queued outcomes were recorded (or not): frees their slots and counts them;
+    /// false when the database failed (they stay for the next try).
+    pub(super) fn recorded(&mut self, done: Result<(), StoreError>) -> bool {
+        match done {
             Ok(()) => {
                 self.db_ok();
                 for f in self.group.take() {
@@ -96,7 +104,7 @@ impl Loop {
         let handoff = self.handoff.clone();
         let lease = self.config.lease;
         let found = self
-            .meanwhile_all(db.claim(&handoff, asks.clone(), now, expire_after, busy, lease))
+            .meanwhile(db.claim(&handoff, asks.clone(), now, expire_after, busy, lease), true)
             .await;
         let found = match found {
             Ok((expired, coalesced, found)) => {
@@ -145,7 +153,7 @@ impl Loop {
             self.last_query = Instant::now();
         }
         // Sleep until the next retry is due (or an attempt finishes).
-        let next = match self.meanwhile_all(db.next_due_after(now)).await {
+        let next = match self.meanwhile(db.next_due_after(now), true).await {
             Ok(next) => next,
             Err(e) => {
                 self.db_failed("next due", &e);
@@ -201,7 +209,7 @@ impl Loop {
         let Some(db) = self.link.current() else { return };
         let retention = self.live.load().retention;
         let (mut upkeep, stats) = (self.upkeep, self.stats.clone());
-        let done = self.meanwhile_all(upkeep.run(&db, &stats, retention)).await;
+        let done = self.meanwhile(upkeep.run(&db, &stats, retention), true).await;
         self.upkeep = upkeep;
         if let Err((what, e)) = done {
             self.db_failed(what, &e);
