@@ -129,9 +129,9 @@ async fn two_instances_answer_as_one_system() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let vms = TestClient::connect(broker.port(), "vms-two").await;
     let ids: Vec<String> = (0..5).map(|i| format!("two-{i}")).collect();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     for oid in &ids {
-        vms.publish("vms/analytics/events/1", occurrence(oid, FACE, 3, "2026-12-07T10:00:00Z"))
-            .await;
+        vms.publish("vms/analytics/events/1", occurrence(oid, FACE, 3, &now)).await;
     }
     let mut seen: Vec<String> = Vec::new();
     let mut text = String::new();
@@ -178,7 +178,7 @@ async fn two_instances_answer_as_one_system() {
         assert_eq!((sa, sb), (200, 200), "{va}\n{vb}");
         assert_eq!(va, vb);
     }
-    let q = json!({"event_id": FACE, "camera_id": 3, "occurred_at": "2026-12-07T10:00:00Z"});
+    let q = json!({"event_id": FACE, "camera_id": 3, "occurred_at": now});
     let (sa, va) = call(&a, Method::POST, "/explain", &token, Some(&q)).await;
     let (sb, vb) = call(&b, Method::POST, "/explain", &token, Some(&q)).await;
     assert_eq!((sa, sb), (200, 200), "{va}\n{vb}");
