@@ -41,56 +41,31 @@ pub enum Value {
     Bool(bool),
 }
 
-impl From<i64> for Value {
-    fn from(v: i64) -> Value {
-        Value::Int(v)
-    }
+/// `From<T> for Value` for the parameter types the statements use.
+macro_rules! value_from {
+    ($($t:ty => |$x:ident| $e:expr),* $(,)?) => {$(
+        impl From<$t> for Value {
+            fn from($x: $t) -> Value {
+                $e
+            }
+        }
+    )*};
 }
-impl From<i32> for Value {
-    fn from(v: i32) -> Value {
-        Value::Int(v.into())
-    }
-}
-impl From<u32> for Value {
-    fn from(v: u32) -> Value {
-        Value::Int(v.into())
-    }
-}
-impl From<bool> for Value {
-    fn from(v: bool) -> Value {
-        Value::Bool(v)
-    }
-}
-impl From<f64> for Value {
-    fn from(v: f64) -> Value {
-        Value::Real(v)
-    }
-}
-impl From<&str> for Value {
-    fn from(v: &str) -> Value {
-        Value::Text(v.to_owned())
-    }
-}
-impl From<String> for Value {
-    fn from(v: String) -> Value {
-        Value::Text(v)
-    }
-}
-impl From<&String> for Value {
-    fn from(v: &String) -> Value {
-        Value::Text(v.clone())
-    }
-}
-impl From<&[u8]> for Value {
-    fn from(v: &[u8]) -> Value {
-        Value::Bytes(v.to_vec())
-    }
-}
-impl From<Vec<u8>> for Value {
-    fn from(v: Vec<u8>) -> Value {
-        Value::Bytes(v)
-    }
-}
+
+value_from!(
+    i64 => |v| Value::Int(v),
+    &i64 => |v| Value::Int(*v),
+    i32 => |v| Value::Int(v.into()),
+    u32 => |v| Value::Int(v.into()),
+    bool => |v| Value::Bool(v),
+    f64 => |v| Value::Real(v),
+    &str => |v| Value::Text(v.to_owned()),
+    String => |v| Value::Text(v),
+    &String => |v| Value::Text(v.clone()),
+    &[u8] => |v| Value::Bytes(v.to_vec()),
+    Vec<u8> => |v| Value::Bytes(v),
+);
+
 impl<T: Into<Value>> From<Option<T>> for Value {
     fn from(v: Option<T>) -> Value {
         v.map_or(Value::Null, Into::into)
@@ -99,11 +74,6 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 impl<T: Clone + Into<Value>> From<&Option<T>> for Value {
     fn from(v: &Option<T>) -> Value {
         v.clone().map_or(Value::Null, Into::into)
-    }
-}
-impl From<&i64> for Value {
-    fn from(v: &i64) -> Value {
-        Value::Int(*v)
     }
 }
 
