@@ -25,6 +25,9 @@ pub enum ApiError {
     TooLarge,
     /// 503 with `Retry-After`: the database stayed locked.
     Busy,
+    /// 503 with `Retry-After`: PostgreSQL cannot be reached (stopped, the network); the
+    /// cause is logged.
+    Unavailable(String),
     /// 500; the cause is logged, not returned.
     Internal(String),
 }
@@ -40,6 +43,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Busy | StoreError::Replaced => ApiError::Busy,
+            e @ StoreError::Unreachable { .. } => ApiError::Unavailable(e.to_string()),
             StoreError::Invalid(errors) => ApiError::Validation(errors),
             other => ApiError::Internal(other.to_string()),
         }
@@ -95,6 +99,16 @@ impl IntoResponse for ApiError {
                 let mut r = (
                     StatusCode::SERVICE_UNAVAILABLE,
                     Json(json!({"message": "The database is busy; retry shortly."})),
+                )
+                    .into_response();
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r
+            }
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "request refused: the database cannot be reached");
+                let mut r = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"message": "The database cannot be reached; retry shortly."})),
                 )
                     .into_response();
                 r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -101,7 +101,16 @@ pub enum StoreError {
     /// text says which task. Nothing about the file itself is known to be wrong.
     #[error("database task failed: {0}")]
     TaskFailed(String),
-    /// PostgreSQL failed or could not be reached; the text names the endpoint
+    /// PostgreSQL cannot be reached, or the connection broke (the server stopped, the
+    /// network): temporary, retry later. The text names the endpoint, never the password.
+    #[error("PostgreSQL at {endpoint}: {message}")]
+    Unreachable {
+        /// `user@host:port/dbname`.
+        endpoint: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// PostgreSQL refused a statement or failed otherwise; the text names the endpoint
     /// (`user@host:port/dbname`), never the password.
     #[error("PostgreSQL at {endpoint}: {message}")]
     Postgres {

@@ -5,7 +5,6 @@
 //! deliveries answer the same on both. Two real `scriptd run`, a real PostgreSQL and a real
 //! Mosquitto, all started by the test.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -13,29 +12,14 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::TestClient;
-use crate::support::daemon::{all_day, binary, occurrence, script};
+use crate::support::daemon::{all_day, occurrence, script};
 use crate::support::mosquitto::Mosquitto;
-use crate::support::pg_daemon::{Run, migrate};
+use crate::support::pg_daemon::{Run, cli, migrate};
 use crate::support::postgres::server;
 use crate::support::within;
 
 const SIDEBAR: i64 = 2;
 const FACE: i64 = 1;
-
-/// `scriptd ARGS` against the database at `url`; its stdout (success asserted).
-fn cli(url: &str, args: &[&str]) -> String {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = Command::new(binary())
-        .env_clear()
-        .arg("--config")
-        .arg(dir.path())
-        .args(args)
-        .env("SCRIPTD__DATABASE__URL", url)
-        .output()
-        .expect("run scriptd");
-    assert!(out.status.success(), "scriptd {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// A request to `run` as `token`: the status and the JSON body.
 async fn call(

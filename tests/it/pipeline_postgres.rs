@@ -1,10 +1,10 @@
 //! `scriptd run` on PostgreSQL, end to end: a real daemon process with `database.url`, a
 //! real Mosquitto and a real PostgreSQL server of the test's own. The script and its user
-//! are put in place with SQL (the API does not write to PostgreSQL yet); occurrences
-//! published to the broker come out as pushes to the client app's subscription. The server
-//! is stopped for about 5 s in the middle of a burst: `/healthz` shows `store` down while it
-//! is, and once it is back every occurrence is pushed exactly once (the intake acknowledged
-//! nothing it could not write).
+//! are put in place with SQL (as an operator's `psql` would); occurrences published to the
+//! broker come out as pushes to the client app's subscription. The server is stopped for
+//! about 5 s in the middle of a burst: `/healthz` shows `store` down and the API answers 503
+//! with `Retry-After` while it is, and once it is back every occurrence is pushed exactly
+//! once (the intake acknowledged nothing it could not write).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::support::clients::{PersistentSubscriber, ReliablePublisher};
 use crate::support::daemon::all_day;
 use crate::support::mosquitto::Mosquitto;
-use crate::support::pg_daemon::{Run, db_name, migrate, seed_push_script};
+use crate::support::pg_daemon::{Run, cli, db_name, migrate, seed_push_script};
 use crate::support::postgres::PgServer;
 use crate::support::within;
 
@@ -53,9 +53,14 @@ async fn occurrences_are_pushed_once_each_through_postgresql_also_across_a_serve
     assert_eq!(code, 200);
     assert!(run.log().contains("postgresql postgres@127.0.0.1"), "{}", run.log());
 
-    // The API runs on PostgreSQL too: without a token it is a 401, not an error.
+    // The API runs on PostgreSQL too: without a token it is a 401, with one the catalog.
     let r = reqwest::get(run.url("/api/v1/scripts")).await.expect("GET /api/v1/scripts");
     assert_eq!(r.status().as_u16(), 401);
+    let token = cli(&url, &["tokens", "create", "--user", "4"]);
+    let list = run.url("/api/v1/events");
+    let scripts =
+        || reqwest::Client::new().get(&list).bearer_auth(&token).header("X-Client", "web").send();
+    assert_eq!(scripts().await.expect("GET").status().as_u16(), 200);
 
     // A first occurrence goes through.
     let vms = ReliablePublisher::connect(broker.port(), "vms-pg");
@@ -93,9 +98,16 @@ async fn occurrences_are_pushed_once_each_through_postgresql_also_across_a_serve
     assert_eq!(code, 503, "{body}");
     let reason = body["components"]["store"]["reason"].as_str().unwrap_or_default().to_owned();
     assert!(reason.contains(&format!("127.0.0.1:{}", pg.port())), "{reason}");
+    // Meanwhile the API answers 503 with Retry-After, not 500.
+    let down = scripts().await.expect("GET while the database is down");
+    assert_eq!(down.status().as_u16(), 503);
+    assert!(down.headers().contains_key("retry-after"));
+    let said = down.text().await.unwrap_or_default();
+    assert!(said.contains("cannot be reached"), "{said}");
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(halted.elapsed())).await;
     pg.restart();
     run.wait_component("store", "up", 30).await;
+    assert_eq!(scripts().await.expect("GET").status().as_u16(), 200);
 
     let pushes = app.wait_distinct(202, 60, "a push for every occurrence").await;
     // Nothing more comes: every occurrence was pushed exactly once.

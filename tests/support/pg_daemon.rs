@@ -203,3 +203,19 @@ pub fn migrate(url: &str) {
 pub fn db_name(url: &str) -> &str {
     url.rsplit('/').next().and_then(|d| d.split('?').next()).unwrap_or_default()
 }
+
+/// `scriptd ARGS` against the database at `url` (a scratch config folder); its stdout,
+/// success asserted.
+pub fn cli(url: &str, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(binary())
+        .env_clear()
+        .arg("--config")
+        .arg(dir.path())
+        .args(args)
+        .env("SCRIPTD__DATABASE__URL", url)
+        .output()
+        .expect("run scriptd");
+    assert!(out.status.success(), "scriptd {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

@@ -239,7 +239,7 @@ impl PgStore {
                 }
                 other => other.to_string(),
             };
-            StoreError::Postgres { endpoint: self.endpoint.clone(), message }
+            StoreError::Unreachable { endpoint: self.endpoint.clone(), message }
         })
     }
 
@@ -275,8 +275,34 @@ impl PgStore {
 
     /// A client error as a [`StoreError`] naming this store's endpoint.
     pub fn error(&self, e: &tokio_postgres::Error) -> StoreError {
-        StoreError::Postgres { endpoint: self.endpoint.clone(), message: describe(e) }
+        let (endpoint, message) = (self.endpoint.clone(), describe(e));
+        if unreachable(e) {
+            StoreError::Unreachable { endpoint, message }
+        } else {
+            StoreError::Postgres { endpoint, message }
+        }
     }
+}
+
+/// True for a connection that is closed or failed in I/O (the server stopped, the
+/// network), or that the server is shutting down or starting (SQLSTATE classes 08 and 57P),
+/// as opposed to an error about the statement.
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        return code.starts_with("08") || code.starts_with("57P");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The text of a client error with its causes (tokio-postgres puts the detail, e.g.
