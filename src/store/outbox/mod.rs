@@ -252,9 +252,24 @@ pub struct NewDelivery {
     pub target: Target,
 }
 
-#[cfg(test)]
 impl NewDelivery {
+    /// This row as the dispatcher is handed it right after its commit (`rowid` and `epoch`
+    /// as written; no lane: rows with one go through a claim; no attempt yet).
+    pub(crate) fn handed_over(&self, rowid: i64, epoch: u64) -> Claimed {
+        Claimed {
+            rowid,
+            epoch,
+            id: self.id.clone(),
+            reaction: self.reaction.clone(),
+            lane: String::new(),
+            attempts: 0,
+            payload: self.payload.clone(),
+            target: Ok(self.target.clone()),
+        }
+    }
+
     /// A sound push to user 42 of script 1, its occurrence id the delivery id (tests).
+    #[cfg(test)]
     pub(crate) fn test_push(id: &str) -> NewDelivery {
         NewDelivery {
             id: id.into(),

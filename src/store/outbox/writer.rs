@@ -233,19 +233,7 @@ impl OutboxWriter {
         }
         tx.commit()?;
         queue.laned |= laned;
-        queue.push(fresh.into_iter().map(|(rowid, i)| {
-            let d = &deliveries[i];
-            Claimed {
-                rowid,
-                epoch,
-                id: d.id.clone(),
-                reaction: d.reaction.clone(),
-                lane: String::new(),
-                attempts: 0,
-                payload: d.payload.clone(),
-                target: Ok(d.target.clone()),
-            }
-        }));
+        queue.push(fresh.into_iter().map(|(rowid, i)| deliveries[i].handed_over(rowid, epoch)));
         Ok(added)
     }
 }

@@ -320,19 +320,7 @@ impl OutboxBackend for PgOutbox {
         if let Some((h, _)) = &self.handover {
             // After the commit only: nothing is attempted that may still be rolled back.
             handed.sort_by_key(|(seq, _)| *seq);
-            let rows = handed
-                .into_iter()
-                .map(|(seq, d)| Claimed {
-                    rowid: seq,
-                    epoch: 0,
-                    id: d.id.clone(),
-                    reaction: d.reaction.clone(),
-                    lane: String::new(),
-                    attempts: 0,
-                    payload: d.payload.clone(),
-                    target: Ok(d.target.clone()),
-                })
-                .collect();
+            let rows = handed.into_iter().map(|(seq, d)| d.handed_over(seq, 0)).collect();
             h.hand_over_leased(rows, db_only, laned);
         }
         Ok(added)
