@@ -11,8 +11,6 @@
 //! The daemon's hot paths (the outbox, the matching snapshot) keep their own
 //! database-specific code; this seam is for what an operator or the API does.
 
-use std::fmt;
-
 use super::StoreError;
 
 /// Which database a statement runs on, for the statements that differ.
@@ -257,15 +255,6 @@ impl dyn Sql + '_ {
 
 fn first_line(sql: &str) -> &str {
     sql.trim().lines().next().unwrap_or_default()
-}
-
-impl fmt::Display for Dialect {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Dialect::Sqlite => "SQLite",
-            Dialect::Postgres => "PostgreSQL",
-        })
-    }
 }
 
 // SQLite: a connection (and so a transaction, through `Deref`).
