@@ -49,9 +49,11 @@ use crate::store::postgres::outbox::{ChatPacing, PgOutbox};
 use crate::store::{Db, OutboxDb, StoreError};
 
 mod pg;
+mod pipeline;
 mod sqlite;
 mod tasks;
 
+use pipeline::Pipeline;
 use sqlite::{open_sqlite, probe_store};
 use tasks::{Every, spawn_connection_health};
 
@@ -90,6 +92,9 @@ pub enum AppError {
     /// The HTTP client for webhooks could not be built.
     #[error("cannot build the webhook HTTP client: {0}")]
     Http(String),
+    /// The pipeline's thread could not be started.
+    #[error("cannot start the pipeline's thread: {0}")]
+    Pipeline(std::io::Error),
     /// A signal handler could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -129,6 +134,9 @@ pub struct Running {
     /// On PostgreSQL, the task holding this instance's client id (it lets it go at stop).
     registry_task: Option<tokio::task::JoinHandle<()>>,
     pusher: Arc<MqttPusher>,
+    /// The thread the events connection, the intake, the dispatcher and the push
+    /// connection run on.
+    pipeline: Pipeline,
     notifier: Notifier,
     api_addr: SocketAddr,
     live: Live,
@@ -294,13 +302,17 @@ pub async fn start_on(
         // A component silent for 30 s is hung: the watchdog pings stop and systemd restarts us.
         watchdog.register(name, Duration::from_secs(30))
     };
-    let pusher = MqttPusher::spawn(
-        &connect,
-        &format!("{}-push", settings.mqtt.client_id),
-        &settings.mqtt.push_topic_prefix,
-        Duration::from_secs(10),
-        stop_rest.clone().cancelled_owned(),
-    );
+    let pipeline = Pipeline::start().map_err(AppError::Pipeline)?;
+    let pusher = {
+        let _on_pipeline = pipeline.enter();
+        MqttPusher::spawn(
+            &connect,
+            &format!("{}-push", settings.mqtt.client_id),
+            &settings.mqtt.push_topic_prefix,
+            Duration::from_secs(10),
+            stop_rest.clone().cancelled_owned(),
+        )
+    };
     let pusher = Arc::new(pusher);
     // Rows the intake commits reach the dispatcher in memory through this hand-over (the
     // database stays the truth; see `store::outbox`).
@@ -321,6 +333,7 @@ pub async fn start_on(
             PushHub::default()
         }
     };
+    let on_pipeline = pipeline.enter();
     let dispatcher = Dispatcher::spawn_on(
         outbox_db.clone(),
         handoff.clone(),
@@ -358,6 +371,7 @@ pub async fn start_on(
     );
     let (source, incoming) =
         MqttSource::spawn(source_options, stop_intake.clone().cancelled_owned());
+    drop(on_pipeline);
     // Connection states → health (and the events connection → systemd status).
     spawn_connection_health(
         source.connected(),
@@ -424,7 +438,7 @@ pub async fn start_on(
     let intake_progress = beat_for(INTAKE);
     let intake_replaced = Arc::new(Notify::new());
     let (wake, written) = (dispatcher.clone(), checkpoint_wake.clone());
-    let intake_task = tokio::spawn(intake::run(
+    let intake_task = pipeline.spawn(intake::run(
         intake,
         incoming,
         move || {
@@ -471,6 +485,7 @@ pub async fn start_on(
         api_task,
         registry_task,
         pusher,
+        pipeline,
         notifier,
         api_addr,
         live,
@@ -517,6 +532,7 @@ impl Running {
         if let Ok(pusher) = Arc::try_unwrap(self.pusher) {
             pusher.join().await;
         }
+        self.pipeline.stop().await;
         if let Some(task) = self.registry_task {
             // Bounded: a database that does not answer leaves the row to age out.
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
