@@ -442,7 +442,7 @@ pub async fn start_on(
         intake,
         incoming,
         move || {
-            wake.notify();
+            wake.handed_over();
             written.notify_one();
         },
         move || intake_progress.beat(),

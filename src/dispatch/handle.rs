@@ -118,14 +118,25 @@ pub(super) struct Stats {
 #[derive(Debug, Clone)]
 pub struct DispatcherHandle {
     pub(super) notify: Arc<Notify>,
+    pub(super) handed: Arc<Notify>,
     pub(super) stats: Arc<Stats>,
     pub(super) done: watch::Receiver<bool>,
 }
 
 impl DispatcherHandle {
-    /// New rows were enqueued: look at the outbox now.
+    /// Rows may have been written that were not handed over (another connection or
+    /// program committed): look at the outbox now, with a query unless rows wait in the
+    /// hand-over.
     pub fn notify(&self) {
         self.notify.notify_one();
+    }
+
+    /// This daemon's writer committed and handed its rows over (what only a query finds
+    /// it flagged in the hand-over): start them, no query needed. At 1,000 occurrences per
+    /// second a query after every wake-up whose rows an earlier turn had already taken
+    /// was a tenth of the daemon's CPU.
+    pub fn handed_over(&self) {
+        self.handed.notify_one();
     }
 
     /// Returns after shutdown: attempts in flight finished or the deadline passed; the

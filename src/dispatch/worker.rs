@@ -17,10 +17,11 @@
 //!
 //! Step 2 reads the outbox only while it may hold due rows the dispatcher was not handed
 //! in memory (see *Hand-over in memory* in [`crate::store::outbox`]): at start, after a retry was
-//! recorded, a database error, a wake-up without handed-over rows (SQLite only), a full
-//! hand-over, a row with a lane, and at least every `poll_interval`. Otherwise it starts the rows the
-//! intake handed over, before recording outcomes, so a fresh push waits for no query and
-//! no transaction.
+//! recorded, a database error, a [`DispatcherHandle::notify`] without handed-over rows
+//! (SQLite only; the intake wakes it with [`DispatcherHandle::handed_over`], which never
+//! queries), a full hand-over, a row with a lane, and at least every `poll_interval`.
+//! Otherwise it starts the rows the intake handed over, before recording outcomes, so a
+//! fresh push waits for no query and no transaction.
 //!
 //! Queries are per channel with the channel's own limit, so one channel's backlog never
 //! hides another's due rows; a query of some channels leaves the other channels' handed-over
@@ -146,6 +147,7 @@ impl Dispatcher {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> DispatcherHandle {
         let notify = Arc::new(Notify::new());
+        let handed = Arc::new(Notify::new());
         let stats = Arc::new(Stats::default());
         let (done_tx, done) = watch::channel(false);
         let bulk = Bulkheads::new(config.limits.clone());
@@ -155,6 +157,7 @@ impl Dispatcher {
             config,
             live,
             notify: notify.clone(),
+            handed: handed.clone(),
             stats: stats.clone(),
             in_flight: InFlight::default(),
             bulk,
@@ -172,7 +175,7 @@ impl Dispatcher {
             state.run(shutdown).await;
             let _ = done_tx.send(true);
         });
-        DispatcherHandle { notify, stats, done }
+        DispatcherHandle { notify, handed, stats, done }
     }
 }
 
@@ -183,6 +186,8 @@ struct Loop {
     config: DispatcherConfig,
     live: Arc<ArcSwap<LiveSettings>>,
     notify: Arc<Notify>,
+    /// This daemon's writer handed rows over ([`DispatcherHandle::handed_over`]).
+    handed: Arc<Notify>,
     stats: Arc<Stats>,
     /// Rows claimed and not yet recorded, and their lanes.
     in_flight: InFlight,
@@ -235,6 +240,7 @@ impl Loop {
                         self.set_backlog();
                     }
                 }
+                () = self.handed.notified() => {}
                 // Only a wake-up to record outcomes (see `record_due`).
                 () = tokio::time::sleep_until(record_at.unwrap_or(sleep_until)), if record_at.is_some_and(|r| r < sleep_until) => {}
                 () = tokio::time::sleep_until(sleep_until) => self.set_backlog(),
@@ -356,6 +362,7 @@ impl Loop {
                     }
                 }
                 () = self.notify.notified() => woken = true,
+                () = self.handed.notified() => {}
                 () = tokio::time::sleep_until(record_at.unwrap_or_else(Instant::now)), if record_at.is_some() => {}
             }
             if record
