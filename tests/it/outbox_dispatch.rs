@@ -719,3 +719,41 @@ async fn a_stop_without_grace_repeats_at_most_max_in_flight_deliveries() {
     assert!(repeats <= 5, "{repeats} repeats, more than max_in_flight");
     assert!(per_id.values().all(|n| *n <= 2));
 }
+
+/// The intake's wake-up ([`DispatcherHandle::handed_over`]) starts the rows it handed over
+/// and never queries the outbox; a row only in the database (written through another
+/// hand-over, as another program would) waits for [`DispatcherHandle::notify`] or the poll.
+#[tokio::test]
+async fn the_intakes_wake_up_starts_handed_over_rows_without_a_query() {
+    let rx = WebhookReceiver::start(Some("s3cret")).await;
+    let mut db = fresh_db();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut config = DispatcherConfig::new(10, Duration::from_secs(5));
+    config.poll_interval = Duration::from_secs(60);
+    let handle = Dispatcher::spawn(
+        db.store.clone(),
+        db.handoff.clone(),
+        senders(None, PushHub::new(8)),
+        config,
+        live("http://127.0.0.1:9"),
+        async move {
+            let _ = stopped.await;
+        },
+    );
+    // The start-up query (of an empty outbox) is behind it once a handed-over row arrives.
+    db.writer.enqueue(&[webhook(1, &rx.url())], now_ms()).unwrap();
+    handle.handed_over();
+    rx.wait_for(1, Duration::from_secs(10)).await;
+
+    let mut elsewhere = OutboxWriter::new(&db.store, Arc::new(Handoff::default())).unwrap();
+    elsewhere.enqueue(&[webhook(2, &rx.url())], now_ms()).unwrap();
+    handle.handed_over();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(rx.received().len(), 1, "a row nobody handed over was found without a query");
+
+    handle.notify();
+    let got = rx.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[1].json()["delivery_id"], "occ-2:3:".to_owned() + &rx.url());
+    let _ = stop.send(());
+    within(10, "dispatcher join", handle.join()).await;
+}
