@@ -5,7 +5,7 @@
 //! One task owns the outbox connection and the scheduling state. It repeatedly
 //!
 //! 1. records the outcomes of finished attempts in one transaction (sent, failed, retry),
-//!    in groups ([`super::group`]: at most 10 ms or 256 outcomes, sooner when half a
+//!    in groups ([`super::group`]: at most 50 ms or 256 outcomes, sooner when half a
 //!    channel's budget waits or a channel runs out of slots), and only then frees their
 //!    in-flight slots,
 //! 2. claims due rows per channel (a lane's head only, see [`crate::store::outbox::due_in`]) within
