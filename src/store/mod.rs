@@ -384,6 +384,13 @@ impl HeldConn {
         self.conn.as_mut()
     }
 
+    /// The held connection if one is open, without looking whether the file was replaced
+    /// (a `stat`): for a caller that looks right before its commit, as
+    /// [`OutboxWriter`](outbox::OutboxWriter) does under the hand-over's lock.
+    pub fn get_open_unchecked(&mut self) -> Option<&mut Conn> {
+        self.conn.as_mut()
+    }
+
     /// The store the connection is opened from.
     pub fn store(&self) -> &Store {
         &self.store
