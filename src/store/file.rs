@@ -147,6 +147,13 @@ impl FileGate {
         s.fresh = !ok;
     }
 
+    /// Whether a holder already saw that connections of `epoch` are on a replaced file
+    /// (no `stat`).
+    fn known_stale(&self, epoch: u64) -> bool {
+        let s = self.lock();
+        s.epoch != epoch || s.draining
+    }
+
     /// Whether the file at `path` is no longer the one connections of `epoch` are on
     /// (and starts draining if so).
     fn stale(&self, path: &Path, epoch: u64) -> bool {
@@ -285,6 +292,13 @@ impl Staleness {
     /// See [`Conn::is_stale`].
     pub fn is_stale(&self) -> bool {
         self.gate.as_ref().is_some_and(|g| g.stale(&self.path, self.epoch))
+    }
+
+    /// Whether another holder already found the file replaced ([`Conn::is_stale`] returned
+    /// true for any connection of the store): no `stat`, so it misses a replacement nobody
+    /// has looked for yet.
+    pub fn is_known_stale(&self) -> bool {
+        self.gate.as_ref().is_some_and(|g| g.known_stale(self.epoch))
     }
 }
 

@@ -279,6 +279,48 @@ fn a_write_without_waiting_is_made_only_when_nothing_can_make_it_wait() {
 }
 
 #[test]
+fn a_write_without_waiting_sees_a_replaced_file_found_by_another_holder_or_by_itself() {
+    let replace = |path: &std::path::Path| {
+        let other = path.with_file_name("other.db");
+        Store::migrate(&other).unwrap();
+        std::fs::rename(&other, path).unwrap();
+    };
+    let now = now_ms_for_test();
+
+    // Another holder (the dispatcher's link) found the replacement: the next write is
+    // rolled back at once, without waiting for its own look at the file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = Store::migrate(&path).unwrap();
+    let handoff = Arc::new(Handoff::default());
+    let mut writer = OutboxWriter::new(&store, handoff.clone()).unwrap();
+    let other_holder = store.connect().unwrap();
+    let done = writer.try_enqueue_without_waiting(&[NewDelivery::test_push("a")], &[], now);
+    assert_eq!(done.unwrap().unwrap(), 1, "the first write looks at the file and writes");
+    assert_eq!(handoff.take(10).len(), 1);
+    replace(&path);
+    assert!(other_holder.is_stale());
+    let done = writer.try_enqueue_without_waiting(&[NewDelivery::test_push("b")], &[], now);
+    assert!(matches!(done, Some(Err(StoreError::Replaced))), "{done:?}");
+    assert!(handoff.is_empty(), "a rolled-back write hands nothing over");
+    let old: Vec<String> =
+        due(&other_holder, i64::MAX, 100).unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(old, ["a"], "nothing was committed to the old file after it was known");
+
+    // Nobody else looks: the writer's own look, at most FILE_CHECK_EVERY later, finds it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = Store::migrate(&path).unwrap();
+    let mut writer = OutboxWriter::new(&store, Arc::new(Handoff::default())).unwrap();
+    let done = writer.try_enqueue_without_waiting(&[NewDelivery::test_push("a")], &[], now);
+    assert_eq!(done.unwrap().unwrap(), 1);
+    replace(&path);
+    std::thread::sleep(super::writer::FILE_CHECK_EVERY + std::time::Duration::from_millis(20));
+    let done = writer.try_enqueue_without_waiting(&[NewDelivery::test_push("b")], &[], now);
+    assert!(matches!(done, Some(Err(StoreError::Replaced))), "{done:?}");
+}
+
+#[test]
 fn each_channel_is_claimed_from_its_own_index_of_due_rows() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::migrate(&dir.path().join("t.db")).unwrap();
