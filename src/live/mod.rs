@@ -7,9 +7,9 @@
 //! - by the watcher ([`Live::spawn_watcher`]) when another program changes the scripts: it
 //!   looks at the database every [`POLL_INTERVAL`] on a dedicated connection, and notices a
 //!   replaced file (new device/inode at the path) and reopens it. A look is a `stat` and
-//!   `PRAGMA data_version` (which moves only when another connection committed), run on the
-//!   watcher's own task without a hop to the blocking pool: when nothing was written, an
-//!   idle daemon wakes once per look and touches no page. Only after a commit does it read
+//!   `PRAGMA data_version` (which moves only when another connection committed), run on a
+//!   thread of its own that sleeps in between: when nothing was written, an idle daemon
+//!   wakes once per look and touches no page. Only after a commit does it read
 //!   the `scripts_version` counter (bumped by triggers on scripts, their users, users,
 //!   permissions, the catalogs and the holiday calendars — not by the outbox's constant commits), and only a moved
 //!   counter rebuilds, on the blocking pool. What the watcher saw ([`Seen`]: a commit by
@@ -247,17 +247,16 @@ impl Live {
             return postgres::spawn_watcher(self.clone(), pg.clone(), interval, shutdown);
         }
         let live = self.clone();
+        let mut looks = Looks::start(&live, interval);
         tokio::spawn(async move {
             tokio::pin!(shutdown);
             let mut last_error: Option<String> = None;
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
+                let quick = tokio::select! {
                     () = &mut shutdown => break,
-                    _ = ticker.tick() => {}
-                }
-                match look_quickly(&live) {
+                    quick = looks.next(&live) => quick,
+                };
+                match quick {
                     Quick::Unchanged | Quick::Locked => continue,
                     Quick::Written => {
                         last_error = None;
@@ -325,7 +324,72 @@ fn commits(conn: &dyn Sql) -> Result<i64, StoreError> {
     conn.query_value("PRAGMA data_version", &[])
 }
 
-/// What a look on the watcher's task found.
+/// Where the watcher's looks run.
+///
+/// On a thread of their own, which sleeps between looks: tokio's timer wheel wakes a
+/// runtime thread twice for a deadline a second away (once when the deadline's 64 ms slot
+/// comes up, once at the deadline), which made the looks half of an idle daemon's
+/// wake-ups. Only a look that saw something wakes the watcher's task. Should the thread
+/// not start, the task looks on a timer of its own.
+enum Looks {
+    /// The looks' thread: what it saw, and the channel whose closing (the task ended)
+    /// stops it.
+    Thread { seen: tokio::sync::mpsc::Receiver<Quick>, _stop: std::sync::mpsc::Sender<()> },
+    /// The task looks itself.
+    Ticker(tokio::time::Interval),
+}
+
+impl Looks {
+    fn start(live: &Live, interval: Duration) -> Looks {
+        let (seen_tx, seen) = tokio::sync::mpsc::channel(1);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let looker = live.clone();
+        let started = std::thread::Builder::new().name("scriptd-watcher".into()).spawn(move || {
+            loop {
+                let quick = look_quickly(&looker);
+                // Waits while the task handles the previous look; fails once it ended.
+                if !matches!(quick, Quick::Unchanged | Quick::Locked)
+                    && seen_tx.blocking_send(quick).is_err()
+                {
+                    return;
+                }
+                // The sleep, cut short only when the task ended.
+                if !matches!(
+                    stopped.recv_timeout(interval),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                ) {
+                    return;
+                }
+            }
+        });
+        match started {
+            Ok(_) => Looks::Thread { seen, _stop: stop },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the watcher's thread; it looks on a runtime timer");
+                let mut ticker = tokio::time::interval(interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Looks::Ticker(ticker)
+            }
+        }
+    }
+
+    /// The next look that saw something (or any look, on the ticker).
+    async fn next(&mut self, live: &Live) -> Quick {
+        match self {
+            Looks::Thread { seen, .. } => match seen.recv().await {
+                Some(quick) => quick,
+                // The thread ended (it does only when the task is gone): wait for shutdown.
+                None => std::future::pending().await,
+            },
+            Looks::Ticker(ticker) => {
+                ticker.tick().await;
+                look_quickly(live)
+            }
+        }
+    }
+}
+
+/// What a look of the watcher found.
 enum Quick {
     /// No commit by another connection since the last look.
     Unchanged,
@@ -337,7 +401,7 @@ enum Quick {
     Blocking,
 }
 
-/// The cheap part of a watcher step, on the watcher's task: a `stat` of the path and, with
+/// The cheap part of a watcher step, on the looks' thread ([`Looks`]): a `stat` of the path and, with
 /// no wait for any lock (busy timeout 0 for these reads; in WAL mode a reader waits only
 /// while another connection recovers the log), `PRAGMA data_version` and, after a commit,
 /// the scripts version. Anything more is left to [`poll_once`] on the blocking pool.
