@@ -6,6 +6,10 @@
 //! broker is not waited for) → embedded broker (when configured) → MQTT push connection →
 //! dispatcher → MQTT source → intake pipeline; plus SIGHUP reloads and the watchdog.
 //!
+//! Threads: the push connection, the dispatcher, the source and the intake run on the
+//! pipeline's thread (`pipeline`); the API, the watcher's task, the checkpoints and the
+//! periodic helpers on the main runtime; the watcher's looks on a thread of their own.
+//!
 //! Shutdown on SIGTERM/SIGINT: the source stops taking messages (what was received but is
 //! not durable stays unacknowledged, so the broker redelivers it), the intake finishes its
 //! batch, the dispatcher lets in-flight sends finish within `delivery.shutdown_deadline_seconds`
