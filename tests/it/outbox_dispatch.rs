@@ -82,14 +82,26 @@ fn start(
     deadline: Duration,
     live: Arc<ArcSwap<LiveSettings>>,
 ) -> Running {
-    let (stop, rx) = oneshot::channel::<()>();
     let mut config = DispatcherConfig::new(max_in_flight, deadline);
     config.poll_interval = Duration::from_millis(200);
+    let running = spawn_with(store, handoff, senders, config, live);
+    running.handle.notify();
+    running
+}
+
+/// A dispatcher with `config`, not woken.
+fn spawn_with(
+    store: &Store,
+    handoff: &Arc<Handoff>,
+    senders: Senders,
+    config: DispatcherConfig,
+    live: Arc<ArcSwap<LiveSettings>>,
+) -> Running {
+    let (stop, rx) = oneshot::channel::<()>();
     let handle =
         Dispatcher::spawn(store.clone(), handoff.clone(), senders, config, live, async move {
             let _ = rx.await;
         });
-    handle.notify();
     Running { handle, stop }
 }
 
@@ -669,27 +681,17 @@ async fn the_dispatcher_beats_its_heartbeat_while_idle_and_reports_pending() {
     let mut db = fresh_db();
     db.writer.enqueue(&[push(1, 1)], now_ms()).unwrap();
     let watchdog = scriptd::ops::systemd::Watchdog::new();
-    let (stop, rx) = oneshot::channel::<()>();
     let mut config = DispatcherConfig::new(10, Duration::from_secs(1));
     config.poll_interval = Duration::from_millis(50);
     config.progress = Some(watchdog.register("dispatcher", Duration::from_millis(300)));
-    let handle = Dispatcher::spawn(
-        db.store.clone(),
-        db.handoff.clone(),
-        senders(None, PushHub::new(8)),
-        config,
-        live("http://127.0.0.1:9"),
-        async move {
-            let _ = rx.await;
-        },
-    );
+    let idle = senders(None, PushHub::new(8));
+    let d = spawn_with(&db.store, &db.handoff, idle, config, live("http://127.0.0.1:9"));
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(watchdog.stalled().is_empty());
     }
-    assert_eq!(handle.stats().pending, 1, "the push waits: no MQTT connection");
-    let _ = stop.send(());
-    within(5, "join", handle.join()).await;
+    assert_eq!(d.handle.stats().pending, 1, "the push waits: no MQTT connection");
+    d.stop(5).await;
 }
 
 #[tokio::test]
@@ -727,19 +729,11 @@ async fn a_stop_without_grace_repeats_at_most_max_in_flight_deliveries() {
 async fn the_intakes_wake_up_starts_handed_over_rows_without_a_query() {
     let rx = WebhookReceiver::start(Some("s3cret")).await;
     let mut db = fresh_db();
-    let (stop, stopped) = oneshot::channel::<()>();
     let mut config = DispatcherConfig::new(10, Duration::from_secs(5));
     config.poll_interval = Duration::from_secs(60);
-    let handle = Dispatcher::spawn(
-        db.store.clone(),
-        db.handoff.clone(),
-        senders(None, PushHub::new(8)),
-        config,
-        live("http://127.0.0.1:9"),
-        async move {
-            let _ = stopped.await;
-        },
-    );
+    let idle = senders(None, PushHub::new(8));
+    let d = spawn_with(&db.store, &db.handoff, idle, config, live("http://127.0.0.1:9"));
+    let handle = &d.handle;
     // The start-up query (of an empty outbox) is behind it once a handed-over row arrives.
     db.writer.enqueue(&[webhook(1, &rx.url())], now_ms()).unwrap();
     handle.handed_over();
@@ -754,6 +748,5 @@ async fn the_intakes_wake_up_starts_handed_over_rows_without_a_query() {
     handle.notify();
     let got = rx.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(got[1].json()["delivery_id"], "occ-2:3:".to_owned() + &rx.url());
-    let _ = stop.send(());
-    within(10, "dispatcher join", handle.join()).await;
+    d.stop(10).await;
 }
