@@ -15,13 +15,10 @@ use tokio::time::Instant;
 
 use crate::backoff::{Backoff, Jitter};
 use crate::store::outbox::{self, Carried, Handoff};
-use crate::store::{Conn, Store, StoreError};
+use crate::store::{Conn, FILE_CHECK_EVERY, Store, StoreError};
 
 /// The connection, shared with the blocking calls.
 pub(super) type Db = Arc<Mutex<Conn>>;
-
-/// How often the link looks whether the database file was replaced.
-const FILE_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// How often the pending rows of a replaced file are tried to be read before giving up.
 const CARRY_TRIES: u32 = 5;

@@ -31,6 +31,11 @@ use rusqlite::Connection;
 
 use super::StoreError;
 
+/// How often a long-lived holder whose work runs continuously (the dispatcher's link, the
+/// intake's inline write) looks at the path for a replacement with a `stat`, instead of
+/// before every use.
+pub const FILE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Device and inode of a file.
 pub(crate) type Identity = (u64, u64);
 
@@ -150,8 +155,7 @@ impl FileGate {
     /// Whether a holder already saw that connections of `epoch` are on a replaced file
     /// (no `stat`).
     fn known_stale(&self, epoch: u64) -> bool {
-        let s = self.lock();
-        s.epoch != epoch || s.draining
+        self.lock().left(epoch)
     }
 
     /// Whether the file at `path` is no longer the one connections of `epoch` are on
@@ -159,7 +163,7 @@ impl FileGate {
     fn stale(&self, path: &Path, epoch: u64) -> bool {
         let now = identity_of(path);
         let mut s = self.lock();
-        if s.epoch != epoch || s.draining {
+        if s.left(epoch) {
             return true;
         }
         match (s.identity, now) {
@@ -170,6 +174,14 @@ impl FileGate {
             }
             _ => false,
         }
+    }
+}
+
+impl GateState {
+    /// Whether connections of `epoch` are known to be on a file that was left: another
+    /// file is open now, or a replacement was seen and the connections drain.
+    fn left(&self, epoch: u64) -> bool {
+        self.epoch != epoch || self.draining
     }
 }
 

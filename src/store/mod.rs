@@ -40,7 +40,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavio
 use crate::script::validation::FieldErrors;
 pub use db::Db;
 use file::FileGate;
-pub use file::{Conn, Staleness};
+pub use file::{Conn, FILE_CHECK_EVERY, Staleness};
 
 /// The database the daemon's outbox is in: the dispatcher and the intake take one.
 #[derive(Debug, Clone)]

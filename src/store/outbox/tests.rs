@@ -315,7 +315,7 @@ fn a_write_without_waiting_sees_a_replaced_file_found_by_another_holder_or_by_it
     let done = writer.try_enqueue_without_waiting(&[NewDelivery::test_push("a")], &[], now);
     assert_eq!(done.unwrap().unwrap(), 1);
     replace(&path);
-    std::thread::sleep(super::writer::FILE_CHECK_EVERY + std::time::Duration::from_millis(20));
+    std::thread::sleep(crate::store::FILE_CHECK_EVERY + std::time::Duration::from_millis(20));
     let done = writer.try_enqueue_without_waiting(&[NewDelivery::test_push("b")], &[], now);
     assert!(matches!(done, Some(Err(StoreError::Replaced))), "{done:?}");
 }

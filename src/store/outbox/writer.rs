@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::store::Synchronous;
+use crate::store::{FILE_CHECK_EVERY, Synchronous};
 
 /// A script's firing on a camera, kept as its cooldown state (table `cooldowns`): written
 /// by [`OutboxWriter::enqueue_with_cooldowns`] in the same transaction as the deliveries.
@@ -68,16 +68,10 @@ pub fn load_cooldowns(conn: &Connection) -> Result<Vec<Fired>, StoreError> {
 pub struct OutboxWriter {
     conn: HeldConn,
     handoff: Arc<Handoff>,
-    /// When [`Self::try_enqueue_without_waiting`] next looks at the file itself (a `stat`)
-    /// for a replacement.
+    /// When [`Self::try_enqueue_without_waiting`] next looks at the file itself (a `stat`,
+    /// every [`FILE_CHECK_EVERY`]) for a replacement.
     next_file_check: Instant,
 }
-
-/// How often [`OutboxWriter::try_enqueue_without_waiting`] looks whether the database file
-/// was replaced (a `stat`); in between it relies on what the other holders found. The
-/// dispatcher's link looks as often and carries the old file's pending rows over, so what
-/// is committed to the old file before anyone noticed is not lost.
-pub(super) const FILE_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// How a write looks for a replaced database file before its commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +162,9 @@ impl OutboxWriter {
         let wait = self.conn.store().busy_timeout();
         // A replaced file is seen before the commit (in `write`): at the file itself once
         // per FILE_CHECK_EVERY, from what the other holders found in between. At 1,000
-        // batches a second a `stat` each was 2 % of the daemon's CPU.
+        // batches a second a `stat` each was 2 % of the daemon's CPU. The dispatcher's
+        // link looks as often and carries the old file's pending rows over, so what is
+        // committed to the old file before anyone noticed is not lost.
         let now = Instant::now();
         let look = if now >= self.next_file_check {
             self.next_file_check = now + FILE_CHECK_EVERY;
